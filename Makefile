@@ -1,0 +1,38 @@
+# The single entry point for people, CI and hooks.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SOURCES := backupd tests bench
+
+.PHONY: test lint typecheck unit integration demo bench clean
+
+test: lint typecheck
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest tests/unit
+
+integration: $(VENV)/.installed
+	$(BIN)/pytest tests/integration
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m bench.demo
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench.run
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,168 @@
+"""Command line: ``backupd once|check``. The only place that exits the process.
+
+Exit codes: 0 success, 1 a backup or check failed, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, NoReturn
+
+from backupd import __version__
+from backupd.backup import run_backup, secrets_of
+from backupd.config import Settings, TargetConfig, load_settings, read_environment
+from backupd.errors import BackupdError, ConfigError
+from backupd.logs import setup_logging
+from backupd.process import mask
+from backupd.sources import source_for
+from backupd.storage import open_storage
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+log = logging.getLogger("backupd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backupd", description="Stream database backups into object storage."
+    )
+    parser.add_argument("--version", action="version", version=f"backupd {__version__}")
+    parser.add_argument(
+        "--env-file", type=Path, default=Path(".env"), help="read variables from this file too"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING or ERROR (default: LOG_LEVEL or INFO)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("once", help="back up every target now, then exit")
+    commands.add_parser(
+        "check", help="validate the configuration and probe database, dump tool and storage"
+    )
+    return parser
+
+
+def load(args: argparse.Namespace) -> Settings:
+    settings = load_settings(read_environment(os.environ, args.env_file))
+    for target in settings.targets:
+        source_for(target.database)  # an engine this build cannot dump is a configuration error
+    return settings
+
+
+async def _once(settings: Settings) -> int:
+    status = EXIT_OK
+    for target in settings.targets:
+        try:
+            for result in await run_backup(target):
+                log.info(
+                    "backup of %s succeeded: %s, %d bytes in %.1fs (%.1f MB/s), sha256 %s",
+                    result.database,
+                    result.key,
+                    result.size,
+                    result.duration_s,
+                    result.throughput / 1e6,
+                    result.sha256,
+                )
+        except BackupdError as error:
+            log.error(
+                "backup of %s FAILED at %s: %s",
+                target.name,
+                error.step,
+                mask(str(error), secrets_of(target)),
+            )
+            log.debug("details", exc_info=True)
+            status = EXIT_FAILED
+        except (
+            Exception
+        ) as error:  # a bug: say so, with the traceback, but keep other targets going
+            log.error(
+                "backup of %s FAILED with an unexpected error: %s",
+                target.name,
+                mask(repr(error), secrets_of(target)),
+                exc_info=True,
+            )
+            status = EXIT_FAILED
+    return status
+
+
+async def _check_target(target: TargetConfig) -> bool:
+    hidden = secrets_of(target)
+    ok = True
+
+    def report(passed: bool, what: str, detail: str) -> None:
+        print(
+            f"{'ok  ' if passed else 'FAIL'} {target.name} {what}: {mask(detail, hidden)}",
+            flush=True,
+        )
+
+    db = target.database
+    try:
+        info = await source_for(db).probe()
+        report(
+            True, "database", f"{db.engine} {info.server_version} at {db.host}:{db.effective_port}"
+        )
+        report(True, "dump tool", info.tool_version)
+    except BackupdError as error:
+        report(False, error.step, str(error))
+        ok = False
+    probe_key = "/".join(
+        p for p in (target.layout.folder, f".backupd-probe-{secrets.token_hex(6)}") if p
+    )
+    try:
+        async with open_storage(target.storage) as storage:
+            await storage.put_bytes(probe_key, b"backupd write probe\n", "text/plain")
+            await storage.delete(probe_key)
+            report(True, "storage", f"wrote and deleted a probe object in {storage.description}")
+    except BackupdError as error:
+        report(False, "storage", str(error))
+        ok = False
+    return ok
+
+
+async def _check(settings: Settings) -> int:
+    print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
+    results = [await _check_target(target) for target in settings.targets]
+    return EXIT_OK if all(results) else EXIT_FAILED
+
+
+def run_cancellable(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main``; SIGTERM or SIGINT cancels it, so uploads abort and children are killed."""
+
+    async def runner() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await main
+        except asyncio.CancelledError:
+            log.error("interrupted: running backups were aborted and nothing was published")
+            return EXIT_FAILED
+
+    return asyncio.run(runner())
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level or os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        settings = load(args)
+    except ConfigError as error:
+        print("backupd: invalid configuration:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    commands = {"once": _once, "check": _check}
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(run_cancellable(commands[args.command](settings)))
+    sys.exit(EXIT_FAILED)

@@ -1,0 +1,41 @@
+"""The few exception types backupd raises on purpose.
+
+Each carries a message written for people: what failed, where, and what to do. The CLI prints
+``str(error)`` on one line; tracebacks go to debug logs only.
+"""
+
+from __future__ import annotations
+
+
+class BackupdError(Exception):
+    """Base class: an expected failure with a message fit for a person."""
+
+    step = "backup"
+
+
+class ConfigError(BackupdError):
+    """The configuration is invalid. ``problems`` holds one line per problem."""
+
+    step = "config"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class ConnectError(BackupdError):
+    """The database could not be reached or refused the login."""
+
+    step = "connect"
+
+
+class DumpError(BackupdError):
+    """The dump tool is missing, failed, or exited non-zero."""
+
+    step = "dump"
+
+
+class StorageError(BackupdError):
+    """The bucket or folder refused a read or write."""
+
+    step = "upload"

@@ -1,0 +1,203 @@
+"""Child processes: exec (never a shell), own process group, secrets off argv, stderr kept.
+
+A ``Command`` is data built by pure functions in ``sources/``. ``spawn`` runs it as an async
+context manager: however the block ends (error, cancellation), the child's whole process group
+is killed and reaped, so no dump outlives the backup that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from backupd.errors import BackupdError, DumpError
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_LINES = 20
+KILL_GRACE_SECONDS = 5.0
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024
+# Variables a dump tool may need from our own environment. Everything else, notably the
+# storage and mail secrets backupd holds, stays out of the child's environment.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER")
+
+
+@dataclass(frozen=True)
+class Command:
+    """What to exec. ``env`` may hold secrets: never log it.
+
+    ``pipe_file`` is delivered through an inherited pipe: the runner inserts
+    ``pipe_file_flag + "/dev/fd/N"`` as the first argument after the program.
+    """
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    pipe_file: bytes | None = field(default=None, repr=False)
+    pipe_file_flag: str = ""
+
+    def final_argv(self, secret_fd: int | None) -> list[str]:
+        if secret_fd is None:
+            return list(self.argv)
+        return [self.argv[0], f"{self.pipe_file_flag}/dev/fd/{secret_fd}", *self.argv[1:]]
+
+
+def child_environment(
+    extra: Mapping[str, str], parent: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A minimal environment for a child: a few inherited basics plus ``extra``."""
+    source = os.environ if parent is None else parent
+    env = {name: source[name] for name in INHERITED_ENV if name in source}
+    env.update(extra)
+    return env
+
+
+def mask(text: str, secrets: list[str]) -> str:
+    """Replace every occurrence of each secret in ``text``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "******")
+    return text
+
+
+class Child:
+    """A running child process whose stderr is drained concurrently into a tail buffer."""
+
+    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.process = process
+        self.tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"{name}-stderr")
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        assert self.process.stdout is not None
+        return self.process.stdout
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        assert self.process.stdin is not None
+        return self.process.stdin
+
+    def stderr_text(self) -> str:
+        return " | ".join(line for line in self.tail if line)
+
+    async def _drain_stderr(self) -> None:
+        stream = self.process.stderr
+        if stream is None:
+            return
+        while line := await stream.readline():
+            text = line.decode("utf-8", "replace").rstrip()
+            self.tail.append(text)
+            log.debug("%s: %s", self.name, text)
+
+    async def wait(self) -> int:
+        """Wait for exit and for stderr to be fully read; return the exit status."""
+        code = await self.process.wait()
+        await self._stderr_task
+        return code
+
+    async def kill(self) -> None:
+        """Terminate the whole process group, escalate to SIGKILL, and reap."""
+        if self.process.returncode is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), KILL_GRACE_SECONDS)
+            except TimeoutError:
+                _signal_group(self.process.pid, signal.SIGKILL)
+                await self.process.wait()
+        # Stragglers the child forked keep the group alive; make sure none survive.
+        _signal_group(self.process.pid, signal.SIGKILL)
+        self._stderr_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._stderr_task
+
+
+def describe_status(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"{-code} (killed by {signal.Signals(-code).name})"
+    return str(code)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _enlarge_pipe(stream: asyncio.StreamReader | None) -> None:
+    """Give the child's stdout a 1 MiB pipe, so brief pauses of ours never stall the dump."""
+    transport = getattr(stream, "_transport", None)
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if pipe is not None:
+        with contextlib.suppress(OSError, ValueError):  # ValueError: the child already exited
+            fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+
+
+@contextlib.asynccontextmanager
+async def spawn(
+    name: str,
+    command: Command,
+    *,
+    stdin: int | None = asyncio.subprocess.DEVNULL,
+    read_limit: int = 4 * 1024 * 1024,
+) -> AsyncIterator[Child]:
+    """Start ``command`` in its own session; kill and reap its group when the block ends."""
+    secret_fd: int | None = None
+    if command.pipe_file is not None:
+        secret_fd = _secret_pipe(command.pipe_file)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command.final_argv(secret_fd),
+            stdin=stdin,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(command.env),
+            start_new_session=True,
+            pass_fds=(secret_fd,) if secret_fd is not None else (),
+            limit=read_limit,
+        )
+    except FileNotFoundError:
+        raise DumpError(f"{command.argv[0]} not found on PATH: install it or fix PATH") from None
+    except PermissionError:
+        raise DumpError(f"{command.argv[0]} is not executable") from None
+    finally:
+        if secret_fd is not None:
+            os.close(secret_fd)
+    _enlarge_pipe(process.stdout)
+    child = Child(name, process)
+    try:
+        yield child
+    finally:
+        await asyncio.shield(child.kill())
+
+
+def _secret_pipe(payload: bytes) -> int:
+    """A pipe whose read end yields ``payload`` then EOF; return the read end."""
+    if len(payload) >= 65536:
+        raise BackupdError("secret file too large for a pipe")
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, payload)
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+async def run_captured(name: str, command: Command, timeout: float = 30.0) -> tuple[int, str, str]:
+    """Run a short command to completion; return (status, stdout, stderr tail)."""
+    async with spawn(name, command) as child:
+        try:
+            async with asyncio.timeout(timeout):
+                out = await child.stdout.read()
+                code = await child.wait()
+        except TimeoutError:
+            raise BackupdError(f"{name} did not answer within {timeout:.0f}s") from None
+        return code, out.decode("utf-8", "replace"), child.stderr_text()

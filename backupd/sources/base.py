@@ -1,0 +1,38 @@
+"""The contract every database engine module fulfils."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from backupd.process import Command
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a successful login tells us about the server and the local dump tool."""
+
+    server_version: str
+    tool_version: str
+
+
+class Source(Protocol):
+    """One database engine: how to log in, how to dump, what the dump is called."""
+
+    extension: str
+    """File extension of the raw dump, e.g. ``.dump`` or ``.sql``."""
+
+    can_compress: bool
+    """Whether the dump tool compresses by itself (pg_dump's custom format does)."""
+
+    async def probe(self) -> ServerInfo:
+        """Log in, read the server version, check the dump tool. Raise ConnectError/DumpError."""
+        ...
+
+    def dump_command(self, database: str, native_compression: bool) -> Command:
+        """The dump tool's command: the dump goes to stdout, secrets never into argv."""
+        ...
+
+    def explain_failure(self, stderr: str) -> str | None:
+        """A human hint for a known failure in the tool's stderr, if any."""
+        ...

@@ -1,0 +1,143 @@
+"""MySQL and MariaDB: ``mysqldump``/``mariadb-dump`` to stdout.
+
+The password travels in a ``[client]`` option file that exists only as an inherited pipe
+(``--defaults-extra-file=/dev/fd/N``): it touches neither argv nor disk.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+from backupd.config import DatabaseConfig, Engine
+from backupd.errors import ConnectError, DumpError
+from backupd.process import Command, child_environment, run_captured
+from backupd.sources.base import ServerInfo
+
+DUMP_OPTIONS = (
+    "--single-transaction",
+    "--quick",
+    "--routines",
+    "--events",
+    "--triggers",
+    "--hex-blob",
+    "--default-character-set=utf8mb4",
+)
+# Oracle's mysqldump only: MariaDB's rejects these.
+ORACLE_ONLY_OPTIONS = ("--set-gtid-purged=OFF", "--column-statistics=0")
+_CONNECT_FAILURES = (
+    "Access denied",
+    "Can't connect",
+    "Unknown MySQL server host",
+    "Unknown database",
+    "Got error: 2",
+)
+
+
+def option_file(password: str | None) -> bytes:
+    """A ``[client]`` option file carrying the password, quoted per MySQL's option-file rules."""
+    lines = ["[client]"]
+    if password is not None:
+        escaped = password.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        lines.append(f'password="{escaped}"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def is_mariadb_tool(version_output: str) -> bool:
+    return "mariadb" in version_output.lower()
+
+
+def connection_args(config: DatabaseConfig) -> tuple[str, ...]:
+    return (f"--host={config.host}", f"--port={config.effective_port}", f"--user={config.user}")
+
+
+def dump_argv(
+    tool: str, config: DatabaseConfig, database: str, mariadb_tool: bool
+) -> tuple[str, ...]:
+    extra = () if mariadb_tool else ORACLE_ONLY_OPTIONS
+    return (tool, *connection_args(config), *DUMP_OPTIONS, *extra, "--databases", database)
+
+
+def client_argv(tool: str, config: DatabaseConfig, sql: str) -> tuple[str, ...]:
+    return (
+        tool,
+        *connection_args(config),
+        "--connect-timeout=10",
+        "--batch",
+        "--skip-column-names",
+        "-e",
+        sql,
+    )
+
+
+def pick_tool(engine: Engine, kind: str) -> str:
+    """The installed binary for ``kind`` ('dump' or 'client'), preferring the engine's own name."""
+    names = {"dump": ("mariadb-dump", "mysqldump"), "client": ("mariadb", "mysql")}[kind]
+    if engine is Engine.MYSQL:
+        names = names[::-1]
+    for name in names:
+        if shutil.which(name):
+            return name
+    return names[0]
+
+
+class MySQLSource:
+    extension = ".sql"
+    can_compress = False
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        self.config = config
+        self._mariadb_tool = True
+
+    def _command(self, argv: tuple[str, ...]) -> Command:
+        password = (
+            self.config.password.get_secret_value() if self.config.password is not None else None
+        )
+        return Command(
+            argv,
+            child_environment({}),
+            pipe_file=option_file(password),
+            pipe_file_flag="--defaults-extra-file=",
+        )
+
+    async def probe(self) -> ServerInfo:
+        client = pick_tool(self.config.engine, "client")
+        code, out, err = await run_captured(
+            client, self._command(client_argv(client, self.config, "SELECT VERSION()"))
+        )
+        if code != 0:
+            raise ConnectError(
+                f"cannot log in to {self._label()} at {self._where()}: {err or f'exit {code}'}"
+            )
+        server_version = out.strip()
+        tool = pick_tool(self.config.engine, "dump")
+        code, out, err = await run_captured(
+            tool, Command((tool, "--version"), child_environment({}))
+        )
+        if code != 0:
+            raise DumpError(f"{tool} --version failed: {err}")
+        self._mariadb_tool = is_mariadb_tool(out)
+        return ServerInfo(server_version=server_version, tool_version=_short_version(out))
+
+    def dump_command(self, database: str, native_compression: bool) -> Command:
+        tool = pick_tool(self.config.engine, "dump")
+        return self._command(dump_argv(tool, self.config, database, self._mariadb_tool))
+
+    def explain_failure(self, stderr: str) -> str | None:
+        if any(marker in stderr for marker in _CONNECT_FAILURES):
+            return f"cannot log in to {self._label()} at {self._where()}"
+        return None
+
+    def _label(self) -> str:
+        return "MariaDB" if self.config.engine is Engine.MARIADB else "MySQL"
+
+    def _where(self) -> str:
+        return f"{self.config.host}:{self.config.effective_port} as {self.config.user}"
+
+
+def _short_version(output: str) -> str:
+    """The tool and release from ``--version``, e.g. ``mariadb-dump 10.11.6-MariaDB``."""
+    match = re.search(r"^(\S+).*?(?:Distrib\s+([^\s,]+)|Ver\s+([^\s,]+))", output.strip())
+    if match is None:
+        return output.strip()
+    return f"{match.group(1).rsplit('/', 1)[-1]} {match.group(2) or match.group(3)}"

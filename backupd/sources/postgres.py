@@ -1,0 +1,123 @@
+"""PostgreSQL: ``pg_dump --format=custom`` to stdout.
+
+Connection parameters, the database name included, travel in libpq's ``PG*`` environment
+variables: the password never reaches argv, and a database name containing ``=`` is never
+mistaken for a connection string.
+"""
+
+from __future__ import annotations
+
+import re
+
+from backupd.config import DatabaseConfig
+from backupd.errors import ConnectError, DumpError
+from backupd.process import Command, child_environment, run_captured
+from backupd.sources.base import ServerInfo
+
+_VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
+_MISMATCH = re.compile(r"server version: ([\d.]+)[^;]*; pg_dump version: ([\d.]+)")
+_CONNECT_FAILURES = (
+    "password authentication failed",
+    "could not connect",
+    "connection to server",
+    "could not translate host name",
+    "no password supplied",
+    "does not exist",
+    "timeout expired",
+    "pg_hba.conf",
+)
+
+
+def libpq_env(config: DatabaseConfig, database: str) -> dict[str, str]:
+    """libpq's environment for one database; holds the password, so never log it."""
+    env = {
+        "PGHOST": config.host,
+        "PGPORT": str(config.effective_port),
+        "PGUSER": config.user,
+        "PGDATABASE": database,
+        "PGAPPNAME": "backupd",
+        "PGCONNECT_TIMEOUT": "10",
+    }
+    if config.password is not None:
+        env["PGPASSWORD"] = config.password.get_secret_value()
+    return env
+
+
+def pg_dump_argv(native_compression: bool) -> tuple[str, ...]:
+    argv = ["pg_dump", "--format=custom", "--no-password"]
+    if not native_compression:
+        argv.append("--compress=0")
+    return tuple(argv)
+
+
+def tool_version_of(output: str) -> str:
+    """``'pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)'`` → ``'15.19'``."""
+    match = re.search(r"\(PostgreSQL\)\s+(\S+)", output)
+    return match.group(1) if match else output.strip()
+
+
+def major_version(version: str) -> int:
+    """``'15.19 (Debian ...)'`` → 15; ``'9.6.24'`` → 9 (the old scheme has two-part majors)."""
+    match = _VERSION.search(version)
+    if match is None:
+        raise ValueError(f"no version number in {version!r}")
+    return int(match.group(1))
+
+
+def version_problem(server_version: str, tool_version: str) -> str | None:
+    """Say which client is needed when pg_dump is older than the server, else None."""
+    server, tool = major_version(server_version), major_version(tool_version)
+    if tool >= server:
+        return None
+    return (
+        f"pg_dump {tool_version} cannot dump a PostgreSQL {server_version} server: "
+        f"install the PostgreSQL {server} client tools or newer (postgresql-client-{server})"
+    )
+
+
+class PostgresSource:
+    extension = ".dump"
+    can_compress = True
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        self.config = config
+
+    def _env(self, database: str) -> dict[str, str]:
+        return child_environment(libpq_env(self.config, database))
+
+    async def probe(self) -> ServerInfo:
+        query = "SELECT current_setting('server_version')"
+        psql = Command(
+            ("psql", "--no-psqlrc", "--no-password", "-At", "-c", query),
+            self._env(self.config.database),
+        )
+        code, out, err = await run_captured("psql", psql)
+        if code != 0:
+            raise ConnectError(
+                f"cannot log in to PostgreSQL at {self._where()}: {err or f'psql exited {code}'}"
+            )
+        server_version = out.strip()
+        code, out, err = await run_captured(
+            "pg_dump", Command(("pg_dump", "--version"), self._env(""))
+        )
+        if code != 0:
+            raise DumpError(f"pg_dump --version failed: {err}")
+        tool_version = tool_version_of(out)
+        problem = version_problem(server_version, tool_version)
+        if problem is not None:
+            raise DumpError(problem)
+        return ServerInfo(server_version=server_version, tool_version=f"pg_dump {tool_version}")
+
+    def dump_command(self, database: str, native_compression: bool) -> Command:
+        return Command(pg_dump_argv(native_compression), self._env(database))
+
+    def explain_failure(self, stderr: str) -> str | None:
+        mismatch = _MISMATCH.search(stderr)
+        if mismatch is not None:
+            return version_problem(mismatch.group(1), mismatch.group(2))
+        if any(marker in stderr for marker in _CONNECT_FAILURES):
+            return f"cannot log in to PostgreSQL at {self._where()}"
+        return None
+
+    def _where(self) -> str:
+        return f"{self.config.host}:{self.config.effective_port} as {self.config.user}"

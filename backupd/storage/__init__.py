@@ -1,0 +1,23 @@
+"""Storage backends, one module each, all behind ``base.Storage``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from backupd.config import LocalConfig, S3Config
+from backupd.storage.base import Storage, Upload
+from backupd.storage.local import LocalStorage
+from backupd.storage.s3 import S3Storage
+
+__all__ = ["Storage", "Upload", "open_storage"]
+
+
+@contextlib.asynccontextmanager
+async def open_storage(config: S3Config | LocalConfig) -> AsyncIterator[Storage]:
+    """The backend for ``config``, with its connections open for the block's duration."""
+    if isinstance(config, LocalConfig):
+        yield LocalStorage(config)
+        return
+    async with S3Storage.connect(config) as storage:
+        yield storage

@@ -1,0 +1,44 @@
+"""The contract every storage backend fulfils."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+
+class Upload(Protocol):
+    """One object being written. Nothing is visible until ``commit`` succeeds.
+
+    Leaving the context without ``commit`` (an error, a cancellation) aborts: no object and
+    no open multipart upload remain.
+    """
+
+    def part_size(self, number: int) -> int:
+        """Size of part ``number`` (1-based); every part but the last has exactly this size."""
+        ...
+
+    async def write(self, part: bytes) -> None:
+        """Accept the next part; waits while uploads lag (backpressure)."""
+        ...
+
+    async def commit(self) -> None:
+        """Publish the object. Fails if the key already exists."""
+        ...
+
+
+class Storage(Protocol):
+    """A bucket or folder that holds backups."""
+
+    description: str
+
+    def upload(self, key: str, metadata: dict[str, str]) -> AbstractAsyncContextManager[Upload]:
+        """Start writing ``key``; see ``Upload``."""
+        ...
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Write a small object in one request; never overwrite."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; no error when it is already gone."""
+        ...

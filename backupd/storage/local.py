@@ -1,0 +1,113 @@
+"""A folder on a local or mounted volume, with the same key layout as a bucket.
+
+Each object is written to a hidden temporary name in its final folder, fsynced, and then linked
+into place, which fails rather than overwrite; a failed write leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+from backupd.config import LocalConfig
+from backupd.errors import StorageError
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(temporary: Path, final: Path) -> None:
+    """Make ``temporary`` visible as ``final`` atomically, refusing to overwrite."""
+    try:
+        os.link(temporary, final)
+    except FileExistsError:
+        raise StorageError(f"{final} already exists; backupd never overwrites") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync_dir(final.parent)
+
+
+class LocalUpload:
+    def __init__(self, final: Path, part_size: int) -> None:
+        self._final = final
+        self._part_size = part_size
+        self._temporary = final.with_name(f".{final.name}.{secrets.token_hex(4)}.partial")
+        self._file: BinaryIO | None = None
+        self.committed = False
+
+    def part_size(self, number: int) -> int:
+        return self._part_size
+
+    async def open(self) -> None:
+        def _open() -> BinaryIO:
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            return self._temporary.open("xb")
+
+        self._file = await asyncio.to_thread(_open)
+
+    async def write(self, part: bytes) -> None:
+        assert self._file is not None
+        await asyncio.to_thread(self._file.write, part)
+
+    async def commit(self) -> None:
+        assert self._file is not None
+        handle = self._file
+
+        def _finish() -> None:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            _publish(self._temporary, self._final)
+
+        await asyncio.to_thread(_finish)
+        self.committed = True
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._temporary.unlink(missing_ok=True)
+
+
+class LocalStorage:
+    def __init__(self, config: LocalConfig) -> None:
+        self.config = config
+        self.root = config.path
+        self.description = f"folder {config.path}"
+
+    def path_for(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageError(f"key {key!r} escapes STORAGE_LOCAL_PATH")
+        return path
+
+    @contextlib.asynccontextmanager
+    async def upload(self, key: str, metadata: dict[str, str]) -> AsyncIterator[LocalUpload]:
+        upload = LocalUpload(self.path_for(key), self.config.part_size)
+        try:
+            await upload.open()
+            yield upload
+        except OSError as error:
+            raise StorageError(
+                f"write {key} under {self.root}: {error.strerror or error}"
+            ) from error
+        finally:
+            if not upload.committed:
+                upload.discard()
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        async with self.upload(key, {}) as upload:
+            await upload.write(data)
+            await upload.commit()
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self.path_for(key).unlink, missing_ok=True)

@@ -1,0 +1,318 @@
+"""S3 and S3-compatible storage (AWS S3, Cloudflare R2, MinIO, ...) through aiobotocore.
+
+One client per storage, reused for every request. A dump that fits in one part is one
+PutObject; anything larger is a multipart upload whose parts, all but the last of one exact
+size, are sent a few at a time. Objects never overwrite (``IfNoneMatch="*"``), and a failed or
+cancelled upload is always aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
+
+from backupd.config import MAX_PART_SIZE, S3Config, StorageType
+from backupd.errors import StorageError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = logging.getLogger(__name__)
+
+MAX_PARTS = 10_000
+GROWTH_BLOCK = 1_000
+_CREDENTIAL_ERRORS = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "Unauthorized",
+    "403",
+}
+
+
+def part_size_for(number: int, base: int, may_grow: bool) -> int:
+    """Size of part ``number``. On R2 always ``base``; on S3 it doubles every 1,000 parts and the
+    last thousand are 5 GiB, so that 10,000 parts hold S3's 5 TiB maximum object."""
+    if not may_grow:
+        return base
+    if number > MAX_PARTS - GROWTH_BLOCK:
+        return MAX_PART_SIZE
+    return min(base << ((number - 1) // GROWTH_BLOCK), MAX_PART_SIZE)
+
+
+def capacity(base: int, may_grow: bool) -> int:
+    """The largest object 10,000 parts can hold."""
+    if not may_grow:
+        return base * MAX_PARTS
+    return (
+        sum(part_size_for(n, base, True) for n in range(1, MAX_PARTS + 1, GROWTH_BLOCK))
+        * GROWTH_BLOCK
+    )
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def too_many_parts(config: S3Config) -> str:
+    limit = human_size(capacity(config.part_size, config.kind is StorageType.S3))
+    if config.kind is StorageType.R2:
+        return (
+            f"the dump is larger than {limit}: 10,000 parts of "
+            f"STORAGE_PART_SIZE={human_size(config.part_size)} "
+            "(R2 needs equal parts); raise STORAGE_PART_SIZE"
+        )
+    return f"the dump is larger than {limit}, the most an S3 object can hold"
+
+
+def client_config(config: S3Config) -> AioConfig:
+    """Timeouts, retries and, off AWS, checksums only when an API requires them."""
+    options: dict[str, Any] = {
+        "max_pool_connections": config.upload_concurrency + 2,
+        "retries": {"mode": "standard", "total_max_attempts": 5},
+        "connect_timeout": 10,
+        "read_timeout": 120,
+    }
+    if not config.is_aws:
+        # R2, B2 and others reject botocore's default aws-chunked CRC32 trailers.
+        options["request_checksum_calculation"] = "when_required"
+        options["response_checksum_validation"] = "when_required"
+    return AioConfig(**options)
+
+
+def explain(error: Exception, config: S3Config, action: str) -> str:
+    """One line for a person: what the storage said, and which setting to look at."""
+    where = f"bucket {config.bucket!r}" + (
+        f" at {config.endpoint_url}" if config.endpoint_url else ""
+    )
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", "?"))
+        if code == "NoSuchBucket":
+            return f"{action}: {where} does not exist (STORAGE_BUCKET_NAME)"
+        if code in _CREDENTIAL_ERRORS:
+            return (
+                f"{action}: {where} refused the credentials ({code}); check STORAGE_ACCESS_KEY_ID "
+                "and STORAGE_SECRET_ACCESS_KEY"
+            )
+        if code in {"PreconditionFailed", "412"}:
+            return f"{action}: the key already exists in {where}; backupd never overwrites"
+        message = error.response.get("Error", {}).get("Message", "")
+        return f"{action}: {where} answered {code}" + (f": {message}" if message else "")
+    if isinstance(error, EndpointConnectionError):
+        return f"{action}: cannot reach {config.endpoint_url or 'S3'} (STORAGE_ENDPOINT_URL)"
+    if isinstance(error, NoCredentialsError):
+        return f"{action}: no storage credentials; set STORAGE_ACCESS_KEY_ID and its secret"
+    return f"{action}: {type(error).__name__}: {error}"
+
+
+@contextlib.contextmanager
+def storage_errors(config: S3Config, action: str) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError) as error:
+        raise StorageError(explain(error, config, action)) from error
+    except OSError as error:
+        raise StorageError(f"{action}: {error}") from error
+
+
+class ByteBudget:
+    """Backpressure: bytes in flight may not exceed ``limit`` (a bigger part takes it all)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, size: int) -> int:
+        amount = min(size, self.limit)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used + amount <= self.limit)
+            self.used += amount
+        return amount
+
+    async def release(self, amount: int) -> None:
+        async with self._changed:
+            self.used -= amount
+            self._changed.notify_all()
+
+
+class S3Upload:
+    def __init__(
+        self, client: S3Client, config: S3Config, key: str, metadata: dict[str, str]
+    ) -> None:
+        self._client = client
+        self._config = config
+        self._key = key
+        self._metadata = metadata
+        self._may_grow = config.kind is StorageType.S3
+        self._budget = ByteBudget(config.part_size * config.upload_concurrency)
+        self._held: bytes | None = None
+        self._upload_id: str | None = None
+        self._count = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: list[CompletedPartTypeDef] = []
+        self._failure: BaseException | None = None
+        self.committed = False
+
+    def part_size(self, number: int) -> int:
+        return part_size_for(number, self._config.part_size, self._may_grow)
+
+    async def write(self, part: bytes) -> None:
+        self._raise_failure()
+        self._count += 1
+        if self._count > MAX_PARTS:
+            raise StorageError(too_many_parts(self._config))
+        if self._count == 1:
+            self._held = part  # one part only? then a single PutObject will do
+            return
+        if self._upload_id is None:
+            await self._create()
+            assert self._held is not None
+            await self._start_part(1, self._held)
+            self._held = None
+        await self._start_part(self._count, part)
+
+    async def commit(self) -> None:
+        if self._upload_id is None:
+            with storage_errors(self._config, f"upload {self._key}"):
+                await self._client.put_object(
+                    Bucket=self._config.bucket,
+                    Key=self._key,
+                    Body=self._held or b"",
+                    Metadata=self._metadata,
+                    IfNoneMatch="*",
+                )
+            self.committed = True
+            return
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        self._raise_failure()
+        parts = sorted(self._done, key=lambda p: p["PartNumber"])
+        with storage_errors(self._config, f"complete {self._key}"):
+            await self._client.complete_multipart_upload(
+                Bucket=self._config.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+        self.committed = True
+
+    async def abort(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._upload_id is None or self.committed:
+            return
+        try:
+            with storage_errors(self._config, f"abort upload of {self._key}"):
+                await self._client.abort_multipart_upload(
+                    Bucket=self._config.bucket, Key=self._key, UploadId=self._upload_id
+                )
+        except StorageError as error:
+            log.warning("%s; its parts stay billed until a lifecycle rule removes them", error)
+        else:
+            log.info("aborted multipart upload of %s", self._key)
+
+    async def _create(self) -> None:
+        with storage_errors(self._config, f"start upload of {self._key}"):
+            response = await self._client.create_multipart_upload(
+                Bucket=self._config.bucket, Key=self._key, Metadata=self._metadata
+            )
+        self._upload_id = response["UploadId"]
+
+    async def _start_part(self, number: int, data: bytes) -> None:
+        amount = await self._budget.acquire(len(data))
+        self._raise_failure()
+        task = asyncio.create_task(self._send_part(number, data, amount), name=f"part-{number}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_part(self, number: int, data: bytes, amount: int) -> None:
+        assert self._upload_id is not None
+        try:
+            with storage_errors(self._config, f"upload part {number} of {self._key}"):
+                response = await self._client.upload_part(
+                    Bucket=self._config.bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    PartNumber=number,
+                    # A stream lets aiohttp send the part in chunks instead of copying it whole.
+                    Body=io.BytesIO(data),
+                )
+            self._done.append({"PartNumber": number, "ETag": response["ETag"]})
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            self._failure = self._failure or error
+        finally:
+            await self._budget.release(amount)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+
+class S3Storage:
+    def __init__(self, client: S3Client, config: S3Config) -> None:
+        self._client = client
+        self.config = config
+        endpoint = config.endpoint_url or f"s3 ({config.region})"
+        self.description = f"{config.kind} bucket {config.bucket} at {endpoint}"
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, config: S3Config) -> AsyncIterator[S3Storage]:
+        key_id, secret = config.access_key_id, config.secret_access_key
+        session = get_session()
+        async with session.create_client(
+            "s3",
+            endpoint_url=config.endpoint_url,
+            region_name=config.region,
+            config=client_config(config),
+            # None for both: the default AWS chain (IAM role, profile, ...).
+            aws_access_key_id=key_id.get_secret_value() if key_id else None,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+        ) as client:
+            yield cls(client, config)
+
+    @contextlib.asynccontextmanager
+    async def upload(self, key: str, metadata: dict[str, str]) -> AsyncIterator[S3Upload]:
+        upload = S3Upload(self._client, self.config, key, metadata)
+        try:
+            yield upload
+        finally:
+            if not upload.committed:
+                await asyncio.shield(upload.abort())
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        with storage_errors(self.config, f"write {key}"):
+            await self._client.put_object(
+                Bucket=self.config.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                IfNoneMatch="*",
+            )
+
+    async def delete(self, key: str) -> None:
+        with storage_errors(self.config, f"delete {key}"):
+            await self._client.delete_object(Bucket=self.config.bucket, Key=key)

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.servers import MariaDBServer, PostgresServer
+
+AMBIENT_PREFIXES = (
+    "AWS_",
+    "DB_",
+    "STORAGE_",
+    "EMAIL_",
+    "SEQ_",
+    "PG",
+    "MYSQL",
+    "BACKUPD_",
+    "COMPRESSION",
+    "TIMEZONE",
+)
+S3_KEY_ID = "backupd-test-key-id"
+S3_SECRET = "backupd-test-SECRET-8f1c2e"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A developer's shell must not change what the suite asserts."""
+    for name in list(os.environ):
+        if name.startswith(AMBIENT_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def _scratch_dir(prefix: str) -> Path:
+    # Outside pytest's 0700 tree: the database servers run as their own system users.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    root = _scratch_dir("backupd-pg-")
+    server = PostgresServer(root / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    root = _scratch_dir("backupd-mariadb-")
+    server = MariaDBServer(root / "mariadb")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY_ID,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture
+def s3(moto_url: str) -> Any:
+    return s3_client(moto_url)
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"b-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def storage_env(endpoint: str, bucket: str, **extra: str) -> dict[str, str]:
+    return {
+        "STORAGE_TYPE": "s3",
+        "STORAGE_ENDPOINT_URL": endpoint,
+        "STORAGE_ACCESS_KEY_ID": S3_KEY_ID,
+        "STORAGE_SECRET_ACCESS_KEY": S3_SECRET,
+        "STORAGE_BUCKET_NAME": bucket,
+        **extra,
+    }
+
+
+def pg_env(server: PostgresServer, database: str, **extra: str) -> dict[str, str]:
+    return {
+        "DB_TYPE": "postgres",
+        "DB_HOST": "127.0.0.1",
+        "DB_PORT": str(server.port),
+        "DB_USER": server.user,
+        "DB_PASSWORD": server.password,
+        "DB_DATABASE": database,
+        **extra,
+    }
+
+
+def mariadb_env(server: MariaDBServer, database: str, **extra: str) -> dict[str, str]:
+    return {
+        "DB_TYPE": "mariadb",
+        "DB_HOST": "127.0.0.1",
+        "DB_PORT": str(server.port),
+        "DB_USER": server.user,
+        "DB_PASSWORD": server.password,
+        "DB_DATABASE": database,
+        **extra,
+    }
+
+
+def backupd_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "backupd", *args]
+
+
+def child_env(config: dict[str, str]) -> dict[str, str]:
+    """The environment ``backupd`` runs with in a test: the basics plus the given config."""
+    base = {
+        k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"}
+    }
+    return {**base, **config}
+
+
+def run_backupd(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        backupd_command(*args),
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def bucket_state(s3: Any, bucket: str) -> tuple[list[str], list[str]]:
+    """(keys, keys with an open multipart upload)."""
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    uploads = [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    return keys, uploads

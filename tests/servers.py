@@ -1,0 +1,413 @@
+"""Real servers for the integration tests: PostgreSQL, MariaDB, moto's S3, and a fault proxy.
+
+Each starts in a temporary directory on a free loopback port, with password authentication,
+and stops when its fixture ends. Nothing here depends on services already running on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_PASSWORD = 'pg "s3cr3t" p@ss\\word #1'
+MARIADB_PASSWORD = 'my "s3cr3t" p@ss\\word #2'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _as_user(user: str | None) -> list[str]:
+    return ["runuser", "-u", user, "--"] if user else []
+
+
+def _pg_bindir() -> Path:
+    versions = Path("/usr/lib/postgresql").glob("*/bin")
+    candidates = sorted(
+        versions, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0
+    )
+    if candidates:
+        return candidates[-1]
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        raise RuntimeError(
+            "PostgreSQL server binaries (initdb) not found; run .ci/run to install them"
+        )
+    return Path(initdb).resolve().parent
+
+
+@dataclass
+class PostgresServer:
+    root: Path
+    port: int = field(default_factory=free_port)
+    user: str = "backupd"
+    password: str = PG_PASSWORD
+    os_user: str | None = None
+
+    def start(self) -> None:
+        bindir = _pg_bindir()
+        self.os_user = "postgres" if os.geteuid() == 0 else None
+        self.root.mkdir(parents=True, exist_ok=True)
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password + "\n")
+        if self.os_user:
+            entry = pwd.getpwnam(self.os_user)
+            for path in (self.root, pwfile):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        data = self.root / "data"
+        subprocess.run(
+            [
+                *_as_user(self.os_user),
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                self.user,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            [
+                *_as_user(self.os_user),
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(self.root / "log"),
+                "-w",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self) -> None:
+        bindir = _pg_bindir()
+        subprocess.run(
+            [
+                *_as_user(self.os_user),
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.root / "data"),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+        )
+
+    def env(self, database: str = "postgres") -> dict[str, str]:
+        return {
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGPASSWORD": self.password,
+            "PGDATABASE": database,
+        }
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            env={**os.environ, **self.env(database)},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return result.stdout
+
+    def run_sql_file(self, sql: str, database: str) -> None:
+        subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"],
+            input=sql,
+            text=True,
+            env={**os.environ, **self.env(database)},
+            check=True,
+            capture_output=True,
+        )
+
+    def create_database(self, name: str, sql: str = "") -> None:
+        self.psql(f'CREATE DATABASE "{name}"')
+        if sql:
+            self.run_sql_file(sql, name)
+
+    def plain_dump(self, database: str) -> str:
+        """The database as plain SQL: equal text means equal schema, code and rows."""
+        result = subprocess.run(
+            ["pg_dump", "--format=plain", "--no-owner"],
+            env={**os.environ, **self.env(database)},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        # pg_dump 15.14+ fences the script with a random \restrict key: not part of the data.
+        return "\n".join(
+            line
+            for line in result.stdout.splitlines()
+            if not line.startswith(("\\restrict", "\\unrestrict"))
+        )
+
+    def restore(self, dump: bytes, database: str) -> None:
+        self.create_database(database)
+        subprocess.run(
+            ["pg_restore", "--no-owner", "--exit-on-error", "-d", database],
+            input=dump,
+            env={**os.environ, **self.env(database)},
+            check=True,
+            capture_output=True,
+        )
+
+
+@dataclass
+class MariaDBServer:
+    root: Path
+    port: int = field(default_factory=free_port)
+    user: str = "backupd"
+    password: str = MARIADB_PASSWORD
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "mysqld.sock"
+
+    def start(self) -> None:
+        os_user = "mysql" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(os_user)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        data = self.root / "data"
+        subprocess.run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--user={os_user}",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.process = subprocess.Popen(
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--socket={self.socket}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--user={os_user}",
+                f"--pid-file={self.root / 'pid'}",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--skip-name-resolve",
+                f"--log-error={self.root / 'log'}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._ready, 60, "MariaDB to accept connections")
+        escaped = self.password.replace("\\", "\\\\").replace("'", "\\'")
+        self.root_sql(
+            f"CREATE USER '{self.user}'@'%' IDENTIFIED BY '{escaped}';"
+            f"GRANT ALL ON *.* TO '{self.user}'@'%' WITH GRANT OPTION;"
+        )
+
+    def _ready(self) -> bool:
+        probe = subprocess.run(
+            ["mariadb", f"--socket={self.socket}", "-uroot", "-e", "SELECT 1"], capture_output=True
+        )
+        return probe.returncode == 0
+
+    def root_sql(self, sql: str, database: str = "") -> str:
+        result = subprocess.run(
+            [
+                "mariadb",
+                f"--socket={self.socket}",
+                "-uroot",
+                "--default-character-set=utf8mb4",
+                "--batch",
+                "--skip-column-names",
+                *([database] if database else []),
+            ],
+            input=sql,
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+        return result.stdout
+
+    def create_database(self, name: str, sql: str = "") -> None:
+        self.root_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        if sql:
+            self.root_sql(sql, name)
+
+    def plain_dump(self, database: str) -> str:
+        """The database as SQL without its name: equal text means equal schema, code and rows."""
+        result = subprocess.run(
+            [
+                "mariadb-dump",
+                f"--socket={self.socket}",
+                "-uroot",
+                "--skip-dump-date",
+                "--routines",
+                "--events",
+                "--triggers",
+                "--hex-blob",
+                "--default-character-set=utf8mb4",
+                database,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        # Comments name the database; everything else must match.
+        return "\n".join(line for line in result.stdout.splitlines() if not line.startswith("--"))
+
+    def restore(self, dump: bytes, database: str) -> None:
+        """Load a ``--databases`` dump under another name, without its CREATE DATABASE and USE."""
+        self.create_database(database)
+        lines = [
+            line
+            for line in dump.split(b"\n")
+            if not line.startswith((b"CREATE DATABASE", b"USE `"))
+        ]
+        subprocess.run(
+            [
+                "mariadb",
+                f"--socket={self.socket}",
+                "-uroot",
+                "--default-character-set=utf8mb4",
+                database,
+            ],
+            input=b"\n".join(lines),
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class FaultProxy:
+    """A TCP proxy in front of an HTTP server.
+
+    It records each request's method, target and body size and, once ``break_uploads`` is set,
+    drops any connection that sends a multipart UploadPart.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.requests: list[tuple[str, str, int]] = []
+        self.break_uploads = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._server.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                method, target = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                self.requests.append((method, target, length))
+                if self.break_uploads.is_set() and method == "PUT" and "partNumber=" in target:
+                    client.shutdown(socket.SHUT_RDWR)
+                    return
+                upstream.sendall(head + b"\r\n\r\n")
+                while length > 0:
+                    if not buffer:
+                        buffer = client.recv(min(length, 1 << 20))
+                        if not buffer:
+                            return
+                    chunk, buffer = buffer[:length], buffer[length:]
+                    upstream.sendall(chunk)
+                    length -= len(chunk)
+        except OSError:
+            return
+        finally:
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def running(server: PostgresServer | MariaDBServer) -> Iterator[PostgresServer | MariaDBServer]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
