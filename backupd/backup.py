@@ -6,6 +6,7 @@ becomes visible only when the dump exited 0, every part is stored and the manife
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ async def dump_to_storage(
         engine=target.database.engine,
         key=key,
         size=digest.size,
-        sha256=digest.hexdigest(),
+        sha256=await digest.hexdigest(),
         started=started,
         finished=finished,
         duration_s=round(duration, 3),
@@ -159,13 +160,20 @@ async def _write_manifest(
 async def run_backup(target: TargetConfig) -> list[BackupResult]:
     """Back up every database of ``target``; raise on the first failure."""
     source = source_for(target.database)
-    info = await source.probe()
-    log.info(
-        "%s: %s server %s, %s",
-        target.name,
-        target.database.engine,
-        info.server_version,
-        info.tool_version,
-    )
-    async with open_storage(target.storage) as storage:
-        return [await dump_to_storage(target, source, storage, target.database.database, info)]
+    # The login probe waits on child processes; opening storage is CPU work: overlap them.
+    probe = asyncio.create_task(source.probe(), name=f"probe-{target.name}")
+    try:
+        async with open_storage(target.storage) as storage:
+            info = await probe
+            log.info(
+                "%s: %s server %s, %s",
+                target.name,
+                target.database.engine,
+                info.server_version,
+                info.tool_version,
+            )
+            return [await dump_to_storage(target, source, storage, target.database.database, info)]
+    finally:
+        if not probe.done():
+            probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)

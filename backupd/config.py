@@ -220,6 +220,8 @@ class Settings(BaseModel):
 
 
 SECRET_NAMES = frozenset({"DB_PASSWORD", "STORAGE_ACCESS_KEY_ID", "STORAGE_SECRET_ACCESS_KEY"})
+# Errors quote the given value only for these: a secret pasted into the wrong variable stays hidden.
+ECHOED_NAMES = frozenset({"DB_TYPE", "STORAGE_TYPE", "COMPRESSION", "STORAGE_PART_SIZE"})
 
 
 class _Reader:
@@ -283,6 +285,10 @@ class _Reader:
         if error["type"] == "missing":
             return f"{self.name_for(alias)}: required but not set"
         message = str(error["msg"]).removeprefix("Value error, ")
+        message = message.replace("Input should be", "must be")
+        given = error.get("input")
+        if alias in ECHOED_NAMES and isinstance(given, str) and repr(given) not in message:
+            message += f" (got {given!r})"
         return f"{self.source.get(alias, self.name_for(alias))}: {message}"
 
     def name_for(self, alias: str) -> str:

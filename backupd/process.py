@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import signal
@@ -67,19 +68,60 @@ def mask(text: str, secrets: list[str]) -> str:
     return text
 
 
+class PipeReader:
+    """The read end of a child's stdout, read straight into the caller's buffer.
+
+    Each ``fill`` runs a blocking read loop in a worker thread: one copy, kernel to
+    destination, and no event-loop wake-up per pipe write (pg_dump writes 8 KiB at a time).
+    A cancelled caller leaves the thread to finish at EOF, which killing the child brings.
+    """
+
+    def __init__(self, fd: int) -> None:
+        with contextlib.suppress(OSError):  # a larger pipe absorbs our brief pauses
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+        self.fd = fd
+        self._closed = False
+
+    async def fill(self, target: io.BytesIO | bytearray) -> int:
+        """Fill ``target``; return how many bytes were read (fewer only at end of stream)."""
+        return await asyncio.to_thread(_fill, self.fd, target)
+
+    async def read_all(self) -> bytes:
+        chunks = bytearray()
+        buffer = bytearray(65536)
+        while count := await self.fill(buffer):
+            chunks += buffer[:count]
+        return bytes(chunks)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+def _fill(fd: int, target: io.BytesIO | bytearray) -> int:
+    # The view is taken here, not by the caller: a caller cancelled mid-read must not
+    # release a buffer this thread is still writing into.
+    with target.getbuffer() if isinstance(target, io.BytesIO) else memoryview(target) as view:
+        filled = 0
+        while filled < len(view):
+            count = os.readv(fd, [view[filled:]])
+            if count == 0:
+                break
+            filled += count
+        return filled
+
+
 class Child:
     """A running child process whose stderr is drained concurrently into a tail buffer."""
 
-    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, name: str, process: asyncio.subprocess.Process, stdout: PipeReader) -> None:
         self.name = name
         self.process = process
+        self.stdout = stdout
         self.tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"{name}-stderr")
-
-    @property
-    def stdout(self) -> asyncio.StreamReader:
-        assert self.process.stdout is not None
-        return self.process.stdout
 
     @property
     def stdin(self) -> asyncio.StreamWriter:
@@ -118,6 +160,7 @@ class Child:
         self._stderr_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._stderr_task
+        self.stdout.close()
 
 
 def describe_status(code: int) -> str:
@@ -132,47 +175,39 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _enlarge_pipe(stream: asyncio.StreamReader | None) -> None:
-    """Give the child's stdout a 1 MiB pipe, so brief pauses of ours never stall the dump."""
-    transport = getattr(stream, "_transport", None)
-    pipe = transport.get_extra_info("pipe") if transport is not None else None
-    if pipe is not None:
-        with contextlib.suppress(OSError, ValueError):  # ValueError: the child already exited
-            fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
-
-
 @contextlib.asynccontextmanager
 async def spawn(
     name: str,
     command: Command,
     *,
     stdin: int | None = asyncio.subprocess.DEVNULL,
-    read_limit: int = 4 * 1024 * 1024,
 ) -> AsyncIterator[Child]:
     """Start ``command`` in its own session; kill and reap its group when the block ends."""
-    secret_fd: int | None = None
-    if command.pipe_file is not None:
-        secret_fd = _secret_pipe(command.pipe_file)
+    secret_fd = _secret_pipe(command.pipe_file) if command.pipe_file is not None else None
+    stdout_read, stdout_write = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             *command.final_argv(secret_fd),
             stdin=stdin,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=stdout_write,
             stderr=asyncio.subprocess.PIPE,
             env=dict(command.env),
             start_new_session=True,
             pass_fds=(secret_fd,) if secret_fd is not None else (),
-            limit=read_limit,
         )
-    except FileNotFoundError:
-        raise DumpError(f"{command.argv[0]} not found on PATH: install it or fix PATH") from None
-    except PermissionError:
-        raise DumpError(f"{command.argv[0]} is not executable") from None
+    except BaseException as error:
+        os.close(stdout_read)
+        program = command.argv[0]
+        if isinstance(error, FileNotFoundError):
+            raise DumpError(f"{program} not found on PATH: install it, or fix PATH") from None
+        if isinstance(error, PermissionError):
+            raise DumpError(f"{program} is not executable") from None
+        raise
     finally:
+        os.close(stdout_write)
         if secret_fd is not None:
             os.close(secret_fd)
-    _enlarge_pipe(process.stdout)
-    child = Child(name, process)
+    child = Child(name, process, PipeReader(stdout_read))
     try:
         yield child
     finally:
@@ -196,7 +231,7 @@ async def run_captured(name: str, command: Command, timeout: float = 30.0) -> tu
     async with spawn(name, command) as child:
         try:
             async with asyncio.timeout(timeout):
-                out = await child.stdout.read()
+                out = await child.stdout.read_all()
                 code = await child.wait()
         except TimeoutError:
             raise BackupdError(f"{name} did not answer within {timeout:.0f}s") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
@@ -16,6 +17,7 @@ from typing import Protocol
 import zstandard
 
 from backupd.config import Compression, Engine
+from backupd.parts import Part, blank_body
 
 CHUNK = 1024 * 1024
 ZSTD_LEVEL = 3
@@ -23,7 +25,7 @@ GZIP_LEVEL = 6
 
 
 class Compressor(Protocol):
-    def compress(self, data: bytes) -> bytes: ...
+    def compress(self, data: memoryview) -> bytes: ...
 
     def flush(self) -> bytes: ...
 
@@ -32,7 +34,7 @@ class _Gzip:
     def __init__(self) -> None:
         self._z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
 
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: memoryview) -> bytes:
         return self._z.compress(data)
 
     def flush(self) -> bytes:
@@ -43,7 +45,7 @@ class _Zstd:
     def __init__(self) -> None:
         self._z = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj()
 
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: memoryview) -> bytes:
         return self._z.compress(data)
 
     def flush(self) -> bytes:
@@ -76,27 +78,46 @@ def make_compressor(kind: Compression) -> Compressor | None:
     return None
 
 
+class Readable(Protocol):
+    async def fill(self, target: io.BytesIO | bytearray) -> int:
+        """Fill ``target``; return the count, which is short only at end of stream."""
+        ...
+
+
 class Digest:
-    """Running SHA-256 and byte count of what is stored; hashing runs off the event loop."""
+    """Running SHA-256 and byte count of what is stored.
+
+    Hashing runs in a worker thread, one part behind the reader, so the event loop keeps
+    draining the dump's pipe while the previous part is hashed.
+    """
 
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
+        self._pending: asyncio.Future[None] | None = None
         self.size = 0
 
-    async def update(self, data: bytes) -> None:
-        self.size += len(data)
-        await asyncio.to_thread(self._sha.update, data)
+    async def update(self, part: Part) -> None:
+        if self._pending is not None:
+            await self._pending
+        self.size += part.size
+        self._pending = asyncio.ensure_future(self._hash(part))
 
-    def hexdigest(self) -> str:
+    async def _hash(self, part: Part) -> None:
+        with part.body.getbuffer() as view:
+            await asyncio.to_thread(self._sha.update, view)
+
+    async def hexdigest(self) -> str:
+        if self._pending is not None:
+            await self._pending
         return self._sha.hexdigest()
 
 
 async def fixed_parts(
-    source: asyncio.StreamReader,
+    source: Readable,
     part_size: Callable[[int], int],
     digest: Digest,
     compressor: Compressor | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[Part]:
     """Yield parts of exactly ``part_size(n)`` bytes (the last may be smaller) until EOF."""
     if compressor is None:
         raw = _exact_parts(source, part_size)
@@ -107,38 +128,48 @@ async def fixed_parts(
         yield part
 
 
-async def _exact_parts(
-    source: asyncio.StreamReader, part_size: Callable[[int], int]
-) -> AsyncIterator[bytes]:
+async def _exact_parts(source: Readable, part_size: Callable[[int], int]) -> AsyncIterator[Part]:
+    """Read the source straight into each part's buffer: no copy beyond the kernel's."""
     number = 1
     while True:
         size = part_size(number)
-        try:
-            part = await source.readexactly(size)
-        except asyncio.IncompleteReadError as short:
-            if short.partial:
-                yield short.partial
+        body = blank_body(size)
+        filled = await source.fill(body)
+        if filled < size:
+            body.truncate(filled)
+        body.seek(0)
+        if filled:
+            yield Part(body, filled)
+        if filled < size:
             return
-        yield part
         number += 1
 
 
 async def _compressed_parts(
-    source: asyncio.StreamReader, part_size: Callable[[int], int], compressor: Compressor
-) -> AsyncIterator[bytes]:
+    source: Readable, part_size: Callable[[int], int], compressor: Compressor
+) -> AsyncIterator[Part]:
     number = 1
-    pending = bytearray()
+    chunk = bytearray(CHUNK)
+    body = io.BytesIO()
     eof = False
     while not eof:
-        chunk = await source.read(CHUNK)
-        if chunk:
-            pending += await asyncio.to_thread(compressor.compress, chunk)
+        count = await source.fill(chunk)
+        if count:
+            compressed = await asyncio.to_thread(compressor.compress, memoryview(chunk)[:count])
+            output = memoryview(compressed)
         else:
-            pending += await asyncio.to_thread(compressor.flush)
+            output = memoryview(await asyncio.to_thread(compressor.flush))
             eof = True
-        while len(pending) >= (size := part_size(number)):
-            yield bytes(pending[:size])
-            del pending[:size]
-            number += 1
-    if pending:
-        yield bytes(pending)
+        while output:
+            room = part_size(number) - body.tell()
+            body.write(output[:room])
+            output = output[room:]
+            if body.tell() == part_size(number):
+                body.seek(0)
+                yield Part(body, part_size(number))
+                body = io.BytesIO()
+                number += 1
+    if body.tell():
+        size = body.tell()
+        body.seek(0)
+        yield Part(body, size)

@@ -6,6 +6,7 @@ The password travels in a ``[client]`` option file that exists only as an inheri
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 
@@ -101,23 +102,22 @@ class MySQLSource:
         )
 
     async def probe(self) -> ServerInfo:
-        client = pick_tool(self.config.engine, "client")
-        code, out, err = await run_captured(
-            client, self._command(client_argv(client, self.config, "SELECT VERSION()"))
+        client, tool = (
+            pick_tool(self.config.engine, "client"),
+            pick_tool(self.config.engine, "dump"),
+        )
+        login = self._command(client_argv(client, self.config, "SELECT VERSION()"))
+        version = Command((tool, "--version"), child_environment({}))
+        (code, out, err), (tool_code, tool_out, tool_err) = await asyncio.gather(
+            run_captured(client, login), run_captured(tool, version)
         )
         if code != 0:
-            raise ConnectError(
-                f"cannot log in to {self._label()} at {self._where()}: {err or f'exit {code}'}"
-            )
-        server_version = out.strip()
-        tool = pick_tool(self.config.engine, "dump")
-        code, out, err = await run_captured(
-            tool, Command((tool, "--version"), child_environment({}))
-        )
-        if code != 0:
-            raise DumpError(f"{tool} --version failed: {err}")
-        self._mariadb_tool = is_mariadb_tool(out)
-        return ServerInfo(server_version=server_version, tool_version=_short_version(out))
+            where = f"{self._label()} at {self._where()}"
+            raise ConnectError(f"cannot log in to {where}: {err or f'{client} exited {code}'}")
+        if tool_code != 0:
+            raise DumpError(f"{tool} --version failed: {tool_err}")
+        self._mariadb_tool = is_mariadb_tool(tool_out)
+        return ServerInfo(server_version=out.strip(), tool_version=_short_version(tool_out))
 
     def dump_command(self, database: str, native_compression: bool) -> Command:
         tool = pick_tool(self.config.engine, "dump")

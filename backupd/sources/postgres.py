@@ -7,6 +7,7 @@ mistaken for a connection string.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from backupd.config import DatabaseConfig
@@ -91,18 +92,17 @@ class PostgresSource:
             ("psql", "--no-psqlrc", "--no-password", "-At", "-c", query),
             self._env(self.config.database),
         )
-        code, out, err = await run_captured("psql", psql)
+        version = Command(("pg_dump", "--version"), self._env(""))
+        (code, out, err), (tool_code, tool_out, tool_err) = await asyncio.gather(
+            run_captured("psql", psql), run_captured("pg_dump", version)
+        )
         if code != 0:
             raise ConnectError(
                 f"cannot log in to PostgreSQL at {self._where()}: {err or f'psql exited {code}'}"
             )
-        server_version = out.strip()
-        code, out, err = await run_captured(
-            "pg_dump", Command(("pg_dump", "--version"), self._env(""))
-        )
-        if code != 0:
-            raise DumpError(f"pg_dump --version failed: {err}")
-        tool_version = tool_version_of(out)
+        if tool_code != 0:
+            raise DumpError(f"pg_dump --version failed: {tool_err}")
+        server_version, tool_version = out.strip(), tool_version_of(tool_out)
         problem = version_problem(server_version, tool_version)
         if problem is not None:
             raise DumpError(problem)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from backupd.parts import Part
+
 
 class Upload(Protocol):
     """One object being written. Nothing is visible until ``commit`` succeeds.
@@ -17,7 +19,7 @@ class Upload(Protocol):
         """Size of part ``number`` (1-based); every part but the last has exactly this size."""
         ...
 
-    async def write(self, part: bytes) -> None:
+    async def write(self, part: Part) -> None:
         """Accept the next part; waits while uploads lag (backpressure)."""
         ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import BinaryIO
 
 from backupd.config import LocalConfig
 from backupd.errors import StorageError
+from backupd.parts import Part
 
 
 def _fsync_dir(path: Path) -> None:
@@ -55,9 +57,15 @@ class LocalUpload:
 
         self._file = await asyncio.to_thread(_open)
 
-    async def write(self, part: bytes) -> None:
+    async def write(self, part: Part) -> None:
         assert self._file is not None
-        await asyncio.to_thread(self._file.write, part)
+        handle = self._file
+
+        def _write() -> None:
+            with part.body.getbuffer() as view:
+                handle.write(view)
+
+        await asyncio.to_thread(_write)
 
     async def commit(self) -> None:
         assert self._file is not None
@@ -106,7 +114,7 @@ class LocalStorage:
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         async with self.upload(key, {}) as upload:
-            await upload.write(data)
+            await upload.write(Part(io.BytesIO(data), len(data)))
             await upload.commit()
 
     async def delete(self, key: str) -> None:

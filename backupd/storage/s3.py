@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from botocore.exceptions import (
 
 from backupd.config import MAX_PART_SIZE, S3Config, StorageType
 from backupd.errors import StorageError
+from backupd.parts import Part
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -90,6 +90,10 @@ def client_config(config: S3Config) -> AioConfig:
         "retries": {"mode": "standard", "total_max_attempts": 5},
         "connect_timeout": 10,
         "read_timeout": 120,
+        # Otherwise botocore SHA-256-signs every part on the event loop (always over http, and
+        # over https too when no checksum header is sent). TLS protects the body in transit, and
+        # the manifest's sha256, checked on restore, covers it end to end.
+        "s3": {"payload_signing_enabled": False},
     }
     if not config.is_aws:
         # R2, B2 and others reject botocore's default aws-chunked CRC32 trailers.
@@ -164,7 +168,7 @@ class S3Upload:
         self._metadata = metadata
         self._may_grow = config.kind is StorageType.S3
         self._budget = ByteBudget(config.part_size * config.upload_concurrency)
-        self._held: bytes | None = None
+        self._held: Part | None = None
         self._upload_id: str | None = None
         self._count = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -175,7 +179,7 @@ class S3Upload:
     def part_size(self, number: int) -> int:
         return part_size_for(number, self._config.part_size, self._may_grow)
 
-    async def write(self, part: bytes) -> None:
+    async def write(self, part: Part) -> None:
         self._raise_failure()
         self._count += 1
         if self._count > MAX_PARTS:
@@ -196,7 +200,7 @@ class S3Upload:
                 await self._client.put_object(
                     Bucket=self._config.bucket,
                     Key=self._key,
-                    Body=self._held or b"",
+                    Body=self._held.body if self._held else b"",
                     Metadata=self._metadata,
                     IfNoneMatch="*",
                 )
@@ -239,14 +243,14 @@ class S3Upload:
             )
         self._upload_id = response["UploadId"]
 
-    async def _start_part(self, number: int, data: bytes) -> None:
-        amount = await self._budget.acquire(len(data))
+    async def _start_part(self, number: int, part: Part) -> None:
+        amount = await self._budget.acquire(part.size)
         self._raise_failure()
-        task = asyncio.create_task(self._send_part(number, data, amount), name=f"part-{number}")
+        task = asyncio.create_task(self._send_part(number, part, amount), name=f"part-{number}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send_part(self, number: int, data: bytes, amount: int) -> None:
+    async def _send_part(self, number: int, part: Part, amount: int) -> None:
         assert self._upload_id is not None
         try:
             with storage_errors(self._config, f"upload part {number} of {self._key}"):
@@ -255,8 +259,7 @@ class S3Upload:
                     Key=self._key,
                     UploadId=self._upload_id,
                     PartNumber=number,
-                    # A stream lets aiohttp send the part in chunks instead of copying it whole.
-                    Body=io.BytesIO(data),
+                    Body=part.body,
                 )
             self._done.append({"PartNumber": number, "ETag": response["ETag"]})
         except asyncio.CancelledError:

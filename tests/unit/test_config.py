@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backupd.config import (
+    MIB,
+    Compression,
+    Engine,
+    LocalConfig,
+    S3Config,
+    StorageType,
+    load_target,
+    read_environment,
+)
+from backupd.errors import ConfigError
+
+MINIMAL = {
+    "DB_HOST": "db.internal",
+    "DB_USER": "backup",
+    "DB_PASSWORD": "pw-Secret-42",
+    "DB_DATABASE": "app",
+    "STORAGE_BUCKET_NAME": "my-backups",
+    "STORAGE_ACCESS_KEY_ID": "AKIAEXAMPLE",
+    "STORAGE_SECRET_ACCESS_KEY": "storage-Secret-99",
+}
+
+
+def problems_of(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_target(env)
+    return caught.value.problems
+
+
+def test_seed_env_gives_postgres_to_s3_with_defaults() -> None:
+    target = load_target(MINIMAL)
+
+    assert target.database.engine is Engine.POSTGRES
+    assert target.database.effective_port == 5432
+    assert isinstance(target.storage, S3Config)
+    assert target.storage.kind is StorageType.S3
+    assert target.storage.region == "us-east-1"
+    assert target.storage.part_size == 16 * MIB
+    assert target.storage.upload_concurrency == 4
+    assert target.layout.folder == "backups"
+    assert target.layout.timezone == "UTC"
+    assert target.layout.compression is Compression.AUTO
+
+
+@pytest.mark.parametrize(
+    ("engine", "port"), [("postgres", 5432), ("mysql", 3306), ("mariadb", 3306)]
+)
+def test_port_defaults_by_engine(engine: str, port: int) -> None:
+    assert load_target({**MINIMAL, "DB_TYPE": engine}).database.effective_port == port
+
+
+def test_every_problem_is_reported_at_once_naming_its_variable() -> None:
+    env = {
+        "DB_TYPE": "oracle",
+        "DB_PORT": "99999",
+        "STORAGE_TYPE": "s3",
+        "STORAGE_PART_SIZE": "1MiB",
+        "TIMEZONE": "Mars/Olympus",
+        "COMPRESSION": "brotli",
+    }
+
+    problems = problems_of(env)
+
+    named = {p.split(":", 1)[0] for p in problems}
+    assert {
+        "DB_TYPE",
+        "DB_PORT",
+        "DB_HOST",
+        "DB_USER",
+        "DB_DATABASE",
+        "STORAGE_BUCKET_NAME",
+        "STORAGE_PART_SIZE",
+        "TIMEZONE",
+        "COMPRESSION",
+    } <= named
+    assert all("\n" not in p for p in problems)
+
+
+def test_r2_needs_an_endpoint_and_keys_and_always_uses_region_auto() -> None:
+    env = {k: v for k, v in MINIMAL.items() if not k.startswith("STORAGE_ACCESS")}
+    problems = problems_of({**env, "STORAGE_TYPE": "r2", "STORAGE_REGION": "eu-west-1"})
+    assert any(p.startswith("STORAGE_ENDPOINT_URL: required for STORAGE_TYPE=r2") for p in problems)
+    assert any(p.startswith("STORAGE_ACCESS_KEY_ID:") for p in problems)
+
+    target = load_target(
+        {
+            **MINIMAL,
+            "STORAGE_TYPE": "r2",
+            "STORAGE_ENDPOINT_URL": "https://acc.r2.cloudflarestorage.com",
+        }
+    )
+    assert isinstance(target.storage, S3Config)
+    assert target.storage.region == "auto"
+    assert not target.storage.is_aws
+
+
+def test_half_a_key_pair_is_refused() -> None:
+    env = {k: v for k, v in MINIMAL.items() if k != "STORAGE_SECRET_ACCESS_KEY"}
+    assert any(
+        "set both STORAGE_ACCESS_KEY_ID and STORAGE_SECRET_ACCESS_KEY" in p
+        for p in problems_of(env)
+    )
+
+
+def test_no_keys_at_all_means_the_default_aws_chain() -> None:
+    env = {
+        k: v for k, v in MINIMAL.items() if not k.startswith("STORAGE_ACCESS") and "SECRET" not in k
+    }
+    storage = load_target(env).storage
+    assert isinstance(storage, S3Config)
+    assert storage.access_key_id is None
+    assert storage.is_aws
+
+
+def test_local_storage_needs_a_path() -> None:
+    assert problems_of({**MINIMAL, "STORAGE_TYPE": "local"}) == [
+        "STORAGE_LOCAL_PATH: required but not set"
+    ]
+    target = load_target({**MINIMAL, "STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": "/backups"})
+    assert isinstance(target.storage, LocalConfig)
+    assert target.storage.path == Path("/backups")
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [("16MiB", 16 * MIB), ("5 MiB", 5 * MIB), ("67108864", 64 * MIB), ("1GiB", 1024 * MIB)],
+)
+def test_part_size_accepts_human_sizes(raw: str, size: int) -> None:
+    storage = load_target({**MINIMAL, "STORAGE_PART_SIZE": raw}).storage
+    assert storage.part_size == size
+
+
+@pytest.mark.parametrize("raw", ["4MiB", "6GiB", "lots"])
+def test_part_size_outside_s3_limits_is_refused(raw: str) -> None:
+    assert [p.split(":")[0] for p in problems_of({**MINIMAL, "STORAGE_PART_SIZE": raw})] == [
+        "STORAGE_PART_SIZE"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "folder"),
+    [("backups/", "backups"), ("/a/b/", "a/b"), ("", "backups"), ("nightly", "nightly")],
+)
+def test_destination_folder_is_normalised(raw: str, folder: str) -> None:
+    assert load_target({**MINIMAL, "STORAGE_DESTINATION_FOLDER": raw}).layout.folder == folder
+
+
+@pytest.mark.parametrize("raw", ["../escape", "a//b", "a/./b"])
+def test_destination_folder_must_be_a_plain_path(raw: str) -> None:
+    problems = problems_of({**MINIMAL, "STORAGE_DESTINATION_FOLDER": raw})
+    assert [p.split(":")[0] for p in problems] == ["STORAGE_DESTINATION_FOLDER"]
+
+
+def test_secrets_can_come_from_files(tmp_path: Path) -> None:
+    (tmp_path / "db").write_text("from-file-pw\n")
+    (tmp_path / "key").write_text("from-file-key")
+    env = {
+        k: v for k, v in MINIMAL.items() if k not in {"DB_PASSWORD", "STORAGE_SECRET_ACCESS_KEY"}
+    }
+    env |= {
+        "DB_PASSWORD_FILE": str(tmp_path / "db"),
+        "STORAGE_SECRET_ACCESS_KEY_FILE": str(tmp_path / "key"),
+    }
+
+    target = load_target(env)
+
+    assert target.database.password is not None
+    assert target.database.password.get_secret_value() == "from-file-pw"
+    assert isinstance(target.storage, S3Config)
+    assert target.storage.secret_access_key is not None
+    assert target.storage.secret_access_key.get_secret_value() == "from-file-key"
+
+
+def test_secret_file_problems_are_named(tmp_path: Path) -> None:
+    problems = problems_of({**MINIMAL, "DB_PASSWORD_FILE": str(tmp_path / "db")})
+    assert problems == ["DB_PASSWORD: set either DB_PASSWORD or DB_PASSWORD_FILE, not both"]
+
+    env = {k: v for k, v in MINIMAL.items() if k != "DB_PASSWORD"}
+    problems = problems_of({**env, "DB_PASSWORD_FILE": str(tmp_path / "missing")})
+    assert len(problems) == 1
+    assert problems[0].startswith(f"DB_PASSWORD_FILE: cannot read {tmp_path / 'missing'}")
+
+
+def test_secrets_never_show_in_repr_or_errors() -> None:
+    target = load_target(MINIMAL)
+    text = repr(target) + str(target) + target.model_dump_json()
+    assert "pw-Secret-42" not in text
+    assert "storage-Secret-99" not in text
+
+    problems = problems_of({**MINIMAL, "DB_PASSWORD": "pw-Secret-42", "DB_PORT": "pw-Secret-42"})
+    assert "pw-Secret-42" not in " ".join(problems)
+
+
+def test_dotenv_file_is_read_and_real_environment_wins(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        'DB_HOST=from-file\nDB_USER="quoted user"\n# a comment\nexport DB_DATABASE=app\n'
+    )
+
+    merged = read_environment({"DB_HOST": "from-env"}, dotenv)
+
+    assert merged == {"DB_HOST": "from-env", "DB_USER": "quoted user", "DB_DATABASE": "app"}
+    assert read_environment({"A": "1"}, tmp_path / "absent") == {"A": "1"}
