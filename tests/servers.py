@@ -334,6 +334,7 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.requests: list[tuple[str, str, int]] = []
         self.break_uploads = threading.Event()
+        self.part_delay = 0.0
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
@@ -343,6 +344,13 @@ class FaultProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def part_sizes(self) -> list[int]:
+        return [
+            size
+            for method, target, size in self.requests
+            if method == "PUT" and "partNumber=" in target
+        ]
 
     def close(self) -> None:
         self._stop.set()
@@ -362,38 +370,57 @@ class FaultProxy:
         threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
         buffer = b""
         try:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = client.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, buffer = buffer.split(b"\r\n\r\n", 1)
-                method, target = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
+            while (request := self._read_head(client, buffer)) is not None:
+                head, method, target, length, buffer = request
                 self.requests.append((method, target, length))
-                if self.break_uploads.is_set() and method == "PUT" and "partNumber=" in target:
+                is_part = method == "PUT" and "partNumber=" in target
+                if is_part and self.break_uploads.is_set():
                     client.shutdown(socket.SHUT_RDWR)
                     return
-                upstream.sendall(head + b"\r\n\r\n")
-                while length > 0:
-                    if not buffer:
-                        buffer = client.recv(min(length, 1 << 20))
-                        if not buffer:
-                            return
-                    chunk, buffer = buffer[:length], buffer[length:]
-                    upstream.sendall(chunk)
-                    length -= len(chunk)
+                if is_part and self.part_delay:
+                    time.sleep(self.part_delay)
+                upstream.sendall(head)
+                buffer = self._forward_body(client, upstream, length, buffer)
         except OSError:
             return
         finally:
             for sock in (client, upstream):
                 with contextlib.suppress(OSError):
                     sock.close()
+
+    @staticmethod
+    def _read_head(
+        client: socket.socket, buffer: bytes
+    ) -> tuple[bytes, str, str, int, bytes] | None:
+        """The next request's head, method, target and Content-Length, plus what follows it."""
+        while b"\r\n\r\n" not in buffer:
+            data = client.recv(65536)
+            if not data:
+                return None
+            buffer += data
+        head, rest = buffer.split(b"\r\n\r\n", 1)
+        method, target = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        return head + b"\r\n\r\n", method, target, length, rest
+
+    @staticmethod
+    def _forward_body(
+        client: socket.socket, upstream: socket.socket, length: int, buffer: bytes
+    ) -> bytes:
+        """Send ``length`` body bytes upstream; return what was read beyond them."""
+        while length > 0:
+            if not buffer:
+                buffer = client.recv(min(length, 1 << 20))
+                if not buffer:
+                    raise ConnectionResetError("client went away mid-body")
+            chunk, buffer = buffer[:length], buffer[length:]
+            upstream.sendall(chunk)
+            length -= len(chunk)
+        return buffer
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:

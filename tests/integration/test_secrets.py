@@ -1,0 +1,153 @@
+"""Secrets never reach argv, a child's environment beyond its own, or any line backupd prints."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    S3_SECRET,
+    backupd_command,
+    child_env,
+    mariadb_env,
+    pg_env,
+    run_backupd,
+    storage_env,
+)
+from tests.procs import cmdlines, environ
+from tests.servers import FaultProxy, MariaDBServer, PostgresServer
+
+DUMP_TOOLS = {"pg_dump", "mariadb-dump", "mysqldump", "psql", "mariadb", "mysql"}
+
+
+class ProcessWatcher:
+    """Scans every process's argv, over and over, while a backup runs."""
+
+    def __init__(self) -> None:
+        # (pid, argv) pairs: a new pid shows its parent's argv until it execs.
+        self.seen: set[tuple[int, tuple[str, ...]]] = set()
+        self.environments: dict[int, dict[str, str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._scan, daemon=True)
+
+    def __enter__(self) -> ProcessWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _scan(self) -> None:
+        while not self._stop.is_set():
+            for pid, argv in cmdlines().items():
+                self.seen.add((pid, tuple(argv)))
+                if argv and Path(argv[0]).name in DUMP_TOOLS and pid not in self.environments:
+                    self.environments[pid] = environ(pid)
+
+    def argvs(self) -> list[tuple[str, ...]]:
+        return [argv for _, argv in self.seen]
+
+    def tools(self) -> list[tuple[str, ...]]:
+        return [argv for argv in self.argvs() if argv and Path(argv[0]).name in DUMP_TOOLS]
+
+
+@pytest.fixture
+def proxy(moto_url: str) -> Iterator[FaultProxy]:
+    fault_proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
+    fault_proxy.part_delay = 0.3  # keep the dump alive long enough to be seen
+    yield fault_proxy
+    fault_proxy.close()
+
+
+def slow_backup(config: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {
+        **config,
+        "COMPRESSION": "none",
+        "STORAGE_PART_SIZE": "5MiB",
+        "STORAGE_UPLOAD_CONCURRENCY": "1",
+    }
+    return subprocess.run(
+        backupd_command("once"),
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_postgres_password_never_in_argv_and_storage_secret_never_in_child_env(
+    pg: PostgresServer, proxy: FaultProxy, bucket: str
+) -> None:
+    database = f"secret_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database)
+    pg.psql(
+        "CREATE TABLE t AS SELECT g, md5(g::text) AS p FROM generate_series(1, 300000) g", database
+    )
+
+    with ProcessWatcher() as watcher:
+        result = slow_backup({**pg_env(pg, database), **storage_env(proxy.url, bucket)})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any(Path(a[0]).name == "pg_dump" and "--format=custom" in a for a in watcher.tools())
+    for argv in watcher.argvs():
+        assert not any(pg.password in arg for arg in argv), argv
+    for env in watcher.environments.values():
+        assert S3_SECRET not in env.values()
+        assert not any(name.startswith(("STORAGE_", "AWS_")) for name in env)
+
+
+def test_mariadb_password_travels_by_pipe_not_argv_or_disk(
+    mariadb: MariaDBServer, proxy: FaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    database = f"secret_{uuid.uuid4().hex[:8]}"
+    mariadb.create_database(database)
+    mariadb.root_sql(
+        "CREATE TABLE t (id INT PRIMARY KEY, p CHAR(64));"
+        "INSERT INTO t SELECT seq, CONCAT(MD5(seq), MD5(seq)) FROM seq_1_to_200000;",
+        database,
+    )
+
+    with ProcessWatcher() as watcher:
+        result = slow_backup({**mariadb_env(mariadb, database), **storage_env(proxy.url, bucket)})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    dump_tools = {"mariadb-dump", "mysqldump"}
+    dumps = [argv for argv in watcher.tools() if Path(argv[0]).name in dump_tools]
+    assert dumps, "the dump process was never seen"
+    assert dumps[0][1].startswith("--defaults-extra-file=/dev/fd/")
+    for argv in watcher.argvs():
+        assert not any(mariadb.password in arg for arg in argv), argv
+    for env in watcher.environments.values():
+        assert mariadb.password not in env.values()
+        assert S3_SECRET not in env.values()
+    assert not any(
+        mariadb.password.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+    )
+
+
+@pytest.mark.parametrize("outcome", ["success", "dump failure", "storage failure"])
+def test_no_secret_in_any_output_even_at_debug(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, outcome: str
+) -> None:
+    database = f"quiet_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database, "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+    config = {**pg_env(pg, database), **storage_env(moto_url, bucket), "LOG_LEVEL": "DEBUG"}
+    if outcome == "dump failure":
+        config["DB_DATABASE"] = "no_such_database"
+    if outcome == "storage failure":
+        config["STORAGE_BUCKET_NAME"] = "no-such-bucket-here"
+
+    for command in ("once", "check"):
+        result = run_backupd(command, env=config)
+        output = result.stdout + result.stderr
+        assert (result.returncode == 0) == (outcome == "success"), output
+        assert pg.password not in output
+        assert S3_SECRET not in output
