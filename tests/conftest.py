@@ -29,6 +29,11 @@ AMBIENT_PREFIXES = (
 )
 S3_KEY_ID = "backupd-test-key-id"
 S3_SECRET = "backupd-test-SECRET-8f1c2e"
+BULK_ROWS = 400_000  # ~25 MB of dump: five parts of 5 MiB
+BULK_SQL = (
+    "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS payload"
+    " FROM generate_series(1, {rows}) g"
+)
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 PG_PASSWORD = 'pg "s3cr3t" p@ss\\word #1'
 MARIADB_PASSWORD = 'my "s3cr3t" p@ss\\word #2'
@@ -346,11 +347,13 @@ class FaultProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def part_sizes(self) -> list[int]:
-        return [
-            size
-            for method, target, size in self.requests
-            if method == "PUT" and "partNumber=" in target
-        ]
+        """Sizes of the UploadPart bodies, in part-number order (they may arrive out of order)."""
+        parts = {}
+        for method, target, size in self.requests:
+            query = parse_qs(urlsplit(target).query)
+            if method == "PUT" and "partNumber" in query:
+                parts[int(query["partNumber"][0])] = size
+        return [parts[number] for number in sorted(parts)]
 
     def close(self) -> None:
         self._stop.set()

@@ -16,6 +16,8 @@ import boto3
 import pytest
 
 from tests.conftest import (
+    BULK_ROWS,
+    BULK_SQL,
     backupd_command,
     bucket_state,
     child_env,
@@ -26,12 +28,6 @@ from tests.conftest import (
 )
 from tests.procs import dump_processes
 from tests.servers import FaultProxy, MariaDBServer, PostgresServer, free_port, wait_until
-
-BULK_ROWS = 400_000  # ~25 MB of dump: five parts of 5 MiB
-BULK_SQL = (
-    "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS payload"
-    " FROM generate_series(1, {rows}) g"
-)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,211 @@
+"""Storage backends against real endpoints: moto for S3/R2, a temporary folder for local."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backupd.config import MIB, LocalConfig, S3Config, StorageType
+from backupd.errors import StorageError
+from backupd.parts import Part
+from backupd.storage import local, open_storage
+from backupd.storage import s3 as s3_storage
+from tests.conftest import (
+    BULK_ROWS,
+    BULK_SQL,
+    S3_KEY_ID,
+    S3_SECRET,
+    bucket_state,
+    pg_env,
+    run_backupd,
+    storage_env,
+)
+from tests.servers import FaultProxy, PostgresServer
+
+
+@pytest.fixture
+def proxy(moto_url: str) -> Iterator[FaultProxy]:
+    fault_proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
+    yield fault_proxy
+    fault_proxy.close()
+
+
+@pytest.fixture(scope="module")
+def zstd_source(pg: PostgresServer) -> str:
+    name = "r2_parts"
+    pg.create_database(name)
+    pg.psql(BULK_SQL.format(rows=BULK_ROWS), name)
+    return name
+
+
+def test_r2_gets_equal_parts_from_an_irregular_compressed_stream(
+    pg: PostgresServer, zstd_source: str, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    env = {
+        **pg_env(pg, zstd_source),
+        **storage_env(proxy.url, bucket, STORAGE_TYPE="r2"),
+        "COMPRESSION": "zstd",
+        "STORAGE_PART_SIZE": "5MiB",
+    }
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    sizes = proxy.part_sizes()
+    assert len(sizes) >= 3, sizes
+    assert all(size == 5 * MIB for size in sizes[:-1]), sizes
+    assert 0 < sizes[-1] <= 5 * MIB
+    keys, uploads = bucket_state(s3, bucket)
+    assert uploads == []
+    (key,) = [k for k in keys if k.endswith(".dump.zst")]
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == sum(sizes)
+
+
+def r2_config(endpoint: str, bucket: str) -> S3Config:
+    return S3Config.model_validate(
+        {
+            "kind": StorageType.R2,
+            "STORAGE_ENDPOINT_URL": endpoint,
+            "STORAGE_ACCESS_KEY_ID": S3_KEY_ID,
+            "STORAGE_SECRET_ACCESS_KEY": S3_SECRET,
+            "STORAGE_BUCKET_NAME": bucket,
+            "STORAGE_REGION": "auto",
+            "STORAGE_PART_SIZE": "5MiB",
+        }
+    )
+
+
+def part(size: int, fill: int = 7) -> Part:
+    return Part(io.BytesIO(bytes([fill]) * size), size)
+
+
+async def test_r2_fails_before_part_10001_naming_the_setting_and_aborts(
+    moto_url: str, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_storage, "MAX_PARTS", 3)  # 10,000 parts of 5 MiB will not fit in a test
+    config = r2_config(moto_url, bucket)
+
+    async with open_storage(config) as storage:
+        with pytest.raises(StorageError, match="raise STORAGE_PART_SIZE"):
+            async with storage.upload("too/big.dump", {}) as upload:
+                for _ in range(4):
+                    await upload.write(part(5 * MIB))
+                await upload.commit()
+
+    assert bucket_state(s3, bucket) == ([], [])
+
+
+async def test_cancelled_upload_is_aborted(moto_url: str, s3: Any, bucket: str) -> None:
+    config = r2_config(moto_url, bucket)
+    started = asyncio.Event()
+
+    async def upload_forever() -> None:
+        async with open_storage(config) as storage, storage.upload("cancelled.dump", {}) as upload:
+            for number in range(1, 1000):
+                await upload.write(part(5 * MIB))
+                if number == 3:
+                    started.set()
+
+    task = asyncio.create_task(upload_forever())
+    await asyncio.wait_for(started.wait(), 30)
+    assert bucket_state(s3, bucket)[1] == ["cancelled.dump"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert bucket_state(s3, bucket) == ([], [])
+
+
+async def test_existing_key_is_never_overwritten(moto_url: str, s3: Any, bucket: str) -> None:
+    config = r2_config(moto_url, bucket)
+    s3.put_object(Bucket=bucket, Key="taken.dump", Body=b"original")
+
+    async with open_storage(config) as storage:
+        for parts in (1, 2):  # one PutObject, then a multipart upload
+            with pytest.raises(StorageError, match="already exists"):
+                async with storage.upload("taken.dump", {}) as upload:
+                    for _ in range(parts):
+                        await upload.write(part(5 * MIB))
+                    await upload.commit()
+
+    assert s3.get_object(Bucket=bucket, Key="taken.dump")["Body"].read() == b"original"
+    assert bucket_state(s3, bucket) == (["taken.dump"], [])
+
+
+async def test_local_storage_publishes_atomically_and_never_overwrites(tmp_path: Path) -> None:
+    config = LocalConfig.model_validate({"STORAGE_LOCAL_PATH": str(tmp_path)})
+    storage = local.LocalStorage(config)
+
+    async with storage.upload("a/b/file.dump", {}) as upload:
+        await upload.write(part(10, 1))
+        (in_progress,) = (tmp_path / "a" / "b").iterdir()
+        assert in_progress.name.endswith(".partial")
+        await upload.write(part(5, 2))
+        await upload.commit()
+    assert (tmp_path / "a/b/file.dump").read_bytes() == bytes([1]) * 10 + bytes([2]) * 5
+
+    with pytest.raises(StorageError, match="already exists"):
+        async with storage.upload("a/b/file.dump", {}) as upload:
+            await upload.write(part(3))
+            await upload.commit()
+    with pytest.raises(RuntimeError, match="boom"):
+        async with storage.upload("a/b/other.dump", {}) as upload:
+            await upload.write(part(3))
+            raise RuntimeError("boom")
+
+    assert sorted(p.name for p in (tmp_path / "a/b").iterdir()) == ["file.dump"]
+    with pytest.raises(StorageError, match="escapes STORAGE_LOCAL_PATH"):
+        storage.path_for("../outside")
+
+
+def test_local_backup_round_trip(pg: PostgresServer, tmp_path: Path) -> None:
+    database = "local_copy"
+    pg.create_database(database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g;")
+    store = tmp_path / "store"
+    env = {**pg_env(pg, database), "STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(store)}
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = sorted(p for p in store.rglob("*") if p.is_file())
+    assert [p.suffix for p in files] == [".dump", ".json"]
+    manifest = json.loads(files[1].read_bytes())
+    assert manifest["sha256"] == hashlib.sha256(files[0].read_bytes()).hexdigest()
+
+    failed = run_backupd("once", env={**env, "DB_DATABASE": "no_such_database"})
+    assert failed.returncode == 1
+    assert sorted(p for p in store.rglob("*") if p.is_file()) == files
+
+
+def test_check_probes_database_dump_tool_and_storage(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    env = {**pg_env(pg, "postgres"), **storage_env(moto_url, bucket)}
+
+    result = run_backupd("check", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ok   configuration")
+    assert any(line.startswith("ok   default database: postgres") for line in lines)
+    assert any(line.startswith("ok   default dump tool: pg_dump") for line in lines)
+    assert any(
+        line.startswith("ok   default storage: wrote and deleted a probe object") for line in lines
+    )
+    assert bucket_state(s3, bucket) == ([], [])
+
+    bad = run_backupd(
+        "check", env={**env, "DB_PASSWORD": "wrong", "STORAGE_BUCKET_NAME": "missing-bucket"}
+    )
+    assert bad.returncode == 1
+    failures = [line for line in bad.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failures) == 2
+    assert "password authentication failed" in failures[0]
+    assert "does not exist (STORAGE_BUCKET_NAME)" in failures[1]

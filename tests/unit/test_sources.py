@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import configparser
+
+import pytest
+from pydantic import SecretStr
+
+from backupd.config import DatabaseConfig, Engine
+from backupd.process import Command, child_environment, mask
+from backupd.sources.mysql import (
+    DUMP_OPTIONS,
+    ORACLE_ONLY_OPTIONS,
+    dump_argv,
+    is_mariadb_tool,
+    option_file,
+)
+from backupd.sources.postgres import (
+    PostgresSource,
+    libpq_env,
+    major_version,
+    pg_dump_argv,
+    tool_version_of,
+    version_problem,
+)
+
+PASSWORD = "pa ss\"w'rd\\#1"
+
+
+def database(engine: Engine = Engine.POSTGRES, **overrides: object) -> DatabaseConfig:
+    raw = {
+        "DB_TYPE": engine,
+        "DB_HOST": "db",
+        "DB_USER": "u",
+        "DB_PASSWORD": PASSWORD,
+        "DB_DATABASE": "app",
+    }
+    return DatabaseConfig.model_validate({**raw, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("native", "argv"),
+    [
+        (True, ("pg_dump", "--format=custom", "--no-password")),
+        (False, ("pg_dump", "--format=custom", "--no-password", "--compress=0")),
+    ],
+)
+def test_pg_dump_argv_holds_no_connection_details(native: bool, argv: tuple[str, ...]) -> None:
+    assert pg_dump_argv(native) == argv
+
+
+def test_libpq_env_carries_the_login_and_a_database_name_with_equals_signs() -> None:
+    env = libpq_env(database(DB_PORT=6543), "odd=name")
+    assert env["PGHOST"] == "db"
+    assert env["PGPORT"] == "6543"
+    assert env["PGUSER"] == "u"
+    assert env["PGDATABASE"] == "odd=name"
+    assert env["PGPASSWORD"] == PASSWORD
+
+
+def test_dump_command_keeps_the_password_out_of_argv() -> None:
+    command = PostgresSource(database()).dump_command("app", native_compression=True)
+    assert all(PASSWORD not in arg for arg in command.argv)
+    assert PASSWORD not in repr(command)
+
+
+@pytest.mark.parametrize(
+    ("output", "version"),
+    [
+        ("pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)", "15.19"),
+        ("pg_dump (PostgreSQL) 17.2", "17.2"),
+        ("pg_dump (PostgreSQL) 9.6.24", "9.6.24"),
+    ],
+)
+def test_tool_version_is_read_from_version_output(output: str, version: str) -> None:
+    assert tool_version_of(output) == version
+
+
+@pytest.mark.parametrize(
+    ("server", "tool", "needed"),
+    [
+        ("15.19 (Debian 15.19-0+deb12u1)", "15.19", None),
+        ("15.2", "17.0", None),
+        ("16.2", "15.19", 16),
+        ("17.0", "9.6.24", 17),
+        ("9.6.24", "9.5.1", None),  # same major number: pg_dump's own check decides
+    ],
+)
+def test_version_problem_names_the_client_needed(
+    server: str, tool: str, needed: int | None
+) -> None:
+    problem = version_problem(server, tool)
+    if needed is None:
+        assert problem is None
+    else:
+        assert problem is not None
+        assert f"install the PostgreSQL {needed} client tools" in problem
+        assert f"postgresql-client-{needed}" in problem
+
+
+def test_major_version_refuses_text_without_a_number() -> None:
+    with pytest.raises(ValueError, match="no version number"):
+        major_version("unknown")
+
+
+def test_pg_dump_mismatch_in_stderr_is_explained() -> None:
+    stderr = (
+        "pg_dump: error: aborting because of server version mismatch | "
+        "pg_dump: detail: server version: 16.2 (Debian 16.2-1); "
+        "pg_dump version: 15.19 (Debian 15.19-0)"
+    )
+    hint = PostgresSource(database()).explain_failure(stderr)
+    assert hint is not None
+    assert "postgresql-client-16" in hint
+
+
+def test_option_file_quotes_the_password_so_a_parser_reads_it_back() -> None:
+    text = option_file(PASSWORD).decode()
+    assert text.startswith("[client]\n")
+    value = configparser.ConfigParser(interpolation=None)
+    value.read_string(text)
+    raw = value["client"]["password"]
+    unquoted = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    assert unquoted == PASSWORD
+
+
+def test_option_file_without_password_has_only_the_group() -> None:
+    assert option_file(None) == b"[client]\n"
+
+
+@pytest.mark.parametrize(("mariadb_tool", "extra"), [(True, ()), (False, ORACLE_ONLY_OPTIONS)])
+def test_mysql_dump_argv_uses_the_documented_options(
+    mariadb_tool: bool, extra: tuple[str, ...]
+) -> None:
+    argv = dump_argv("mysqldump", database(Engine.MYSQL), "shop", mariadb_tool)
+    assert argv == (
+        "mysqldump",
+        "--host=db",
+        "--port=3306",
+        "--user=u",
+        *DUMP_OPTIONS,
+        *extra,
+        "--databases",
+        "shop",
+    )
+    assert all(PASSWORD not in arg for arg in argv)
+
+
+@pytest.mark.parametrize(
+    ("output", "mariadb"),
+    [
+        ("mariadb-dump  Ver 10.19 Distrib 10.11.6-MariaDB, for debian-linux-gnu (x86_64)", True),
+        ("mysqldump  Ver 10.19 Distrib 10.11.6-MariaDB, for debian-linux-gnu (x86_64)", True),
+        ("mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)", False),
+    ],
+)
+def test_mariadb_and_oracle_dump_tools_are_told_apart(output: str, mariadb: bool) -> None:
+    assert is_mariadb_tool(output) is mariadb
+
+
+def test_secret_file_option_comes_first() -> None:
+    command = Command(
+        ("mariadb-dump", "--host=db"), pipe_file=b"x", pipe_file_flag="--defaults-extra-file="
+    )
+    assert command.final_argv(7) == ["mariadb-dump", "--defaults-extra-file=/dev/fd/7", "--host=db"]
+    assert command.final_argv(None) == ["mariadb-dump", "--host=db"]
+
+
+def test_child_environment_keeps_only_basics() -> None:
+    parent = {"PATH": "/bin", "HOME": "/h", "STORAGE_SECRET_ACCESS_KEY": "s", "DB_PASSWORD": "p"}
+    assert child_environment({"PGPASSWORD": "x"}, parent) == {
+        "PATH": "/bin",
+        "HOME": "/h",
+        "PGPASSWORD": "x",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "masked"),
+    [
+        ("password hunter2 leaked", ["hunter2"], "password ****** leaked"),
+        ("keep short a b", ["a", "b"], "keep short a b"),
+        ("two abcd and abcdef", ["abcd", "abcdef"], "two ****** and ******"),
+    ],
+)
+def test_mask_hides_secrets(text: str, secrets: list[str], masked: str) -> None:
+    assert mask(text, secrets) == masked
+
+
+def test_secret_str_does_not_print() -> None:
+    assert PASSWORD not in repr(database()) and str(SecretStr(PASSWORD)) == "**********"

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import random
+
+import pytest
+import zstandard
+
+from backupd.config import Compression, Engine
+from backupd.parts import Part
+from backupd.stream import Digest, fixed_parts, make_compressor, plan_compression
+
+
+class ChunkedSource:
+    """Bytes delivered in irregular chunks, as a dump tool's writes arrive."""
+
+    def __init__(self, data: bytes, seed: int = 7) -> None:
+        self.data = data
+        self.position = 0
+        self.random = random.Random(seed)
+
+    async def fill(self, target: io.BytesIO | bytearray) -> int:
+        with target.getbuffer() if isinstance(target, io.BytesIO) else memoryview(target) as view:
+            filled = 0
+            while filled < len(view) and self.position < len(self.data):
+                step = min(
+                    self.random.randint(1, 9000), len(view) - filled, len(self.data) - self.position
+                )
+                view[filled : filled + step] = self.data[self.position : self.position + step]
+                filled += step
+                self.position += step
+            return filled
+
+
+def payload(size: int) -> bytes:
+    return random.Random(size).randbytes(size // 2) + b"compressible " * (size // 26)
+
+
+async def collect(source: ChunkedSource, part: int, kind: Compression) -> tuple[list[Part], Digest]:
+    digest = Digest()
+    parts = [p async for p in fixed_parts(source, lambda n: part, digest, make_compressor(kind))]
+    return parts, digest
+
+
+def joined(parts: list[Part]) -> bytes:
+    return b"".join(p.body.getvalue() for p in parts)
+
+
+@pytest.mark.parametrize("kind", [Compression.NONE, Compression.GZIP, Compression.ZSTD])
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 3000, 10_007])
+async def test_every_part_but_the_last_has_exactly_the_part_size(
+    kind: Compression, size: int
+) -> None:
+    data = payload(size)
+
+    parts, digest = await collect(ChunkedSource(data), 1000, kind)
+
+    assert all(p.size == 1000 for p in parts[:-1])
+    assert all(0 < p.size <= 1000 for p in parts)
+    assert all(p.size == len(p.body.getvalue()) for p in parts)
+    stored = joined(parts)
+    assert digest.size == len(stored)
+    assert await digest.hexdigest() == hashlib.sha256(stored).hexdigest()
+    if kind is Compression.NONE:
+        assert stored == data
+    elif kind is Compression.GZIP:
+        assert gzip.decompress(stored) == data
+    else:
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(stored) == data
+
+
+async def test_an_exact_multiple_ends_on_a_full_part_not_an_empty_one() -> None:
+    parts, _ = await collect(ChunkedSource(bytes(3000)), 1000, Compression.NONE)
+    assert [p.size for p in parts] == [1000, 1000, 1000]
+
+
+async def test_part_sizes_may_change_between_parts() -> None:
+    digest = Digest()
+    sizes = {1: 100, 2: 100, 3: 200}
+    parts = [
+        p async for p in fixed_parts(ChunkedSource(bytes(650)), lambda n: sizes.get(n, 300), digest)
+    ]
+    assert [p.size for p in parts] == [100, 100, 200, 250]
+
+
+@pytest.mark.parametrize(
+    ("setting", "engine", "tool_can_compress", "plan"),
+    [
+        (Compression.AUTO, Engine.POSTGRES, True, (True, Compression.NONE)),
+        (Compression.AUTO, Engine.MARIADB, False, (False, Compression.ZSTD)),
+        (Compression.AUTO, Engine.MYSQL, False, (False, Compression.ZSTD)),
+        (Compression.AUTO, Engine.MSSQL, False, (False, Compression.NONE)),
+        (Compression.NONE, Engine.POSTGRES, True, (False, Compression.NONE)),
+        (Compression.ZSTD, Engine.POSTGRES, True, (False, Compression.ZSTD)),
+        (Compression.GZIP, Engine.MARIADB, False, (False, Compression.GZIP)),
+    ],
+)
+def test_compression_plan(
+    setting: Compression, engine: Engine, tool_can_compress: bool, plan: tuple[bool, Compression]
+) -> None:
+    assert plan_compression(setting, engine, tool_can_compress) == plan
