@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SOURCES := backupd tests bench
+SOURCES := backupd tests bench deploy
 
 .PHONY: test lint typecheck unit integration demo bench clean
 
@@ -23,7 +23,7 @@ integration: $(VENV)/.installed
 	$(BIN)/pytest tests/integration
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m bench.demo
+	$(BIN)/python -m deploy.demo
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.run

@@ -117,7 +117,7 @@ class MySQLSource:
         if tool_code != 0:
             raise DumpError(f"{tool} --version failed: {tool_err}")
         self._mariadb_tool = is_mariadb_tool(tool_out)
-        return ServerInfo(server_version=out.strip(), tool_version=_short_version(tool_out))
+        return ServerInfo(server_version=out.strip(), tool_version=short_version(tool_out))
 
     def dump_command(self, database: str, native_compression: bool) -> Command:
         tool = pick_tool(self.config.engine, "dump")
@@ -135,9 +135,12 @@ class MySQLSource:
         return f"{self.config.host}:{self.config.effective_port} as {self.config.user}"
 
 
-def _short_version(output: str) -> str:
-    """The tool and release from ``--version``, e.g. ``mariadb-dump 10.11.6-MariaDB``."""
-    match = re.search(r"^(\S+).*?(?:Distrib\s+([^\s,]+)|Ver\s+([^\s,]+))", output.strip())
-    if match is None:
-        return output.strip()
-    return f"{match.group(1).rsplit('/', 1)[-1]} {match.group(2) or match.group(3)}"
+def short_version(output: str) -> str:
+    """The tool and its release from ``--version``, e.g. ``mariadb-dump 10.11.6-MariaDB``."""
+    text = output.strip()
+    name = text.split()[0].rsplit("/", 1)[-1] if text else "?"
+    for pattern in (r"Distrib\s+([^\s,]+)", r"\bfrom\s+([^\s,]+)", r"Ver\s+([^\s,]+)"):
+        match = re.search(pattern, text)
+        if match is not None:
+            return f"{name} {match.group(1)}"
+    return text

@@ -13,6 +13,7 @@ from backupd.sources.mysql import (
     dump_argv,
     is_mariadb_tool,
     option_file,
+    short_version,
 )
 from backupd.sources.postgres import (
     PostgresSource,
@@ -188,3 +189,24 @@ def test_mask_hides_secrets(text: str, secrets: list[str], masked: str) -> None:
 
 def test_secret_str_does_not_print() -> None:
     assert PASSWORD not in repr(database()) and str(SecretStr(PASSWORD)) == "**********"
+
+
+@pytest.mark.parametrize(
+    ("output", "version"),
+    [
+        (
+            "mariadb-dump  Ver 10.19 Distrib 10.11.6-MariaDB, for debian-linux-gnu",
+            "mariadb-dump 10.11.6-MariaDB",
+        ),
+        (
+            "/usr/bin/mariadb-dump from 11.4.2-MariaDB, client 10.19 for Linux",
+            "mariadb-dump 11.4.2-MariaDB",
+        ),
+        (
+            "mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)",
+            "mysqldump 8.0.36",
+        ),
+    ],
+)
+def test_dump_tool_release_is_read_from_version_output(output: str, version: str) -> None:
+    assert short_version(output) == version
