@@ -16,7 +16,8 @@ from typing import Any
 from backupd.config import Compression, TargetConfig
 from backupd.errors import BackupdError, DumpError, StorageError
 from backupd.layout import manifest_bytes, manifest_key, object_key, object_metadata
-from backupd.process import describe_status, spawn
+from backupd.parts import BufferPool
+from backupd.process import Child, describe_status, spawn
 from backupd.sources import ServerInfo, Source, source_for
 from backupd.storage import Storage, open_storage
 from backupd.stream import SUFFIXES, Digest, fixed_parts, make_compressor, plan_compression
@@ -71,9 +72,17 @@ class _Progress:
 
 
 async def dump_to_storage(
-    target: TargetConfig, source: Source, storage: Storage, database: str, info: ServerInfo
+    target: TargetConfig,
+    source: Source,
+    storage: Storage,
+    database: str,
+    probe: asyncio.Future[ServerInfo],
 ) -> BackupResult:
-    """Stream one database's dump into one new object, then write its manifest."""
+    """Stream one database's dump into one new object, then write its manifest.
+
+    ``probe`` (login, versions) runs alongside the dump; it must have succeeded before the
+    object is published.
+    """
     layout = target.layout
     started = datetime.now(layout.tz)
     native, stream_kind = plan_compression(
@@ -86,27 +95,21 @@ async def dump_to_storage(
     clock = time.monotonic()
     log.info("backing up %s %s to %s", target.database.engine, database, key)
     async with storage.upload(key, metadata) as upload, spawn(command.argv[0], command) as child:
+        pool = BufferPool(keep=target.storage.upload_concurrency + 2)
         progress = _Progress(key)
-        async for part in fixed_parts(
-            child.stdout, upload.part_size, digest, make_compressor(stream_kind)
-        ):
+        parts = fixed_parts(
+            child.stdout, upload.part_size, digest, make_compressor(stream_kind), pool
+        )
+        async for part in parts:
             await upload.write(part)
             progress.tick(digest.size)
-        code = await child.wait()
-        if code != 0:
-            hint = source.explain_failure(child.stderr_text())
-            detail = child.stderr_text() or "no output"
-            prefix = f"{hint}: " if hint else ""
-            raise DumpError(
-                f"{prefix}{command.argv[0]} exited with status {describe_status(code)}: {detail}"
-            )
+        await _check_exit(child, source, probe)
         if digest.size == 0:
             raise DumpError(
-                f"{command.argv[0]} exited 0 but wrote nothing; refusing to store an empty backup"
+                f"{child.name} exited 0 but wrote nothing; refusing to store an empty backup"
             )
+        info = await probe
         await upload.commit()
-    finished = datetime.now(layout.tz)
-    duration = time.monotonic() - clock
     result = BackupResult(
         target=target.name,
         database=database,
@@ -115,11 +118,27 @@ async def dump_to_storage(
         size=digest.size,
         sha256=await digest.hexdigest(),
         started=started,
-        finished=finished,
-        duration_s=round(duration, 3),
+        finished=datetime.now(layout.tz),
+        duration_s=round(time.monotonic() - clock, 3),
     )
     await _write_manifest(storage, result, info, layout.compression, native, stream_kind)
     return result
+
+
+async def _check_exit(child: Child, source: Source, probe: asyncio.Future[ServerInfo]) -> None:
+    """Raise unless the dump exited 0; a failed login probe explains a failure best."""
+    code = await child.wait()
+    if code == 0:
+        return
+    await asyncio.wait([probe])
+    if not probe.cancelled() and isinstance(probe.exception(), BackupdError):
+        await probe  # raises the login or version problem
+    stderr = child.stderr_text()
+    hint = source.explain_failure(stderr)
+    raise DumpError(
+        f"{f'{hint}: ' if hint else ''}{child.name} exited with status {describe_status(code)}: "
+        f"{stderr or 'no output'}"
+    )
 
 
 async def _write_manifest(
@@ -160,20 +179,22 @@ async def _write_manifest(
 async def run_backup(target: TargetConfig) -> list[BackupResult]:
     """Back up every database of ``target``; raise on the first failure."""
     source = source_for(target.database)
-    # The login probe waits on child processes; opening storage is CPU work: overlap them.
-    probe = asyncio.create_task(source.probe(), name=f"probe-{target.name}")
+    # Start everything at once: the login probe waits on child processes, the storage client
+    # costs CPU, and the dump itself needs neither to begin.
+    probe = asyncio.ensure_future(source.probe())
     try:
         async with open_storage(target.storage) as storage:
-            info = await probe
-            log.info(
-                "%s: %s server %s, %s",
-                target.name,
-                target.database.engine,
-                info.server_version,
-                info.tool_version,
-            )
-            return [await dump_to_storage(target, source, storage, target.database.database, info)]
+            warm_up = asyncio.ensure_future(storage.warm_up())
+            try:
+                database = target.database.database
+                return [await dump_to_storage(target, source, storage, database, probe)]
+            finally:
+                await _settle(warm_up)
     finally:
-        if not probe.done():
-            probe.cancel()
-        await asyncio.gather(probe, return_exceptions=True)
+        await _settle(probe)
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` if still running and wait for it, keeping its outcome to itself."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -11,11 +17,14 @@ class Part:
     """One part, ready to send: ``body`` is positioned at 0 and holds ``size`` bytes.
 
     A ``BytesIO`` because it can be filled in place and sent as a stream: aiohttp sends it in
-    chunks instead of copying it whole, and botocore rewinds it to retry.
+    chunks instead of copying it whole, and botocore rewinds it to retry. Each reader of the
+    part (the hasher, the storage) calls ``release()`` once done with it; after the last
+    release its buffer may be reused.
     """
 
     body: io.BytesIO
     size: int
+    release: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
 
 
 def blank_body(size: int) -> io.BytesIO:
@@ -23,4 +32,32 @@ def blank_body(size: int) -> io.BytesIO:
     body = io.BytesIO()
     body.seek(size - 1)
     body.write(b"\0")
+    body.seek(0)
     return body
+
+
+class BufferPool:
+    """Reuses part buffers, so that each part does not fault in and zero fresh pages."""
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._free: list[io.BytesIO] = []
+
+    def take(self, size: int) -> io.BytesIO:
+        while self._free:
+            body = self._free.pop()
+            if body.seek(0, os.SEEK_END) == size:
+                body.seek(0)
+                return body
+        return blank_body(size)
+
+    def part(self, body: io.BytesIO, size: int, readers: int = 2) -> Part:
+        """A part whose buffer returns to the pool once all ``readers`` released it."""
+        remaining = [readers]
+
+        def release() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and len(self._free) < self._keep:
+                self._free.append(body)
+
+        return Part(body, size, release)

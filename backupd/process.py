@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
 import logging
 import os
 import signal
-import socket
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 20
 KILL_GRACE_SECONDS = 5.0
-SOCKET_BUFFER = 4 * 1024 * 1024  # capped by the kernel's wmem_max/rmem_max
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024
 # Variables a dump tool may need from our own environment. Everything else, notably the
 # storage and mail secrets backupd holds, stays out of the child's environment.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER")
@@ -74,23 +75,27 @@ def mask(text: str, secrets: list[str]) -> str:
     return text
 
 
-class StdoutReader:
-    """The child's stdout, read straight into the caller's buffers.
+class PipeReader:
+    """The read end of a child's stdout, read straight into the caller's buffer.
 
-    stdout is one end of a Unix stream socket, not a pipe: ``recv_into`` with
-    ``MSG_WAITALL`` fills a whole part in one system call, in a worker thread that holds no
-    lock meanwhile. With a pipe, every 8 KiB the dump writes would cost a wake-up and a turn
-    at the GIL, and a busy event loop would stall the dump.
+    Each ``fill`` runs a blocking read loop in a worker thread: one copy, kernel to
+    destination, and no event-loop wake-up per pipe write (pg_dump writes 8 KiB at a time).
+    A cancelled caller leaves the thread to finish at EOF, which killing the child brings.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        self._sock = sock
+    def __init__(self, fd: int) -> None:
+        with contextlib.suppress(OSError):  # a larger pipe absorbs our brief pauses
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+        self.fd = fd
+        self._closed = False
+        self._reading: asyncio.Future[int] | None = None
 
     async def fill(self, target: io.BytesIO | bytearray) -> int:
         """Fill ``target``; return how many bytes were read (fewer only at end of stream)."""
-        return await asyncio.to_thread(_fill, self._sock, target)
+        loop = asyncio.get_running_loop()
+        self._reading = loop.run_in_executor(None, _fill, self.fd, target)
+        # Shielded: a cancelled caller must not lose track of a thread still reading the fd.
+        return await asyncio.shield(self._reading)
 
     async def read_all(self) -> bytes:
         chunks = bytearray()
@@ -100,16 +105,23 @@ class StdoutReader:
         return bytes(chunks)
 
     def close(self) -> None:
-        self._sock.close()
+        """Close the fd, once no thread reads it: a reused fd number must never be read."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reading is not None and not self._reading.done():
+            self._reading.add_done_callback(lambda _: os.close(self.fd))
+        else:
+            os.close(self.fd)
 
 
-def _fill(sock: socket.socket, target: io.BytesIO | bytearray) -> int:
+def _fill(fd: int, target: io.BytesIO | bytearray) -> int:
     # The view is taken here, not by the caller: a caller cancelled mid-read must not
     # release a buffer this thread is still writing into.
     with target.getbuffer() if isinstance(target, io.BytesIO) else memoryview(target) as view:
         filled = 0
         while filled < len(view):
-            count = sock.recv_into(view[filled:], 0, socket.MSG_WAITALL)
+            count = os.readv(fd, [view[filled:]])
             if count == 0:
                 break
             filled += count
@@ -119,9 +131,7 @@ def _fill(sock: socket.socket, target: io.BytesIO | bytearray) -> int:
 class Child:
     """A running child process whose stderr is drained concurrently into a tail buffer."""
 
-    def __init__(
-        self, name: str, process: asyncio.subprocess.Process, stdout: StdoutReader
-    ) -> None:
+    def __init__(self, name: str, process: asyncio.subprocess.Process, stdout: PipeReader) -> None:
         self.name = name
         self.process = process
         self.stdout = stdout
@@ -189,21 +199,19 @@ async def spawn(
 ) -> AsyncIterator[Child]:
     """Start ``command`` in its own session; kill and reap its group when the block ends."""
     secret_fd = _secret_pipe(command.pipe_file) if command.pipe_file is not None else None
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with contextlib.suppress(OSError):
-        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    stdout_read, stdout_write = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             *command.final_argv(secret_fd),
             stdin=stdin,
-            stdout=theirs.fileno(),
+            stdout=stdout_write,
             stderr=asyncio.subprocess.PIPE,
             env=dict(command.env),
             start_new_session=True,
             pass_fds=(secret_fd,) if secret_fd is not None else (),
         )
     except BaseException as error:
-        ours.close()
+        os.close(stdout_read)
         program = command.argv[0]
         if isinstance(error, FileNotFoundError):
             raise DumpError(f"{program} not found on PATH: install it, or fix PATH") from None
@@ -211,10 +219,10 @@ async def spawn(
             raise DumpError(f"{program} is not executable") from None
         raise
     finally:
-        theirs.close()
+        os.close(stdout_write)
         if secret_fd is not None:
             os.close(secret_fd)
-    child = Child(name, process, StdoutReader(ours))
+    child = Child(name, process, PipeReader(stdout_read))
     try:
         yield child
     finally:

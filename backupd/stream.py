@@ -17,7 +17,7 @@ from typing import Protocol
 import zstandard
 
 from backupd.config import Compression, Engine
-from backupd.parts import Part, blank_body
+from backupd.parts import BufferPool, Part
 
 CHUNK = 1024 * 1024
 ZSTD_LEVEL = 3
@@ -103,8 +103,11 @@ class Digest:
         self._pending = asyncio.ensure_future(self._hash(part))
 
     async def _hash(self, part: Part) -> None:
-        with part.body.getbuffer() as view:
-            await asyncio.to_thread(self._sha.update, view)
+        try:
+            with part.body.getbuffer() as view:
+                await asyncio.to_thread(self._sha.update, view)
+        finally:
+            part.release()
 
     async def hexdigest(self) -> str:
         if self._pending is not None:
@@ -117,59 +120,63 @@ async def fixed_parts(
     part_size: Callable[[int], int],
     digest: Digest,
     compressor: Compressor | None = None,
+    pool: BufferPool | None = None,
 ) -> AsyncIterator[Part]:
     """Yield parts of exactly ``part_size(n)`` bytes (the last may be smaller) until EOF."""
+    buffers = pool if pool is not None else BufferPool(keep=0)
     if compressor is None:
-        raw = _exact_parts(source, part_size)
+        raw = _exact_parts(source, part_size, buffers)
     else:
-        raw = _compressed_parts(source, part_size, compressor)
+        raw = _compressed_parts(source, part_size, compressor, buffers)
     async for part in raw:
         await digest.update(part)
         yield part
 
 
-async def _exact_parts(source: Readable, part_size: Callable[[int], int]) -> AsyncIterator[Part]:
+async def _exact_parts(
+    source: Readable, part_size: Callable[[int], int], pool: BufferPool
+) -> AsyncIterator[Part]:
     """Read the source straight into each part's buffer: no copy beyond the kernel's."""
     number = 1
     while True:
         size = part_size(number)
-        body = blank_body(size)
+        body = pool.take(size)
         filled = await source.fill(body)
         if filled < size:
             body.truncate(filled)
         body.seek(0)
         if filled:
-            yield Part(body, filled)
+            yield pool.part(body, filled)
         if filled < size:
             return
         number += 1
 
 
 async def _compressed_parts(
-    source: Readable, part_size: Callable[[int], int], compressor: Compressor
+    source: Readable, part_size: Callable[[int], int], compressor: Compressor, pool: BufferPool
 ) -> AsyncIterator[Part]:
     number = 1
     chunk = bytearray(CHUNK)
-    body = io.BytesIO()
+    body = pool.take(part_size(number))
     eof = False
     while not eof:
         count = await source.fill(chunk)
         if count:
             compressed = await asyncio.to_thread(compressor.compress, memoryview(chunk)[:count])
-            output = memoryview(compressed)
         else:
-            output = memoryview(await asyncio.to_thread(compressor.flush))
+            compressed = await asyncio.to_thread(compressor.flush)
             eof = True
+        output = memoryview(compressed)
         while output:
             room = part_size(number) - body.tell()
             body.write(output[:room])
             output = output[room:]
             if body.tell() == part_size(number):
                 body.seek(0)
-                yield Part(body, part_size(number))
-                body = io.BytesIO()
+                yield pool.part(body, part_size(number))
                 number += 1
-    if body.tell():
-        size = body.tell()
+                body = pool.take(part_size(number))
+    if size := body.tell():
+        body.truncate(size)
         body.seek(0)
-        yield Part(body, size)
+        yield pool.part(body, size)

@@ -33,6 +33,10 @@ class Storage(Protocol):
 
     description: str
 
+    async def warm_up(self) -> None:
+        """Open connections ahead of need (optional work, safe to run concurrently)."""
+        ...
+
     def upload(self, key: str, metadata: dict[str, str]) -> AbstractAsyncContextManager[Upload]:
         """Start writing ``key``; see ``Upload``."""
         ...

@@ -65,7 +65,10 @@ class LocalUpload:
             with part.body.getbuffer() as view:
                 handle.write(view)
 
-        await asyncio.to_thread(_write)
+        try:
+            await asyncio.to_thread(_write)
+        finally:
+            part.release()
 
     async def commit(self) -> None:
         assert self._file is not None
@@ -91,6 +94,9 @@ class LocalStorage:
         self.config = config
         self.root = config.path
         self.description = f"folder {config.path}"
+
+    async def warm_up(self) -> None:
+        return None
 
     def path_for(self, key: str) -> Path:
         path = (self.root / key).resolve()

@@ -14,8 +14,6 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -28,6 +26,7 @@ from backupd.errors import StorageError
 from backupd.parts import Part
 
 if TYPE_CHECKING:
+    from aiobotocore.config import AioConfig
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
@@ -85,6 +84,8 @@ def too_many_parts(config: S3Config) -> str:
 
 def client_config(config: S3Config) -> AioConfig:
     """Timeouts, retries and, off AWS, checksums only when an API requires them."""
+    from aiobotocore.config import AioConfig  # see S3Storage.client
+
     options: dict[str, Any] = {
         "max_pool_connections": config.upload_concurrency + 2,
         "retries": {"mode": "standard", "total_max_attempts": 5},
@@ -159,11 +160,9 @@ class ByteBudget:
 
 
 class S3Upload:
-    def __init__(
-        self, client: S3Client, config: S3Config, key: str, metadata: dict[str, str]
-    ) -> None:
-        self._client = client
-        self._config = config
+    def __init__(self, storage: S3Storage, key: str, metadata: dict[str, str]) -> None:
+        self._storage = storage
+        config = self._config = storage.config
         self._key = key
         self._metadata = metadata
         self._may_grow = config.kind is StorageType.S3
@@ -196,8 +195,9 @@ class S3Upload:
 
     async def commit(self) -> None:
         if self._upload_id is None:
+            client = await self._storage.client()
             with storage_errors(self._config, f"upload {self._key}"):
-                await self._client.put_object(
+                await client.put_object(
                     Bucket=self._config.bucket,
                     Key=self._key,
                     Body=self._held.body if self._held else b"",
@@ -205,13 +205,16 @@ class S3Upload:
                     IfNoneMatch="*",
                 )
             self.committed = True
+            if self._held is not None:
+                self._held.release()
             return
         if self._tasks:
             await asyncio.wait(self._tasks)
         self._raise_failure()
         parts = sorted(self._done, key=lambda p: p["PartNumber"])
+        client = await self._storage.client()
         with storage_errors(self._config, f"complete {self._key}"):
-            await self._client.complete_multipart_upload(
+            await client.complete_multipart_upload(
                 Bucket=self._config.bucket,
                 Key=self._key,
                 UploadId=self._upload_id,
@@ -226,9 +229,10 @@ class S3Upload:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._upload_id is None or self.committed:
             return
+        client = await self._storage.client()
         try:
             with storage_errors(self._config, f"abort upload of {self._key}"):
-                await self._client.abort_multipart_upload(
+                await client.abort_multipart_upload(
                     Bucket=self._config.bucket, Key=self._key, UploadId=self._upload_id
                 )
         except StorageError as error:
@@ -237,8 +241,9 @@ class S3Upload:
             log.info("aborted multipart upload of %s", self._key)
 
     async def _create(self) -> None:
+        client = await self._storage.client()
         with storage_errors(self._config, f"start upload of {self._key}"):
-            response = await self._client.create_multipart_upload(
+            response = await client.create_multipart_upload(
                 Bucket=self._config.bucket, Key=self._key, Metadata=self._metadata
             )
         self._upload_id = response["UploadId"]
@@ -253,8 +258,9 @@ class S3Upload:
     async def _send_part(self, number: int, part: Part, amount: int) -> None:
         assert self._upload_id is not None
         try:
+            client = await self._storage.client()
             with storage_errors(self._config, f"upload part {number} of {self._key}"):
-                response = await self._client.upload_part(
+                response = await client.upload_part(
                     Bucket=self._config.bucket,
                     Key=self._key,
                     UploadId=self._upload_id,
@@ -267,6 +273,7 @@ class S3Upload:
         except BaseException as error:
             self._failure = self._failure or error
         finally:
+            part.release()
             await self._budget.release(amount)
 
     def _raise_failure(self) -> None:
@@ -275,31 +282,52 @@ class S3Upload:
 
 
 class S3Storage:
-    def __init__(self, client: S3Client, config: S3Config) -> None:
-        self._client = client
+    def __init__(self, config: S3Config) -> None:
         self.config = config
         endpoint = config.endpoint_url or f"s3 ({config.region})"
         self.description = f"{config.kind} bucket {config.bucket} at {endpoint}"
+        self._client: S3Client | None = None
+        self._lock = asyncio.Lock()
+        self._stack = contextlib.AsyncExitStack()
 
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(cls, config: S3Config) -> AsyncIterator[S3Storage]:
-        key_id, secret = config.access_key_id, config.secret_access_key
-        session = get_session()
-        async with session.create_client(
-            "s3",
-            endpoint_url=config.endpoint_url,
-            region_name=config.region,
-            config=client_config(config),
-            # None for both: the default AWS chain (IAM role, profile, ...).
-            aws_access_key_id=key_id.get_secret_value() if key_id else None,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
-        ) as client:
-            yield cls(client, config)
+        storage = cls(config)
+        async with storage._stack:
+            yield storage
+
+    async def client(self) -> S3Client:
+        """The one client of this storage, created on first use.
+
+        aiobotocore is imported here, not at module import: importing it and building the
+        client costs a few hundred milliseconds of CPU, which ``warm_up`` lets overlap with the
+        start of a dump instead of delaying it.
+        """
+        async with self._lock:
+            if self._client is None:
+                from aiobotocore.session import get_session
+
+                key_id, secret = self.config.access_key_id, self.config.secret_access_key
+                self._client = await self._stack.enter_async_context(
+                    get_session().create_client(
+                        "s3",
+                        endpoint_url=self.config.endpoint_url,
+                        region_name=self.config.region,
+                        config=client_config(self.config),
+                        # None for both: the default AWS chain (IAM role, profile, ...).
+                        aws_access_key_id=key_id.get_secret_value() if key_id else None,
+                        aws_secret_access_key=secret.get_secret_value() if secret else None,
+                    )
+                )
+            return self._client
+
+    async def warm_up(self) -> None:
+        await self.client()
 
     @contextlib.asynccontextmanager
     async def upload(self, key: str, metadata: dict[str, str]) -> AsyncIterator[S3Upload]:
-        upload = S3Upload(self._client, self.config, key, metadata)
+        upload = S3Upload(self, key, metadata)
         try:
             yield upload
         finally:
@@ -307,8 +335,9 @@ class S3Storage:
                 await asyncio.shield(upload.abort())
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        client = await self.client()
         with storage_errors(self.config, f"write {key}"):
-            await self._client.put_object(
+            await client.put_object(
                 Bucket=self.config.bucket,
                 Key=key,
                 Body=data,
@@ -317,5 +346,6 @@ class S3Storage:
             )
 
     async def delete(self, key: str) -> None:
+        client = await self.client()
         with storage_errors(self.config, f"delete {key}"):
-            await self._client.delete_object(Bucket=self.config.bucket, Key=key)
+            await client.delete_object(Bucket=self.config.bucket, Key=key)

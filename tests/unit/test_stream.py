@@ -9,7 +9,7 @@ import pytest
 import zstandard
 
 from backupd.config import Compression, Engine
-from backupd.parts import Part
+from backupd.parts import BufferPool, Part
 from backupd.stream import Digest, fixed_parts, make_compressor, plan_compression
 
 
@@ -101,3 +101,36 @@ def test_compression_plan(
     setting: Compression, engine: Engine, tool_can_compress: bool, plan: tuple[bool, Compression]
 ) -> None:
     assert plan_compression(setting, engine, tool_can_compress) == plan
+
+
+async def test_pooled_buffers_return_only_after_both_readers_released_them() -> None:
+    data = payload(10_000)
+    pool = BufferPool(keep=4)
+    digest = Digest()
+    held: list[Part] = []
+
+    async for part in fixed_parts(ChunkedSource(data), lambda n: 1000, digest, None, pool):
+        assert all(part.body is not other.body for other in held), (
+            "a buffer still in use was reused"
+        )
+        held.append(part)  # storage has not released any part yet
+
+    assert joined(held) == data
+    assert await digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+async def test_released_buffers_are_reused_without_corrupting_data() -> None:
+    data = payload(10_000)
+    pool = BufferPool(keep=4)
+    digest = Digest()
+    seen: list[bytes] = []
+    bodies: list[io.BytesIO] = []  # strong references: no id is ever recycled
+
+    async for part in fixed_parts(ChunkedSource(data), lambda n: 1000, digest, None, pool):
+        seen.append(part.body.getvalue())
+        bodies.append(part.body)
+        part.release()  # storage is done with it at once
+
+    assert b"".join(seen) == data
+    assert await digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert len({id(body) for body in bodies}) < len(bodies), "buffers were never reused"
