@@ -1,4 +1,4 @@
-"""Back up one target: probe → dump → stream → upload → manifest.
+"""Back up one target: probe → dump → stream → upload → manifest, for each of its databases.
 
 This module composes the others; sources, stream and storage never import one another. A backup
 becomes visible only when the dump exited 0, every part is stored and the manifest is written.
@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from backupd.config import Compression, TargetConfig
+from backupd.config import Compression, S3Config, TargetConfig
 from backupd.errors import BackupdError, DumpError, StorageError
-from backupd.layout import manifest_bytes, manifest_key, object_key, object_metadata
+from backupd.layout import backup_stem, manifest_bytes, manifest_key, object_key, object_metadata
 from backupd.parts import BufferPool
-from backupd.process import Child, describe_status, spawn
+from backupd.process import Child, Command, describe_status, mask, spawn
 from backupd.sources import ServerInfo, Source, source_for
 from backupd.storage import Storage, open_storage
 from backupd.stream import SUFFIXES, Digest, fixed_parts, make_compressor, plan_compression
@@ -25,6 +26,7 @@ from backupd.stream import SUFFIXES, Digest, fixed_parts, make_compressor, plan_
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 15.0
+GLOBALS = "globals"
 
 
 @dataclass(frozen=True)
@@ -45,75 +47,147 @@ class BackupResult:
         return self.size / self.duration_s if self.duration_s > 0 else 0.0
 
 
+@dataclass
+class TargetRun:
+    """What one run of one target did: a result or an error per database."""
+
+    target: str
+    results: list[BackupResult] = field(default_factory=list)
+    failures: list[tuple[str, BackupdError]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def size(self) -> int:
+        return sum(result.size for result in self.results)
+
+
+@dataclass(frozen=True)
+class Dump:
+    """One object to produce: which database, under which name, by which command."""
+
+    database: str
+    stem: str
+    extension: str
+    command: Callable[[bool], Command]
+    tool_compresses: bool
+    explain: Callable[[str], str | None]
+    """A hint for a known failure in the tool's stderr."""
+
+
+class Progress(Protocol):
+    def update(self, key: str, size: int, elapsed: float) -> None: ...
+
+    def done(self, key: str) -> None: ...
+
+
+class LogProgress:
+    """Logs a long backup's progress every 15 seconds."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def update(self, key: str, size: int, elapsed: float) -> None:
+        if elapsed - self._last.get(key, 0.0) >= PROGRESS_INTERVAL:
+            self._last[key] = elapsed
+            rate = size / elapsed / 1e6 if elapsed else 0.0
+            log.info("%s: %.1f MB stored, %.1f MB/s, %.0fs elapsed", key, size / 1e6, rate, elapsed)
+
+    def done(self, key: str) -> None:
+        self._last.pop(key, None)
+
+
 def secrets_of(target: TargetConfig) -> list[str]:
     """Every secret value of a target, for masking text that leaves the process."""
     values = [target.database.password]
-    storage = target.storage
-    if storage.kind != "local":
-        values += [
-            getattr(storage, "access_key_id", None),
-            getattr(storage, "secret_access_key", None),
-        ]
+    if isinstance(target.storage, S3Config):
+        values += [target.storage.access_key_id, target.storage.secret_access_key]
     return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 
-class _Progress:
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.start = time.monotonic()
-        self.last = self.start
-
-    def tick(self, size: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_INTERVAL:
-            self.last = now
-            rate = size / (now - self.start) / 1e6
-            log.info("%s: %.1f MB stored so far, %.1f MB/s", self.key, size / 1e6, rate)
+def log_outcome(
+    target: TargetConfig, run: TargetRun | None, error: BaseException | None = None
+) -> bool:
+    """Log what a run did, secrets masked; return whether it fully succeeded."""
+    hidden = secrets_of(target)
+    if run is None:
+        if isinstance(error, BackupdError):
+            log.error(
+                "backup of %s FAILED at %s: %s", target.name, error.step, mask(str(error), hidden)
+            )
+            log.debug("details", exc_info=error)
+        else:
+            text = mask(repr(error), hidden)
+            log.error(
+                "backup of %s FAILED with an unexpected error: %s",
+                target.name,
+                text,
+                exc_info=error,
+            )
+        return False
+    for result in run.results:
+        log.info(
+            "backup of %s %s succeeded: %s, %d bytes in %.1fs (%.1f MB/s), sha256 %s",
+            target.name,
+            result.database,
+            result.key,
+            result.size,
+            result.duration_s,
+            result.throughput / 1e6,
+            result.sha256,
+        )
+    for database, failure in run.failures:
+        log.error(
+            "backup of %s %s FAILED at %s: %s",
+            target.name,
+            database,
+            failure.step,
+            mask(str(failure), hidden),
+        )
+    return run.ok
 
 
 async def dump_to_storage(
     target: TargetConfig,
-    source: Source,
+    dump: Dump,
     storage: Storage,
-    database: str,
     probe: asyncio.Future[ServerInfo],
+    progress: Progress,
 ) -> BackupResult:
-    """Stream one database's dump into one new object, then write its manifest.
+    """Stream one dump into one new object, then write its manifest.
 
     ``probe`` (login, versions) runs alongside the dump; it must have succeeded before the
     object is published.
     """
-    layout = target.layout
+    layout, engine = target.layout, target.database.engine
     started = datetime.now(layout.tz)
-    native, stream_kind = plan_compression(
-        layout.compression, target.database.engine, source.can_compress
-    )
-    key = object_key(layout.folder, database, source.extension + SUFFIXES[stream_kind], started)
-    metadata = object_metadata(target.database.engine, database, started, layout.timezone)
-    command = source.dump_command(database, native)
+    native, stream_kind = plan_compression(layout.compression, engine, dump.tool_compresses)
+    key = object_key(target.key_prefix, dump.stem, dump.extension + SUFFIXES[stream_kind], started)
+    metadata = object_metadata(engine, dump.database, started, layout.timezone)
+    command = dump.command(native)
     digest = Digest()
     clock = time.monotonic()
-    log.info("backing up %s %s to %s", target.database.engine, database, key)
+    log.info("backing up %s %s to %s", engine, dump.database, key)
     async with storage.upload(key, metadata) as upload, spawn(command.argv[0], command) as child:
         pool = BufferPool(keep=target.storage.upload_concurrency + 2)
-        progress = _Progress(key)
-        parts = fixed_parts(
-            child.stdout, upload.part_size, digest, make_compressor(stream_kind), pool
-        )
-        async for part in parts:
+        compressor = make_compressor(stream_kind)
+        async for part in fixed_parts(child.stdout, upload.part_size, digest, compressor, pool):
             await upload.write(part)
-            progress.tick(digest.size)
-        await _check_exit(child, source, probe)
+            progress.update(key, digest.size, time.monotonic() - clock)
+        await _check_exit(child, dump, probe)
         if digest.size == 0:
             raise DumpError(
                 f"{child.name} exited 0 but wrote nothing; refusing to store an empty backup"
             )
         info = await probe
         await upload.commit()
+    progress.done(key)
     result = BackupResult(
         target=target.name,
-        database=database,
-        engine=target.database.engine,
+        database=dump.database,
+        engine=engine,
         key=key,
         size=digest.size,
         sha256=await digest.hexdigest(),
@@ -125,7 +199,7 @@ async def dump_to_storage(
     return result
 
 
-async def _check_exit(child: Child, source: Source, probe: asyncio.Future[ServerInfo]) -> None:
+async def _check_exit(child: Child, dump: Dump, probe: asyncio.Future[ServerInfo]) -> None:
     """Raise unless the dump exited 0; a failed login probe explains a failure best."""
     code = await child.wait()
     if code == 0:
@@ -134,7 +208,7 @@ async def _check_exit(child: Child, source: Source, probe: asyncio.Future[Server
     if not probe.cancelled() and isinstance(probe.exception(), BackupdError):
         await probe  # raises the login or version problem
     stderr = child.stderr_text()
-    hint = source.explain_failure(stderr)
+    hint = dump.explain(stderr)
     raise DumpError(
         f"{f'{hint}: ' if hint else ''}{child.name} exited with status {describe_status(code)}: "
         f"{stderr or 'no output'}"
@@ -176,22 +250,60 @@ async def _write_manifest(
         raise
 
 
-async def run_backup(target: TargetConfig) -> list[BackupResult]:
-    """Back up every database of ``target``; raise on the first failure."""
+async def run_backup(target: TargetConfig, progress: Progress | None = None) -> TargetRun:
+    """Back up every database of ``target``, each as its own object; a failure of one database
+    is recorded and the others still run. Raise only when nothing can run at all (login)."""
     source = source_for(target.database)
+    reporter = progress if progress is not None else LogProgress()
     # Start everything at once: the login probe waits on child processes, the storage client
     # costs CPU, and the dump itself needs neither to begin.
     probe = asyncio.ensure_future(source.probe())
+    run = TargetRun(target.name)
     try:
         async with open_storage(target.storage) as storage:
             warm_up = asyncio.ensure_future(storage.warm_up())
             try:
-                database = target.database.database
-                return [await dump_to_storage(target, source, storage, database, probe)]
+                for dump in await _dumps(target, source, probe):
+                    try:
+                        run.results.append(
+                            await dump_to_storage(target, dump, storage, probe, reporter)
+                        )
+                    except BackupdError as error:
+                        run.failures.append((dump.database, error))
             finally:
                 await _settle(warm_up)
     finally:
         await _settle(probe)
+    return run
+
+
+async def _dumps(
+    target: TargetConfig, source: Source, probe: asyncio.Future[ServerInfo]
+) -> list[Dump]:
+    """The objects this run produces: one per database, plus server globals for ``*``."""
+    if not target.database.all_databases:
+        return [_database_dump(source, name) for name in target.database.databases]
+    info = await probe
+    dumps = [_database_dump(source, name) for name in await source.list_databases()]
+    if not dumps:
+        raise DumpError("DB_DATABASE=* but the server has no database to back up")
+    globals_command = source.globals_command(info)
+    if globals_command is not None:
+        dumps.append(
+            Dump(GLOBALS, GLOBALS, ".sql", lambda _: globals_command, False, source.explain_failure)
+        )
+    return dumps
+
+
+def _database_dump(source: Source, database: str) -> Dump:
+    return Dump(
+        database=database,
+        stem=backup_stem(database),
+        extension=source.extension,
+        command=lambda native: source.dump_command(database, native),
+        tool_compresses=source.can_compress,
+        explain=source.explain_failure,
+    )
 
 
 async def _settle(task: asyncio.Future[Any]) -> None:

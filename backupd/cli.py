@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
-from backupd.backup import run_backup, secrets_of
-from backupd.config import Settings, TargetConfig, load_settings, read_environment
+from backupd.backup import log_outcome, run_backup, secrets_of
+from backupd.config import Settings, TargetConfig
+from backupd.daemon import Daemon
+from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError
 from backupd.logs import setup_logging
 from backupd.process import mask
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("once", help="back up every target now, then exit")
+    commands.add_parser("run", help="run as a service: every target on its schedule, until SIGTERM")
     commands.add_parser(
         "check", help="validate the configuration and probe database, dump tool and storage"
     )
@@ -59,39 +62,38 @@ def load(args: argparse.Namespace) -> Settings:
 
 
 async def _once(settings: Settings) -> int:
+    progress = TerminalProgress() if sys.stdout.isatty() else None
     status = EXIT_OK
     for target in settings.targets:
         try:
-            for result in await run_backup(target):
-                log.info(
-                    "backup of %s succeeded: %s, %d bytes in %.1fs (%.1f MB/s), sha256 %s",
-                    result.database,
-                    result.key,
-                    result.size,
-                    result.duration_s,
-                    result.throughput / 1e6,
-                    result.sha256,
-                )
-        except BackupdError as error:
-            log.error(
-                "backup of %s FAILED at %s: %s",
-                target.name,
-                error.step,
-                mask(str(error), secrets_of(target)),
-            )
-            log.debug("details", exc_info=True)
-            status = EXIT_FAILED
-        except (
-            Exception
-        ) as error:  # a bug: say so, with the traceback, but keep other targets going
-            log.error(
-                "backup of %s FAILED with an unexpected error: %s",
-                target.name,
-                mask(repr(error), secrets_of(target)),
-                exc_info=True,
-            )
-            status = EXIT_FAILED
+            ok = log_outcome(target, await run_backup(target, progress))
+        except Exception as error:  # one target's failure never stops the others
+            ok = log_outcome(target, None, error)
+        status = status if ok else EXIT_FAILED
     return status
+
+
+async def _run(settings: Settings) -> int:
+    return await Daemon(settings).run()
+
+
+class TerminalProgress:
+    """A live progress line for ``backupd once`` on a terminal."""
+
+    def __init__(self) -> None:
+        self._shown = 0.0
+
+    def update(self, key: str, size: int, elapsed: float) -> None:
+        if elapsed - self._shown >= 0.2:
+            self._shown = elapsed
+            rate = size / elapsed / 1e6 if elapsed else 0.0
+            line = f"{key}: {size / 1e6:,.1f} MB  {rate:,.1f} MB/s  {elapsed:,.0f}s"
+            print(f"\r{line[-120:]:<120}", end="", flush=True)
+
+    def done(self, key: str) -> None:
+        if self._shown:
+            print(flush=True)
+        self._shown = 0.0
 
 
 async def _check_target(target: TargetConfig) -> bool:
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    commands = {"once": _once, "check": _check}
+    commands = {"once": _once, "check": _check, "run": _run}
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(run_cancellable(commands[args.command](settings)))
     sys.exit(EXIT_FAILED)

@@ -1,16 +1,14 @@
-"""Configuration: frozen pydantic models, loaded once from the environment.
+"""Configuration as data: frozen pydantic models, one per concern.
 
-The variable names are those of the tool backupd replaces (``DB_HOST``, ``STORAGE_BUCKET_NAME``,
-...), so an existing ``.env`` keeps working. Every problem is collected and reported at once,
-one line per variable. Inner code receives these models and never reads ``os.environ``.
+``environment.py`` builds them from environment variables; inner code receives these models
+and never reads ``os.environ``. Secrets are ``SecretStr`` and print as ``**********``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -19,11 +17,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
 )
 
-from backupd.errors import ConfigError
+from backupd.schedule import cron_problem
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -86,7 +83,11 @@ class DatabaseConfig(BaseModel):
     )
     user: str = Field(alias="DB_USER", min_length=1, description="Login name")
     password: SecretStr | None = Field(None, alias="DB_PASSWORD", description="Login password")
-    database: str = Field(alias="DB_DATABASE", min_length=1, description="Database to back up")
+    database: str = Field(
+        alias="DB_DATABASE",
+        min_length=1,
+        description="Database to back up; a comma-separated list; or * for all",
+    )
 
     @property
     def effective_port(self) -> int:
@@ -94,10 +95,23 @@ class DatabaseConfig(BaseModel):
 
     @field_validator("database")
     @classmethod
-    def _no_control_characters(cls, value: str) -> str:
+    def _database_list(cls, value: str) -> str:
         if any(ord(c) < 32 for c in value):
             raise ValueError("must not contain control characters")
-        return value
+        names = [name.strip() for name in value.split(",")]
+        if value.strip() != "*" and (not all(names) or "*" in names):
+            raise ValueError("must be a database name, a comma-separated list of names, or *")
+        return value.strip()
+
+    @property
+    def all_databases(self) -> bool:
+        """``DB_DATABASE=*``: every database on the server."""
+        return self.database == "*"
+
+    @property
+    def databases(self) -> tuple[str, ...]:
+        """The databases named in ``DB_DATABASE`` (empty for ``*``)."""
+        return () if self.all_databases else tuple(n.strip() for n in self.database.split(","))
 
 
 class S3Config(BaseModel):
@@ -202,164 +216,80 @@ class LayoutConfig(BaseModel):
         return ZoneInfo(self.timezone)
 
 
+class ScheduleConfig(BaseModel):
+    """When a target runs under ``backupd run``."""
+
+    model_config = _FROZEN
+
+    cron: str = Field(
+        "0 */12 * * *",
+        alias="CRON_SCHEDULE",
+        description="5-field cron, or 6 fields with seconds first; evaluated in TIMEZONE",
+    )
+    run_on_startup: bool = Field(
+        True, alias="RUN_ON_STARTUP", description="Run once when the daemon starts"
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        problem = cron_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return " ".join(value.split())
+
+
+class DaemonConfig(BaseModel):
+    """Process-wide settings of ``backupd run``."""
+
+    model_config = _FROZEN
+
+    max_concurrent: int = Field(
+        2,
+        alias="MAX_CONCURRENT_BACKUPS",
+        ge=1,
+        le=64,
+        description="Dumps running at once, all targets together",
+    )
+    shutdown_timeout: float = Field(
+        30,
+        alias="SHUTDOWN_TIMEOUT",
+        ge=0,
+        description="Seconds running backups get to finish on SIGTERM",
+    )
+    http_port: int = Field(
+        9180,
+        alias="HTTP_PORT",
+        ge=0,
+        le=65535,
+        description="Port of /healthz and /metrics; 0 turns it off",
+    )
+    http_host: str = Field(
+        "0.0.0.0", alias="HTTP_HOST", description="Address /healthz and /metrics listen on"
+    )
+
+
 class TargetConfig(BaseModel):
-    """Everything needed to back up one database."""
+    """Everything needed to back up one target's databases."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str
+    named: bool = False
+    """Whether the target was named in BACKUPD_TARGETS; its name then joins the object key."""
     database: DatabaseConfig
     storage: S3Config | LocalConfig = Field(discriminator="kind")
     layout: LayoutConfig
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig.model_validate({}))
+
+    @property
+    def key_prefix(self) -> str:
+        """Where this target's objects go: the folder, plus the target's name when named."""
+        return "/".join(p for p in (self.layout.folder, self.name if self.named else "") if p)
 
 
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     targets: tuple[TargetConfig, ...]
-
-
-SECRET_NAMES = frozenset({"DB_PASSWORD", "STORAGE_ACCESS_KEY_ID", "STORAGE_SECRET_ACCESS_KEY"})
-# Errors quote the given value only for these: a secret pasted into the wrong variable stays hidden.
-ECHOED_NAMES = frozenset({"DB_TYPE", "STORAGE_TYPE", "COMPRESSION", "STORAGE_PART_SIZE"})
-
-
-class _Reader:
-    """Looks variables up, remembering which name supplied each value for error messages."""
-
-    def __init__(self, env: Mapping[str, str], prefix: str = "") -> None:
-        self.env = env
-        self.prefix = prefix
-        self.source: dict[str, str] = {}
-        self.problems: list[str] = []
-
-    def candidates(self, name: str) -> list[str]:
-        return [f"{self.prefix}_{name}", name] if self.prefix else [name]
-
-    def get(self, name: str) -> str | None:
-        for var in self.candidates(name):
-            value = self.env.get(var, "")
-            file_var = f"{var}_FILE"
-            file_path = self.env.get(file_var, "") if name in SECRET_NAMES else ""
-            if value and file_path:
-                self.problems.append(f"{var}: set either {var} or {file_var}, not both")
-                return None
-            if file_path:
-                self.source[name] = file_var
-                return self._read_secret_file(file_var, file_path)
-            if value:
-                self.source[name] = var
-                return value
-        return None
-
-    def _read_secret_file(self, var: str, path: str) -> str | None:
-        try:
-            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            self.problems.append(f"{var}: cannot read {path}: {exc.strerror or exc}")
-        except UnicodeDecodeError:
-            self.problems.append(f"{var}: {path} is not UTF-8 text")
-        return None
-
-    def gather(self, model: type[BaseModel]) -> dict[str, str]:
-        values: dict[str, str] = {}
-        for field in model.model_fields.values():
-            if field.alias is None:
-                continue
-            value = self.get(field.alias)
-            if value is not None:
-                values[field.alias] = value
-        return values
-
-    def validate(self, model: type[BaseModel], extra: Mapping[str, Any] | None = None) -> Any:
-        raw: dict[str, Any] = {**self.gather(model), **(extra or {})}
-        try:
-            return model.model_validate(raw)
-        except ValidationError as exc:
-            for error in exc.errors():
-                self.problems.append(self.describe(error))
-            return None
-
-    def describe(self, error: Any) -> str:
-        alias = str(error["loc"][0]) if error["loc"] else "?"
-        if error["type"] == "missing":
-            return f"{self.name_for(alias)}: required but not set"
-        message = str(error["msg"]).removeprefix("Value error, ")
-        message = message.replace("Input should be", "must be")
-        given = error.get("input")
-        if alias in ECHOED_NAMES and isinstance(given, str) and repr(given) not in message:
-            message += f" (got {given!r})"
-        return f"{self.source.get(alias, self.name_for(alias))}: {message}"
-
-    def name_for(self, alias: str) -> str:
-        return " or ".join(self.candidates(alias)) if self.prefix else alias
-
-
-def _storage_problems(kind: StorageType, reader: _Reader) -> list[str]:
-    """Rules that span several storage variables."""
-    problems: list[str] = []
-    has_id = reader.get("STORAGE_ACCESS_KEY_ID") is not None
-    has_secret = reader.get("STORAGE_SECRET_ACCESS_KEY") is not None
-    if kind is StorageType.R2:
-        if reader.get("STORAGE_ENDPOINT_URL") is None:
-            problems.append(
-                f"{reader.name_for('STORAGE_ENDPOINT_URL')}: required for STORAGE_TYPE=r2 "
-                "(https://<account id>.r2.cloudflarestorage.com)"
-            )
-        if not (has_id and has_secret):
-            problems.append(
-                f"{reader.name_for('STORAGE_ACCESS_KEY_ID')}: r2 needs both STORAGE_ACCESS_KEY_ID "
-                "and STORAGE_SECRET_ACCESS_KEY"
-            )
-    elif has_id != has_secret:
-        problems.append(
-            f"{reader.name_for('STORAGE_ACCESS_KEY_ID')}: "
-            "set both STORAGE_ACCESS_KEY_ID and STORAGE_SECRET_ACCESS_KEY, or neither"
-        )
-    return problems
-
-
-def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
-    raw_kind = (reader.get("STORAGE_TYPE") or "s3").lower()
-    try:
-        kind = StorageType(raw_kind)
-    except ValueError:
-        var = reader.source.get("STORAGE_TYPE", "STORAGE_TYPE")
-        reader.problems.append(f"{var}: must be one of s3, r2, local (got {raw_kind!r})")
-        return None
-    if kind is StorageType.LOCAL:
-        config: S3Config | LocalConfig | None = reader.validate(LocalConfig)
-        return config
-    reader.problems.extend(_storage_problems(kind, reader))
-    extra: dict[str, Any] = {"kind": kind}
-    if kind is StorageType.R2:
-        extra["STORAGE_REGION"] = "auto"
-    config = reader.validate(S3Config, extra)
-    return config
-
-
-def load_target(env: Mapping[str, str], name: str = "default", prefix: str = "") -> TargetConfig:
-    """Build one target from ``env``; raise ConfigError listing every problem found."""
-    reader = _Reader(env, prefix)
-    database = reader.validate(DatabaseConfig)
-    storage = _load_storage(reader)
-    layout = reader.validate(LayoutConfig)
-    if reader.problems or storage is None:
-        raise ConfigError(sorted(set(reader.problems), key=reader.problems.index))
-    return TargetConfig(name=name, database=database, storage=storage, layout=layout)
-
-
-def load_settings(env: Mapping[str, str]) -> Settings:
-    """Load the whole configuration from a mapping of environment variables."""
-    return Settings(targets=(load_target(env),))
-
-
-def read_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, str]:
-    """The process environment over an optional ``.env`` file: real variables win."""
-    merged: dict[str, str] = {}
-    if dotenv is not None and dotenv.is_file():
-        from dotenv import dotenv_values
-
-        merged.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
-    merged.update(environ)
-    return merged
+    daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig.model_validate({}))

@@ -19,10 +19,18 @@ def safe_name(database: str) -> str:
     return _UNSAFE.sub("_", database).strip("_") or "_"
 
 
-def object_key(folder: str, database: str, extension: str, when: datetime) -> str:
-    """``{folder}/{YYYYMMDD}/backup_{database}_{YYYYMMDD_HHMMSS}{ext}`` in ``when``'s zone."""
-    name = f"backup_{safe_name(database)}_{when:%Y%m%d_%H%M%S}{extension}"
-    return "/".join(part for part in (folder, f"{when:%Y%m%d}", name) if part)
+def backup_stem(database: str) -> str:
+    return f"backup_{safe_name(database)}"
+
+
+def object_key(prefix: str, stem: str, extension: str, when: datetime) -> str:
+    """``{prefix}/{YYYYMMDD}/{stem}_{YYYYMMDD_HHMMSS}{ext}`` in ``when``'s zone.
+
+    ``prefix`` is the destination folder, plus the target's name when targets are named;
+    ``stem`` is ``backup_{database}`` (``backup_stem``) or ``globals``.
+    """
+    name = f"{stem}_{when:%Y%m%d_%H%M%S}{extension}"
+    return "/".join(part for part in (prefix, f"{when:%Y%m%d}", name) if part)
 
 
 def manifest_key(key: str) -> str:

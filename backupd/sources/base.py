@@ -14,6 +14,7 @@ class ServerInfo:
 
     server_version: str
     tool_version: str
+    superuser: bool = False
 
 
 class Source(Protocol):
@@ -27,6 +28,14 @@ class Source(Protocol):
 
     async def probe(self) -> ServerInfo:
         """Log in, read the server version, check the dump tool. Raise ConnectError/DumpError."""
+        ...
+
+    async def list_databases(self) -> list[str]:
+        """Every database worth backing up (``DB_DATABASE=*``): no templates or system schemas."""
+        ...
+
+    def globals_command(self, info: ServerInfo) -> Command | None:
+        """For ``DB_DATABASE=*``: a dump of server-wide objects (roles, ...), if any."""
         ...
 
     def dump_command(self, database: str, native_compression: bool) -> Command:

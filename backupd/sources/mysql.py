@@ -26,6 +26,12 @@ DUMP_OPTIONS = (
 )
 # Oracle's mysqldump only: MariaDB's rejects these.
 ORACLE_ONLY_OPTIONS = ("--set-gtid-purged=OFF", "--column-statistics=0")
+# Not dumped by DB_DATABASE=*: server internals, and `mysql` (users and grants), which cannot be
+# loaded over another server's own.
+LIST_DATABASES = (
+    "SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT IN"
+    " ('information_schema', 'performance_schema', 'sys', 'mysql') ORDER BY schema_name"
+)
 _CONNECT_FAILURES = (
     "Access denied",
     "Can't connect",
@@ -101,23 +107,33 @@ class MySQLSource:
             pipe_file_flag="--defaults-extra-file=",
         )
 
-    async def probe(self) -> ServerInfo:
-        client, tool = (
-            pick_tool(self.config.engine, "client"),
-            pick_tool(self.config.engine, "dump"),
-        )
-        login = self._command(client_argv(client, self.config, "SELECT VERSION()"))
-        version = Command((tool, "--version"), child_environment({}))
-        (code, out, err), (tool_code, tool_out, tool_err) = await asyncio.gather(
-            run_captured(client, login), run_captured(tool, version)
+    async def _query(self, sql: str) -> list[str]:
+        """Rows of a one-column query; raise ConnectError when the login fails."""
+        client = pick_tool(self.config.engine, "client")
+        code, out, err = await run_captured(
+            client, self._command(client_argv(client, self.config, sql))
         )
         if code != 0:
             where = f"{self._label()} at {self._where()}"
             raise ConnectError(f"cannot log in to {where}: {err or f'{client} exited {code}'}")
+        return [line for line in out.splitlines() if line]
+
+    async def probe(self) -> ServerInfo:
+        tool = pick_tool(self.config.engine, "dump")
+        version = Command((tool, "--version"), child_environment({}))
+        rows, (tool_code, tool_out, tool_err) = await asyncio.gather(
+            self._query("SELECT VERSION()"), run_captured(tool, version)
+        )
         if tool_code != 0:
             raise DumpError(f"{tool} --version failed: {tool_err}")
         self._mariadb_tool = is_mariadb_tool(tool_out)
-        return ServerInfo(server_version=out.strip(), tool_version=short_version(tool_out))
+        return ServerInfo(server_version=rows[0].strip(), tool_version=short_version(tool_out))
+
+    async def list_databases(self) -> list[str]:
+        return await self._query(LIST_DATABASES)
+
+    def globals_command(self, info: ServerInfo) -> None:
+        return None
 
     def dump_command(self, database: str, native_compression: bool) -> Command:
         tool = pick_tool(self.config.engine, "dump")

@@ -57,6 +57,14 @@ def tool_version_of(output: str) -> str:
     return match.group(1) if match else output.strip()
 
 
+def pg_dumpall_globals_argv(superuser: bool) -> tuple[str, ...]:
+    """Roles and tablespaces. Without superuser rights, pg_authid (passwords) is unreadable."""
+    argv = ["pg_dumpall", "--globals-only", "--no-password"]
+    if not superuser:
+        argv.append("--no-role-passwords")
+    return tuple(argv)
+
+
 def major_version(version: str) -> int:
     """``'15.19 (Debian ...)'`` → 15; ``'9.6.24'`` → 9 (the old scheme has two-part majors)."""
     match = _VERSION.search(version)
@@ -86,27 +94,47 @@ class PostgresSource:
     def _env(self, database: str) -> dict[str, str]:
         return child_environment(libpq_env(self.config, database))
 
-    async def probe(self) -> ServerInfo:
-        query = "SELECT current_setting('server_version')"
-        psql = Command(
-            ("psql", "--no-psqlrc", "--no-password", "-At", "-c", query),
-            self._env(self.config.database),
-        )
-        version = Command(("pg_dump", "--version"), self._env(""))
-        (code, out, err), (tool_code, tool_out, tool_err) = await asyncio.gather(
-            run_captured("psql", psql), run_captured("pg_dump", version)
-        )
+    @property
+    def _login_database(self) -> str:
+        """Where the probe logs in: the first database named, or ``postgres`` for ``*``."""
+        return (self.config.databases or ("postgres",))[0]
+
+    async def _query(self, sql: str) -> list[str]:
+        """Rows of a one-column query, as text; raise ConnectError when the login fails."""
+        argv = ("psql", "--no-psqlrc", "--no-password", "-At", "--record-separator-zero", "-c", sql)
+        code, out, err = await run_captured("psql", Command(argv, self._env(self._login_database)))
         if code != 0:
             raise ConnectError(
                 f"cannot log in to PostgreSQL at {self._where()}: {err or f'psql exited {code}'}"
             )
+        return [row for row in out.split("\0") if row]
+
+    async def probe(self) -> ServerInfo:
+        query = (
+            "SELECT current_setting('server_version') || '|' || "
+            "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)::text"
+        )
+        version = Command(("pg_dump", "--version"), self._env(""))
+        rows, (tool_code, tool_out, tool_err) = await asyncio.gather(
+            self._query(query), run_captured("pg_dump", version)
+        )
         if tool_code != 0:
             raise DumpError(f"pg_dump --version failed: {tool_err}")
-        server_version, tool_version = out.strip(), tool_version_of(tool_out)
+        server_version, _, superuser = rows[0].strip().rpartition("|")
+        tool_version = tool_version_of(tool_out)
         problem = version_problem(server_version, tool_version)
         if problem is not None:
             raise DumpError(problem)
-        return ServerInfo(server_version=server_version, tool_version=f"pg_dump {tool_version}")
+        return ServerInfo(server_version, f"pg_dump {tool_version}", superuser == "true")
+
+    async def list_databases(self) -> list[str]:
+        return await self._query(
+            "SELECT datname FROM pg_database"
+            " WHERE datallowconn AND NOT datistemplate ORDER BY datname"
+        )
+
+    def globals_command(self, info: ServerInfo) -> Command:
+        return Command(pg_dumpall_globals_argv(info.superuser), self._env("postgres"))
 
     def dump_command(self, database: str, native_compression: bool) -> Command:
         return Command(pg_dump_argv(native_compression), self._env(database))

@@ -11,9 +11,8 @@ from backupd.config import (
     LocalConfig,
     S3Config,
     StorageType,
-    load_target,
-    read_environment,
 )
+from backupd.environment import load_target, read_environment
 from backupd.errors import ConfigError
 
 MINIMAL = {

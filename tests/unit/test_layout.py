@@ -6,7 +6,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from backupd.layout import manifest_bytes, manifest_key, object_key, object_metadata, safe_name
+from backupd.layout import (
+    backup_stem,
+    manifest_bytes,
+    manifest_key,
+    object_key,
+    object_metadata,
+    safe_name,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -48,7 +55,7 @@ BERLIN = ZoneInfo("Europe/Berlin")
 def test_object_key_follows_the_seed_layout_in_local_time(
     folder: str, database: str, extension: str, when: datetime, key: str
 ) -> None:
-    assert object_key(folder, database, extension, when) == key
+    assert object_key(folder, backup_stem(database), extension, when) == key
 
 
 @pytest.mark.parametrize(

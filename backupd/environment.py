@@ -1,0 +1,219 @@
+"""Loading the configuration from environment variables (and a ``.env`` file).
+
+The variable names are those of the tool backupd replaces (``DB_HOST``, ``STORAGE_BUCKET_NAME``,
+...), so an existing ``.env`` keeps working. With ``BACKUPD_TARGETS=orders,billing`` each
+target reads ``ORDERS_DB_HOST`` first and falls back to ``DB_HOST``. Every problem is collected
+and reported at once, one line per variable; this is the only module that reads variables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from backupd.config import (
+    DaemonConfig,
+    DatabaseConfig,
+    LayoutConfig,
+    LocalConfig,
+    S3Config,
+    ScheduleConfig,
+    Settings,
+    StorageType,
+    TargetConfig,
+)
+from backupd.errors import ConfigError
+
+SECRET_NAMES = frozenset({"DB_PASSWORD", "STORAGE_ACCESS_KEY_ID", "STORAGE_SECRET_ACCESS_KEY"})
+# Errors quote the given value only for these: a secret pasted into the wrong variable stays hidden.
+ECHOED_NAMES = frozenset({"DB_TYPE", "STORAGE_TYPE", "COMPRESSION", "STORAGE_PART_SIZE"})
+
+
+class _Reader:
+    """Looks variables up, remembering which name supplied each value for error messages."""
+
+    def __init__(self, env: Mapping[str, str], prefix: str = "") -> None:
+        self.env = env
+        self.prefix = prefix
+        self.source: dict[str, str] = {}
+        self.problems: list[str] = []
+
+    def candidates(self, name: str) -> list[str]:
+        return [f"{self.prefix}_{name}", name] if self.prefix else [name]
+
+    def get(self, name: str) -> str | None:
+        for var in self.candidates(name):
+            value = self.env.get(var, "")
+            file_var = f"{var}_FILE"
+            file_path = self.env.get(file_var, "") if name in SECRET_NAMES else ""
+            if value and file_path:
+                self.problems.append(f"{var}: set either {var} or {file_var}, not both")
+                return None
+            if file_path:
+                self.source[name] = file_var
+                return self._read_secret_file(file_var, file_path)
+            if value:
+                self.source[name] = var
+                return value
+        return None
+
+    def _read_secret_file(self, var: str, path: str) -> str | None:
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            self.problems.append(f"{var}: cannot read {path}: {exc.strerror or exc}")
+        except UnicodeDecodeError:
+            self.problems.append(f"{var}: {path} is not UTF-8 text")
+        return None
+
+    def gather(self, model: type[BaseModel]) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for field in model.model_fields.values():
+            if field.alias is None:
+                continue
+            value = self.get(field.alias)
+            if value is not None:
+                values[field.alias] = value
+        return values
+
+    def validate(self, model: type[BaseModel], extra: Mapping[str, Any] | None = None) -> Any:
+        raw: dict[str, Any] = {**self.gather(model), **(extra or {})}
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            for error in exc.errors():
+                self.problems.append(self.describe(error))
+            return None
+
+    def describe(self, error: Any) -> str:
+        alias = str(error["loc"][0]) if error["loc"] else "?"
+        if error["type"] == "missing":
+            return f"{self.name_for(alias)}: required but not set"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        message = message.replace("Input should be", "must be")
+        given = error.get("input")
+        if alias in ECHOED_NAMES and isinstance(given, str) and repr(given) not in message:
+            message += f" (got {given!r})"
+        return f"{self.source.get(alias, self.name_for(alias))}: {message}"
+
+    def name_for(self, alias: str) -> str:
+        return " or ".join(self.candidates(alias)) if self.prefix else alias
+
+
+def _storage_problems(kind: StorageType, reader: _Reader) -> list[str]:
+    """Rules that span several storage variables."""
+    problems: list[str] = []
+    has_id = reader.get("STORAGE_ACCESS_KEY_ID") is not None
+    has_secret = reader.get("STORAGE_SECRET_ACCESS_KEY") is not None
+    if kind is StorageType.R2:
+        if reader.get("STORAGE_ENDPOINT_URL") is None:
+            problems.append(
+                f"{reader.name_for('STORAGE_ENDPOINT_URL')}: required for STORAGE_TYPE=r2 "
+                "(https://<account id>.r2.cloudflarestorage.com)"
+            )
+        if not (has_id and has_secret):
+            problems.append(
+                f"{reader.name_for('STORAGE_ACCESS_KEY_ID')}: r2 needs both STORAGE_ACCESS_KEY_ID "
+                "and STORAGE_SECRET_ACCESS_KEY"
+            )
+    elif has_id != has_secret:
+        problems.append(
+            f"{reader.name_for('STORAGE_ACCESS_KEY_ID')}: "
+            "set both STORAGE_ACCESS_KEY_ID and STORAGE_SECRET_ACCESS_KEY, or neither"
+        )
+    return problems
+
+
+def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
+    raw_kind = (reader.get("STORAGE_TYPE") or "s3").lower()
+    try:
+        kind = StorageType(raw_kind)
+    except ValueError:
+        var = reader.source.get("STORAGE_TYPE", "STORAGE_TYPE")
+        reader.problems.append(f"{var}: must be one of s3, r2, local (got {raw_kind!r})")
+        return None
+    if kind is StorageType.LOCAL:
+        config: S3Config | LocalConfig | None = reader.validate(LocalConfig)
+        return config
+    reader.problems.extend(_storage_problems(kind, reader))
+    extra: dict[str, Any] = {"kind": kind}
+    if kind is StorageType.R2:
+        extra["STORAGE_REGION"] = "auto"
+    config = reader.validate(S3Config, extra)
+    return config
+
+
+def load_target(
+    env: Mapping[str, str], name: str = "default", prefix: str = "", named: bool = False
+) -> TargetConfig:
+    """Build one target from ``env``; raise ConfigError listing every problem found."""
+    reader = _Reader(env, prefix)
+    database = reader.validate(DatabaseConfig)
+    storage = _load_storage(reader)
+    layout = reader.validate(LayoutConfig)
+    schedule = reader.validate(ScheduleConfig)
+    if reader.problems or storage is None:
+        raise ConfigError(sorted(set(reader.problems), key=reader.problems.index))
+    return TargetConfig(
+        name=name, named=named, database=database, storage=storage, layout=layout, schedule=schedule
+    )
+
+
+TARGET_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def target_names(raw: str) -> tuple[list[str], list[str]]:
+    """The names in ``BACKUPD_TARGETS`` and the problems with them."""
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    problems = [
+        f"BACKUPD_TARGETS: {name!r} is not a valid target name (letters, digits and _ only)"
+        for name in names
+        if not TARGET_NAME.match(name)
+    ]
+    upper = [name.upper() for name in names]
+    problems += [
+        f"BACKUPD_TARGETS: {name!r} is named twice"
+        for name in sorted(set(upper))
+        if upper.count(name) > 1
+    ]
+    if not names:
+        problems.append("BACKUPD_TARGETS: set but names no target")
+    return names, problems
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Load the whole configuration from a mapping of environment variables."""
+    problems: list[str] = []
+    targets: list[TargetConfig] = []
+    raw_names = env.get("BACKUPD_TARGETS", "")
+    if raw_names.strip():
+        names, problems = target_names(raw_names)
+        wanted = [(name, name.upper(), True) for name in names if TARGET_NAME.match(name)]
+    else:
+        wanted = [("default", "", False)]
+    for name, prefix, named in wanted:
+        try:
+            targets.append(load_target(env, name, prefix, named))
+        except ConfigError as error:
+            problems += error.problems
+    reader = _Reader(env)
+    daemon = reader.validate(DaemonConfig)
+    problems += reader.problems
+    if problems:
+        raise ConfigError(problems)
+    return Settings(targets=tuple(targets), daemon=daemon)
+
+
+def read_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, str]:
+    """The process environment over an optional ``.env`` file: real variables win."""
+    merged: dict[str, str] = {}
+    if dotenv is not None and dotenv.is_file():
+        from dotenv import dotenv_values
+
+        merged.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    merged.update(environ)
+    return merged

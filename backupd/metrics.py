@@ -1,0 +1,94 @@
+"""Prometheus metrics and the health endpoint of ``backupd run``.
+
+The registry is the daemon's own (no process-global state), served by a small aiohttp app:
+``/metrics`` in the Prometheus text format and ``/healthz`` (200 while the scheduler is alive).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.runs = Counter(
+            "backupd_runs",
+            "Backup runs by result (success, failure, skipped)",
+            ["target", "result"],
+            registry=self.registry,
+        )
+        self.in_progress = Gauge(
+            "backupd_runs_in_progress", "Runs under way", ["target"], registry=self.registry
+        )
+        self.last_success = Gauge(
+            "backupd_last_success_timestamp_seconds",
+            "When the last successful run finished (Unix time)",
+            ["target"],
+            registry=self.registry,
+        )
+        self.last_duration = Gauge(
+            "backupd_last_run_duration_seconds",
+            "How long the last run took",
+            ["target"],
+            registry=self.registry,
+        )
+        self.last_bytes = Gauge(
+            "backupd_last_run_bytes",
+            "Bytes stored by the last run",
+            ["target"],
+            registry=self.registry,
+        )
+        self.next_run = Gauge(
+            "backupd_next_run_timestamp_seconds",
+            "When the next scheduled run is due (Unix time)",
+            ["target"],
+            registry=self.registry,
+        )
+
+    def declare(self, target: str) -> None:
+        """Make every series of ``target`` visible at zero before its first run."""
+        for result in ("success", "failure", "skipped"):
+            self.runs.labels(target, result)
+        self.in_progress.labels(target).set(0)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+async def serve(
+    metrics: Metrics, healthy: Callable[[], bool], host: str, port: int
+) -> web.AppRunner:
+    """Start the HTTP endpoint; the caller cleans up the returned runner."""
+    from aiohttp import web
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok = healthy()
+        return web.Response(
+            status=200 if ok else 503, text="ok\n" if ok else "scheduler not running\n"
+        )
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("serving /healthz and /metrics on %s:%d", host, port)
+    return runner

@@ -1,0 +1,99 @@
+"""When backups run: pure functions over cron expressions, time zones and the clock.
+
+Cron is evaluated on the local wall clock of the target's zone, one naive wall time after the
+next, and each wall time is then placed on the real time line:
+
+- on the night the clocks go back, a wall time that happens twice runs once (the first time);
+- on the night they go forward, a wall time that does not exist runs at the first valid
+  instant after it (02:30 in a 02:00→03:00 gap runs at 03:00).
+
+Each next time is computed from the previous *scheduled* time, never from "now", so a clock
+that jumps back cannot repeat a slot; slots missed while the process was suspended collapse
+into one run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+
+ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+MAX_SLEEP = 30.0  # seconds; the wall clock is re-read at least this often
+
+
+@dataclass(frozen=True)
+class Schedule:
+    expression: str
+    timezone: str
+
+    @property
+    def seconds_first(self) -> bool:
+        return len(self.expression.split()) == 6
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why ``expression`` is not a usable schedule, or None."""
+    text = expression.strip()
+    fields = text.split()
+    if text.lower() in ALIASES:
+        return None
+    if len(fields) not in (5, 6):
+        return (
+            f"{text!r} has {len(fields)} fields; use 5 (minute hour day month weekday) "
+            "or 6 (second first)"
+        )
+    try:
+        croniter(text, datetime(2000, 1, 1), second_at_beginning=len(fields) == 6).get_next(
+            datetime
+        )
+    except CroniterBadDateError:
+        return f"{text!r} never fires"
+    except (CroniterError, ValueError, KeyError) as error:
+        return f"{text!r} is not a valid cron expression ({error})"
+    return None
+
+
+def on_timeline(wall: datetime, tz: ZoneInfo) -> datetime:
+    """Place a naive wall time in ``tz`` on the real time line (see the module docstring)."""
+    candidate = wall
+    while not _exists(candidate, tz):
+        candidate = (candidate + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    return candidate.replace(tzinfo=tz, fold=0)
+
+
+def _exists(wall: datetime, tz: ZoneInfo) -> bool:
+    aware = wall.replace(tzinfo=tz, fold=0)
+    return aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == wall
+
+
+def next_fire(schedule: Schedule, after: datetime) -> datetime:
+    """The first scheduled instant strictly after ``after`` (an aware datetime)."""
+    tz = schedule.tz
+    local = after.astimezone(tz).replace(tzinfo=None)
+    walls = croniter(schedule.expression, local, second_at_beginning=schedule.seconds_first)
+    while True:
+        instant = on_timeline(walls.get_next(datetime), tz)
+        if instant > after:
+            return instant
+
+
+def following_slot(schedule: Schedule, scheduled: datetime, now: datetime) -> tuple[datetime, int]:
+    """The slot after ``scheduled`` that is still ahead of ``now``, and how many were missed."""
+    slot = next_fire(schedule, scheduled)
+    missed = 0
+    while slot <= now:
+        missed += 1
+        slot = next_fire(schedule, slot)
+    return slot, missed
+
+
+def sleep_step(now: datetime, until: datetime) -> float:
+    """How long to sleep before looking at the wall clock again (0 when ``until`` has come)."""
+    return max(0.0, min((until - now).total_seconds(), MAX_SLEEP))
