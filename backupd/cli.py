@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import sys
 from collections.abc import Coroutine
@@ -18,15 +17,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
-from backupd.backup import log_outcome, run_backup, secrets_of
-from backupd.config import Settings, TargetConfig
+from backupd.backup import log_outcome, run_backup
+from backupd.check import check_target
+from backupd.config import Settings
 from backupd.daemon import Daemon
 from backupd.environment import load_settings, read_environment
-from backupd.errors import BackupdError, ConfigError
+from backupd.errors import ConfigError
 from backupd.logs import setup_logging
-from backupd.process import mask
 from backupd.sources import source_for
-from backupd.storage import open_storage
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("backupd")
@@ -96,44 +94,14 @@ class TerminalProgress:
         self._shown = 0.0
 
 
-async def _check_target(target: TargetConfig) -> bool:
-    hidden = secrets_of(target)
-    ok = True
-
-    def report(passed: bool, what: str, detail: str) -> None:
-        print(
-            f"{'ok  ' if passed else 'FAIL'} {target.name} {what}: {mask(detail, hidden)}",
-            flush=True,
-        )
-
-    db = target.database
-    try:
-        info = await source_for(db).probe()
-        report(
-            True, "database", f"{db.engine} {info.server_version} at {db.host}:{db.effective_port}"
-        )
-        report(True, "dump tool", info.tool_version)
-    except BackupdError as error:
-        report(False, error.step, str(error))
-        ok = False
-    probe_key = "/".join(
-        p for p in (target.layout.folder, f".backupd-probe-{secrets.token_hex(6)}") if p
-    )
-    try:
-        async with open_storage(target.storage) as storage:
-            await storage.put_bytes(probe_key, b"backupd write probe\n", "text/plain")
-            await storage.delete(probe_key)
-            report(True, "storage", f"wrote and deleted a probe object in {storage.description}")
-    except BackupdError as error:
-        report(False, "storage", str(error))
-        ok = False
-    return ok
-
-
 async def _check(settings: Settings) -> int:
     print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
-    results = [await _check_target(target) for target in settings.targets]
-    return EXIT_OK if all(results) else EXIT_FAILED
+    ok = True
+    for target in settings.targets:
+        for finding in await check_target(target):
+            print(finding.line(), flush=True)
+            ok = ok and finding.ok
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def run_cancellable(main: Coroutine[Any, Any, int]) -> int:

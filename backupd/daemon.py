@@ -13,7 +13,6 @@ uploads aborted). A second signal cancels at once. Either way the process exits 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -120,10 +119,10 @@ class Daemon:
         if target.schedule.run_on_startup:
             self._start(target, "start-up")
         slot = next_fire(schedule, wall_clock())
-        while True:
+        while not self._stopping.is_set():
             self.metrics.next_run.labels(target.name).set(slot.timestamp())
-            while (delay := sleep_step(wall_clock(), slot)) > 0:
-                await self._nap(delay)
+            if await self._sleep_until(slot):
+                return
             self._start(target, f"{slot.astimezone(schedule.tz):%Y-%m-%d %H:%M:%S %Z}")
             slot, missed = following_slot(schedule, slot, wall_clock())
             if missed:
@@ -133,10 +132,18 @@ class Daemon:
                     missed,
                 )
 
-    async def _nap(self, seconds: float) -> None:
-        """Sleep on the monotonic clock, but wake for a shutdown."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def _sleep_until(self, slot: datetime) -> bool:
+        """Sleep until the wall clock reaches ``slot``; True if a shutdown began meanwhile.
+
+        Sleeps are short (see ``sleep_step``) so that a suspend or a clock jump is noticed.
+        """
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not stopping.done() and (delay := sleep_step(wall_clock(), slot)) > 0:
+                await asyncio.wait([stopping], timeout=delay)
+        finally:
+            stopping.cancel()
+        return self._stopping.is_set()
 
     def _start(self, target: TargetConfig, slot: str) -> None:
         running = self._runs.get(target.name)

@@ -27,9 +27,13 @@ class Part:
     release: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
 
 
+class PartBody(io.BytesIO):
+    """A part's buffer. Its own type, so that a storage backend can send it its own way."""
+
+
 def blank_body(size: int) -> io.BytesIO:
     """A buffer of ``size`` bytes to be filled in place through ``getbuffer()``."""
-    body = io.BytesIO()
+    body = PartBody()
     body.seek(size - 1)
     body.write(b"\0")
     body.seek(0)

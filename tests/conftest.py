@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -52,8 +53,8 @@ def _scratch_dir(prefix: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PostgresServer]:
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
     root = _scratch_dir("backupd-pg-")
     server = PostgresServer(root / "pg")
     server.start()
@@ -62,6 +63,21 @@ def pg() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def big_pg_database(pg: PostgresServer) -> str:
+    """About 25 MB of dump: five parts of 5 MiB."""
+    name = f"bulk_{uuid.uuid4().hex[:8]}"
+    pg.create_database(name)
+    pg.psql(BULK_SQL.format(rows=BULK_ROWS), name)
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from botocore.exceptions import (
 
 from backupd.config import MAX_PART_SIZE, S3Config, StorageType
 from backupd.errors import StorageError
-from backupd.parts import Part
+from backupd.parts import Part, PartBody
 
 if TYPE_CHECKING:
     from aiobotocore.config import AioConfig
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PARTS = 10_000
+SEND_SLICE = 1024 * 1024
 GROWTH_BLOCK = 1_000
 _CREDENTIAL_ERRORS = {
     "InvalidAccessKeyId",
@@ -281,6 +282,37 @@ class S3Upload:
             raise self._failure
 
 
+_payload_registered = False
+
+
+def _register_part_payload() -> None:
+    """Teach aiohttp to send a part in 1 MiB slices of its buffer.
+
+    Its stock BytesIO payload copies 64 KiB at a time and yields to the event loop after each:
+    for a 16 MiB part that is 256 turns holding the GIL, while the thread reading the dump's
+    pipe waits for it. Slices of a memoryview copy nothing and take 16 turns.
+    """
+    global _payload_registered
+    if _payload_registered:
+        return
+    from aiohttp import payload
+
+    class PartPayload(payload.BytesIOPayload):
+        async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+            self._set_or_restore_start_position()
+            start = self._value.tell()
+            # No `with`: the transport may still hold slices after the last write; the view
+            # is released when they are garbage, once sent.
+            view = self._value.getbuffer()
+            end = len(view) if content_length is None else min(len(view), start + content_length)
+            for offset in range(start, end, SEND_SLICE):
+                await writer.write(view[offset : min(offset + SEND_SLICE, end)])
+            self._value.seek(end)
+
+    payload.PAYLOAD_REGISTRY.register(PartPayload, PartBody, order=payload.Order.try_first)
+    _payload_registered = True
+
+
 class S3Storage:
     def __init__(self, config: S3Config) -> None:
         self.config = config
@@ -307,6 +339,8 @@ class S3Storage:
         async with self._lock:
             if self._client is None:
                 from aiobotocore.session import get_session
+
+                _register_part_payload()
 
                 key_id, secret = self.config.access_key_id, self.config.secret_access_key
                 self._client = await self._stack.enter_async_context(

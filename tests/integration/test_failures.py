@@ -16,8 +16,6 @@ import boto3
 import pytest
 
 from tests.conftest import (
-    BULK_ROWS,
-    BULK_SQL,
     backupd_command,
     bucket_state,
     child_env,
@@ -28,14 +26,6 @@ from tests.conftest import (
 )
 from tests.procs import dump_processes
 from tests.servers import FaultProxy, MariaDBServer, PostgresServer, free_port, wait_until
-
-
-@pytest.fixture(scope="session")
-def big_pg_database(pg: PostgresServer) -> str:
-    name = f"bulk_{uuid.uuid4().hex[:8]}"
-    pg.create_database(name)
-    pg.psql(BULK_SQL.format(rows=BULK_ROWS), name)
-    return name
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from backupd.config import (
     S3Config,
     StorageType,
 )
-from backupd.environment import load_target, read_environment
+from backupd.environment import load_settings, load_target, read_environment
 from backupd.errors import ConfigError
 
 MINIMAL = {
@@ -206,3 +206,99 @@ def test_dotenv_file_is_read_and_real_environment_wins(tmp_path: Path) -> None:
 
     assert merged == {"DB_HOST": "from-env", "DB_USER": "quoted user", "DB_DATABASE": "app"}
     assert read_environment({"A": "1"}, tmp_path / "absent") == {"A": "1"}
+
+
+def test_named_targets_fall_back_to_the_shared_variables() -> None:
+    env = {
+        **MINIMAL,
+        "BACKUPD_TARGETS": "orders, billing",
+        "ORDERS_DB_DATABASE": "orders",
+        "BILLING_DB_HOST": "billing-db",
+        "BILLING_DB_TYPE": "mariadb",
+        "BILLING_CRON_SCHEDULE": "*/5 * * * * *",
+        "MAX_CONCURRENT_BACKUPS": "3",
+    }
+
+    settings = load_settings(env)
+
+    orders, billing = settings.targets
+    assert (orders.name, orders.database.database, orders.database.host) == (
+        "orders",
+        "orders",
+        "db.internal",
+    )
+    assert (billing.name, billing.database.database, billing.database.host) == (
+        "billing",
+        "app",
+        "billing-db",
+    )
+    assert billing.database.effective_port == 3306
+    assert billing.schedule.cron == "*/5 * * * * *"
+    assert orders.schedule.cron == "0 */12 * * *"
+    assert orders.schedule.run_on_startup is True
+    assert orders.key_prefix == "backups/orders"
+    assert settings.daemon.max_concurrent == 3
+    assert settings.daemon.http_port == 9180
+
+
+def test_without_backupd_targets_there_is_one_unnamed_target() -> None:
+    (target,) = load_settings(MINIMAL).targets
+    assert target.name == "default"
+    assert target.key_prefix == "backups"
+
+
+def test_target_problems_name_the_prefixed_variable() -> None:
+    env = {**MINIMAL, "BACKUPD_TARGETS": "orders,bad-name,ORDERS", "ORDERS_DB_PORT": "x"}
+    env.pop("DB_HOST")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+
+    problems = caught.value.problems
+    assert (
+        "BACKUPD_TARGETS: 'bad-name' is not a valid target name (letters, digits and _ only)"
+        in problems
+    )
+    assert "BACKUPD_TARGETS: 'ORDERS' is named twice" in problems
+    assert "ORDERS_DB_HOST or DB_HOST: required but not set" in problems
+    assert any(p.startswith("ORDERS_DB_PORT: ") for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("raw", "names", "everything"),
+    [
+        ("app", ("app",), False),
+        ("a, b,c", ("a", "b", "c"), False),
+        ("*", (), True),
+        (" * ", (), True),
+    ],
+)
+def test_db_database_takes_a_list_or_a_star(
+    raw: str, names: tuple[str, ...], everything: bool
+) -> None:
+    database = load_target({**MINIMAL, "DB_DATABASE": raw}).database
+    assert database.databases == names
+    assert database.all_databases is everything
+
+
+@pytest.mark.parametrize("raw", ["a,,b", "a,*", ","])
+def test_db_database_list_must_be_clean(raw: str) -> None:
+    assert [p.split(":")[0] for p in problems_of({**MINIMAL, "DB_DATABASE": raw})] == [
+        "DB_DATABASE"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CRON_SCHEDULE", "61 * * * *"),
+        ("RUN_ON_STARTUP", "perhaps"),
+        ("MAX_CONCURRENT_BACKUPS", "0"),
+        ("SHUTDOWN_TIMEOUT", "-1"),
+        ("HTTP_PORT", "70000"),
+    ],
+)
+def test_daemon_settings_are_validated(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**MINIMAL, variable: value})
+    assert [p.split(":")[0] for p in caught.value.problems] == [variable]

@@ -1,0 +1,81 @@
+"""``backupd check``: what each target would do, and whether its database, dump tool and storage
+answer. Results are data; the CLI prints them."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from backupd.backup import secrets_of
+from backupd.config import S3Config, TargetConfig
+from backupd.errors import BackupdError
+from backupd.process import mask
+from backupd.schedule import Schedule, next_fire
+from backupd.sources import source_for
+from backupd.storage import open_storage
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool
+    target: str
+    what: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.target} {self.what}: {self.detail}"
+
+
+def describe_target(target: TargetConfig, now: datetime) -> str:
+    """One line: what is backed up, where to, and when it next runs."""
+    db = target.database
+    where = (
+        f"{target.storage.kind} bucket {target.storage.bucket}"
+        if isinstance(target.storage, S3Config)
+        else (f"folder {target.storage.path}")
+    )
+    schedule = Schedule(target.schedule.cron, target.layout.timezone)
+    upcoming = next_fire(schedule, now).astimezone(schedule.tz)
+    return (
+        f"{db.engine} {db.database} at {db.host}:{db.effective_port} -> {where} under "
+        f"{target.key_prefix or '/'}/; schedule '{schedule.expression}' ({schedule.timezone}), "
+        f"next {upcoming:%Y-%m-%d %H:%M:%S %Z}"
+    )
+
+
+async def check_target(target: TargetConfig) -> list[Finding]:
+    hidden = secrets_of(target)
+
+    def finding(ok: bool, what: str, detail: str) -> Finding:
+        return Finding(ok, target.name, what, mask(detail, hidden))
+
+    findings = [finding(True, "config", describe_target(target, datetime.now(UTC)))]
+    db = target.database
+    try:
+        info = await source_for(db).probe()
+        findings.append(
+            finding(
+                True,
+                "database",
+                f"{db.engine} {info.server_version} at {db.host}:{db.effective_port}",
+            )
+        )
+        findings.append(finding(True, "dump tool", info.tool_version))
+    except BackupdError as error:
+        findings.append(finding(False, error.step, str(error)))
+    probe_key = "/".join(
+        p for p in (target.key_prefix, f".backupd-probe-{secrets.token_hex(6)}") if p
+    )
+    try:
+        async with open_storage(target.storage) as storage:
+            await storage.put_bytes(probe_key, b"backupd write probe\n", "text/plain")
+            await storage.delete(probe_key)
+            findings.append(
+                finding(
+                    True, "storage", f"wrote and deleted a probe object in {storage.description}"
+                )
+            )
+    except BackupdError as error:
+        findings.append(finding(False, "storage", str(error)))
+    return findings

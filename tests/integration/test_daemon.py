@@ -1,0 +1,239 @@
+"""``backupd run`` as a real process: schedules, isolation, overlap, metrics and shutdown."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zstandard
+
+from tests.conftest import (
+    backupd_command,
+    bucket_state,
+    child_env,
+    mariadb_env,
+    pg_env,
+    postgres_server,
+    run_backupd,
+    storage_env,
+)
+from tests.procs import dump_processes
+from tests.servers import FaultProxy, MariaDBServer, PostgresServer, free_port, wait_until
+
+EVERY_TWO_SECONDS = "*/2 * * * * *"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from Prometheus text, 0 when absent."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def fetch(port: int, path: str) -> tuple[int, str]:
+    """GET a path of the daemon's HTTP endpoint: (status, body), (0, "") while it is not up."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except OSError:
+        return 0, ""
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def daemon_process() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def start_daemon(
+    env: dict[str, str], started: list[subprocess.Popen[str]]
+) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        backupd_command("run"),
+        env=child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    started.append(process)
+    return process
+
+
+def stop(process: subprocess.Popen[str], timeout: float = 60) -> str:
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=timeout)
+    return output
+
+
+def test_targets_run_on_schedule_and_a_broken_one_hurts_no_other(
+    pg: PostgresServer,
+    mariadb: MariaDBServer,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    daemon_process: list[subprocess.Popen[str]],
+) -> None:
+    pg.create_database("orders_db", "CREATE TABLE o AS SELECT g FROM generate_series(1, 100) g;")
+    pg.create_database("billing_db", "CREATE TABLE b AS SELECT g FROM generate_series(1, 100) g;")
+    mariadb.create_database(
+        "legacy_db", "CREATE TABLE l (id INT PRIMARY KEY); INSERT INTO l VALUES (1);"
+    )
+    legacy = mariadb_env(mariadb, "legacy_db")
+    port = free_port()
+    env = {
+        **pg_env(pg, "unused"),
+        **storage_env(moto_url, bucket),
+        "BACKUPD_TARGETS": "orders,billing,legacy,broken",
+        "ORDERS_DB_DATABASE": "orders_db",
+        "BILLING_DB_DATABASE": "billing_db",
+        **{f"LEGACY_{name}": value for name, value in legacy.items()},
+        "BROKEN_DB_DATABASE": "orders_db",
+        "BROKEN_DB_PASSWORD": "wrong-password",
+        "CRON_SCHEDULE": EVERY_TWO_SECONDS,
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    process = start_daemon(env, daemon_process)
+    good = ("orders", "billing", "legacy")
+
+    def every_good_target_ran_three_times() -> bool:
+        _, text = fetch(port, "/metrics")
+        return all(
+            metric(text, "backupd_runs_total", target=t, result="success") >= 3 for t in good
+        )
+
+    wait_until(every_good_target_ran_three_times, 60, "three successful runs of every good target")
+    health, _ = fetch(port, "/healthz")
+    _, text = fetch(port, "/metrics")
+    output = stop(process)
+
+    assert process.returncode == 0, output
+    assert health == 200
+    assert metric(text, "backupd_runs_total", target="broken", result="failure") >= 1
+    assert metric(text, "backupd_runs_total", target="broken", result="success") == 0
+    assert metric(text, "backupd_last_success_timestamp_seconds", target="orders") > 0
+    assert metric(text, "backupd_last_run_bytes", target="legacy") > 0
+    assert metric(text, "backupd_runs_in_progress", target="orders") in (0, 1)
+    keys, uploads = bucket_state(s3, bucket)
+    assert uploads == []
+    for target in good:
+        manifests = [
+            k for k in keys if k.startswith(f"backups/{target}/") and k.endswith(".manifest.json")
+        ]
+        assert len(manifests) >= 3, (target, keys)
+    assert not [k for k in keys if k.startswith("backups/broken/")]
+    assert re.search(
+        r"backup of broken orders_db FAILED at connect: cannot log in to PostgreSQL", output
+    )
+    assert pg.password not in output
+    assert "Traceback" not in output
+
+
+def test_long_run_skips_overlapping_slots_and_sigterm_cancels_it_cleanly(
+    pg: PostgresServer,
+    big_pg_database: str,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    daemon_process: list[subprocess.Popen[str]],
+) -> None:
+    proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
+    proxy.part_delay = 2.0  # five parts: a run that outlasts several one-second slots
+    port = free_port()
+    env = {
+        **pg_env(pg, big_pg_database),
+        **storage_env(proxy.url, bucket),
+        "COMPRESSION": "none",
+        "STORAGE_PART_SIZE": "5MiB",
+        "STORAGE_UPLOAD_CONCURRENCY": "1",
+        "CRON_SCHEDULE": "* * * * * *",
+        "SHUTDOWN_TIMEOUT": "1",
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    try:
+        process = start_daemon(env, daemon_process)
+
+        def skipped_twice() -> bool:
+            _, text = fetch(port, "/metrics")
+            return metric(text, "backupd_runs_total", target="default", result="skipped") >= 2
+
+        wait_until(skipped_twice, 30, "two skipped slots")
+        assert proxy.part_sizes(), "the run should be uploading"
+        assert dump_processes(big_pg_database)
+        output = stop(process)
+    finally:
+        proxy.close()
+
+    assert process.returncode == 0, output
+    assert "skipping this slot" in output
+    assert "cancelling 1 running backup(s)" in output
+    assert bucket_state(s3, bucket) == ([], [])
+    assert dump_processes(big_pg_database) == []
+
+
+def test_star_backs_up_every_database_and_the_postgres_globals(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    with postgres_server() as server:  # a server of its own: it holds exactly these databases
+        server.create_database("alpha", "CREATE TABLE a (x int);")
+        server.create_database("beta", "CREATE TABLE b (x int);")
+        server.psql("CREATE ROLE reporting LOGIN")
+
+        result = run_backupd("once", env={**pg_env(server, "*"), **storage_env(moto_url, bucket)})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    keys, _ = bucket_state(s3, bucket)
+    names = sorted(
+        re.sub(r"_\d{8}_\d{6}", "", k.rsplit("/", 1)[1]) for k in keys if not k.endswith(".json")
+    )
+    assert names == [
+        "backup_alpha.dump",
+        "backup_beta.dump",
+        "backup_postgres.dump",
+        "globals.sql.zst",
+    ]
+    (globals_key,) = [k for k in keys if "/globals_" in k and k.endswith(".sql.zst")]
+    compressed = s3.get_object(Bucket=bucket, Key=globals_key)["Body"].read()
+    assert b"CREATE ROLE reporting" in zstandard.ZstdDecompressor().decompressobj().decompress(
+        compressed
+    )
+
+
+def test_a_list_of_databases_gives_one_object_each(
+    mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    mariadb.create_database("list_one", "CREATE TABLE t (x INT);")
+    mariadb.create_database("list_two", "CREATE TABLE t (x INT);")
+
+    result = run_backupd(
+        "once",
+        env={
+            **mariadb_env(mariadb, "list_one, list_two, list_missing"),
+            **storage_env(moto_url, bucket),
+        },
+    )
+
+    assert result.returncode == 1
+    assert "backup of default list_missing FAILED at dump" in result.stdout
+    keys, uploads = bucket_state(s3, bucket)
+    assert uploads == []
+    stored = sorted(k.rsplit("/", 1)[1].split("_2")[0] for k in keys if k.endswith(".sql.zst"))
+    assert stored == ["backup_list_one", "backup_list_two"]

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from backupd.schedule import (
+    MAX_SLEEP,
+    Schedule,
+    cron_problem,
+    following_slot,
+    next_fire,
+    sleep_step,
+)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+SAO_PAULO = ZoneInfo("America/Sao_Paulo")
+
+
+def at(zone: ZoneInfo, *parts: int, fold: int = 0) -> datetime:
+    return datetime(*parts, tzinfo=zone, fold=fold)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("expression", "zone", "after", "expected"),
+    [
+        # plain days, month ends and leap days
+        ("30 2 * * *", "UTC", at(UTC, 2026, 1, 31, 3), at(UTC, 2026, 2, 1, 2, 30)),
+        ("0 0 31 * *", "UTC", at(UTC, 2026, 2, 1), at(UTC, 2026, 3, 31)),
+        ("0 0 L * *", "UTC", at(UTC, 2026, 2, 1), at(UTC, 2026, 2, 28)),
+        ("0 12 29 2 *", "UTC", at(UTC, 2026, 3, 1), at(UTC, 2028, 2, 29, 12)),
+        ("0 */12 * * *", "UTC", at(UTC, 2026, 12, 31, 12), at(UTC, 2027, 1, 1)),
+        # six fields: seconds first
+        ("*/15 * * * * *", "UTC", at(UTC, 2026, 5, 1, 12, 0, 7), at(UTC, 2026, 5, 1, 12, 0, 15)),
+        ("0 30 2 * * *", "UTC", at(UTC, 2026, 5, 1, 3), at(UTC, 2026, 5, 2, 2, 30)),
+        # Berlin, clocks forward 2026-03-29 02:00 -> 03:00: 02:30 does not exist, runs at 03:00
+        ("30 2 * * *", "Europe/Berlin", at(BERLIN, 2026, 3, 28, 3), at(BERLIN, 2026, 3, 29, 3)),
+        ("30 2 * * *", "Europe/Berlin", at(BERLIN, 2026, 3, 29, 3), at(BERLIN, 2026, 3, 30, 2, 30)),
+        # Berlin, clocks back 2026-10-25 03:00 -> 02:00: 02:30 happens twice, runs the first time
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            at(BERLIN, 2026, 10, 24, 3),
+            at(BERLIN, 2026, 10, 25, 2, 30),
+        ),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            at(BERLIN, 2026, 10, 25, 2, 30),
+            at(BERLIN, 2026, 10, 26, 2, 30),
+        ),
+        (
+            "0 * * * *",
+            "Europe/Berlin",
+            at(BERLIN, 2026, 10, 25, 2, 0),
+            at(BERLIN, 2026, 10, 25, 3, 0),
+        ),
+        # Sao Paulo's historic DST: forward at midnight 2018-11-04, back at midnight 2019-02-17
+        (
+            "0 0 * * *",
+            "America/Sao_Paulo",
+            at(SAO_PAULO, 2018, 11, 3, 12),
+            at(SAO_PAULO, 2018, 11, 4, 1),
+        ),
+        (
+            "30 23 * * *",
+            "America/Sao_Paulo",
+            at(SAO_PAULO, 2019, 2, 16, 12),
+            at(SAO_PAULO, 2019, 2, 16, 23, 30),
+        ),
+        (
+            "30 23 * * *",
+            "America/Sao_Paulo",
+            at(SAO_PAULO, 2019, 2, 16, 23, 30),
+            at(SAO_PAULO, 2019, 2, 17, 23, 30),
+        ),
+    ],
+)
+def test_next_fire(expression: str, zone: str, after: datetime, expected: datetime) -> None:
+    fire = next_fire(Schedule(expression, zone), after)
+    assert fire == expected
+    assert fire.utcoffset() == expected.utcoffset()
+
+
+@pytest.mark.parametrize(
+    ("zone", "start"),
+    [
+        ("Europe/Berlin", at(BERLIN, 2026, 3, 26)),  # spring forward inside the week
+        ("Europe/Berlin", at(BERLIN, 2026, 10, 22)),  # fall back inside the week
+        ("America/Sao_Paulo", at(SAO_PAULO, 2018, 11, 1)),
+        ("America/Sao_Paulo", at(SAO_PAULO, 2019, 2, 14)),
+    ],
+)
+@pytest.mark.parametrize("expression", ["30 2 * * *", "0 0 * * *", "30 23 * * *", "15 1 * * *"])
+def test_a_daily_job_runs_exactly_once_a_day_across_dst(
+    expression: str, zone: str, start: datetime
+) -> None:
+    schedule = Schedule(expression, zone)
+    fires = []
+    moment = start - timedelta(seconds=1)  # so that a fire at exactly `start` counts
+    while moment < start + timedelta(days=7):
+        moment = next_fire(schedule, moment)
+        fires.append(moment)
+    days = [
+        fire.astimezone(schedule.tz).date() for fire in fires if fire < start + timedelta(days=7)
+    ]
+    assert len(days) == len(set(days)) == 7
+
+
+@pytest.mark.parametrize(
+    ("expression", "fragment"),
+    [
+        ("61 * * * *", "not a valid cron expression"),
+        ("* * *", "has 3 fields"),
+        ("* * * * * * *", "has 7 fields"),
+        ("0 0 30 2 *", "never fires"),
+        ("banana * * * *", "not a valid cron expression"),
+    ],
+)
+def test_bad_expressions_say_why(expression: str, fragment: str) -> None:
+    problem = cron_problem(expression)
+    assert problem is not None
+    assert fragment in problem
+
+
+@pytest.mark.parametrize(
+    "expression", ["0 */12 * * *", "*/2 * * * * *", "@daily", "0 3 * * mon-fri"]
+)
+def test_good_expressions_pass(expression: str) -> None:
+    assert cron_problem(expression) is None
+
+
+def test_slots_missed_while_suspended_collapse_into_one_run() -> None:
+    schedule = Schedule("30 2 * * *", "UTC")
+    scheduled = at(UTC, 2026, 5, 1, 2, 30)
+
+    following, missed = following_slot(schedule, scheduled, now=at(UTC, 2026, 5, 3, 5))
+
+    assert following == at(UTC, 2026, 5, 4, 2, 30)
+    assert missed == 2
+
+
+def test_a_clock_jumping_back_does_not_repeat_a_slot() -> None:
+    schedule = Schedule("30 2 * * *", "UTC")
+    scheduled = at(UTC, 2026, 5, 1, 2, 30)
+
+    following, missed = following_slot(schedule, scheduled, now=at(UTC, 2026, 5, 1, 1, 0))
+
+    assert following == at(UTC, 2026, 5, 2, 2, 30)
+    assert missed == 0
+
+
+@pytest.mark.parametrize(
+    ("now", "until", "step"),
+    [
+        (at(UTC, 2026, 1, 1, 0, 0, 0), at(UTC, 2026, 1, 1, 0, 0, 5), 5.0),
+        (at(UTC, 2026, 1, 1, 0, 0, 0), at(UTC, 2026, 1, 1, 1, 0, 0), MAX_SLEEP),
+        (at(UTC, 2026, 1, 1, 0, 0, 9), at(UTC, 2026, 1, 1, 0, 0, 5), 0.0),
+    ],
+)
+def test_sleep_step_rereads_the_wall_clock_often(
+    now: datetime, until: datetime, step: float
+) -> None:
+    assert sleep_step(now, until) == step
