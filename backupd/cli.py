@@ -8,22 +8,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
-from backupd.backup import log_outcome, run_backup
+from backupd.backup import log_outcome, run_backup, secrets_of
 from backupd.check import check_target
-from backupd.config import Settings
+from backupd.config import Settings, TargetConfig
 from backupd.daemon import Daemon
 from backupd.environment import load_settings, read_environment
-from backupd.errors import ConfigError
+from backupd.errors import BackupdError, ConfigError
 from backupd.logs import setup_logging
+from backupd.process import mask
+from backupd.restore import Request, list_backups, restore
 from backupd.sources import source_for
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -49,6 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "check", help="validate the configuration and probe database, dump tool and storage"
     )
+    listing = commands.add_parser("list", help="show a target's backups, newest first")
+    listing.add_argument("--target", help="the target (required when several are configured)")
+    listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    restoring = commands.add_parser("restore", help="restore a backup into a database or a file")
+    restoring.add_argument("--target", help="the target (required when several are configured)")
+    which = restoring.add_mutually_exclusive_group()
+    which.add_argument("--key", help="this backup (default: the newest complete one)")
+    which.add_argument("--at", help="the newest backup taken at or before this time (ISO 8601)")
+    where = restoring.add_mutually_exclusive_group(required=True)
+    where.add_argument("--into", metavar="DATABASE", help="restore into this database")
+    where.add_argument("--to-file", type=Path, metavar="PATH", help="write the verified dump here")
+    restoring.add_argument("--clean", action="store_true", help="replace a non-empty database")
+    restoring.add_argument(
+        "--force", action="store_true", help="with --key: allow an incomplete backup"
+    )
     return parser
 
 
@@ -59,7 +78,11 @@ def load(args: argparse.Namespace) -> Settings:
     return settings
 
 
-async def _once(settings: Settings) -> int:
+class UsageError(Exception):
+    """A command line that cannot be carried out as given (exit 2)."""
+
+
+async def _once(settings: Settings, args: argparse.Namespace) -> int:
     progress = TerminalProgress() if sys.stdout.isatty() else None
     status = EXIT_OK
     for target in settings.targets:
@@ -71,8 +94,67 @@ async def _once(settings: Settings) -> int:
     return status
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
     return await Daemon(settings).run()
+
+
+def pick_target(settings: Settings, name: str | None) -> TargetConfig:
+    if name is None:
+        if len(settings.targets) == 1:
+            return settings.targets[0]
+        names = ", ".join(t.name for t in settings.targets)
+        raise UsageError(f"several targets are configured ({names}): name one with --target")
+    for target in settings.targets:
+        if target.name == name:
+            return target
+    raise UsageError(
+        f"no target named {name!r}; configured: {', '.join(t.name for t in settings.targets)}"
+    )
+
+
+def parse_at(text: str, target: TargetConfig) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--at {text!r} is not an ISO 8601 time, e.g. 2026-11-28T02:00") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=target.layout.tz)
+
+
+async def _list(settings: Settings, args: argparse.Namespace) -> int:
+    target = pick_target(settings, args.target)
+    try:
+        backups = await list_backups(target)
+    except BackupdError as error:
+        log.error("list FAILED: %s", mask(str(error), secrets_of(target)))
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps([backup.as_dict() for backup in backups], indent=2))
+        return EXIT_OK
+    for backup in backups:
+        state = "complete" if backup.complete else "INCOMPLETE"
+        print(f"{backup.taken:%Y-%m-%d %H:%M:%S %Z}  {backup.size:>14,}  {state:<10}  {backup.key}")
+    print(f"{len(backups)} backup(s), {sum(b.complete for b in backups)} complete", flush=True)
+    return EXIT_OK
+
+
+async def _restore(settings: Settings, args: argparse.Namespace) -> int:
+    target = pick_target(settings, args.target)
+    request = Request(
+        key=args.key,
+        at=parse_at(args.at, target) if args.at else None,
+        into=args.into,
+        to_file=args.to_file,
+        clean=args.clean,
+        force=args.force,
+    )
+    try:
+        chosen = await restore(target, request)
+    except BackupdError as error:
+        log.error("restore FAILED: %s", mask(str(error), secrets_of(target)))
+        return EXIT_FAILED
+    destination = f"database {args.into}" if args.into else str(args.to_file)
+    log.info("restored %s into %s; checksum verified", chosen.key, destination)
+    return EXIT_OK
 
 
 class TerminalProgress:
@@ -94,7 +176,7 @@ class TerminalProgress:
         self._shown = 0.0
 
 
-async def _check(settings: Settings) -> int:
+async def _check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
     ok = True
     for target in settings.targets:
@@ -132,7 +214,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    commands = {"once": _once, "check": _check, "run": _run}
+    commands = {"once": _once, "check": _check, "run": _run, "list": _list, "restore": _restore}
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(run_cancellable(commands[args.command](settings)))
+        try:
+            sys.exit(run_cancellable(commands[args.command](settings, args)))
+        except UsageError as error:
+            print(f"backupd: {error}", file=sys.stderr)
+            sys.exit(EXIT_CONFIG)
     sys.exit(EXIT_FAILED)

@@ -45,3 +45,17 @@ class Source(Protocol):
     def explain_failure(self, stderr: str) -> str | None:
         """A human hint for a known failure in the tool's stderr, if any."""
         ...
+
+    # --- restore -------------------------------------------------------------------------
+
+    async def database_state(self, database: str) -> str:
+        """``"missing"``, ``"empty"`` or ``"in use"`` (holds tables, views or routines)."""
+        ...
+
+    async def create_database(self, database: str) -> None: ...
+
+    async def drop_database(self, database: str) -> None: ...
+
+    def restore_command(self, database: str) -> Command:
+        """The restore tool, reading a dump of this engine's format on stdin."""
+        ...

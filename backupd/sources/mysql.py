@@ -41,6 +41,24 @@ _CONNECT_FAILURES = (
 )
 
 
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sql_identifier(text: str) -> str:
+    return "`" + text.replace("`", "``") + "`"
+
+
+def restore_argv(tool: str, config: DatabaseConfig, database: str) -> tuple[str, ...]:
+    return (
+        tool,
+        *connection_args(config),
+        "--default-character-set=utf8mb4",
+        "--binary-mode",
+        f"--database={database}",
+    )
+
+
 def option_file(password: str | None) -> bytes:
     """A ``[client]`` option file carrying the password, quoted per MySQL's option-file rules."""
     lines = ["[client]"]
@@ -149,6 +167,29 @@ class MySQLSource:
 
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.effective_port} as {self.config.user}"
+
+    async def database_state(self, database: str) -> str:
+        name = sql_literal(database)
+        found = await self._query(
+            f"SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = {name}"
+        )
+        if found == ["0"]:
+            return "missing"
+        used = await self._query(
+            f"SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {name})"
+            f" + (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = {name})"
+        )
+        return "empty" if used == ["0"] else "in use"
+
+    async def create_database(self, database: str) -> None:
+        await self._query(f"CREATE DATABASE {sql_identifier(database)} CHARACTER SET utf8mb4")
+
+    async def drop_database(self, database: str) -> None:
+        await self._query(f"DROP DATABASE IF EXISTS {sql_identifier(database)}")
+
+    def restore_command(self, database: str) -> Command:
+        client = pick_tool(self.config.engine, "client")
+        return self._command(restore_argv(client, self.config, database))
 
 
 def short_version(output: str) -> str:

@@ -57,6 +57,27 @@ def tool_version_of(output: str) -> str:
     return match.group(1) if match else output.strip()
 
 
+def pg_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def pg_identifier(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def pg_restore_argv(database: str) -> tuple[str, ...]:
+    """All or nothing (one transaction); the name goes in a conninfo, so ``=`` is harmless."""
+    conninfo = "dbname=" + "'" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return (
+        "pg_restore",
+        "--no-owner",
+        "--exit-on-error",
+        "--single-transaction",
+        "--no-password",
+        f"--dbname={conninfo}",
+    )
+
+
 def pg_dumpall_globals_argv(superuser: bool) -> tuple[str, ...]:
     """Roles and tablespaces. Without superuser rights, pg_authid (passwords) is unreadable."""
     argv = ["pg_dumpall", "--globals-only", "--no-password"]
@@ -99,10 +120,11 @@ class PostgresSource:
         """Where the probe logs in: the first database named, or ``postgres`` for ``*``."""
         return (self.config.databases or ("postgres",))[0]
 
-    async def _query(self, sql: str) -> list[str]:
+    async def _query(self, sql: str, database: str | None = None) -> list[str]:
         """Rows of a one-column query, as text; raise ConnectError when the login fails."""
         argv = ("psql", "--no-psqlrc", "--no-password", "-At", "--record-separator-zero", "-c", sql)
-        code, out, err = await run_captured("psql", Command(argv, self._env(self._login_database)))
+        where = database if database is not None else self._login_database
+        code, out, err = await run_captured("psql", Command(argv, self._env(where)))
         if code != 0:
             raise ConnectError(
                 f"cannot log in to PostgreSQL at {self._where()}: {err or f'psql exited {code}'}"
@@ -149,3 +171,28 @@ class PostgresSource:
 
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.effective_port} as {self.config.user}"
+
+    async def database_state(self, database: str) -> str:
+        found = await self._query(
+            f"SELECT 1 FROM pg_database WHERE datname = {pg_literal(database)}", "postgres"
+        )
+        if not found:
+            return "missing"
+        objects = await self._query(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND n.nspname NOT LIKE 'pg_toast%'",
+            database,
+        )
+        return "empty" if objects == ["0"] else "in use"
+
+    async def create_database(self, database: str) -> None:
+        await self._query(f"CREATE DATABASE {pg_identifier(database)}", "postgres")
+
+    async def drop_database(self, database: str) -> None:
+        await self._query(
+            f"DROP DATABASE IF EXISTS {pg_identifier(database)} WITH (FORCE)", "postgres"
+        )
+
+    def restore_command(self, database: str) -> Command:
+        return Command(pg_restore_argv(database), self._env(database))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from backupd.parts import Part
@@ -28,6 +31,13 @@ class Upload(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: datetime
+
+
 class Storage(Protocol):
     """A bucket or folder that holds backups."""
 
@@ -47,4 +57,16 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; no error when it is already gone."""
+        ...
+
+    def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object whose key starts with ``prefix``, however many there are."""
+        ...
+
+    async def get_bytes(self, key: str) -> bytes:
+        """A small object, whole (a manifest)."""
+        ...
+
+    def download(self, key: str) -> AsyncIterator[bytes]:
+        """An object's bytes in chunks of bounded size, in order."""
         ...

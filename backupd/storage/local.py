@@ -12,12 +12,16 @@ import io
 import os
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from backupd.config import LocalConfig
 from backupd.errors import StorageError
 from backupd.parts import Part
+from backupd.storage.base import StoredObject
+
+DOWNLOAD_CHUNK = 1024 * 1024
 
 
 def _fsync_dir(path: Path) -> None:
@@ -125,3 +129,39 @@ class LocalStorage:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path_for(key).unlink, missing_ok=True)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        def walk() -> list[StoredObject]:
+            found = []
+            for path in self.root.rglob("*"):
+                key = path.relative_to(self.root).as_posix()
+                if path.is_file() and key.startswith(prefix) and not path.name.endswith(".partial"):
+                    stat = path.stat()
+                    found.append(
+                        StoredObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+                    )
+            return sorted(found, key=lambda o: o.key)
+
+        for item in await asyncio.to_thread(walk):
+            yield item
+
+    async def get_bytes(self, key: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self.path_for(key).read_bytes)
+        except OSError as error:
+            raise StorageError(
+                f"read {key} under {self.root}: {error.strerror or error}"
+            ) from error
+
+    async def download(self, key: str) -> AsyncIterator[bytes]:
+        try:
+            handle = await asyncio.to_thread(self.path_for(key).open, "rb")
+        except OSError as error:
+            raise StorageError(
+                f"read {key} under {self.root}: {error.strerror or error}"
+            ) from error
+        try:
+            while chunk := await asyncio.to_thread(handle.read, DOWNLOAD_CHUNK):
+                yield chunk
+        finally:
+            handle.close()

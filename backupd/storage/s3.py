@@ -24,6 +24,7 @@ from botocore.exceptions import (
 from backupd.config import MAX_PART_SIZE, S3Config, StorageType
 from backupd.errors import StorageError
 from backupd.parts import Part, PartBody
+from backupd.storage.base import StoredObject
 
 if TYPE_CHECKING:
     from aiobotocore.config import AioConfig
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_PARTS = 10_000
 SEND_SLICE = 1024 * 1024
+DOWNLOAD_CHUNK = 1024 * 1024
 GROWTH_BLOCK = 1_000
 _CREDENTIAL_ERRORS = {
     "InvalidAccessKeyId",
@@ -383,3 +385,28 @@ class S3Storage:
         client = await self.client()
         with storage_errors(self.config, f"delete {key}"):
             await client.delete_object(Bucket=self.config.bucket, Key=key)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        client = await self.client()
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.config.bucket, Prefix=prefix
+        )
+        with storage_errors(self.config, f"list {prefix or '/'}"):
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    yield StoredObject(item["Key"], item["Size"], item["LastModified"])
+
+    async def get_bytes(self, key: str) -> bytes:
+        client = await self.client()
+        with storage_errors(self.config, f"read {key}"):
+            response = await client.get_object(Bucket=self.config.bucket, Key=key)
+            async with response["Body"] as body:
+                return bytes(await body.read())
+
+    async def download(self, key: str) -> AsyncIterator[bytes]:
+        client = await self.client()
+        with storage_errors(self.config, f"download {key}"):
+            response = await client.get_object(Bucket=self.config.bucket, Key=key)
+            async with response["Body"] as body:
+                while chunk := await body.read(DOWNLOAD_CHUNK):
+                    yield bytes(chunk)

@@ -1,0 +1,225 @@
+"""``backupd list`` and ``backupd restore`` against real servers and moto."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
+from tests.servers import MariaDBServer, PostgresServer, wait_until
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def backup(env: dict[str, str]) -> None:
+    started = int(time.time())
+    result = run_backupd("once", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_until(lambda: int(time.time()) > started, 2, "the next second")  # keys carry the second
+
+
+def keys_of(s3: Any, bucket: str) -> list[str]:
+    return sorted(k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json"))
+
+
+def test_postgres_round_trip_through_list_and_restore(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("shop")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+
+    listing = run_backupd("list", "--json", env=env)
+    restored = unique("restored")
+    result = run_backupd("restore", "--into", restored, env=env)
+
+    assert listing.returncode == 0, listing.stderr
+    (entry,) = json.loads(listing.stdout)
+    assert entry["complete"] is True
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checksum verified" in result.stdout
+    assert pg.plain_dump(restored) == pg.plain_dump(database)
+
+
+def test_mariadb_round_trip_renames_the_database(
+    mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("shop")
+    mariadb.create_database(database, (DATA / "mariadb_sample.sql").read_text())
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    restored = unique("restored")
+
+    result = run_backupd("restore", "--into", restored, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mariadb.plain_dump(restored) == mariadb.plain_dump(database)
+    assert mariadb.root_sql(f"SELECT COUNT(*) FROM `{database}`.customers") == mariadb.root_sql(
+        f"SELECT COUNT(*) FROM `{restored}`.customers"
+    )
+
+
+def test_at_picks_the_newest_backup_at_or_before_the_time(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("timeline")
+    pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    for n in (1, 2, 3):
+        if n > 1:
+            pg.psql(f"INSERT INTO t VALUES ({n})", database)
+        backup(env)
+    listing = json.loads(run_backupd("list", "--json", env=env).stdout)
+    second = sorted(entry["taken"] for entry in listing)[1]
+
+    restored = unique("restored")
+    result = run_backupd("restore", "--at", second, "--into", restored, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert pg.psql("SELECT count(*) FROM t", restored).strip() == "2"
+    too_early = run_backupd(
+        "restore", "--at", "2001-01-01T00:00", "--into", unique("none"), env=env
+    )
+    assert too_early.returncode == 1
+    assert "no complete backup at or before 2001-01-01" in too_early.stdout
+
+
+def test_a_tampered_object_fails_on_its_checksum_and_leaves_no_database(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("tamper")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    (key,) = keys_of(s3, bucket)
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+
+    restored = unique("restored")
+    result = run_backupd("restore", "--into", restored, env=env)
+    to_file = run_backupd("restore", "--to-file", "copy.dump", env=env)
+
+    assert result.returncode == 1
+    assert "checksum mismatch" in result.stdout
+    assert "restore FAILED" in result.stdout
+    assert pg.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{restored}'").strip() == "0"
+    assert to_file.returncode == 1
+    assert "checksum mismatch" in to_file.stdout
+    assert not Path("copy.dump").exists()
+
+
+def test_an_object_without_manifest_needs_its_key_and_force(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("partial")
+    pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS n;")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    (key,) = keys_of(s3, bucket)
+    s3.delete_object(Bucket=bucket, Key=f"{key}.manifest.json")
+
+    latest = run_backupd("restore", "--into", unique("a"), env=env)
+    by_key = run_backupd("restore", "--key", key, "--into", unique("b"), env=env)
+    restored = unique("c")
+    forced = run_backupd("restore", "--key", key, "--force", "--into", restored, env=env)
+
+    assert latest.returncode == 1
+    assert "no complete backup" in latest.stdout
+    assert by_key.returncode == 1
+    assert "has no manifest" in by_key.stdout
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "without checksum verification" in forced.stdout
+    assert pg.psql("SELECT n FROM t", restored).strip() == "1"
+
+
+def test_a_non_empty_database_is_replaced_only_with_clean(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("source")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    occupied = unique("occupied")
+    pg.create_database(occupied, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42);")
+
+    refused = run_backupd("restore", "--into", occupied, env=env)
+    original = run_backupd("restore", "--into", database, env=env)
+    replaced = run_backupd("restore", "--into", occupied, "--clean", env=env)
+
+    assert refused.returncode == 1
+    assert "is not empty; add --clean" in refused.stdout
+    assert original.returncode == 1
+    assert "is the backed-up database itself; add --clean" in original.stdout
+    assert replaced.returncode == 0, replaced.stdout + replaced.stderr
+    assert pg.plain_dump(occupied) == pg.plain_dump(database)
+
+
+def test_to_file_writes_a_dump_the_stock_tools_accept(
+    mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    database = unique("export")
+    mariadb.create_database(database, (DATA / "mariadb_sample.sql").read_text())
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    target = tmp_path / "export.sql"
+
+    result = run_backupd("restore", "--to-file", str(target), env=env)
+    again = run_backupd("restore", "--to-file", str(target), env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert target.read_bytes().startswith(b"/*") or b"-- MariaDB dump" in target.read_bytes()[:200]
+    assert again.returncode == 1
+    assert "already exists" in again.stdout
+    restored = unique("restored")
+    mariadb.restore(target.read_bytes(), restored)
+    assert mariadb.plain_dump(restored) == mariadb.plain_dump(database)
+
+
+def test_list_reads_past_the_first_thousand_objects(moto_url: str, s3: Any, bucket: str) -> None:
+    for n in range(1_050):
+        stamp = f"{n // 3600:02d}{n // 60 % 60:02d}{n % 60:02d}"
+        key = f"backups/20260101/backup_app_20260101_{stamp}.dump"
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+        if n % 2 == 0:
+            s3.put_object(Bucket=bucket, Key=f"{key}.manifest.json", Body=b"{}")
+    env = {
+        **storage_env(moto_url, bucket),
+        "DB_HOST": "unused",
+        "DB_USER": "u",
+        "DB_DATABASE": "app",
+    }
+
+    listing = run_backupd("list", "--json", env=env)
+    table = run_backupd("list", env=env)
+
+    assert listing.returncode == 0, listing.stderr
+    entries = json.loads(listing.stdout)
+    assert len(entries) == 1_050
+    assert sum(entry["complete"] for entry in entries) == 525
+    assert entries[0]["key"].endswith("_001729.dump")  # newest first
+    assert table.stdout.splitlines()[-1] == "1050 backup(s), 525 complete"
+    assert "INCOMPLETE" in table.stdout
+
+
+def test_restore_needs_a_target_when_several_exist(moto_url: str, bucket: str) -> None:
+    env = {
+        **storage_env(moto_url, bucket),
+        "BACKUPD_TARGETS": "a,b",
+        "DB_HOST": "unused",
+        "DB_USER": "u",
+        "DB_DATABASE": "app",
+    }
+
+    result = run_backupd("restore", "--into", "x", env=env)
+
+    assert result.returncode == 2
+    assert "several targets are configured (a, b): name one with --target" in result.stderr
