@@ -9,7 +9,6 @@ the end, also on Ctrl-C.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -17,13 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-from moto.server import ThreadedMotoServer
 
-from tests.servers import MariaDBServer, PostgresServer
+from tests.servers import MariaDBServer, PostgresServer, moto_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "tests" / "data"
@@ -33,17 +30,6 @@ KEY_ID, SECRET = "demo-key-id", "demo-secret-key"
 
 def say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
-
-
-@contextlib.contextmanager
-def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def backupd(*args: str, env: dict[str, str]) -> None:

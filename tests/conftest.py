@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.servers import MariaDBServer, PostgresServer
+from tests.servers import FaultProxy, MariaDBServer, PostgresServer, moto_endpoint
 
 AMBIENT_PREFIXES = (
     "AWS_",
@@ -94,15 +94,16 @@ def mariadb() -> Iterator[MariaDBServer]:
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
+    with moto_endpoint() as url:
+        yield url
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+
+@pytest.fixture
+def proxy(moto_url: str) -> Iterator[FaultProxy]:
+    """A fault-injecting, request-recording proxy in front of moto."""
+    fault_proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
+    yield fault_proxy
+    fault_proxy.close()
 
 
 def s3_client(endpoint: str) -> Any:

@@ -435,6 +435,20 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 as a real HTTP server on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
 def running(server: PostgresServer | MariaDBServer) -> Iterator[PostgresServer | MariaDBServer]:
     server.start()
     try:

@@ -149,12 +149,11 @@ def test_targets_run_on_schedule_and_a_broken_one_hurts_no_other(
 def test_long_run_skips_overlapping_slots_and_sigterm_cancels_it_cleanly(
     pg: PostgresServer,
     big_pg_database: str,
-    moto_url: str,
+    proxy: FaultProxy,
     s3: Any,
     bucket: str,
     daemon_process: list[subprocess.Popen[str]],
 ) -> None:
-    proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
     proxy.part_delay = 2.0  # five parts: a run that outlasts several one-second slots
     port = free_port()
     env = {
@@ -168,19 +167,16 @@ def test_long_run_skips_overlapping_slots_and_sigterm_cancels_it_cleanly(
         "HTTP_PORT": str(port),
         "HTTP_HOST": "127.0.0.1",
     }
-    try:
-        process = start_daemon(env, daemon_process)
+    process = start_daemon(env, daemon_process)
 
-        def skipped_twice() -> bool:
-            _, text = fetch(port, "/metrics")
-            return metric(text, "backupd_runs_total", target="default", result="skipped") >= 2
+    def skipped_twice() -> bool:
+        _, text = fetch(port, "/metrics")
+        return metric(text, "backupd_runs_total", target="default", result="skipped") >= 2
 
-        wait_until(skipped_twice, 30, "two skipped slots")
-        assert proxy.part_sizes(), "the run should be uploading"
-        assert dump_processes(big_pg_database)
-        output = stop(process)
-    finally:
-        proxy.close()
+    wait_until(skipped_twice, 30, "two skipped slots")
+    assert proxy.part_sizes(), "the run should be uploading"
+    assert dump_processes(big_pg_database)
+    output = stop(process)
 
     assert process.returncode == 0, output
     assert "skipping this slot" in output

@@ -28,13 +28,6 @@ from tests.procs import dump_processes
 from tests.servers import FaultProxy, MariaDBServer, PostgresServer, free_port, wait_until
 
 
-@pytest.fixture
-def proxy(moto_url: str) -> Iterator[FaultProxy]:
-    fault_proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
-    yield fault_proxy
-    fault_proxy.close()
-
-
 def failure_line(result: subprocess.CompletedProcess[str]) -> str:
     """The single error line a failed run prints, after checking there is no traceback."""
     output = result.stdout + result.stderr

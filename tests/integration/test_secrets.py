@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +57,9 @@ class ProcessWatcher:
         return [argv for argv in self.argvs() if argv and Path(argv[0]).name in DUMP_TOOLS]
 
 
-@pytest.fixture
-def proxy(moto_url: str) -> Iterator[FaultProxy]:
-    fault_proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
-    fault_proxy.part_delay = 0.3  # keep the dump alive long enough to be seen
-    yield fault_proxy
-    fault_proxy.close()
-
-
-def slow_backup(config: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def slow_backup(config: dict[str, str], proxy: FaultProxy) -> subprocess.CompletedProcess[str]:
+    """A backup held back by ``proxy``, so that the dump lives long enough to be seen."""
+    proxy.part_delay = 0.3
     env = {
         **config,
         "COMPRESSION": "none",
@@ -93,7 +86,7 @@ def test_postgres_password_never_in_argv_and_storage_secret_never_in_child_env(
     )
 
     with ProcessWatcher() as watcher:
-        result = slow_backup({**pg_env(pg, database), **storage_env(proxy.url, bucket)})
+        result = slow_backup({**pg_env(pg, database), **storage_env(proxy.url, bucket)}, proxy)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert any(Path(a[0]).name == "pg_dump" and "--format=custom" in a for a in watcher.tools())
@@ -116,7 +109,9 @@ def test_mariadb_password_travels_by_pipe_not_argv_or_disk(
     )
 
     with ProcessWatcher() as watcher:
-        result = slow_backup({**mariadb_env(mariadb, database), **storage_env(proxy.url, bucket)})
+        result = slow_backup(
+            {**mariadb_env(mariadb, database), **storage_env(proxy.url, bucket)}, proxy
+        )
 
     assert result.returncode == 0, result.stdout + result.stderr
     dump_tools = {"mariadb-dump", "mysqldump"}

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,6 @@ from tests.conftest import (
     storage_env,
 )
 from tests.servers import FaultProxy, PostgresServer
-
-
-@pytest.fixture
-def proxy(moto_url: str) -> Iterator[FaultProxy]:
-    fault_proxy = FaultProxy(int(moto_url.rsplit(":", 1)[1]))
-    yield fault_proxy
-    fault_proxy.close()
 
 
 @pytest.fixture(scope="module")
