@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from backupd import notify
 from backupd.config import Compression, S3Config, TargetConfig
 from backupd.errors import BackupdError, DumpError, StorageError
 from backupd.layout import backup_stem, manifest_bytes, manifest_key, object_key, object_metadata
+from backupd.notify import Report, State
 from backupd.parts import BufferPool
 from backupd.process import Child, Command, describe_status, mask, spawn
 from backupd.sources import ServerInfo, Source, source_for
@@ -101,52 +103,107 @@ class LogProgress:
 
 def secrets_of(target: TargetConfig) -> list[str]:
     """Every secret value of a target, for masking text that leaves the process."""
-    values = [target.database.password]
+    values = [
+        target.database.password,
+        target.email.password,
+        target.hooks.webhook_url,
+        target.hooks.ping_url,
+    ]
     if isinstance(target.storage, S3Config):
         values += [target.storage.access_key_id, target.storage.secret_access_key]
     return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 
-def log_outcome(
+def reports_of(
     target: TargetConfig, run: TargetRun | None, error: BaseException | None = None
-) -> bool:
-    """Log what a run did, secrets masked; return whether it fully succeeded."""
+) -> list[Report]:
+    """One report per database (or one for the whole target when nothing could run), masked."""
     hidden = secrets_of(target)
+    now = datetime.now(target.layout.tz)
+    engine = target.database.engine.value
     if run is None:
-        if isinstance(error, BackupdError):
-            log.error(
-                "backup of %s FAILED at %s: %s", target.name, error.step, mask(str(error), hidden)
-            )
-            log.debug("details", exc_info=error)
-        else:
-            text = mask(repr(error), hidden)
-            log.error(
-                "backup of %s FAILED with an unexpected error: %s",
+        step = error.step if isinstance(error, BackupdError) else "internal"
+        text = str(error) if isinstance(error, BackupdError) else f"unexpected error: {error!r}"
+        return [
+            Report(
                 target.name,
-                text,
-                exc_info=error,
+                mask(target.database.database, hidden),
+                engine,
+                State.FAILED,
+                now,
+                step=step,
+                error=mask(text, hidden),
             )
-        return False
-    for result in run.results:
-        log.info(
-            "backup of %s %s succeeded: %s, %d bytes in %.1fs (%.1f MB/s), sha256 %s",
+        ]
+    reports = [
+        Report(
             target.name,
-            result.database,
-            result.key,
-            result.size,
-            result.duration_s,
-            result.throughput / 1e6,
-            result.sha256,
+            mask(result.database, hidden),
+            engine,
+            State.SUCCEEDED,
+            result.finished,
+            key=mask(result.key, hidden),
+            size=result.size,
+            duration_s=result.duration_s,
+            sha256=result.sha256,
         )
-    for database, failure in run.failures:
-        log.error(
-            "backup of %s %s FAILED at %s: %s",
+        for result in run.results
+    ]
+    reports += [
+        Report(
             target.name,
-            database,
-            failure.step,
-            mask(str(failure), hidden),
+            mask(database, hidden),
+            engine,
+            State.FAILED,
+            now,
+            step=failure.step,
+            error=mask(str(failure), hidden),
         )
-    return run.ok
+        for database, failure in run.failures
+    ]
+    return reports
+
+
+def log_reports(reports: list[Report]) -> bool:
+    """One log line per report, with its fields as structured properties; True if all succeeded."""
+    for report in reports:
+        extra = {"report": report.properties()}
+        if report.ok:
+            log.info(
+                "backup of %s %s succeeded: %s, %d bytes in %.1fs (%.1f MB/s), sha256 %s",
+                report.target,
+                report.database,
+                report.key,
+                report.size,
+                report.duration_s,
+                report.throughput / 1e6,
+                report.sha256,
+                extra=extra,
+            )
+        else:
+            log.error(
+                "backup of %s %s FAILED at %s: %s",
+                report.target,
+                report.database,
+                report.step,
+                report.error,
+                extra=extra,
+            )
+    return all(report.ok for report in reports)
+
+
+async def backup_and_report(target: TargetConfig, progress: Progress | None = None) -> list[Report]:
+    """Run one target and tell everyone how it went: logs, mail, webhooks, pings."""
+    hidden = secrets_of(target)
+    await notify.run_started(target, hidden)
+    try:
+        reports = reports_of(target, await run_backup(target, progress))
+    except Exception as error:  # isolation: report it, whatever it was
+        log.debug("details", exc_info=True)
+        reports = reports_of(target, None, error)
+    log_reports(reports)
+    await notify.run_finished(target, reports, hidden)
+    return reports
 
 
 async def dump_to_storage(

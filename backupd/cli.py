@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
-from backupd.backup import log_outcome, run_backup, secrets_of
+from backupd.backup import backup_and_report, secrets_of
 from backupd.check import check_target
 from backupd.config import Settings, TargetConfig
 from backupd.daemon import Daemon
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default=None,
-        help="DEBUG, INFO, WARNING or ERROR (default: LOG_LEVEL or INFO)",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+        help="overrides LOG_LEVEL",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("once", help="back up every target now, then exit")
@@ -84,14 +85,8 @@ class UsageError(Exception):
 
 async def _once(settings: Settings, args: argparse.Namespace) -> int:
     progress = TerminalProgress() if sys.stdout.isatty() else None
-    status = EXIT_OK
-    for target in settings.targets:
-        try:
-            ok = log_outcome(target, await run_backup(target, progress))
-        except Exception as error:  # one target's failure never stops the others
-            ok = log_outcome(target, None, error)
-        status = status if ok else EXIT_FAILED
-    return status
+    results = [await backup_and_report(target, progress) for target in settings.targets]
+    return EXIT_OK if all(report.ok for reports in results for report in reports) else EXIT_FAILED
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -204,9 +199,15 @@ def run_cancellable(main: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(runner())
 
 
+def all_secrets(settings: Settings) -> list[str]:
+    hidden = [secret for target in settings.targets for secret in secrets_of(target)]
+    if settings.logs.seq_api_key is not None:
+        hidden.append(settings.logs.seq_api_key.get_secret_value())
+    return hidden
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level or os.environ.get("LOG_LEVEL", "INFO"))
     try:
         settings = load(args)
     except ConfigError as error:
@@ -214,11 +215,18 @@ def main(argv: list[str] | None = None) -> NoReturn:
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    log_config = settings.logs
+    if args.log_level:
+        log_config = log_config.model_copy(update={"level": args.log_level.upper()})
+    logs = setup_logging(log_config, all_secrets(settings))
     commands = {"once": _once, "check": _check, "run": _run, "list": _list, "restore": _restore}
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
-            sys.exit(run_cancellable(commands[args.command](settings, args)))
-        except UsageError as error:
-            print(f"backupd: {error}", file=sys.stderr)
-            sys.exit(EXIT_CONFIG)
-    sys.exit(EXIT_FAILED)
+    status = EXIT_FAILED
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            status = run_cancellable(commands[args.command](settings, args))
+    except UsageError as error:
+        print(f"backupd: {error}", file=sys.stderr)
+        status = EXIT_CONFIG
+    finally:
+        logs.close()
+    sys.exit(status)

@@ -269,6 +269,108 @@ class DaemonConfig(BaseModel):
     )
 
 
+class EmailTLS(enum.StrEnum):
+    STARTTLS = "starttls"
+    SSL = "ssl"
+    NONE = "none"
+
+
+class EmailOn(enum.StrEnum):
+    ALWAYS = "always"
+    FAILURE = "failure"
+
+
+class EmailConfig(BaseModel):
+    """Mail about each backup, over SMTP. Off unless ``EMAIL_SMTP`` is set."""
+
+    model_config = _FROZEN
+
+    smtp: str | None = Field(
+        None, alias="EMAIL_SMTP", description="SMTP server host; unset: no mail"
+    )
+    port: int | None = Field(
+        None, alias="EMAIL_PORT", ge=1, le=65535, description="SMTP port (465 for ssl, else 587)"
+    )
+    sender: str | None = Field(None, alias="EMAIL_FROM", description="From address")
+    to: str | None = Field(None, alias="EMAIL_TO", description="Recipients, comma-separated")
+    user: str | None = Field(None, alias="EMAIL_USER", description="SMTP login")
+    password: SecretStr | None = Field(None, alias="EMAIL_PASSWORD", description="SMTP password")
+    tls: EmailTLS | None = Field(
+        None,
+        alias="EMAIL_TLS",
+        description="starttls, ssl or none (ssl on port 465, else starttls)",
+    )
+    on: EmailOn = Field(EmailOn.ALWAYS, alias="EMAIL_ON", description="always or failure")
+
+    @property
+    def enabled(self) -> bool:
+        return self.smtp is not None
+
+    @property
+    def recipients(self) -> list[str]:
+        return [address.strip() for address in (self.to or "").split(",") if address.strip()]
+
+    @property
+    def effective_tls(self) -> EmailTLS:
+        if self.tls is not None:
+            return self.tls
+        return EmailTLS.SSL if self.port == 465 else EmailTLS.STARTTLS
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 465 if self.effective_tls is EmailTLS.SSL else 587
+
+
+class HooksConfig(BaseModel):
+    """HTTP notifications: a JSON webhook per backup, and a dead-man's-switch ping per run."""
+
+    model_config = _FROZEN
+
+    webhook_url: SecretStr | None = Field(
+        None, alias="NOTIFY_WEBHOOK_URL", description="Gets a JSON POST per backup"
+    )
+    ping_url: SecretStr | None = Field(
+        None,
+        alias="HEALTHCHECK_PING_URL",
+        description="healthchecks.io-style: /start, then the bare URL or /fail",
+    )
+
+    @field_validator("webhook_url", "ping_url")
+    @classmethod
+    def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogConfig(BaseModel):
+    """Where log lines go: stdout always, Seq when ``SEQ_URL`` is set."""
+
+    model_config = _FROZEN
+
+    level: str = Field("INFO", alias="LOG_LEVEL", description="DEBUG, INFO, WARNING or ERROR")
+    format: LogFormat = Field(LogFormat.TEXT, alias="LOG_FORMAT", description="text or json")
+    seq_url: str | None = Field(None, alias="SEQ_URL", description="Seq server URL; unset: no Seq")
+    seq_api_key: SecretStr | None = Field(None, alias="SEQ_API_KEY", description="Seq API key")
+    environment: str = Field(
+        "production", alias="APP_ENV", description="Environment property in Seq"
+    )
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+
 class TargetConfig(BaseModel):
     """Everything needed to back up one target's databases."""
 
@@ -281,6 +383,8 @@ class TargetConfig(BaseModel):
     storage: S3Config | LocalConfig = Field(discriminator="kind")
     layout: LayoutConfig
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig.model_validate({}))
+    email: EmailConfig = Field(default_factory=lambda: EmailConfig.model_validate({}))
+    hooks: HooksConfig = Field(default_factory=lambda: HooksConfig.model_validate({}))
 
     @property
     def key_prefix(self) -> str:
@@ -293,3 +397,4 @@ class Settings(BaseModel):
 
     targets: tuple[TargetConfig, ...]
     daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig.model_validate({}))
+    logs: LogConfig = Field(default_factory=lambda: LogConfig.model_validate({}))

@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from backupd.backup import log_outcome, run_backup
+from backupd.backup import backup_and_report
 from backupd.config import Settings, TargetConfig
 from backupd.metrics import Metrics, serve
 from backupd.schedule import Schedule, following_slot, next_fire, sleep_step
@@ -162,16 +162,12 @@ class Daemon:
             self.metrics.in_progress.labels(name).set(1)
             started = time.monotonic()
             try:
-                run = await run_backup(target)
-                ok = log_outcome(target, run)
-            except Exception as error:  # isolation: nothing one target does may stop the daemon
-                ok = log_outcome(target, None, error)
-                run = None
+                reports = await backup_and_report(target)
             finally:
                 self.metrics.in_progress.labels(name).set(0)
                 self.metrics.last_duration.labels(name).set(time.monotonic() - started)
+        ok = bool(reports) and all(report.ok for report in reports)
         self.metrics.runs.labels(name, "success" if ok else "failure").inc()
-        if run is not None:
-            self.metrics.last_bytes.labels(name).set(run.size)
+        self.metrics.last_bytes.labels(name).set(sum(report.size for report in reports))
         if ok:
             self.metrics.last_success.labels(name).set(time.time())

@@ -18,8 +18,11 @@ from pydantic import BaseModel, ValidationError
 from backupd.config import (
     DaemonConfig,
     DatabaseConfig,
+    EmailConfig,
+    HooksConfig,
     LayoutConfig,
     LocalConfig,
+    LogConfig,
     S3Config,
     ScheduleConfig,
     Settings,
@@ -28,9 +31,29 @@ from backupd.config import (
 )
 from backupd.errors import ConfigError
 
-SECRET_NAMES = frozenset({"DB_PASSWORD", "STORAGE_ACCESS_KEY_ID", "STORAGE_SECRET_ACCESS_KEY"})
+SECRET_NAMES = frozenset(
+    {
+        "DB_PASSWORD",
+        "STORAGE_ACCESS_KEY_ID",
+        "STORAGE_SECRET_ACCESS_KEY",
+        "EMAIL_PASSWORD",
+        "SEQ_API_KEY",
+        "NOTIFY_WEBHOOK_URL",
+        "HEALTHCHECK_PING_URL",
+    }
+)
 # Errors quote the given value only for these: a secret pasted into the wrong variable stays hidden.
-ECHOED_NAMES = frozenset({"DB_TYPE", "STORAGE_TYPE", "COMPRESSION", "STORAGE_PART_SIZE"})
+ECHOED_NAMES = frozenset(
+    {
+        "DB_TYPE",
+        "STORAGE_TYPE",
+        "COMPRESSION",
+        "STORAGE_PART_SIZE",
+        "EMAIL_TLS",
+        "EMAIL_ON",
+        "LOG_FORMAT",
+    }
+)
 
 
 class _Reader:
@@ -156,11 +179,35 @@ def load_target(
     storage = _load_storage(reader)
     layout = reader.validate(LayoutConfig)
     schedule = reader.validate(ScheduleConfig)
+    email = reader.validate(EmailConfig)
+    hooks = reader.validate(HooksConfig)
+    if email is not None and email.enabled:
+        reader.problems += _email_problems(email, reader)
     if reader.problems or storage is None:
         raise ConfigError(sorted(set(reader.problems), key=reader.problems.index))
     return TargetConfig(
-        name=name, named=named, database=database, storage=storage, layout=layout, schedule=schedule
+        name=name,
+        named=named,
+        database=database,
+        storage=storage,
+        layout=layout,
+        schedule=schedule,
+        email=email,
+        hooks=hooks,
     )
+
+
+def _email_problems(email: EmailConfig, reader: _Reader) -> list[str]:
+    """With EMAIL_SMTP set, mail needs a sender and recipients, and credentials need TLS."""
+    problems = []
+    if not email.sender:
+        problems.append(f"{reader.name_for('EMAIL_FROM')}: required when EMAIL_SMTP is set")
+    if not email.recipients:
+        problems.append(f"{reader.name_for('EMAIL_TO')}: required when EMAIL_SMTP is set")
+    if (email.user is None) != (email.password is None):
+        variable = reader.name_for("EMAIL_PASSWORD")
+        problems.append(f"{variable}: set both EMAIL_USER and EMAIL_PASSWORD, or neither")
+    return problems
 
 
 TARGET_NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -202,10 +249,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             problems += error.problems
     reader = _Reader(env)
     daemon = reader.validate(DaemonConfig)
+    logs = reader.validate(LogConfig)
     problems += reader.problems
     if problems:
         raise ConfigError(problems)
-    return Settings(targets=tuple(targets), daemon=daemon)
+    return Settings(targets=tuple(targets), daemon=daemon, logs=logs)
 
 
 def read_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, str]:

@@ -1,18 +1,150 @@
-"""Logging setup, called once by the CLI: plain lines on stdout."""
+"""Logging setup, called once by the CLI: stdout always (text or JSON), Seq when configured.
+
+Every line passes a masking formatter that removes each configured secret. Seq is fed through
+a ``QueueHandler``/``QueueListener`` pair, so a slow or dead Seq never stalls the event loop;
+its HTTP calls have a timeout, and a failure to reach it is a console warning, not a traceback.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import logging
+import logging.handlers
+import queue
 import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from backupd.config import LogConfig, LogFormat
+from backupd.process import mask
+
+SEQ_TIMEOUT = 5.0
+SEQ_BATCH = 20
+SEQ_FLUSH_SECONDS = 2.0
+QUIET = ("botocore", "aiobotocore", "urllib3", "asyncio", "aiohttp.access", "seqlog", "requests")
 
 
-def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+class MaskingFormatter(logging.Formatter):
+    def __init__(self, secrets: list[str], fmt: str | None = None) -> None:
+        super().__init__(fmt, "%Y-%m-%dT%H:%M:%S%z")
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask(super().format(record), self.secrets)
+
+
+class JsonFormatter(MaskingFormatter):
+    """One JSON object per line, with a report's fields when the record carries one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "report", {}),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return mask(json.dumps(document, ensure_ascii=False, default=str), self.secrets)
+
+
+class _Warner:
+    """Says once a minute on the console that Seq cannot be reached."""
+
+    def __init__(self, console: logging.Handler) -> None:
+        self.console = console
+        self.last = 0.0
+
+    def __call__(self, error: BaseException) -> None:
+        if time.monotonic() - self.last >= 60:
+            self.last = time.monotonic()
+            record = logging.LogRecord(
+                "backupd.logs",
+                logging.WARNING,
+                __file__,
+                0,
+                "cannot send logs to Seq: %s",
+                (error,),
+                None,
+            )
+            self.console.handle(record)
+
+
+def _seq_handler(config: LogConfig, console: logging.Handler) -> logging.Handler:
+    import seqlog
+    from seqlog.structured_logging import SeqLogHandler
+
+    extra = {"Application": "backupd", "Environment": config.environment}
+    warn = _Warner(console)
+
+    class ReportingSeqHandler(SeqLogHandler):  # type: ignore[misc]
+        """Adds Application, Environment and a backup's fields to every event; a failure to
+        post is a console warning (logging's default would print a traceback)."""
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            warn(sys.exc_info()[1] or RuntimeError("unknown error"))
+
+        def _build_event_data(self, record: logging.LogRecord) -> dict[str, Any]:
+            event: dict[str, Any] = super()._build_event_data(record)
+            fields = {**extra, **getattr(record, "report", {})}
+            event.setdefault("Properties", event).update(fields)
+            return event
+
+    api_key = config.seq_api_key.get_secret_value() if config.seq_api_key is not None else None
+    handler = ReportingSeqHandler(
+        config.seq_url, api_key=api_key, batch_size=SEQ_BATCH, auto_flush_timeout=SEQ_FLUSH_SECONDS
     )
+    handler.session.request = functools.partial(handler.session.request, timeout=SEQ_TIMEOUT)
+    seqlog.set_callback_on_failure(warn)
+    return handler
+
+
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Never blocks and never complains: when Seq lags far behind, records for it are dropped."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(record)
+
+
+class Logging:
+    """The handlers backupd installed; ``close`` flushes Seq (bounded by its timeout)."""
+
+    def __init__(self, listener: logging.handlers.QueueListener | None) -> None:
+        self.listener = listener
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+            for handler in self.listener.handlers:
+                handler.close()
+            self.listener = None
+
+
+def setup_logging(config: LogConfig | None = None, secrets: list[str] | None = None) -> Logging:
+    config = config if config is not None else LogConfig.model_validate({})
+    hidden = secrets or []
+    console = logging.StreamHandler(sys.stdout)
+    if config.format is LogFormat.JSON:
+        console.setFormatter(JsonFormatter(hidden))
+    else:
+        console.setFormatter(MaskingFormatter(hidden, "%(asctime)s %(levelname)-7s %(message)s"))
+    handlers: list[logging.Handler] = [console]
+    listener = None
+    if config.seq_url:
+        records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10_000)
+        queued = _DroppingQueueHandler(records)
+        queued.setFormatter(MaskingFormatter(hidden, "%(message)s"))
+        listener = logging.handlers.QueueListener(records, _seq_handler(config, console))
+        listener.start()
+        handlers.append(queued)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("botocore", "aiobotocore", "urllib3", "asyncio"):
+    root.handlers[:] = handlers
+    root.setLevel(config.level)
+    for noisy in QUIET:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return Logging(listener)

@@ -1,0 +1,60 @@
+"""Telling people: mail, webhooks and pings, per target. A notifier that fails is logged as a
+warning and never changes a backup's result; Seq and console logs are set up in ``logs.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from backupd.config import TargetConfig
+from backupd.notify import email, webhook
+from backupd.notify.base import Report, State
+from backupd.process import mask
+
+__all__ = ["Report", "State", "run_finished", "run_started"]
+
+log = logging.getLogger(__name__)
+
+
+async def _quietly(what: str, action: Awaitable[None], hidden: list[str]) -> None:
+    try:
+        await action
+    except Exception as error:  # a notifier never breaks a backup
+        log.warning("%s failed: %s", what, mask(str(error) or type(error).__name__, hidden))
+
+
+async def run_started(target: TargetConfig, hidden: list[str]) -> None:
+    if target.hooks.ping_url is not None:
+        await _quietly(
+            "healthcheck ping",
+            webhook.ping(target.hooks.ping_url.get_secret_value(), "start"),
+            hidden,
+        )
+
+
+async def run_finished(target: TargetConfig, reports: list[Report], hidden: list[str]) -> None:
+    """Send every notification of a finished run, concurrently; each is bounded in time."""
+    sends = []
+    for report in reports:
+        if email.wanted(target.email, report):
+            sends.append(
+                _quietly(f"mail about {report.database}", email.send(target.email, report), hidden)
+            )
+        if target.hooks.webhook_url is not None:
+            url = target.hooks.webhook_url.get_secret_value()
+            sends.append(
+                _quietly(
+                    f"webhook about {report.database}", webhook.post_report(url, report), hidden
+                )
+            )
+    if target.hooks.ping_url is not None:
+        event = "success" if reports and all(r.ok for r in reports) else "fail"
+        sends.append(
+            _quietly(
+                "healthcheck ping",
+                webhook.ping(target.hooks.ping_url.get_secret_value(), event),
+                hidden,
+            )
+        )
+    await asyncio.gather(*sends)

@@ -1,0 +1,50 @@
+"""What notifiers are told: one report per database per run, with secrets already masked."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class State(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Report:
+    target: str
+    database: str
+    engine: str
+    state: State
+    finished: datetime
+    """Local time in the target's ``TIMEZONE``."""
+    key: str | None = None
+    size: int = 0
+    duration_s: float = 0.0
+    sha256: str | None = None
+    step: str | None = None
+    """Where a failure happened: connect, dump, upload, ..."""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state is State.SUCCEEDED
+
+    @property
+    def throughput(self) -> float:
+        return self.size / self.duration_s if self.duration_s > 0 else 0.0
+
+    def properties(self) -> dict[str, Any]:
+        """The structured fields of the report, as logs, Seq and webhooks carry them."""
+        return {
+            "Target": self.target,
+            "Database": self.database,
+            "Engine": self.engine,
+            "Key": self.key,
+            "Bytes": self.size,
+            "DurationSeconds": self.duration_s,
+            "Result": self.state.value,
+        }

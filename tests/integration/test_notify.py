@@ -1,0 +1,333 @@
+"""Mail, Seq, webhooks and pings against real local servers; no notifier can fail a backup."""
+
+from __future__ import annotations
+
+import email
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from tests.conftest import S3_SECRET, pg_env, run_backupd, storage_env
+from tests.servers import PostgresServer, free_port
+
+# The test SMTP server takes AUTH without TLS (EMAIL_TLS=none): no certificates here.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+
+SMTP_USER, SMTP_PASSWORD = "mailer", "smtp-Secret-5150"
+SEQ_KEY = "seq-Api-Key-7788"
+RECIPIENTS = ["ops@example.com", "dba@example.com"]
+
+
+@dataclass
+class Inbox:
+    messages: list[tuple[str, list[str], Message]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.raw.append(envelope.content)
+        self.messages.append(
+            (envelope.mail_from, envelope.rcpt_tos, email.message_from_bytes(envelope.content))
+        )
+        return "250 OK"
+
+    def authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            SMTP_USER.encode(),
+            SMTP_PASSWORD.encode(),
+        )
+        if ok:
+            self.logins.append(SMTP_USER)
+        return AuthResult(success=ok)
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[int, Inbox]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=inbox.authenticate,
+        auth_required=True,
+        auth_require_tls=False,
+    )
+    controller.start()
+    yield port, inbox
+    controller.stop()
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[Received]]]:
+    """A local HTTP server that records every request: Seq, webhooks and pings all land here."""
+    seen: list[Received] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            seen.append(
+                Received(self.command, self.path, dict(self.headers), self.rfile.read(length))
+            )
+            self.send_response(201 if self.path.startswith("/api/events") else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _record
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def mail_env(port: int, **extra: str) -> dict[str, str]:
+    return {
+        "EMAIL_SMTP": "127.0.0.1",
+        "EMAIL_PORT": str(port),
+        "EMAIL_TLS": "none",
+        "EMAIL_USER": SMTP_USER,
+        "EMAIL_PASSWORD": SMTP_PASSWORD,
+        "EMAIL_FROM": "backupd@example.com",
+        "EMAIL_TO": ", ".join(RECIPIENTS),
+        **extra,
+    }
+
+
+@pytest.fixture
+def shop(pg: PostgresServer) -> str:
+    name = f"shop_{uuid.uuid4().hex[:8]}"
+    pg.create_database(name, "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g;")
+    return name
+
+
+def test_success_and_failure_mails(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str, smtp: tuple[int, Inbox]
+) -> None:
+    port, inbox = smtp
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(moto_url, bucket),
+        **mail_env(port),
+        "TIMEZONE": "Europe/Berlin",
+    }
+
+    good = run_backupd("once", env=env)
+    bad = run_backupd("once", env={**env, "DB_PASSWORD": "wrong"})
+
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert bad.returncode == 1
+    assert inbox.logins == [SMTP_USER, SMTP_USER]
+    (sender, recipients, success), (_, _, failure) = inbox.messages
+    assert sender == "backupd@example.com"
+    assert recipients == RECIPIENTS
+    assert success["Subject"] == f"[backupd] default: backup of {shop} succeeded"
+    text = success.get_payload(decode=True).decode()
+    for fragment in (
+        "Object:     backups/",
+        ".dump",
+        "Size:",
+        "bytes",
+        "Duration:",
+        "MB/s",
+        "SHA-256:",
+    ):
+        assert fragment in text
+    assert " CET" in text or " CEST" in text  # local time in TIMEZONE
+    assert failure["Subject"] == f"[backupd] default: backup of {shop} FAILED"
+    failed = failure.get_payload(decode=True).decode()
+    assert "Step:     connect" in failed
+    assert "password authentication failed" in failed
+
+
+def test_mail_only_on_failure_when_asked(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str, smtp: tuple[int, Inbox]
+) -> None:
+    port, inbox = smtp
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(moto_url, bucket),
+        **mail_env(port, EMAIL_ON="failure"),
+    }
+
+    assert run_backupd("once", env=env).returncode == 0
+    assert run_backupd("once", env={**env, "DB_DATABASE": "missing_db"}).returncode == 1
+
+    assert [m["Subject"].rsplit(" ", 1)[-1] for _, _, m in inbox.messages] == ["FAILED"]
+
+
+def test_dead_smtp_and_dead_seq_leave_the_backup_alone(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str
+) -> None:
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(moto_url, bucket),
+        **mail_env(free_port()),
+        "SEQ_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    started = time.monotonic()
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 30
+    assert "backup of default" in result.stdout and "succeeded" in result.stdout
+    assert f"mail about {shop} failed" in result.stdout
+    assert "cannot send logs to Seq" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_seq_gets_structured_events(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str, receiver: tuple[str, list[Received]]
+) -> None:
+    url, seen = receiver
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(moto_url, bucket),
+        "SEQ_URL": url,
+        "SEQ_API_KEY": SEQ_KEY,
+        "APP_ENV": "staging",
+    }
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    posts = [r for r in seen if r.path == "/api/events/raw"]
+    assert posts, [r.path for r in seen]
+    assert all(r.headers.get("X-Seq-ApiKey") == SEQ_KEY for r in posts)
+    events = [event for r in posts for event in json.loads(r.body)["Events"]]
+    (done,) = [e for e in events if e["Properties"].get("Result") == "succeeded"]
+    properties = done["Properties"]
+    assert properties["Application"] == "backupd"
+    assert properties["Environment"] == "staging"
+    assert properties["Target"] == "default"
+    assert properties["Database"] == shop
+    assert properties["Engine"] == "postgres"
+    assert properties["Key"].endswith(".dump")
+    assert properties["Bytes"] > 0
+    assert properties["DurationSeconds"] > 0
+
+
+def test_webhook_and_dead_mans_switch(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str, receiver: tuple[str, list[Received]]
+) -> None:
+    url, seen = receiver
+    check = uuid.uuid4().hex
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(moto_url, bucket),
+        "NOTIFY_WEBHOOK_URL": f"{url}/hook?token=hook-Secret-31",
+        "HEALTHCHECK_PING_URL": f"{url}/ping/{check}",
+    }
+
+    assert run_backupd("once", env=env).returncode == 0
+    assert run_backupd("once", env={**env, "DB_PASSWORD": "wrong"}).returncode == 1
+
+    pings = [r.path for r in seen if r.path.startswith("/ping/")]
+    assert pings == [
+        f"/ping/{check}/start",
+        f"/ping/{check}",
+        f"/ping/{check}/start",
+        f"/ping/{check}/fail",
+    ]
+    hooks = [json.loads(r.body) for r in seen if r.path.startswith("/hook")]
+    assert [(h["result"], h["database"], h["target"]) for h in hooks] == [
+        ("succeeded", shop, "default"),
+        ("failed", shop, "default"),
+    ]
+    assert hooks[0]["key"].endswith(".dump") and hooks[0]["size"] > 0 and hooks[0]["error"] is None
+    assert "password authentication failed" in hooks[1]["error"]
+
+
+def test_a_dead_webhook_is_a_warning_only(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str
+) -> None:
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(moto_url, bucket),
+        "NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hook?token=hook-Secret-31",
+    }
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"webhook about {shop} failed" in result.stdout
+    assert "hook-Secret-31" not in result.stdout + result.stderr
+
+
+def test_json_logs_carry_the_report_fields(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str
+) -> None:
+    env = {**pg_env(pg, shop), **storage_env(moto_url, bucket), "LOG_FORMAT": "json"}
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    (done,) = [line for line in lines if line.get("Result") == "succeeded"]
+    assert done["level"] == "INFO"
+    assert done["Database"] == shop
+    assert done["Bytes"] > 0
+
+
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+def test_no_secret_in_any_mail_event_webhook_or_log_line(
+    pg: PostgresServer,
+    shop: str,
+    moto_url: str,
+    bucket: str,
+    smtp: tuple[int, Inbox],
+    receiver: tuple[str, list[Received]],
+    outcome: str,
+) -> None:
+    port, inbox = smtp
+    url, seen = receiver
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(moto_url, bucket),
+        **mail_env(port),
+        "SEQ_URL": url,
+        "SEQ_API_KEY": SEQ_KEY,
+        "NOTIFY_WEBHOOK_URL": f"{url}/hook?token=hook-Secret-31",
+        "LOG_LEVEL": "DEBUG",
+    }
+    if outcome == "failure":
+        env["DB_DATABASE"] = f"missing {pg.password}"  # a secret smuggled into an error message
+
+    result = run_backupd("once", env=env)
+
+    assert (result.returncode == 0) == (outcome == "success"), result.stdout + result.stderr
+    assert inbox.raw and seen
+    everything = {
+        "mail": b"".join(inbox.raw).decode(errors="replace"),
+        "seq and webhooks": b"".join(r.body for r in seen).decode(errors="replace"),
+        "logs": result.stdout + result.stderr,
+    }
+    for where, text in everything.items():
+        for secret in (pg.password, S3_SECRET, SMTP_PASSWORD, SEQ_KEY, "hook-Secret-31"):
+            assert secret not in text, f"{secret!r} in {where}"
