@@ -302,3 +302,34 @@ def test_daemon_settings_are_validated(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({**MINIMAL, variable: value})
     assert [p.split(":")[0] for p in caught.value.problems] == [variable]
+
+
+@pytest.mark.parametrize(
+    ("extra", "tls", "port"),
+    [
+        ({}, "starttls", 587),
+        ({"EMAIL_PORT": "465"}, "ssl", 465),
+        ({"EMAIL_TLS": "ssl"}, "ssl", 465),
+        ({"EMAIL_PORT": "25", "EMAIL_TLS": "none"}, "none", 25),
+        ({"EMAIL_PORT": "2525"}, "starttls", 2525),
+    ],
+)
+def test_email_tls_follows_the_port_unless_set(extra: dict[str, str], tls: str, port: int) -> None:
+    env = {**MINIMAL, "EMAIL_SMTP": "mail", "EMAIL_FROM": "a@b", "EMAIL_TO": "c@d, e@f", **extra}
+    email = load_target(env).email
+    assert (email.effective_tls.value, email.effective_port) == (tls, port)
+    assert email.recipients == ["c@d", "e@f"]
+
+
+def test_email_needs_sender_recipients_and_whole_credentials() -> None:
+    problems = problems_of({**MINIMAL, "EMAIL_SMTP": "mail", "EMAIL_USER": "u"})
+    assert [p.split(":")[0] for p in problems] == ["EMAIL_FROM", "EMAIL_TO", "EMAIL_PASSWORD"]
+
+
+def test_starttls_is_demanded_not_tried() -> None:
+    from backupd.notify.email import tls_options
+
+    env = {**MINIMAL, "EMAIL_SMTP": "mail", "EMAIL_FROM": "a@b", "EMAIL_TO": "c@d"}
+    assert tls_options(load_target(env).email) == (False, True)
+    assert tls_options(load_target({**env, "EMAIL_TLS": "ssl"}).email) == (True, False)
+    assert tls_options(load_target({**env, "EMAIL_TLS": "none"}).email) == (False, False)
