@@ -12,6 +12,7 @@ test: lint typecheck
 lint: $(VENV)/.installed
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy

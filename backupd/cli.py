@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run as a service: every target on its schedule, until SIGTERM")
     commands.add_parser(
         "check", help="validate the configuration and probe database, dump tool and storage"
+    )
+    commands.add_parser(
+        "healthcheck", help="exit 0 if a local `backupd run` answers /healthz (for HEALTHCHECK)"
     )
     listing = commands.add_parser("list", help="show a target's backups, newest first")
     listing.add_argument("--target", help="the target (required when several are configured)")
@@ -113,6 +117,23 @@ def parse_at(text: str, target: TargetConfig) -> datetime:
     except ValueError:
         raise UsageError(f"--at {text!r} is not an ISO 8601 time, e.g. 2026-11-28T02:00") from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=target.layout.tz)
+
+
+async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    port = settings.daemon.http_port
+    if port == 0:
+        print("backupd: HTTP_PORT=0 turns /healthz off; nothing to check", file=sys.stderr)
+        return EXIT_FAILED
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+    try:
+        connection.request("GET", "/healthz")
+        status = connection.getresponse().status
+    except OSError as error:
+        print(f"backupd: /healthz on port {port} did not answer: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        connection.close()
+    return EXIT_OK if status == 200 else EXIT_FAILED
 
 
 async def _list(settings: Settings, args: argparse.Namespace) -> int:
@@ -219,7 +240,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
     if args.log_level:
         log_config = log_config.model_copy(update={"level": args.log_level.upper()})
     logs = setup_logging(log_config, all_secrets(settings))
-    commands = {"once": _once, "check": _check, "run": _run, "list": _list, "restore": _restore}
+    commands = {
+        "once": _once,
+        "check": _check,
+        "run": _run,
+        "list": _list,
+        "restore": _restore,
+        "healthcheck": _healthcheck,
+    }
     status = EXIT_FAILED
     try:
         with contextlib.suppress(KeyboardInterrupt):

