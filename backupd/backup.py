@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +22,16 @@ from backupd.layout import backup_stem, manifest_bytes, manifest_key, object_key
 from backupd.notify import Report, State
 from backupd.parts import BufferPool
 from backupd.process import Child, Command, describe_status, mask, spawn
-from backupd.sources import ServerInfo, Source, source_for
+from backupd.sources import FileSource, ServerInfo, Source, source_for
 from backupd.storage import Storage, open_storage
-from backupd.stream import SUFFIXES, Digest, fixed_parts, make_compressor, plan_compression
+from backupd.stream import (
+    SUFFIXES,
+    Digest,
+    FileReader,
+    fixed_parts,
+    make_compressor,
+    plan_compression,
+)
 
 log = logging.getLogger(__name__)
 
@@ -241,19 +249,79 @@ async def dump_to_storage(
         info = await probe
         await upload.commit()
     progress.done(key)
+    return await _record(
+        target, storage, dump.database, key, digest, started, clock, info, native, stream_kind
+    )
+
+
+async def _record(
+    target: TargetConfig,
+    storage: Storage,
+    database: str,
+    key: str,
+    digest: Digest,
+    started: datetime,
+    clock: float,
+    info: ServerInfo,
+    native: bool,
+    stream_kind: Compression,
+) -> BackupResult:
+    """The result of a published object, and its manifest written beside it."""
     result = BackupResult(
         target=target.name,
-        database=dump.database,
-        engine=engine,
+        database=database,
+        engine=target.database.engine,
         key=key,
         size=digest.size,
         sha256=await digest.hexdigest(),
         started=started,
-        finished=datetime.now(layout.tz),
+        finished=datetime.now(target.layout.tz),
         duration_s=round(time.monotonic() - clock, 3),
     )
-    await _write_manifest(storage, result, info, layout.compression, native, stream_kind)
+    await _write_manifest(storage, result, info, target.layout.compression, native, stream_kind)
     return result
+
+
+async def file_to_storage(
+    target: TargetConfig,
+    source: FileSource,
+    database: str,
+    storage: Storage,
+    probe: asyncio.Future[ServerInfo],
+    progress: Progress,
+) -> BackupResult:
+    """Have the server write a backup file to the shared volume, stream it into one new object,
+    and delete the file, whatever happens."""
+    layout, engine = target.layout, target.database.engine
+    started = datetime.now(layout.tz)
+    native, stream_kind = plan_compression(layout.compression, engine, source.can_compress)
+    stem = backup_stem(database)
+    key = object_key(target.key_prefix, stem, source.extension + SUFFIXES[stream_kind], started)
+    server_path, local_path = source.paths(
+        f"{stem}_{started:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}{source.extension}"
+    )
+    digest = Digest()
+    clock = time.monotonic()
+    log.info("backing up %s %s via %s to %s", engine, database, server_path, key)
+    try:
+        await source.backup_to_file(database, server_path, native)
+        info = await probe
+        metadata = object_metadata(engine, database, started, layout.timezone)
+        async with storage.upload(key, metadata) as upload, FileReader.open(local_path) as reader:
+            pool = BufferPool(keep=target.storage.upload_concurrency + 2)
+            compressor = make_compressor(stream_kind)
+            async for part in fixed_parts(reader, upload.part_size, digest, compressor, pool):
+                await upload.write(part)
+                progress.update(key, digest.size, time.monotonic() - clock)
+            if digest.size == 0:
+                raise DumpError(f"{local_path} is empty; refusing to store an empty backup")
+            await upload.commit()
+    finally:
+        await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
+    progress.done(key)
+    return await _record(
+        target, storage, database, key, digest, started, clock, info, native, stream_kind
+    )
 
 
 async def _check_exit(child: Child, dump: Dump, probe: asyncio.Future[ServerInfo]) -> None:
@@ -310,7 +378,7 @@ async def _write_manifest(
 async def run_backup(target: TargetConfig, progress: Progress | None = None) -> TargetRun:
     """Back up every database of ``target``, each as its own object; a failure of one database
     is recorded and the others still run. Raise only when nothing can run at all (login)."""
-    source = source_for(target.database)
+    source = source_for(target)
     reporter = progress if progress is not None else LogProgress()
     # Start everything at once: the login probe waits on child processes, the storage client
     # costs CPU, and the dump itself needs neither to begin.
@@ -320,18 +388,47 @@ async def run_backup(target: TargetConfig, progress: Progress | None = None) -> 
         async with open_storage(target.storage) as storage:
             warm_up = asyncio.ensure_future(storage.warm_up())
             try:
-                for dump in await _dumps(target, source, probe):
-                    try:
-                        run.results.append(
-                            await dump_to_storage(target, dump, storage, probe, reporter)
-                        )
-                    except BackupdError as error:
-                        run.failures.append((dump.database, error))
+                await _run_all(target, source, storage, probe, reporter, run)
             finally:
                 await _settle(warm_up)
     finally:
         await _settle(probe)
     return run
+
+
+async def _run_all(
+    target: TargetConfig,
+    source: Source | FileSource,
+    storage: Storage,
+    probe: asyncio.Future[ServerInfo],
+    progress: Progress,
+    run: TargetRun,
+) -> None:
+    """Each database in turn; one failing does not stop the others."""
+    if isinstance(source, FileSource):
+        for database in target.database.databases or await _all_databases(source, probe):
+            try:
+                run.results.append(
+                    await file_to_storage(target, source, database, storage, probe, progress)
+                )
+            except BackupdError as error:
+                run.failures.append((database, error))
+        return
+    for dump in await _dumps(target, source, probe):
+        try:
+            run.results.append(await dump_to_storage(target, dump, storage, probe, progress))
+        except BackupdError as error:
+            run.failures.append((dump.database, error))
+
+
+async def _all_databases(
+    source: Source | FileSource, probe: asyncio.Future[ServerInfo]
+) -> list[str]:
+    await probe  # a failed login says more than an empty list
+    names = await source.list_databases()
+    if not names:
+        raise DumpError("DB_DATABASE=* but the server has no database to back up")
+    return names
 
 
 async def _dumps(
@@ -340,10 +437,8 @@ async def _dumps(
     """The objects this run produces: one per database, plus server globals for ``*``."""
     if not target.database.all_databases:
         return [_database_dump(source, name) for name in target.database.databases]
+    dumps = [_database_dump(source, name) for name in await _all_databases(source, probe)]
     info = await probe
-    dumps = [_database_dump(source, name) for name in await source.list_databases()]
-    if not dumps:
-        raise DumpError("DB_DATABASE=* but the server has no database to back up")
     globals_command = source.globals_command(info)
     if globals_command is not None:
         dumps.append(

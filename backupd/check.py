@@ -3,12 +3,14 @@ answer. Results are data; the CLI prints them."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from backupd.backup import secrets_of
-from backupd.config import S3Config, TargetConfig
+from backupd.config import Engine, S3Config, TargetConfig
 from backupd.errors import BackupdError
 from backupd.process import mask
 from backupd.schedule import Schedule, next_fire
@@ -44,6 +46,26 @@ def describe_target(target: TargetConfig, now: datetime) -> str:
     )
 
 
+async def _shared_volume(
+    target: TargetConfig, finding: Callable[[bool, str, str], Finding]
+) -> Finding:
+    """SQL Server's backup directory must exist where backupd can write, read and delete."""
+    folder = target.mssql.effective_local_dir
+    probe = folder / f".backupd-probe-{secrets.token_hex(6)}"
+
+    def write_and_delete() -> None:
+        probe.write_bytes(b"backupd write probe\n")
+        probe.unlink()
+
+    try:
+        await asyncio.to_thread(write_and_delete)
+    except OSError as error:
+        return finding(
+            False, "shared volume", f"MSSQL_LOCAL_DIR {folder}: {error.strerror or error}"
+        )
+    return finding(True, "shared volume", f"MSSQL_LOCAL_DIR {folder} is writable")
+
+
 async def check_target(target: TargetConfig) -> list[Finding]:
     hidden = secrets_of(target)
 
@@ -53,7 +75,8 @@ async def check_target(target: TargetConfig) -> list[Finding]:
     findings = [finding(True, "config", describe_target(target, datetime.now(UTC)))]
     db = target.database
     try:
-        info = await source_for(db).probe()
+        source = source_for(target)
+        info = await source.probe()
         findings.append(
             finding(
                 True,
@@ -64,6 +87,8 @@ async def check_target(target: TargetConfig) -> list[Finding]:
         findings.append(finding(True, "dump tool", info.tool_version))
     except BackupdError as error:
         findings.append(finding(False, error.step, str(error)))
+    if db.engine is Engine.MSSQL:
+        findings.append(await _shared_volume(target, finding))
     probe_key = "/".join(
         p for p in (target.key_prefix, f".backupd-probe-{secrets.token_hex(6)}") if p
     )

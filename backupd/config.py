@@ -371,6 +371,37 @@ class LogConfig(BaseModel):
         return value.upper()
 
 
+class MSSQLConfig(BaseModel):
+    """SQL Server writes its backup file itself, into a directory both it and backupd can read."""
+
+    model_config = _FROZEN
+
+    backup_dir: str = Field(
+        "/var/opt/mssql/backup",
+        alias="MSSQL_BACKUP_DIR",
+        description="Shared backup directory as SQL Server sees it",
+    )
+    local_dir: Path | None = Field(
+        None,
+        alias="MSSQL_LOCAL_DIR",
+        description="The same directory as backupd sees it (default: MSSQL_BACKUP_DIR)",
+    )
+    trust_server_certificate: bool = Field(
+        False,
+        alias="MSSQL_TRUST_SERVER_CERTIFICATE",
+        description="Pass -C to sqlcmd (self-signed server certificates)",
+    )
+    compression: bool = Field(
+        True,
+        alias="MSSQL_COMPRESSION",
+        description="BACKUP ... WITH COMPRESSION (Express Edition rejects it)",
+    )
+
+    @property
+    def effective_local_dir(self) -> Path:
+        return self.local_dir if self.local_dir is not None else Path(self.backup_dir)
+
+
 class TargetConfig(BaseModel):
     """Everything needed to back up one target's databases."""
 
@@ -385,6 +416,7 @@ class TargetConfig(BaseModel):
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig.model_validate({}))
     email: EmailConfig = Field(default_factory=lambda: EmailConfig.model_validate({}))
     hooks: HooksConfig = Field(default_factory=lambda: HooksConfig.model_validate({}))
+    mssql: MSSQLConfig = Field(default_factory=lambda: MSSQLConfig.model_validate({}))
 
     @property
     def key_prefix(self) -> str:

@@ -23,6 +23,7 @@ from backupd.config import (
     LayoutConfig,
     LocalConfig,
     LogConfig,
+    MSSQLConfig,
     S3Config,
     ScheduleConfig,
     Settings,
@@ -181,6 +182,7 @@ def load_target(
     schedule = reader.validate(ScheduleConfig)
     email = reader.validate(EmailConfig)
     hooks = reader.validate(HooksConfig)
+    mssql = reader.validate(MSSQLConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
     if reader.problems or storage is None:
@@ -194,6 +196,7 @@ def load_target(
         schedule=schedule,
         email=email,
         hooks=hooks,
+        mssql=mssql,
     )
 
 

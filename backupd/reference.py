@@ -17,6 +17,7 @@ from backupd.config import (
     LayoutConfig,
     LocalConfig,
     LogConfig,
+    MSSQLConfig,
     S3Config,
     ScheduleConfig,
 )
@@ -29,6 +30,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     ScheduleConfig,
     EmailConfig,
     HooksConfig,
+    MSSQLConfig,
     DaemonConfig,
     LogConfig,
 )
@@ -54,6 +56,7 @@ DEFAULTS = {
     "EMAIL_TLS": "ssl on 465, else starttls",
     "EMAIL_FROM": "required for mail",
     "EMAIL_TO": "required for mail",
+    "MSSQL_LOCAL_DIR": "MSSQL_BACKUP_DIR",
 }
 
 

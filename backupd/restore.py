@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from backupd.config import Engine, TargetConfig
 from backupd.errors import BackupdError
 from backupd.layout import MANIFEST_SUFFIX, manifest_key
 from backupd.process import spawn
-from backupd.sources import source_for
+from backupd.sources import FileSource, source_for
 from backupd.storage import Storage, open_storage
 from backupd.storage.base import StoredObject
 
@@ -306,7 +307,7 @@ async def _into_database(
     if _is_globals(backup.key):
         raise RestoreError(f"{backup.key} holds server globals (roles): use --to-file and psql -f")
     _check_engine(target, manifest)
-    source = source_for(target.database)
+    source = source_for(target)
     original = (manifest or {}).get("database")
     if into == original and not request.clean:
         raise RestoreError(
@@ -315,6 +316,9 @@ async def _into_database(
     state = await source.database_state(into)
     if state == "in use" and not request.clean:
         raise RestoreError(f"database {into!r} exists and is not empty; add --clean to replace it")
+    if isinstance(source, FileSource):
+        await _through_shared_file(storage, source, backup, manifest, into, replace=request.clean)
+        return
     if state != "missing" and request.clean:
         await source.drop_database(into)
     created = state == "missing" or request.clean
@@ -328,8 +332,31 @@ async def _into_database(
         raise
 
 
+async def _through_shared_file(
+    storage: Storage,
+    source: FileSource,
+    backup: Backup,
+    manifest: dict[str, Any] | None,
+    into: str,
+    replace: bool,
+) -> None:
+    """SQL Server restores from a file it reads itself: download and verify the .bak onto the
+    shared volume, have the server restore it, and delete it whatever happens."""
+    server_path, local_path = source.paths(f"restore_{secrets.token_hex(6)}.bak")
+    try:
+        await _to_file(storage, backup, manifest, local_path)
+        await source.restore_from_file(server_path, into, replace)
+    finally:
+        await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
+
+
 def _check_engine(target: TargetConfig, manifest: dict[str, Any] | None) -> None:
-    family = {Engine.POSTGRES: "postgres", Engine.MYSQL: "mysql", Engine.MARIADB: "mysql"}
+    family = {
+        Engine.POSTGRES: "postgres",
+        Engine.MYSQL: "mysql",
+        Engine.MARIADB: "mysql",
+        Engine.MSSQL: "mssql",
+    }
     stored = (manifest or {}).get("engine")
     if stored is not None and family.get(Engine(stored)) != family.get(target.database.engine):
         raise RestoreError(
@@ -344,7 +371,8 @@ async def _feed_restore_tool(
     manifest: dict[str, Any] | None,
     into: str,
 ) -> None:
-    source = source_for(target.database)
+    source = source_for(target)
+    assert not isinstance(source, FileSource)
     command = source.restore_command(into)
     rewrite = StatementFilter() if target.database.engine is not Engine.POSTGRES else None
     verifier = Verifier(backup.key, manifest)

@@ -8,15 +8,18 @@ part size times the upload concurrency, whatever the size of the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import zlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Protocol
 
 import zstandard
 
 from backupd.config import Compression, Engine
+from backupd.errors import DumpError
 from backupd.parts import BufferPool, Part
 
 CHUNK = 1024 * 1024
@@ -82,6 +85,38 @@ class Readable(Protocol):
     async def fill(self, target: io.BytesIO | bytearray) -> int:
         """Fill ``target``; return the count, which is short only at end of stream."""
         ...
+
+
+class FileReader:
+    """A file read into the caller's buffers in a worker thread (SQL Server's .bak)."""
+
+    def __init__(self, handle: io.BufferedReader) -> None:
+        self._handle = handle
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[FileReader]:
+        try:
+            handle = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError:
+            raise DumpError(
+                f"the server reported a backup, but {path} does not exist: MSSQL_LOCAL_DIR "
+                "must be the directory MSSQL_BACKUP_DIR names, as backupd sees it"
+            ) from None
+        try:
+            yield cls(handle)
+        finally:
+            handle.close()
+
+    async def fill(self, target: io.BytesIO | bytearray) -> int:
+        return await asyncio.to_thread(self._fill, target)
+
+    def _fill(self, target: io.BytesIO | bytearray) -> int:
+        with target.getbuffer() if isinstance(target, io.BytesIO) else memoryview(target) as view:
+            filled = 0
+            while filled < len(view) and (count := self._handle.readinto(view[filled:])):
+                filled += count
+            return filled
 
 
 class Digest:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from backupd.config import DatabaseConfig, Engine
-from backupd.errors import ConfigError
-from backupd.sources.base import ServerInfo, Source
+from backupd.config import Engine, TargetConfig
+from backupd.sources.base import FileSource, ServerInfo, Source
+from backupd.sources.mssql import MSSQLSource
 from backupd.sources.mysql import MySQLSource
 from backupd.sources.postgres import PostgresSource
 
-__all__ = ["ServerInfo", "Source", "source_for"]
+__all__ = ["FileSource", "ServerInfo", "Source", "source_for"]
 
 
-def source_for(config: DatabaseConfig) -> Source:
-    """The engine module for ``config.engine``."""
-    if config.engine is Engine.POSTGRES:
-        return PostgresSource(config)
-    if config.engine in (Engine.MYSQL, Engine.MARIADB):
-        return MySQLSource(config)
-    raise ConfigError([f"DB_TYPE: {config.engine} is not supported by this version of backupd"])
+def source_for(target: TargetConfig) -> Source | FileSource:
+    """The engine module for the target's ``DB_TYPE``."""
+    engine = target.database.engine
+    if engine is Engine.POSTGRES:
+        return PostgresSource(target.database)
+    if engine is Engine.MSSQL:
+        return MSSQLSource(target)
+    return MySQLSource(target.database)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from backupd.process import Command
 
@@ -59,3 +60,31 @@ class Source(Protocol):
     def restore_command(self, database: str) -> Command:
         """The restore tool, reading a dump of this engine's format on stdin."""
         ...
+
+
+@runtime_checkable
+class FileSource(Protocol):
+    """An engine whose server writes the backup file itself (SQL Server) into a shared folder."""
+
+    extension: str
+    can_compress: bool
+
+    async def probe(self) -> ServerInfo: ...
+
+    async def list_databases(self) -> list[str]: ...
+
+    def explain_failure(self, stderr: str) -> str | None: ...
+
+    def paths(self, name: str) -> tuple[str, Path]:
+        """The file as the server names it, and as backupd opens it."""
+        ...
+
+    async def backup_to_file(
+        self, database: str, server_path: str, native_compression: bool
+    ) -> None:
+        """Have the server write a backup of ``database`` to ``server_path``."""
+        ...
+
+    async def database_state(self, database: str) -> str: ...
+
+    async def restore_from_file(self, server_path: str, database: str, replace: bool) -> None: ...

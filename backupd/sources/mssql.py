@@ -1,0 +1,204 @@
+"""SQL Server: native ``BACKUP DATABASE`` into a ``.bak`` on a volume shared with the server.
+
+SQL Server writes the file itself, so this engine cannot stream from a pipe: backupd asks for
+the backup with ``sqlcmd`` (password in ``SQLCMDPASSWORD``, never argv), then streams the file
+from ``MSSQL_LOCAL_DIR``, the same directory as backupd sees it, and the caller deletes it.
+``COPY_ONLY`` keeps the user's own differential backup chain intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ntpath
+import posixpath
+import secrets
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from backupd.config import MSSQLConfig, TargetConfig
+from backupd.errors import ConnectError, DumpError
+from backupd.layout import safe_name
+from backupd.process import Command, child_environment, run_captured
+from backupd.sources.base import ServerInfo
+
+MAX_NAME = 128
+ACCESS_HINT = (
+    "SQL Server could not write to {dir}: the shared volume must be writable by the SQL Server "
+    "process (user mssql, UID 10001, in Microsoft's images) and readable and deletable by backupd"
+)
+
+
+class RestoreFailed(DumpError):
+    step = "restore"
+
+
+def check_name(database: str) -> None:
+    if not database or len(database) > MAX_NAME or any(ord(c) < 32 for c in database):
+        raise DumpError(f"{database!r} is not a usable SQL Server database name")
+
+
+def bracket(name: str) -> str:
+    """A T-SQL identifier: ``]`` doubled inside brackets."""
+    check_name(name)
+    return "[" + name.replace("]", "]]") + "]"
+
+
+def literal(text: str) -> str:
+    """A T-SQL Unicode string literal: ``'`` doubled."""
+    return "N'" + text.replace("'", "''") + "'"
+
+
+def backup_statement(database: str, path: str, compression: bool) -> str:
+    options = "COPY_ONLY, CHECKSUM, INIT, FORMAT" + (", COMPRESSION" if compression else "")
+    return f"BACKUP DATABASE {bracket(database)} TO DISK = {literal(path)} WITH {options}"
+
+
+def restore_statement(database: str, path: str, moves: list[tuple[str, str]], replace: bool) -> str:
+    clauses = [f"MOVE {literal(logical)} TO {literal(physical)}" for logical, physical in moves]
+    clauses += ["CHECKSUM", "RECOVERY"] + (["REPLACE"] if replace else [])
+    source = f"FROM DISK = {literal(path)}"
+    return f"RESTORE DATABASE {bracket(database)} {source} WITH {', '.join(clauses)}"
+
+
+def moved_files(files: list[tuple[str, str]], database: str) -> list[tuple[str, str]]:
+    """New physical names beside the old ones, so a restore under a new name never collides."""
+    moves = []
+    for logical, physical in files:
+        paths = ntpath if "\\" in physical else posixpath
+        folder, name = paths.split(physical)
+        extension = paths.splitext(name)[1]
+        moves.append(
+            (logical, paths.join(folder, f"{safe_name(database)}_{safe_name(logical)}{extension}"))
+        )
+    return moves
+
+
+def sqlcmd_argv(target: TargetConfig, query: str) -> tuple[str, ...]:
+    db = target.database
+    argv = [
+        "sqlcmd",
+        "-S",
+        f"tcp:{db.host},{db.effective_port}",
+        "-U",
+        db.user,
+        "-d",
+        "master",
+        "-b",
+    ]
+    argv += ["-h", "-1", "-W", "-s", "|", "-Q", query]
+    if target.mssql.trust_server_certificate:
+        argv.append("-C")
+    return tuple(argv)
+
+
+def sqlcmd_env(target: TargetConfig) -> dict[str, str]:
+    password = target.database.password
+    return child_environment({"SQLCMDPASSWORD": password.get_secret_value()} if password else {})
+
+
+def bak_name(database: str, when: datetime) -> str:
+    return f"backupd_{safe_name(database)}_{when:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}.bak"
+
+
+def explain(output: str, config: MSSQLConfig) -> str | None:
+    if "Operating system error 5" in output or "Access is denied" in output:
+        return ACCESS_HINT.format(dir=config.backup_dir)
+    if "Login failed" in output or "Login timeout" in output or "TCP Provider" in output:
+        return "cannot log in to SQL Server"
+    if "Msg 3201" in output:
+        return f"SQL Server cannot open a backup file in {config.backup_dir} (MSSQL_BACKUP_DIR)"
+    return None
+
+
+class MSSQLSource:
+    extension = ".bak"
+    can_compress = True
+
+    def __init__(self, target: TargetConfig) -> None:
+        self.target = target
+        self.config = target.mssql
+
+    async def _sqlcmd(
+        self, query: str, step: type[DumpError] = DumpError, timeout: float = 30.0
+    ) -> list[str]:
+        command = Command(sqlcmd_argv(self.target, query), sqlcmd_env(self.target))
+        code, out, err = await run_captured("sqlcmd", command, timeout=timeout)
+        if code != 0:
+            said = " | ".join(
+                line.strip() for line in (out + "\n" + err).splitlines() if line.strip()
+            )[-2000:]
+            hint = explain(said, self.config)
+            where = f"{self.target.database.host}:{self.target.database.effective_port}"
+            error = ConnectError if hint == "cannot log in to SQL Server" else step
+            prefix = f"{hint}: " if hint else ""
+            raise error(f"{prefix}sqlcmd at {where} exited {code}: {said or 'no output'}")
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+    async def probe(self) -> ServerInfo:
+        if shutil.which("sqlcmd") is None:
+            raise DumpError("sqlcmd not found on PATH: install mssql-tools18 (or go-sqlcmd)")
+        rows = await self._sqlcmd("SET NOCOUNT ON; SELECT @@VERSION")
+        tool = await run_captured("sqlcmd", Command(("sqlcmd", "-?"), child_environment({})))
+        version = next((line for line in tool[1].splitlines() if "Version" in line), "sqlcmd")
+        return ServerInfo(server_version=rows[0] if rows else "?", tool_version=version.strip())
+
+    async def list_databases(self) -> list[str]:
+        return await self._sqlcmd(
+            "SET NOCOUNT ON; SELECT name FROM sys.databases"
+            " WHERE database_id > 4 AND state = 0 ORDER BY name"
+        )
+
+    def explain_failure(self, stderr: str) -> str | None:
+        return explain(stderr, self.config)
+
+    def paths(self, name: str) -> tuple[str, Path]:
+        """The file as the server names it, and as backupd opens it."""
+        return posixpath.join(self.config.backup_dir, name), self.config.effective_local_dir / name
+
+    async def check_space(self, database: str) -> None:
+        """Refuse a backup that cannot fit on the shared volume, when the server reports a size."""
+        rows = await self._sqlcmd(
+            "SET NOCOUNT ON; SELECT CAST(SUM(CAST(size AS bigint)) * 8192 AS bigint)"
+            f" FROM sys.master_files WHERE database_id = DB_ID({literal(database)}) AND type = 0"
+        )
+        with contextlib.suppress(ValueError, IndexError):
+            size = int(rows[0])
+            needed = size // 4 if self.config.compression else size
+            free = (
+                await asyncio.to_thread(shutil.disk_usage, self.config.effective_local_dir)
+            ).free
+            if free < needed:
+                raise DumpError(
+                    f"{self.config.effective_local_dir} has {free:,} bytes free; the backup of "
+                    f"{database} needs about {needed:,} (data files of {size:,} bytes)"
+                )
+
+    async def backup_to_file(
+        self, database: str, server_path: str, native_compression: bool
+    ) -> None:
+        check_name(database)
+        await self.check_space(database)
+        statement = backup_statement(
+            database, server_path, native_compression and self.config.compression
+        )
+        await self._sqlcmd(statement, timeout=24 * 3600)
+
+    # --- restore -------------------------------------------------------------------------
+
+    async def database_state(self, database: str) -> str:
+        rows = await self._sqlcmd(
+            f"SET NOCOUNT ON; SELECT COUNT(*) FROM sys.databases WHERE name = {literal(database)}"
+        )
+        return "missing" if rows == ["0"] else "in use"
+
+    async def restore_from_file(self, server_path: str, database: str, replace: bool) -> None:
+        listing = await self._sqlcmd(
+            f"RESTORE FILELISTONLY FROM DISK = {literal(server_path)}", RestoreFailed
+        )
+        files = [(row.split("|")[0], row.split("|")[1]) for row in listing if row.count("|") >= 2]
+        if not files:
+            raise RestoreFailed(f"RESTORE FILELISTONLY listed no files in {server_path}")
+        statement = restore_statement(database, server_path, moved_files(files, database), replace)
+        await self._sqlcmd(statement, RestoreFailed, timeout=24 * 3600)
