@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
-from backupd.backup import backup_and_report, secrets_of
+from backupd.backup import LogProgress, backup_and_report, secrets_of
 from backupd.check import check_target
 from backupd.config import Settings, TargetConfig
 from backupd.daemon import Daemon
@@ -158,6 +158,7 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
         to_file=args.to_file,
         clean=args.clean,
         force=args.force,
+        progress=TerminalProgress() if sys.stdout.isatty() else LogProgress(),
     )
     try:
         chosen = await restore(target, request)

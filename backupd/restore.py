@@ -16,15 +16,17 @@ import logging
 import os
 import re
 import secrets
+import time
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import zstandard
 
+from backupd.backup import LogProgress, Progress
 from backupd.config import Engine, TargetConfig
 from backupd.errors import BackupdError
 from backupd.layout import MANIFEST_SUFFIX, manifest_key
@@ -215,6 +217,7 @@ class Request:
     to_file: Path | None = None
     clean: bool = False
     force: bool = False
+    progress: Progress = field(default_factory=LogProgress, compare=False)
 
 
 async def restore(target: TargetConfig, request: Request) -> Backup:
@@ -233,7 +236,7 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
         )
         log.info("restoring %s (%s)", chosen.key, chosen.taken.isoformat())
         if request.to_file is not None:
-            await _to_file(storage, chosen, manifest, request.to_file)
+            await _to_file(storage, chosen, manifest, request.to_file, request.progress)
         else:
             assert request.into is not None
             await _into_database(storage, target, chosen, manifest, request)
@@ -247,15 +250,20 @@ class _Download:
     of the object can be ``drain``ed through the hash, so that damage is reported as such.
     """
 
-    def __init__(self, storage: Storage, backup: Backup, verifier: Verifier) -> None:
+    def __init__(
+        self, storage: Storage, backup: Backup, verifier: Verifier, progress: Progress
+    ) -> None:
         self._raw = storage.download(backup.key)
         self._key = backup.key
         self._verifier = verifier
         self._decompressor = decompressor_for(backup.key)
+        self._progress = progress
+        self._clock = time.monotonic()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self._raw:
             self._verifier.update(chunk)
+            self._progress.update(self._key, self._verifier.size, time.monotonic() - self._clock)
             try:
                 plain = self._decompressor.decompress(chunk)
             except (zstandard.ZstdError, zlib.error) as error:
@@ -263,6 +271,7 @@ class _Download:
                 raise RestoreError(f"cannot decompress {self._key}: {error}") from error
             if plain:
                 yield plain
+        self._progress.done(self._key)
 
     async def drain(self) -> None:
         """Hash the rest of the object and raise if it does not match its manifest."""
@@ -272,7 +281,11 @@ class _Download:
 
 
 async def _to_file(
-    storage: Storage, backup: Backup, manifest: dict[str, Any] | None, path: Path
+    storage: Storage,
+    backup: Backup,
+    manifest: dict[str, Any] | None,
+    path: Path,
+    progress: Progress,
 ) -> None:
     """Download, verify and decompress into ``path``; it appears only once verified."""
     if await asyncio.to_thread(path.exists):
@@ -281,7 +294,7 @@ async def _to_file(
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with temporary.open("xb") as handle:
-            async for chunk in _Download(storage, backup, verifier).chunks():
+            async for chunk in _Download(storage, backup, verifier, progress).chunks():
                 await asyncio.to_thread(handle.write, chunk)
             verifier.check()
             handle.flush()
@@ -317,7 +330,7 @@ async def _into_database(
     if state == "in use" and not request.clean:
         raise RestoreError(f"database {into!r} exists and is not empty; add --clean to replace it")
     if isinstance(source, FileSource):
-        await _through_shared_file(storage, source, backup, manifest, into, replace=request.clean)
+        await _through_shared_file(storage, source, backup, manifest, request)
         return
     if state != "missing" and request.clean:
         await source.drop_database(into)
@@ -325,7 +338,7 @@ async def _into_database(
     if created:
         await source.create_database(into)
     try:
-        await _feed_restore_tool(storage, target, backup, manifest, into)
+        await _feed_restore_tool(storage, target, backup, manifest, into, request.progress)
     except BaseException:
         if created:
             await asyncio.shield(source.drop_database(into))
@@ -337,15 +350,15 @@ async def _through_shared_file(
     source: FileSource,
     backup: Backup,
     manifest: dict[str, Any] | None,
-    into: str,
-    replace: bool,
+    request: Request,
 ) -> None:
     """SQL Server restores from a file it reads itself: download and verify the .bak onto the
     shared volume, have the server restore it, and delete it whatever happens."""
+    assert request.into is not None
     server_path, local_path = source.paths(f"restore_{secrets.token_hex(6)}.bak")
     try:
-        await _to_file(storage, backup, manifest, local_path)
-        await source.restore_from_file(server_path, into, replace)
+        await _to_file(storage, backup, manifest, local_path, request.progress)
+        await source.restore_from_file(server_path, request.into, request.clean)
     finally:
         await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
 
@@ -370,13 +383,14 @@ async def _feed_restore_tool(
     backup: Backup,
     manifest: dict[str, Any] | None,
     into: str,
+    progress: Progress,
 ) -> None:
     source = source_for(target)
     assert not isinstance(source, FileSource)
     command = source.restore_command(into)
     rewrite = StatementFilter() if target.database.engine is not Engine.POSTGRES else None
     verifier = Verifier(backup.key, manifest)
-    download = _Download(storage, backup, verifier)
+    download = _Download(storage, backup, verifier, progress)
     async with spawn(command.argv[0], command, stdin=asyncio.subprocess.PIPE) as child:
         output = asyncio.ensure_future(child.stdout.read_all())  # keep the tool's stdout drained
         try:
