@@ -13,15 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from backupd import notify
-from backupd.config import Compression, S3Config, TargetConfig
+from backupd.config import Compression, TargetConfig
 from backupd.errors import BackupdError, DumpError, StorageError
 from backupd.layout import backup_stem, manifest_bytes, manifest_key, object_key, object_metadata
-from backupd.notify import Report, State
 from backupd.parts import BufferPool
-from backupd.process import Child, Command, describe_status, mask, spawn
+from backupd.process import Child, Command, describe_status, spawn
+from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, ServerInfo, Source, source_for
 from backupd.storage import Storage, open_storage
 from backupd.stream import (
@@ -35,7 +34,6 @@ from backupd.stream import (
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL = 15.0
 GLOBALS = "globals"
 
 
@@ -85,133 +83,6 @@ class Dump:
     tool_compresses: bool
     explain: Callable[[str], str | None]
     """A hint for a known failure in the tool's stderr."""
-
-
-class Progress(Protocol):
-    def update(self, key: str, size: int, elapsed: float) -> None: ...
-
-    def done(self, key: str) -> None: ...
-
-
-class LogProgress:
-    """Logs a long backup's progress every 15 seconds."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-
-    def update(self, key: str, size: int, elapsed: float) -> None:
-        if elapsed - self._last.get(key, 0.0) >= PROGRESS_INTERVAL:
-            self._last[key] = elapsed
-            rate = size / elapsed / 1e6 if elapsed else 0.0
-            log.info("%s: %.1f MB stored, %.1f MB/s, %.0fs elapsed", key, size / 1e6, rate, elapsed)
-
-    def done(self, key: str) -> None:
-        self._last.pop(key, None)
-
-
-def secrets_of(target: TargetConfig) -> list[str]:
-    """Every secret value of a target, for masking text that leaves the process."""
-    values = [
-        target.database.password,
-        target.email.password,
-        target.hooks.webhook_url,
-        target.hooks.ping_url,
-    ]
-    if isinstance(target.storage, S3Config):
-        values += [target.storage.access_key_id, target.storage.secret_access_key]
-    return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
-
-
-def reports_of(
-    target: TargetConfig, run: TargetRun | None, error: BaseException | None = None
-) -> list[Report]:
-    """One report per database (or one for the whole target when nothing could run), masked."""
-    hidden = secrets_of(target)
-    now = datetime.now(target.layout.tz)
-    engine = target.database.engine.value
-    if run is None:
-        step = error.step if isinstance(error, BackupdError) else "internal"
-        text = str(error) if isinstance(error, BackupdError) else f"unexpected error: {error!r}"
-        return [
-            Report(
-                target.name,
-                mask(target.database.database, hidden),
-                engine,
-                State.FAILED,
-                now,
-                step=step,
-                error=mask(text, hidden),
-            )
-        ]
-    reports = [
-        Report(
-            target.name,
-            mask(result.database, hidden),
-            engine,
-            State.SUCCEEDED,
-            result.finished,
-            key=mask(result.key, hidden),
-            size=result.size,
-            duration_s=result.duration_s,
-            sha256=result.sha256,
-        )
-        for result in run.results
-    ]
-    reports += [
-        Report(
-            target.name,
-            mask(database, hidden),
-            engine,
-            State.FAILED,
-            now,
-            step=failure.step,
-            error=mask(str(failure), hidden),
-        )
-        for database, failure in run.failures
-    ]
-    return reports
-
-
-def log_reports(reports: list[Report]) -> bool:
-    """One log line per report, with its fields as structured properties; True if all succeeded."""
-    for report in reports:
-        extra = {"report": report.properties()}
-        if report.ok:
-            log.info(
-                "backup of %s %s succeeded: %s, %d bytes in %.1fs (%.1f MB/s), sha256 %s",
-                report.target,
-                report.database,
-                report.key,
-                report.size,
-                report.duration_s,
-                report.throughput / 1e6,
-                report.sha256,
-                extra=extra,
-            )
-        else:
-            log.error(
-                "backup of %s %s FAILED at %s: %s",
-                report.target,
-                report.database,
-                report.step,
-                report.error,
-                extra=extra,
-            )
-    return all(report.ok for report in reports)
-
-
-async def backup_and_report(target: TargetConfig, progress: Progress | None = None) -> list[Report]:
-    """Run one target and tell everyone how it went: logs, mail, webhooks, pings."""
-    hidden = secrets_of(target)
-    await notify.run_started(target, hidden)
-    try:
-        reports = reports_of(target, await run_backup(target, progress))
-    except Exception as error:  # isolation: report it, whatever it was
-        log.debug("details", exc_info=True)
-        reports = reports_of(target, None, error)
-    log_reports(reports)
-    await notify.run_finished(target, reports, hidden)
-    return reports
 
 
 async def dump_to_storage(

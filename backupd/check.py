@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from backupd.backup import secrets_of
 from backupd.config import Engine, S3Config, TargetConfig
 from backupd.errors import BackupdError
 from backupd.process import mask
+from backupd.report import secrets_of
 from backupd.schedule import Schedule, next_fire
 from backupd.sources import source_for
 from backupd.storage import open_storage

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
-from backupd.backup import LogProgress, backup_and_report, secrets_of
 from backupd.check import check_target
 from backupd.config import Settings, TargetConfig
 from backupd.daemon import Daemon
@@ -28,6 +27,8 @@ from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError
 from backupd.logs import setup_logging
 from backupd.process import mask
+from backupd.progress import LogProgress, TerminalProgress
+from backupd.report import backup_and_report, secrets_of
 from backupd.restore import Request, list_backups, restore
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -168,25 +169,6 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
     destination = f"database {args.into}" if args.into else str(args.to_file)
     log.info("restored %s into %s; checksum verified", chosen.key, destination)
     return EXIT_OK
-
-
-class TerminalProgress:
-    """A live progress line for ``backupd once`` on a terminal."""
-
-    def __init__(self) -> None:
-        self._shown = 0.0
-
-    def update(self, key: str, size: int, elapsed: float) -> None:
-        if elapsed - self._shown >= 0.2:
-            self._shown = elapsed
-            rate = size / elapsed / 1e6 if elapsed else 0.0
-            line = f"{key}: {size / 1e6:,.1f} MB  {rate:,.1f} MB/s  {elapsed:,.0f}s"
-            print(f"\r{line[-120:]:<120}", end="", flush=True)
-
-    def done(self, key: str) -> None:
-        if self._shown:
-            print(flush=True)
-        self._shown = 0.0
 
 
 async def _check(settings: Settings, args: argparse.Namespace) -> int:

@@ -19,9 +19,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from backupd.backup import backup_and_report
 from backupd.config import Settings, TargetConfig
 from backupd.metrics import Metrics, serve
+from backupd.report import backup_and_report
 from backupd.schedule import Schedule, following_slot, next_fire, sleep_step
 
 log = logging.getLogger(__name__)

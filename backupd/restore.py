@@ -26,11 +26,11 @@ from typing import Any, Protocol
 
 import zstandard
 
-from backupd.backup import LogProgress, Progress
 from backupd.config import Engine, TargetConfig
 from backupd.errors import BackupdError
 from backupd.layout import MANIFEST_SUFFIX, manifest_key
 from backupd.process import spawn
+from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, source_for
 from backupd.storage import Storage, open_storage
 from backupd.storage.base import StoredObject

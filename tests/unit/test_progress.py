@@ -4,15 +4,14 @@ import logging
 
 import pytest
 
-from backupd.backup import PROGRESS_INTERVAL, LogProgress
-from backupd.cli import TerminalProgress
+from backupd.progress import PROGRESS_INTERVAL, LogProgress, TerminalProgress
 
 
 def test_log_progress_reports_bytes_rate_and_elapsed_at_most_every_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     progress = LogProgress()
-    with caplog.at_level(logging.INFO, logger="backupd.backup"):
+    with caplog.at_level(logging.INFO, logger="backupd.progress"):
         for second in range(0, 61):
             progress.update("k", second * 10_000_000, float(second))
         progress.done("k")

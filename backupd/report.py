@@ -1,0 +1,121 @@
+"""How a run went, told to everyone: one masked report per database, logged and notified."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from backupd import notify
+from backupd.backup import TargetRun, run_backup
+from backupd.config import S3Config, TargetConfig
+from backupd.errors import BackupdError
+from backupd.notify import Report, State
+from backupd.process import mask
+from backupd.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def secrets_of(target: TargetConfig) -> list[str]:
+    """Every secret value of a target, for masking text that leaves the process."""
+    values = [
+        target.database.password,
+        target.email.password,
+        target.hooks.webhook_url,
+        target.hooks.ping_url,
+    ]
+    if isinstance(target.storage, S3Config):
+        values += [target.storage.access_key_id, target.storage.secret_access_key]
+    return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
+def reports_of(
+    target: TargetConfig, run: TargetRun | None, error: BaseException | None = None
+) -> list[Report]:
+    """One report per database (or one for the whole target when nothing could run), masked."""
+    hidden = secrets_of(target)
+    now = datetime.now(target.layout.tz)
+    engine = target.database.engine.value
+    if run is None:
+        step = error.step if isinstance(error, BackupdError) else "internal"
+        text = str(error) if isinstance(error, BackupdError) else f"unexpected error: {error!r}"
+        return [
+            Report(
+                target.name,
+                mask(target.database.database, hidden),
+                engine,
+                State.FAILED,
+                now,
+                step=step,
+                error=mask(text, hidden),
+            )
+        ]
+    reports = [
+        Report(
+            target.name,
+            mask(result.database, hidden),
+            engine,
+            State.SUCCEEDED,
+            result.finished,
+            key=mask(result.key, hidden),
+            size=result.size,
+            duration_s=result.duration_s,
+            sha256=result.sha256,
+        )
+        for result in run.results
+    ]
+    reports += [
+        Report(
+            target.name,
+            mask(database, hidden),
+            engine,
+            State.FAILED,
+            now,
+            step=failure.step,
+            error=mask(str(failure), hidden),
+        )
+        for database, failure in run.failures
+    ]
+    return reports
+
+
+def log_reports(reports: list[Report]) -> bool:
+    """One log line per report, with its fields as structured properties; True if all succeeded."""
+    for report in reports:
+        extra = {"report": report.properties()}
+        if report.ok:
+            log.info(
+                "backup of %s %s succeeded: %s, %d bytes in %.1fs (%.1f MB/s), sha256 %s",
+                report.target,
+                report.database,
+                report.key,
+                report.size,
+                report.duration_s,
+                report.throughput / 1e6,
+                report.sha256,
+                extra=extra,
+            )
+        else:
+            log.error(
+                "backup of %s %s FAILED at %s: %s",
+                report.target,
+                report.database,
+                report.step,
+                report.error,
+                extra=extra,
+            )
+    return all(report.ok for report in reports)
+
+
+async def backup_and_report(target: TargetConfig, progress: Progress | None = None) -> list[Report]:
+    """Run one target and tell everyone how it went: logs, mail, webhooks, pings."""
+    hidden = secrets_of(target)
+    await notify.run_started(target, hidden)
+    try:
+        reports = reports_of(target, await run_backup(target, progress))
+    except Exception as error:  # isolation: report it, whatever it was
+        log.debug("details", exc_info=True)
+        reports = reports_of(target, None, error)
+    log_reports(reports)
+    await notify.run_finished(target, reports, hidden)
+    return reports
