@@ -446,12 +446,3 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
-
-
-@contextlib.contextmanager
-def running(server: PostgresServer | MariaDBServer) -> Iterator[PostgresServer | MariaDBServer]:
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
