@@ -22,11 +22,12 @@ from backupd.parts import BufferPool
 from backupd.process import Child, Command, describe_status, spawn
 from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, ServerInfo, Source, source_for
-from backupd.storage import Storage, open_storage
+from backupd.storage import Storage, Upload, open_storage
 from backupd.stream import (
     SUFFIXES,
     Digest,
     FileReader,
+    Readable,
     fixed_parts,
     make_compressor,
     plan_compression,
@@ -107,11 +108,7 @@ async def dump_to_storage(
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
     async with storage.upload(key, metadata) as upload, spawn(command.argv[0], command) as child:
-        pool = BufferPool(keep=target.storage.upload_concurrency + 2)
-        compressor = make_compressor(stream_kind)
-        async for part in fixed_parts(child.stdout, upload.part_size, digest, compressor, pool):
-            await upload.write(part)
-            progress.update(key, digest.size, time.monotonic() - clock)
+        await _copy(target, child.stdout, upload, digest, stream_kind, key, clock, progress)
         await _check_exit(child, dump, probe)
         if digest.size == 0:
             raise DumpError(
@@ -123,6 +120,24 @@ async def dump_to_storage(
     return await _record(
         target, storage, dump.database, key, digest, started, clock, info, native, stream_kind
     )
+
+
+async def _copy(
+    target: TargetConfig,
+    source: Readable,
+    upload: Upload,
+    digest: Digest,
+    stream_kind: Compression,
+    key: str,
+    clock: float,
+    progress: Progress,
+) -> None:
+    """Every byte of ``source`` into ``upload``, in parts, compressed and hashed on the way."""
+    pool = BufferPool(keep=target.storage.upload_concurrency + 2)
+    compressor = make_compressor(stream_kind)
+    async for part in fixed_parts(source, upload.part_size, digest, compressor, pool):
+        await upload.write(part)
+        progress.update(key, digest.size, time.monotonic() - clock)
 
 
 async def _record(
@@ -179,11 +194,7 @@ async def file_to_storage(
         info = await probe
         metadata = object_metadata(engine, database, started, layout.timezone)
         async with storage.upload(key, metadata) as upload, FileReader.open(local_path) as reader:
-            pool = BufferPool(keep=target.storage.upload_concurrency + 2)
-            compressor = make_compressor(stream_kind)
-            async for part in fixed_parts(reader, upload.part_size, digest, compressor, pool):
-                await upload.write(part)
-                progress.update(key, digest.size, time.monotonic() - clock)
+            await _copy(target, reader, upload, digest, stream_kind, key, clock, progress)
             if digest.size == 0:
                 raise DumpError(f"{local_path} is empty; refusing to store an empty backup")
             await upload.commit()

@@ -40,6 +40,19 @@ def blank_body(size: int) -> io.BytesIO:
     return body
 
 
+def fill(target: io.BytesIO | bytearray, read_into: Callable[[memoryview], int | None]) -> int:
+    """Fill ``target`` with repeated ``read_into`` calls; return the count (short only at EOF).
+
+    The view is taken here, in the reading thread: a caller cancelled mid-read must not release
+    a buffer this thread is still writing into.
+    """
+    with target.getbuffer() if isinstance(target, io.BytesIO) else memoryview(target) as view:
+        filled = 0
+        while filled < len(view) and (count := read_into(view[filled:])):
+            filled += count
+        return filled
+
+
 class BufferPool:
     """Reuses part buffers, so that each part does not fault in and zero fresh pages."""
 

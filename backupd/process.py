@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from backupd.errors import BackupdError, DumpError
+from backupd.parts import fill
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +117,7 @@ class PipeReader:
 
 
 def _fill(fd: int, target: io.BytesIO | bytearray) -> int:
-    # The view is taken here, not by the caller: a caller cancelled mid-read must not
-    # release a buffer this thread is still writing into.
-    with target.getbuffer() if isinstance(target, io.BytesIO) else memoryview(target) as view:
-        filled = 0
-        while filled < len(view):
-            count = os.readv(fd, [view[filled:]])
-            if count == 0:
-                break
-            filled += count
-        return filled
+    return fill(target, lambda view: os.readv(fd, [view]))
 
 
 class Child:

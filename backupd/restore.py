@@ -31,7 +31,7 @@ from backupd.errors import BackupdError
 from backupd.layout import MANIFEST_SUFFIX, manifest_key
 from backupd.process import spawn
 from backupd.progress import LogProgress, Progress
-from backupd.sources import FileSource, source_for
+from backupd.sources import FileSource, Source, source_for
 from backupd.storage import Storage, open_storage
 from backupd.storage.base import StoredObject
 
@@ -338,7 +338,7 @@ async def _into_database(
     if created:
         await source.create_database(into)
     try:
-        await _feed_restore_tool(storage, target, backup, manifest, into, request.progress)
+        await _feed_restore_tool(storage, source, target, backup, manifest, into, request.progress)
     except BaseException:
         if created:
             await asyncio.shield(source.drop_database(into))
@@ -379,14 +379,13 @@ def _check_engine(target: TargetConfig, manifest: dict[str, Any] | None) -> None
 
 async def _feed_restore_tool(
     storage: Storage,
+    source: Source,
     target: TargetConfig,
     backup: Backup,
     manifest: dict[str, Any] | None,
     into: str,
     progress: Progress,
 ) -> None:
-    source = source_for(target)
-    assert not isinstance(source, FileSource)
     command = source.restore_command(into)
     rewrite = StatementFilter() if target.database.engine is not Engine.POSTGRES else None
     verifier = Verifier(backup.key, manifest)

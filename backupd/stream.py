@@ -20,7 +20,7 @@ import zstandard
 
 from backupd.config import Compression, Engine
 from backupd.errors import DumpError
-from backupd.parts import BufferPool, Part
+from backupd.parts import BufferPool, Part, fill
 
 CHUNK = 1024 * 1024
 ZSTD_LEVEL = 3
@@ -112,11 +112,7 @@ class FileReader:
         return await asyncio.to_thread(self._fill, target)
 
     def _fill(self, target: io.BytesIO | bytearray) -> int:
-        with target.getbuffer() if isinstance(target, io.BytesIO) else memoryview(target) as view:
-            filled = 0
-            while filled < len(view) and (count := self._handle.readinto(view[filled:])):
-                filled += count
-            return filled
+        return fill(target, self._handle.readinto)
 
 
 class Digest:
