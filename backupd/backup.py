@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,7 @@ from backupd.parts import BufferPool
 from backupd.process import Child, Command, describe_status, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, ServerInfo, Source, source_for
+from backupd.sources.session import DumpSession, no_session
 from backupd.storage import Storage, Upload, open_storage
 from backupd.stream import (
     SUFFIXES,
@@ -87,15 +89,17 @@ class Dump:
 
     database: str
     extension: str
-    command: Callable[[bool], Awaitable[Command]]
-    """The dump tool's command, given whether the tool compresses; built only once the tool's
-    flavour is known."""
+    command: Callable[[bool, str | None], Awaitable[Command]]
+    """The dump tool's command, given whether the tool compresses and the snapshot to share;
+    built only once the tool's flavour is known."""
     tool_compresses: bool
     explain: Callable[[str], str | None]
     """A hint for a known failure in the tool's stderr."""
     properties: Callable[[], Awaitable[dict[str, Any]]]
     """Database-level settings to record in the manifest (read alongside the dump)."""
     names_database: bool = False
+    session: Callable[[], AbstractAsyncContextManager[DumpSession]] = no_session
+    """Open for the whole dump: a shared snapshot and the tables' row counts, if any."""
 
 
 async def _nothing_recorded() -> dict[str, Any]:
@@ -121,32 +125,49 @@ async def dump_to_storage(
     extension = dump.extension + SUFFIXES[stream_kind]
     key = object_key(target.key_prefix, dump.database, extension, started, run_id)
     metadata = object_metadata(engine, dump.database, started, layout.timezone)
-    command = await dump.command(native)
-    properties = asyncio.ensure_future(dump.properties())
     digest = Digest()
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
-    try:
-        async with (
-            storage.upload(key, metadata) as upload,
-            spawn(command.argv[0], command) as child,
-        ):
-            async with stall_guard(
-                lambda: child.stdout.transferred, target.limits.stall_timeout, child.name
+    async with dump.session() as session:
+        command = await dump.command(native, session.snapshot)
+        properties = asyncio.ensure_future(dump.properties())
+        tables = asyncio.ensure_future(session.count())
+        try:
+            async with (
+                storage.upload(key, metadata) as upload,
+                spawn(command.argv[0], command) as child,
             ):
-                await _copy(target, child.stdout, upload, digest, stream_kind, key, clock, progress)
-            await _check_exit(child, dump, probe)
-            if digest.size == 0:
-                raise DumpError(
-                    f"{child.name} exited 0 but wrote nothing; refusing to store an empty backup"
-                )
-            info = await probe
-            recorded = await properties
-            await upload.commit()
-    finally:
-        await _settle(properties)
+                async with stall_guard(
+                    lambda: child.stdout.transferred, target.limits.stall_timeout, child.name
+                ):
+                    await _copy(
+                        target, child.stdout, upload, digest, stream_kind, key, clock, progress
+                    )
+                await _check_exit(child, dump, probe)
+                if digest.size == 0:
+                    raise DumpError(
+                        f"{child.name} exited 0 but wrote nothing; refusing to store an empty "
+                        "backup"
+                    )
+                info = await probe
+                recorded = await properties
+                counted = await _counted(dump.database, tables)
+                await upload.commit()
+        finally:
+            await _settle(properties)
+            await _settle(tables)
     progress.done(key)
-    made = Made(dump.database, key, run_id, native, stream_kind, recorded, dump.names_database)
+    made = Made(
+        dump.database,
+        key,
+        run_id,
+        native,
+        stream_kind,
+        recorded,
+        dump.names_database,
+        counted,
+        session.method if counted is not None else None,
+    )
     return await _record(target, storage, made, digest, started, clock, info)
 
 
@@ -161,6 +182,19 @@ class Made:
     stream_kind: Compression
     properties: dict[str, Any]
     names_database: bool = False
+    tables: list[dict[str, Any]] | None = None
+    row_counts: str | None = None
+
+
+async def _counted(
+    database: str, counting: asyncio.Future[list[dict[str, Any]] | None]
+) -> list[dict[str, Any]] | None:
+    """The row counts taken beside the dump; a failed count is a warning, never a failure."""
+    try:
+        return await counting
+    except BackupdError as error:
+        log.warning("%s: row counts are not recorded: %s", database, error)
+        return None
 
 
 async def _copy(
@@ -222,6 +256,8 @@ async def _record(
         run_id=made.run_id,
         properties=made.properties,
         names_database=made.names_database,
+        tables=made.tables,
+        row_counts=made.row_counts,
     )
     await publish_manifest(storage, manifest)
     return result
@@ -392,7 +428,7 @@ async def _dumps(
     globals_command = source.globals_command(info)
     if globals_command is not None:
 
-        async def command(_: bool) -> Command:
+        async def command(_: bool, __: str | None) -> Command:
             assert globals_command is not None
             return globals_command
 
@@ -406,11 +442,12 @@ def _database_dump(source: Source, database: str) -> Dump:
     return Dump(
         database=database,
         extension=source.extension,
-        command=lambda native: source.dump_command(database, native),
+        command=lambda native, snapshot: source.dump_command(database, native, snapshot),
         tool_compresses=source.can_compress,
         explain=source.explain_failure,
         properties=lambda: source.database_properties(database),
         names_database=False,
+        session=lambda: source.dump_session(database),
     )
 
 

@@ -144,6 +144,10 @@ class Manifest:
     ``size`` and ``sha256`` are of the stored bytes. ``started``/``finished`` are aware
     datetimes; their instant is the backup's time. ``properties`` holds the database-level
     settings recorded at backup time (engine-specific; see the source modules).
+    ``tables`` lists the database's tables as the dump saw them, ``{"schema", "name", "rows"}``
+    each (None: not recorded); ``row_counts`` says how the rows were counted: ``"dump snapshot"``
+    (exact, in the dump's own snapshot) or ``"own snapshot"`` (exact, in a consistent snapshot
+    taken just before the dump's; a busy database may differ slightly).
     ``names_database`` is True for MySQL/MariaDB dumps whose SQL names the database
     (``CREATE DATABASE``/``USE``; backupd wrote those before manifest format 2).
     Unknown fields of newer manifests are kept in ``extra`` and written back unchanged.
@@ -164,6 +168,8 @@ class Manifest:
     run_id: str | None = None
     properties: dict[str, Any] = field(default_factory=dict)
     names_database: bool = False
+    tables: list[dict[str, Any]] | None = None
+    row_counts: str | None = None
     format: int = MANIFEST_FORMAT
     backupd_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
@@ -198,6 +204,13 @@ class Manifest:
         if manifest.key != key or not isinstance(manifest.size, int):
             raise CatalogueError(f"{manifest_key(key)} does not describe {key}")
         return manifest
+
+    @property
+    def total_rows(self) -> int | None:
+        """The rows of every recorded table together; None when none were recorded."""
+        if self.tables is None:
+            return None
+        return sum(int(table.get("rows", 0)) for table in self.tables)
 
     def summary(self) -> dict[str, Any]:
         """The manifest as plain JSON data (``list --json``)."""

@@ -1,4 +1,4 @@
-"""Command line: ``backupd once|check``. The only place that exits the process.
+"""Command line: ``backupd once|run|check|list|restore|verify``; the only place that exits.
 
 Exit codes: 0 success, 1 a backup or check failed, 2 bad configuration or usage.
 """
@@ -31,6 +31,8 @@ from backupd.process import mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.report import backup_and_report, secrets_of
 from backupd.restore import Request, list_backups, restore
+from backupd.verify import Selection
+from backupd.verify_run import verify_and_report
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("backupd")
@@ -78,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     restoring.add_argument("--clean", action="store_true", help="replace a non-empty database")
     restoring.add_argument(
         "--force", action="store_true", help="with --key: allow an incomplete backup"
+    )
+    verifying = commands.add_parser(
+        "verify", help="read backups back against their manifests; --drill also restores them"
+    )
+    verifying.add_argument("--target", help="only this target (default: every target)")
+    verifying.add_argument("--database", help="only this database's backups")
+    chosen = verifying.add_mutually_exclusive_group()
+    chosen.add_argument("--key", help="only this backup")
+    chosen.add_argument("--all", action="store_true", help="every backup, not only the newest")
+    verifying.add_argument(
+        "--drill",
+        action="store_true",
+        help="also restore the newest backup of each database into a scratch database",
     )
     return parser
 
@@ -218,6 +233,16 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    targets = [pick_target(settings, args.target)] if args.target else list(settings.targets)
+    selection = Selection(database=args.database, key=args.key, every=args.all, drill=args.drill)
+    ok = True
+    for target in targets:
+        results = await verify_and_report(target, selection)
+        ok = ok and all(checked.ok for checked in results)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 async def _check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
     ok = True
@@ -273,6 +298,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         "list": _list,
         "restore": _restore,
         "healthcheck": _healthcheck,
+        "verify": _verify,
     }
     status = EXIT_FAILED
     try:

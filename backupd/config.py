@@ -415,6 +415,82 @@ class LimitsConfig(BaseModel):
     )
 
 
+class VerifyConfig(BaseModel):
+    """Proving that backups restore: read-back checks and restore drills (``backupd verify``)."""
+
+    model_config = _FROZEN
+
+    schedule: str | None = Field(
+        None,
+        alias="VERIFY_SCHEDULE",
+        description="Cron (in TIMEZONE) for `verify` under `backupd run`; unset: never",
+    )
+    drill: bool = Field(
+        False,
+        alias="VERIFY_DRILL",
+        description="Scheduled verifies also restore into a scratch database and check it",
+    )
+    drill_prefix: str = Field(
+        "backupd_drill_",
+        alias="VERIFY_DRILL_DATABASE_PREFIX",
+        min_length=1,
+        max_length=40,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="Name prefix of the scratch database a drill restores into",
+    )
+    host: str | None = Field(
+        None,
+        alias="VERIFY_DB_HOST",
+        description="Server for drills (default: the target's DB_HOST)",
+    )
+    port: int | None = Field(
+        None, alias="VERIFY_DB_PORT", ge=1, le=65535, description="Port of VERIFY_DB_HOST"
+    )
+    user: str | None = Field(
+        None, alias="VERIFY_DB_USER", description="Login on VERIFY_DB_HOST (default: DB_USER)"
+    )
+    password: SecretStr | None = Field(
+        None, alias="VERIFY_DB_PASSWORD", description="Password on VERIFY_DB_HOST"
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        problem = cron_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return " ".join(value.split())
+
+
+class AnomalyConfig(BaseModel):
+    """Warnings when a backup is much smaller or larger than the ones before it."""
+
+    model_config = _FROZEN
+
+    window: int = Field(
+        7,
+        alias="ANOMALY_WINDOW",
+        ge=3,
+        le=100,
+        description="How many earlier backups of a database the median is taken over",
+    )
+    shrink: float = Field(
+        0.5,
+        alias="ANOMALY_SHRINK",
+        gt=0,
+        lt=1,
+        description="Warn below this fraction of the median (size, rows)",
+    )
+    growth: float = Field(
+        3.0,
+        alias="ANOMALY_GROWTH",
+        gt=1,
+        description="Warn above this multiple of the median (size, rows)",
+    )
+
+
 class TargetConfig(BaseModel):
     """Everything needed to back up one target's databases."""
 
@@ -431,6 +507,8 @@ class TargetConfig(BaseModel):
     hooks: HooksConfig = Field(default_factory=lambda: HooksConfig.model_validate({}))
     mssql: MSSQLConfig = Field(default_factory=lambda: MSSQLConfig.model_validate({}))
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig.model_validate({}))
+    verify: VerifyConfig = Field(default_factory=lambda: VerifyConfig.model_validate({}))
+    anomaly: AnomalyConfig = Field(default_factory=lambda: AnomalyConfig.model_validate({}))
 
     @property
     def key_prefix(self) -> str:

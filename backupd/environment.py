@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from backupd.config import (
+    AnomalyConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
@@ -30,6 +31,7 @@ from backupd.config import (
     Settings,
     StorageType,
     TargetConfig,
+    VerifyConfig,
 )
 from backupd.errors import ConfigError
 
@@ -42,6 +44,7 @@ SECRET_NAMES = frozenset(
         "SEQ_API_KEY",
         "NOTIFY_WEBHOOK_URL",
         "HEALTHCHECK_PING_URL",
+        "VERIFY_DB_PASSWORD",
     }
 )
 # Errors quote the given value only for these: a secret pasted into the wrong variable stays hidden.
@@ -185,6 +188,8 @@ def load_target(
     hooks = reader.validate(HooksConfig)
     mssql = reader.validate(MSSQLConfig)
     limits = reader.validate(LimitsConfig)
+    verify = reader.validate(VerifyConfig)
+    anomaly = reader.validate(AnomalyConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
     if reader.problems or storage is None:
@@ -200,6 +205,8 @@ def load_target(
         hooks=hooks,
         mssql=mssql,
         limits=limits,
+        verify=verify,
+        anomaly=anomaly,
     )
 
 

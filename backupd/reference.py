@@ -10,6 +10,7 @@ import enum
 from pydantic import BaseModel, ByteSize, SecretStr
 
 from backupd.config import (
+    AnomalyConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
@@ -21,6 +22,7 @@ from backupd.config import (
     MSSQLConfig,
     S3Config,
     ScheduleConfig,
+    VerifyConfig,
 )
 
 MODELS: tuple[type[BaseModel], ...] = (
@@ -33,6 +35,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     HooksConfig,
     MSSQLConfig,
     LimitsConfig,
+    VerifyConfig,
+    AnomalyConfig,
     DaemonConfig,
     LogConfig,
 )
@@ -59,6 +63,7 @@ DEFAULTS = {
     "EMAIL_FROM": "required for mail",
     "EMAIL_TO": "required for mail",
     "MSSQL_LOCAL_DIR": "MSSQL_BACKUP_DIR",
+    "VERIFY_DB_PORT": "by engine",
 }
 
 

@@ -23,6 +23,7 @@ def secrets_of(target: TargetConfig) -> list[str]:
         target.email.password,
         target.hooks.webhook_url,
         target.hooks.ping_url,
+        target.verify.password,
     ]
     if isinstance(target.storage, S3Config):
         values += [target.storage.access_key_id, target.storage.secret_access_key]

@@ -224,6 +224,13 @@ async def _into_database(
         raise
 
 
+async def restore_into(
+    storage: Storage, target: TargetConfig, backup: Backup, request: Request
+) -> None:
+    """Restore an already chosen ``backup`` into ``request.into`` (restore drills)."""
+    await _into_database(storage, target, backup, request)
+
+
 def _warn(problems: list[str]) -> None:
     for problem in problems:
         log.warning("%s", problem)

@@ -33,8 +33,11 @@ async def run_started(target: TargetConfig, hidden: list[str]) -> None:
         )
 
 
-async def run_finished(target: TargetConfig, reports: list[Report], hidden: list[str]) -> None:
-    """Send every notification of a finished run, concurrently; each is bounded in time."""
+async def run_finished(
+    target: TargetConfig, reports: list[Report], hidden: list[str], ping: bool = True
+) -> None:
+    """Send every notification of a finished run, concurrently; each is bounded in time.
+    ``ping`` False: not the dead-man's switch (it watches backups, not verifies)."""
     sends = []
     for report in reports:
         if email.wanted(target.email, report):
@@ -48,7 +51,7 @@ async def run_finished(target: TargetConfig, reports: list[Report], hidden: list
                     f"webhook about {report.database}", webhook.post_report(url, report), hidden
                 )
             )
-    if target.hooks.ping_url is not None:
+    if ping and target.hooks.ping_url is not None:
         event = "success" if reports and all(r.ok for r in reports) else "fail"
         sends.append(
             _quietly(

@@ -11,6 +11,8 @@ from typing import Any
 class State(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    ANOMALY = "anomaly"
+    """The backup succeeded but looks wrong (much smaller or larger than usual)."""
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,14 @@ class Report:
     step: str | None = None
     """Where a failure happened: connect, dump, upload, ..."""
     error: str | None = None
+    kind: str = "backup"
+    """``backup`` or ``verify``."""
+    note: str | None = None
+    """What a verify found, or why a backup looks anomalous (both figures)."""
 
     @property
     def ok(self) -> bool:
-        return self.state is State.SUCCEEDED
+        return self.state is not State.FAILED
 
     @property
     def throughput(self) -> float:
@@ -47,4 +53,5 @@ class Report:
             "Bytes": self.size,
             "DurationSeconds": self.duration_s,
             "Result": self.state.value,
+            "Kind": self.kind,
         }

@@ -8,22 +8,31 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from backupd.config import EmailConfig, EmailOn, EmailTLS
-from backupd.notify.base import Report
+from backupd.notify.base import Report, State
 
 SEND_TIMEOUT = 30.0
 
 
 def wanted(config: EmailConfig, report: Report) -> bool:
-    return config.enabled and (config.on is EmailOn.ALWAYS or not report.ok)
+    return config.enabled and (
+        config.on is EmailOn.ALWAYS or not report.ok or report.state is State.ANOMALY
+    )
 
 
 def subject(report: Report) -> str:
-    word = "succeeded" if report.ok else "FAILED"
+    if report.kind == "verify":
+        word = "verified" if report.ok else "VERIFY FAILED"
+        return f"[backupd] {report.target}: {report.database} {word}"
+    word = {State.FAILED: "FAILED", State.ANOMALY: "succeeded, but looks ANOMALOUS"}.get(
+        report.state, "succeeded"
+    )
     return f"[backupd] {report.target}: backup of {report.database} {word}"
 
 
 def body(report: Report) -> str:
     when = f"{report.finished:%Y-%m-%d %H:%M:%S %Z}"
+    if report.kind == "verify":
+        return f"{report.note or report.error}\n\nFinished: {when}\n"
     if report.ok:
         lines = [
             f"The backup of {report.database} ({report.engine}, target {report.target}) succeeded.",
@@ -35,6 +44,8 @@ def body(report: Report) -> str:
             f"SHA-256:    {report.sha256}",
             f"Finished:   {when}",
         ]
+        if report.note:
+            lines += ["", f"Warning: {report.note}"]
     else:
         lines = [
             f"The backup of {report.database} ({report.engine}, target {report.target}) FAILED.",

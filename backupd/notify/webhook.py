@@ -25,6 +25,8 @@ def payload(report: Report) -> dict[str, Any]:
         "finished": report.finished.isoformat(),
         "step": report.step,
         "error": report.error,
+        "kind": report.kind,
+        "note": report.note,
     }
 
 

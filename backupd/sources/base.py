@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from backupd.process import Command
+from backupd.sources.session import DumpSession
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,11 @@ class Source(Protocol):
         """For ``DB_DATABASE=*``: a dump of server-wide objects (roles, ...), if any."""
         ...
 
-    async def dump_command(self, database: str, native_compression: bool) -> Command:
-        """The dump tool's command: the dump goes to stdout, secrets never into argv.
+    async def dump_command(
+        self, database: str, native_compression: bool, snapshot: str | None = None
+    ) -> Command:
+        """The dump tool's command: the dump goes to stdout, secrets never into argv;
+        ``snapshot`` is one exported by ``dump_session`` for the dump to share.
 
         Async because the argv depends on the installed tool's flavour (Oracle's mysqldump
         takes options MariaDB's rejects): it is built only once ``--version`` has answered.
@@ -55,6 +60,15 @@ class Source(Protocol):
 
     def explain_failure(self, stderr: str) -> str | None:
         """A human hint for a known failure in the tool's stderr, if any."""
+        ...
+
+    def dump_session(self, database: str) -> AbstractAsyncContextManager[DumpSession]:
+        """A client session open for the whole dump, counting every table's rows as the dump
+        sees them (see the engine module for how exact that is)."""
+        ...
+
+    async def count_rows(self, database: str) -> list[dict[str, Any]]:
+        """Every table of ``database`` with its row count, as ``DumpSession.count`` gives."""
         ...
 
     # --- restore -------------------------------------------------------------------------

@@ -7,9 +7,12 @@ The password travels in a ``[client]`` option file that exists only as an inheri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,9 @@ from backupd.config import DatabaseConfig, Engine
 from backupd.errors import ConnectError, DumpError, QueryError
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import ServerInfo
+from backupd.sources.session import DumpSession, client_session, parse_counts
+
+log = logging.getLogger(__name__)
 
 DUMP_OPTIONS = (
     "--single-transaction",
@@ -214,7 +220,9 @@ class MySQLSource:
     def globals_command(self, info: ServerInfo) -> None:
         return None
 
-    async def dump_command(self, database: str, native_compression: bool) -> Command:
+    async def dump_command(
+        self, database: str, native_compression: bool, snapshot: str | None = None
+    ) -> Command:
         return self._command(dump_argv(await self.tool(), self.config, database))
 
     async def database_properties(self, database: str) -> dict[str, Any]:
@@ -272,6 +280,60 @@ class MySQLSource:
     def restore_command(self, database: str) -> Command:
         client = pick_tool(self.config.engine, "client")
         return self._command(restore_argv(client, self.config, database))
+
+    def _session_command(self, database: str) -> Command:
+        client = pick_tool(self.config.engine, "client")
+        return self._command(session_argv(client, self.config, database))
+
+    @contextlib.asynccontextmanager
+    async def dump_session(self, database: str) -> AsyncIterator[DumpSession]:
+        """A consistent snapshot taken just before the dump's own (mysqldump cannot share its
+        snapshot), in which every table's rows are counted: exact for InnoDB tables as of a
+        moment before the dump began, so writes in between can make them differ slightly.
+        Without it the dump runs as usual and records no counts."""
+        async with contextlib.AsyncExitStack() as stack:
+            found: DumpSession | None = None
+            try:
+                session = await stack.enter_async_context(
+                    client_session(self._label(), self._session_command(database))
+                )
+                await session.ask(START_SNAPSHOT)
+                found = DumpSession(None, "own snapshot", session, COUNT_ROWS)
+            except QueryError as error:
+                log.warning("%s: row counts are not recorded: %s", database, error)
+            yield found if found is not None else DumpSession()
+
+    async def count_rows(self, database: str) -> list[dict[str, Any]]:
+        """Every table of ``database`` with its exact row count (a drill's check)."""
+        async with client_session(self._label(), self._session_command(database)) as session:
+            return parse_counts(await session.ask(COUNT_ROWS))
+
+
+START_SNAPSHOT = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;"
+# One query over every base table, built and run on the server; each row prints
+# ``<TAB>name<TAB>rows`` with the name hex-encoded (MySQL/MariaDB has no schema level here).
+COUNT_ROWS = """SET SESSION group_concat_max_len = 1073741824;
+SELECT GROUP_CONCAT(CONCAT('SELECT \\'\\', ', QUOTE(HEX(table_name)), ', COUNT(*) FROM `',
+    REPLACE(table_name, '`', '``'), '`') ORDER BY table_name SEPARATOR ' UNION ALL ')
+  INTO @backupd_count FROM information_schema.tables
+  WHERE table_schema = DATABASE() AND table_type IN ('BASE TABLE', 'SYSTEM VERSIONED');
+SET @backupd_count = COALESCE(@backupd_count, 'SELECT 1 FROM DUAL WHERE FALSE');
+PREPARE backupd_count FROM @backupd_count;
+EXECUTE backupd_count;
+DEALLOCATE PREPARE backupd_count;"""
+
+
+def session_argv(tool: str, config: DatabaseConfig, database: str) -> tuple[str, ...]:
+    return (
+        tool,
+        *connection_args(config),
+        "--connect-timeout=10",
+        "--default-character-set=utf8mb4",
+        "--batch",
+        "--skip-column-names",
+        "--unbuffered",
+        f"--database={database}",
+    )
 
 
 def short_version(output: str) -> str:

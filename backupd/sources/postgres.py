@@ -8,14 +8,20 @@ mistaken for a connection string.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from backupd.config import DatabaseConfig
 from backupd.errors import ConnectError, DumpError, QueryError
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import ServerInfo
+from backupd.sources.session import DumpSession, client_session, parse_counts
+
+log = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
 _MISMATCH = re.compile(r"server version: ([\d.]+)[^;]*; pg_dump version: ([\d.]+)")
@@ -76,11 +82,29 @@ def libpq_env(config: DatabaseConfig, database: str) -> dict[str, str]:
     return env
 
 
-def pg_dump_argv(native_compression: bool) -> tuple[str, ...]:
+def pg_dump_argv(native_compression: bool, snapshot: str | None = None) -> tuple[str, ...]:
     argv = ["pg_dump", "--format=custom", "--no-password"]
     if not native_compression:
         argv.append("--compress=0")
+    if snapshot is not None:
+        argv.append(f"--snapshot={snapshot}")
     return tuple(argv)
+
+
+EXPORT_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();"
+# One count query per table, run by psql's \gexec; each prints ``schema<TAB>name<TAB>rows``
+# with the names hex-encoded. Tables of extensions (their scripts create them) are left out.
+COUNT_ROWS = r"""SELECT format('SELECT %L || E''\t'' || %L || E''\t'' || count(*) FROM %I.%I',
+    encode(convert_to(n.nspname, 'UTF8'), 'hex'), encode(convert_to(c.relname, 'UTF8'), 'hex'),
+    n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname
+\gexec"""
 
 
 def tool_version_of(output: str) -> str:
@@ -293,8 +317,10 @@ class PostgresSource:
     def globals_command(self, info: ServerInfo) -> Command:
         return Command(pg_dumpall_globals_argv(info.superuser), self._env("postgres"))
 
-    async def dump_command(self, database: str, native_compression: bool) -> Command:
-        return Command(pg_dump_argv(native_compression), self._env(database))
+    async def dump_command(
+        self, database: str, native_compression: bool, snapshot: str | None = None
+    ) -> Command:
+        return Command(pg_dump_argv(native_compression, snapshot), self._env(database))
 
     async def database_properties(self, database: str) -> dict[str, Any]:
         rows = await self._query(PROPERTIES_QUERY, database)
@@ -355,3 +381,30 @@ class PostgresSource:
 
     def restore_command(self, database: str) -> Command:
         return Command(pg_restore_argv(database), self._env(database))
+
+    def _session_command(self, database: str) -> Command:
+        argv = ("psql", "--no-psqlrc", "--no-password", "--quiet", "-At", "-v", "ON_ERROR_STOP=1")
+        return Command(argv, self._env(database))
+
+    @contextlib.asynccontextmanager
+    async def dump_session(self, database: str) -> AsyncIterator[DumpSession]:
+        """A REPEATABLE READ transaction that exports its snapshot for ``pg_dump --snapshot``
+        and counts every table's rows in that same snapshot: the counts are exactly what the
+        dump holds. Open until the block ends. Without it (the export failed, e.g. on a server
+        that cannot export snapshots) the dump runs as usual and records no counts."""
+        async with contextlib.AsyncExitStack() as stack:
+            found: DumpSession | None = None
+            try:
+                session = await stack.enter_async_context(
+                    client_session("psql", self._session_command(database))
+                )
+                snapshot = (await session.ask(EXPORT_SNAPSHOT))[-1].strip()
+                found = DumpSession(snapshot, "dump snapshot", session, COUNT_ROWS)
+            except (QueryError, IndexError) as error:
+                log.warning("%s: row counts are not recorded: %s", database, error)
+            yield found if found is not None else DumpSession()
+
+    async def count_rows(self, database: str) -> list[dict[str, Any]]:
+        """Every table of ``database`` with its exact row count (a drill's check)."""
+        async with client_session("psql", self._session_command(database)) as session:
+            return parse_counts(await session.ask(COUNT_ROWS))

@@ -1,0 +1,219 @@
+"""``backupd verify``: read-back against the manifest, and restore drills on real servers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from backupd.catalogue import Manifest, manifest_key
+from tests.conftest import (
+    backupd_command,
+    bucket_state,
+    child_env,
+    mariadb_env,
+    pg_env,
+    run_backupd,
+    storage_env,
+)
+from tests.servers import MariaDBServer, PostgresServer, wait_until
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def backup(env: dict[str, str]) -> None:
+    result = run_backupd("once", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def the_key(s3: Any, bucket: str) -> str:
+    (key,) = [k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json")]
+    return key
+
+
+def manifest_of(s3: Any, bucket: str, key: str) -> Manifest:
+    body = s3.get_object(Bucket=bucket, Key=manifest_key(key))["Body"].read()
+    return Manifest.from_bytes(body, key)
+
+
+def pg_scratch(pg: PostgresServer, prefix: str) -> list[str]:
+    rows = pg.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'")
+    return rows.split()
+
+
+def maria_scratch(mariadb: MariaDBServer, prefix: str) -> list[str]:
+    rows = mariadb.root_sql(
+        f"SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE '{prefix}%'"
+    )
+    return rows.split()
+
+
+def test_postgres_manifest_records_exact_row_counts_and_a_drill_passes(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("shop")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    pg.psql(
+        'CREATE SCHEMA "odd ""schema"""; CREATE TABLE "odd ""schema"""."t\tab"'
+        " AS SELECT g FROM generate_series(1, 7) g",
+        database,
+    )
+    prefix = unique("drill").lower() + "_"
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+    }
+    backup(env)
+    key = the_key(s3, bucket)
+
+    manifest = manifest_of(s3, bucket, key)
+    result = run_backupd("verify", "--drill", env=env)
+
+    assert manifest.row_counts == "dump snapshot"
+    counts = {(t["schema"], t["name"]): t["rows"] for t in manifest.tables or []}
+    assert counts[("public", "customers")] == int(
+        pg.psql("SELECT count(*) FROM customers", database)
+    )
+    assert counts[('odd "schema"', "t\tab")] == 7
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"verified {key}" in result.stdout
+    assert "drill restored it in" in result.stdout
+    assert pg_scratch(pg, prefix) == []
+
+
+def test_a_tampered_object_and_a_missing_manifest_fail_naming_the_key(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("tamper")
+    pg.create_database(database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    key = the_key(s3, bucket)
+    intact = run_backupd("verify", env=env)
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+
+    tampered = run_backupd("verify", "--key", key, env=env)
+    s3.delete_object(Bucket=bucket, Key=manifest_key(key))
+    unlisted = run_backupd("verify", env=env)
+
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert tampered.returncode == 1
+    assert f"VERIFY FAILED: {key}: read back" in tampered.stdout
+    assert "damaged or was altered" in tampered.stdout
+    assert unlisted.returncode == 1
+    assert f"VERIFY FAILED: {key}: it has no manifest" in unlisted.stdout
+    assert "Traceback" not in tampered.stdout + tampered.stderr + unlisted.stderr
+
+
+def test_mariadb_drill_passes_with_its_own_snapshot_counts(
+    mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("shop")
+    mariadb.create_database(database, (DATA / "mariadb_sample.sql").read_text())
+    prefix = unique("drill").lower() + "_"
+    env = {
+        **mariadb_env(mariadb, database),
+        **storage_env(moto_url, bucket),
+        "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+    }
+    backup(env)
+    key = the_key(s3, bucket)
+
+    manifest = manifest_of(s3, bucket, key)
+    result = run_backupd("verify", "--drill", "--database", database, env=env)
+
+    assert manifest.row_counts == "own snapshot"
+    counts = {t["name"]: t["rows"] for t in manifest.tables or []}
+    assert counts["customers"] == int(
+        mariadb.root_sql(f"SELECT COUNT(*) FROM `{database}`.customers")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "drill restored it in" in result.stdout
+    assert maria_scratch(mariadb, prefix) == []
+
+
+def test_a_drill_fails_when_a_recorded_table_is_missing_and_drops_its_database(
+    pg: PostgresServer, mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("shop")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    prefix = unique("drill").lower() + "_"
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+    }
+    backup(env)
+    key = the_key(s3, bucket)
+    manifest = manifest_of(s3, bucket, key)
+    # A stand-in manifest: the object is intact, but it records a table the dump lacks.
+    tables = [*(manifest.tables or []), {"schema": "public", "name": "ghost", "rows": 5}]
+    stand_in = Manifest(**{**manifest.__dict__, "tables": tables})
+    s3.put_object(Bucket=bucket, Key=manifest_key(key), Body=stand_in.to_bytes())
+
+    result = run_backupd("verify", "--drill", env=env)
+
+    assert result.returncode == 1
+    assert f"VERIFY FAILED: drill of {key}: table public.ghost is missing" in result.stdout
+    assert pg_scratch(pg, prefix) == []
+
+
+def test_sigterm_during_a_drill_drops_the_scratch_database(
+    pg: PostgresServer, big_pg_database: str, moto_url: str, s3: Any, bucket: str
+) -> None:
+    prefix = unique("drill").lower() + "_"
+    env = {
+        **pg_env(pg, big_pg_database),
+        **storage_env(moto_url, bucket),
+        "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+    }
+    backup(env)
+    process = subprocess.Popen(
+        backupd_command("verify", "--drill"),
+        env=child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: bool(pg_scratch(pg, prefix)), 60, "the scratch database")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 1, output
+    assert "interrupted" in output
+    assert pg_scratch(pg, prefix) == []
+    assert "Traceback" not in output
+
+
+def test_verify_all_reads_every_backup(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("many")
+    pg.create_database(database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    ended = int(time.time())
+    wait_until(lambda: int(time.time()) > ended, 2, "the next second")
+    backup(env)
+
+    result = run_backupd("verify", "--all", env=env)
+    listing = json.loads(run_backupd("list", "--json", env=env).stdout)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("verified ") == len(listing) == 2
