@@ -21,8 +21,11 @@ from typing import Any
 
 from backupd.config import Settings, TargetConfig
 from backupd.metrics import Metrics, serve
+from backupd.notify import State
 from backupd.report import backup_and_report
 from backupd.schedule import Schedule, following_slot, next_fire, sleep_step
+from backupd.verify import Checked, Selection
+from backupd.verify_run import verify_and_report
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ class Daemon:
         self.settings = settings
         self.metrics = Metrics()
         self._slots = asyncio.Semaphore(settings.daemon.max_concurrent)
+        self._busy: dict[str, asyncio.Lock] = {t.name: asyncio.Lock() for t in settings.targets}
+        """Held by a target's backup or verify: the two never overlap."""
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._schedulers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -62,6 +67,13 @@ class Daemon:
                 self._schedulers.append(
                     asyncio.create_task(self._schedule(target), name=f"schedule-{target.name}")
                 )
+                if target.verify.schedule is not None:
+                    self._schedulers.append(
+                        asyncio.create_task(
+                            self._schedule_verify(target, target.verify.schedule),
+                            name=f"verify-{target.name}",
+                        )
+                    )
             log.info(
                 "backupd running %d target(s); at most %d at once",
                 len(self._schedulers),
@@ -158,7 +170,7 @@ class Daemon:
 
     async def _run(self, target: TargetConfig) -> None:
         name = target.name
-        async with self._slots:
+        async with self._busy[name], self._slots:
             self.metrics.in_progress.labels(name).set(1)
             started = time.monotonic()
             try:
@@ -167,7 +179,42 @@ class Daemon:
                 self.metrics.in_progress.labels(name).set(0)
                 self.metrics.last_duration.labels(name).set(time.monotonic() - started)
         ok = bool(reports) and all(report.ok for report in reports)
-        self.metrics.runs.labels(name, "success" if ok else "failure").inc()
+        odd = any(report.state is State.ANOMALY for report in reports)
+        result = "failure" if not ok else ("anomaly" if odd else "success")
+        self.metrics.runs.labels(name, result).inc()
         self.metrics.last_bytes.labels(name).set(sum(report.size for report in reports))
         if ok:
             self.metrics.last_success.labels(name).set(time.time())
+
+    async def _schedule_verify(self, target: TargetConfig, cron: str) -> None:
+        """``verify`` (and the drill with VERIFY_DRILL) on VERIFY_SCHEDULE."""
+        schedule = Schedule(cron, target.layout.timezone)
+        slot = next_fire(schedule, wall_clock())
+        while not self._stopping.is_set():
+            if await self._sleep_until(slot):
+                return
+            running = self._runs.get(f"{target.name} verify")
+            if running is not None and not running.done():
+                log.warning("%s: the last verify is still running; skipping this one", target.name)
+                self.metrics.verify_runs.labels(target.name, "skipped").inc()
+            else:
+                self._runs[f"{target.name} verify"] = asyncio.create_task(
+                    self._verify(target), name=f"verify-run-{target.name}"
+                )
+            slot, _ = following_slot(schedule, slot, wall_clock())
+
+    async def _verify(self, target: TargetConfig) -> None:
+        """One verify run of ``target``: after any backup of it, within the dump budget."""
+        async with self._busy[target.name], self._slots:
+            results = await verify_and_report(target, Selection(drill=target.verify.drill))
+        self._record_verify(target.name, results)
+
+    def _record_verify(self, name: str, results: list[Checked]) -> None:
+        ok = bool(results) and all(checked.ok for checked in results)
+        self.metrics.verify_runs.labels(name, "success" if ok else "failure").inc()
+        now = time.time()
+        for checked in results:
+            if checked.ok and checked.key is not None:
+                self.metrics.last_verify.labels(name, checked.database).set(now)
+            if checked.drill is not None and not checked.drill.problems:
+                self.metrics.last_drill.labels(name, checked.database).set(checked.drill.restore_s)

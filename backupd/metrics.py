@@ -25,7 +25,7 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         self.runs = Counter(
             "backupd_runs",
-            "Backup runs by result (success, failure, skipped)",
+            "Backup runs by result (success, anomaly, failure, skipped)",
             ["target", "result"],
             registry=self.registry,
         )
@@ -57,11 +57,32 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.verify_runs = Counter(
+            "backupd_verify_runs",
+            "Verify runs by result (success, failure, skipped)",
+            ["target", "result"],
+            registry=self.registry,
+        )
+        self.last_verify = Gauge(
+            "backupd_last_verify_success_timestamp_seconds",
+            "When the newest backup of a database was last read back intact (Unix time)",
+            ["target", "database"],
+            registry=self.registry,
+        )
+        self.last_drill = Gauge(
+            "backupd_last_drill_restore_seconds",
+            "How long the last passing restore drill of a database took to restore",
+            ["target", "database"],
+            registry=self.registry,
+        )
+
     def declare(self, target: str) -> None:
         """Make every series of ``target`` visible at zero before its first run."""
-        for result in ("success", "failure", "skipped"):
+        for result in ("success", "anomaly", "failure", "skipped"):
             self.runs.labels(target, result)
         self.in_progress.labels(target).set(0)
+        for result in ("success", "failure", "skipped"):
+            self.verify_runs.labels(target, result)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 
 from backupd import notify
+from backupd.anomaly import anomalies
 from backupd.backup import TargetRun, run_backup
 from backupd.config import S3Config, TargetConfig
 from backupd.errors import BackupdError
@@ -80,6 +82,23 @@ def reports_of(
     return reports
 
 
+async def judged(target: TargetConfig, reports: list[Report], hidden: list[str]) -> list[Report]:
+    """Each successful backup compared with its predecessors: an anomalous one is reported as
+    ``anomaly`` with what looks wrong (see ``anomaly.py``); it stays a successful backup."""
+    marked = []
+    for report in reports:
+        findings = (
+            await anomalies(target, report.database, report.key)
+            if report.ok and report.key is not None
+            else []
+        )
+        if findings:
+            note = mask("; ".join(findings), hidden)
+            report = replace(report, state=State.ANOMALY, note=note)
+        marked.append(report)
+    return marked
+
+
 def log_reports(reports: list[Report]) -> bool:
     """One log line per report, with its fields as structured properties; True if all succeeded."""
     for report in reports:
@@ -113,7 +132,8 @@ async def backup_and_report(target: TargetConfig, progress: Progress | None = No
     hidden = secrets_of(target)
     await notify.run_started(target, hidden)
     try:
-        reports = reports_of(target, await run_backup(target, progress))
+        run = await run_backup(target, progress)
+        reports = await judged(target, reports_of(target, run), hidden)
     except Exception as error:  # isolation: report it, whatever it was
         log.debug("details", exc_info=True)
         reports = reports_of(target, None, error)

@@ -1,0 +1,314 @@
+"""What verify decides: which backups, what a drill requires, where it runs. Pure, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from backupd.anomaly import Figures, judge
+from backupd.catalogue import Backup, Manifest, object_key, parse_key
+from backupd.config import AnomalyConfig, Engine
+from backupd.environment import load_target
+from backupd.errors import ConfigError
+from backupd.notify.base import Report, State
+from backupd.notify.email import subject
+from backupd.sources.postgres import pg_dump_argv
+from backupd.sources.session import parse_counts
+from backupd.verify import (
+    Selection,
+    chosen,
+    drill_skip_reason,
+    drill_target,
+    integrity_problem,
+    scratch_name,
+    table_problems,
+)
+from tests.unit.test_config import MINIMAL
+
+T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+
+
+def made(database: str, hours: int, complete: bool = True, ext: str = ".dump") -> Backup:
+    when = T0 + timedelta(hours=hours)
+    key = object_key("b", database, ext, when, f"{hours:08x}")
+    parsed = parse_key(key, "b")
+    assert parsed is not None
+    manifest = (
+        Manifest(key, "ab" * 32, 100, when, when, 1.0, "default", database, "postgres")
+        if complete
+        else None
+    )
+    return Backup(key, 100, when, parsed, manifest)
+
+
+def newest_first(*backups: Backup) -> list[Backup]:
+    return sorted(backups, key=lambda b: b.modified, reverse=True)
+
+
+APP_OLD, APP_NEW, SHOP = made("app", 1), made("app", 5), made("shop", 3)
+APP_BROKEN = made("app", 9, complete=False)
+
+
+@pytest.mark.parametrize(
+    ("backups", "configured", "selection", "keys", "problems"),
+    [
+        ([APP_NEW, SHOP, APP_OLD], ("app", "shop"), Selection(), [APP_NEW, SHOP], []),
+        (
+            [APP_NEW, APP_OLD],
+            ("app", "shop"),
+            Selection(),
+            [APP_NEW],
+            ["no backup of database shop under this target"],
+        ),
+        # The newest object of a database without a manifest is what gets verified (and fails).
+        ([APP_BROKEN, APP_NEW], ("app",), Selection(), [APP_BROKEN], []),
+        ([APP_NEW, SHOP, APP_OLD], (), Selection(database="shop"), [SHOP], []),
+        ([APP_NEW, SHOP, APP_OLD], (), Selection(every=True), [APP_NEW, SHOP, APP_OLD], []),
+        (
+            [APP_NEW, SHOP, APP_OLD],
+            (),
+            Selection(every=True, database="app"),
+            [APP_NEW, APP_OLD],
+            [],
+        ),
+        ([APP_NEW, SHOP, APP_OLD], (), Selection(key=APP_OLD.key), [APP_OLD], []),
+        ([APP_NEW], (), Selection(key="b/x"), [], ["no backup with key b/x"]),
+        # DB_DATABASE=*: every database found.
+        ([APP_NEW, SHOP], (), Selection(), [APP_NEW, SHOP], []),
+    ],
+)
+def test_which_backups_are_verified(
+    backups: list[Backup],
+    configured: tuple[str, ...],
+    selection: Selection,
+    keys: list[Backup],
+    problems: list[str],
+) -> None:
+    picked, found = chosen(backups, configured, selection)
+
+    assert [b.key for b in picked] == [b.key for b in keys]
+    assert found == problems
+
+
+@pytest.mark.parametrize(
+    ("size", "sha", "problem"),
+    [
+        (100, "ab" * 32, None),
+        (101, "ab" * 32, "read back 101 bytes"),
+        (100, "cd" * 32, "damaged or was altered"),
+    ],
+)
+def test_integrity_compares_size_and_sha256(size: int, sha: str, problem: str | None) -> None:
+    found = integrity_problem(APP_NEW, size, sha)
+
+    assert (found is None) == (problem is None)
+    if problem is not None:
+        assert found is not None and found.startswith(APP_NEW.key) and problem in found
+
+
+def test_a_backup_without_manifest_fails_naming_its_key() -> None:
+    assert integrity_problem(APP_BROKEN, 0, "") == (
+        f"{APP_BROKEN.key}: it has no manifest (an incomplete or damaged backup)"
+    )
+
+
+def t(name: str, rows: int, schema: str | None = "public") -> dict[str, Any]:
+    return {"schema": schema, "name": name, "rows": rows}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "restored", "exact", "problems"),
+    [
+        ([t("a", 5)], [t("a", 5)], True, []),
+        ([t("a", 5)], [t("a", 5), t("extra", 1)], True, []),
+        ([t("a", 5)], [], True, ["table public.a is missing after the restore"]),
+        ([t("a", 5)], [t("a", 4)], True, ["table public.a has 4 rows; the backup recorded 5"]),
+        ([t("a", 5)], [t("a", 5, "other")], True, ["table public.a is missing after the restore"]),
+        # Counted in their own snapshot: max(10 rows, 1 %) of drift is accepted.
+        ([t("a", 5, None)], [t("a", 15, None)], False, []),
+        (
+            [t("a", 5, None)],
+            [t("a", 16, None)],
+            False,
+            ["table a has 16 rows; the backup recorded 5"],
+        ),
+        ([t("a", 100_000, None)], [t("a", 99_000, None)], False, []),
+        (
+            [t("a", 100_000, None)],
+            [t("a", 98_999, None)],
+            False,
+            ["table a has 98999 rows; the backup recorded 100000"],
+        ),
+        ([t("a", 0, None)], [t("a", 0, None)], False, []),
+    ],
+)
+def test_what_a_drill_requires_of_the_restored_tables(
+    recorded: list[dict[str, Any]],
+    restored: list[dict[str, Any]],
+    exact: bool,
+    problems: list[str],
+) -> None:
+    assert table_problems(recorded, restored, exact) == problems
+
+
+@pytest.mark.parametrize(
+    ("extra", "host", "port", "user"),
+    [
+        ({}, "db.internal", None, "backup"),
+        ({"VERIFY_DB_HOST": "scratch.internal"}, "scratch.internal", None, "backup"),
+        (
+            {"VERIFY_DB_HOST": "scratch.internal", "VERIFY_DB_PORT": "6543", "VERIFY_DB_USER": "d"},
+            "scratch.internal",
+            6543,
+            "d",
+        ),
+        (
+            {"DB_PORT": "5433", "VERIFY_DB_HOST": "scratch.internal"},
+            "scratch.internal",
+            None,
+            "backup",
+        ),
+    ],
+)
+def test_drills_run_on_verify_db_settings_when_set(
+    extra: dict[str, str], host: str, port: int | None, user: str
+) -> None:
+    target = drill_target(load_target({**MINIMAL, **extra}))
+
+    assert (target.database.host, target.database.port, target.database.user) == (host, port, user)
+
+
+def test_a_drill_password_replaces_the_login_password_and_stays_secret() -> None:
+    target = drill_target(load_target({**MINIMAL, "VERIFY_DB_PASSWORD": "drill-Secret-7"}))
+
+    assert target.database.password is not None
+    assert target.database.password.get_secret_value() == "drill-Secret-7"
+    assert "drill-Secret-7" not in repr(target)
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"VERIFY_SCHEDULE": "61 * * * *"}, "VERIFY_SCHEDULE: '61 * * * *' is not a valid cron"),
+        ({"VERIFY_DRILL_DATABASE_PREFIX": "drill-"}, "VERIFY_DRILL_DATABASE_PREFIX: "),
+        ({"ANOMALY_WINDOW": "2"}, "ANOMALY_WINDOW: "),
+        ({"ANOMALY_SHRINK": "1.5"}, "ANOMALY_SHRINK: "),
+        ({"ANOMALY_GROWTH": "0.5"}, "ANOMALY_GROWTH: "),
+    ],
+)
+def test_bad_verify_and_anomaly_settings_name_the_variable(
+    env: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_target({**MINIMAL, **env})
+
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(problem)
+
+
+def test_scratch_names_are_unique_and_fit_postgres_identifiers() -> None:
+    names = {scratch_name("backupd_drill_", "x" * 80) for _ in range(20)}
+
+    assert len(names) == 20
+    assert all(len(name) <= 63 and name.startswith("backupd_drill_xxx") for name in names)
+
+
+@pytest.mark.parametrize(
+    ("backup", "engine", "reason"),
+    [
+        (APP_NEW, Engine.POSTGRES, None),
+        (made("globals", 2, ext=".sql"), Engine.POSTGRES, "server globals"),
+        (APP_NEW, Engine.MSSQL, "drills restore PostgreSQL, MySQL and MariaDB"),
+        (made("app", 2, ext=".dump.age"), Engine.POSTGRES, "it is encrypted"),
+        (APP_BROKEN, Engine.POSTGRES, "it has no manifest"),
+    ],
+)
+def test_which_backups_a_drill_skips(backup: Backup, engine: Engine, reason: str | None) -> None:
+    found = drill_skip_reason(backup, engine)
+
+    assert (found is None) == (reason is None)
+    assert reason is None or (found is not None and found.startswith(reason))
+
+
+def test_row_count_lines_decode_hex_names() -> None:
+    lines = ["7075626c6963\t637573746f6d657273\t4", "\t74096162\t0", ""]
+
+    assert parse_counts(lines) == [
+        {"schema": None, "name": "t\tab", "rows": 0},
+        {"schema": "public", "name": "customers", "rows": 4},
+    ]
+
+
+def test_pg_dump_shares_the_exported_snapshot() -> None:
+    assert pg_dump_argv(True, "00000003-00000002-1")[-1] == "--snapshot=00000003-00000002-1"
+    assert not any(arg.startswith("--snapshot") for arg in pg_dump_argv(True))
+
+
+RULES = AnomalyConfig.model_validate({})
+
+
+@pytest.mark.parametrize(
+    ("current", "earlier", "findings"),
+    [
+        # Fewer than three earlier backups: no judgement.
+        (Figures(1), [Figures(1000), Figures(1000)], []),
+        (Figures(1000), [Figures(1000)] * 3, []),
+        (
+            Figures(499),
+            [Figures(1000)] * 3,
+            [
+                "size shrank to 499 bytes, "
+                "0.50x the median of 1,000 bytes over the previous 3 backups"
+            ],
+        ),
+        (Figures(500), [Figures(1000)] * 3, []),
+        (Figures(3000), [Figures(1000)] * 3, []),
+        (
+            Figures(3001),
+            [Figures(1000)] * 3,
+            [
+                "size grew to 3,001 bytes, "
+                "3.00x the median of 1,000 bytes over the previous 3 backups"
+            ],
+        ),
+        # The median, not the mean: one outlier in the history changes nothing.
+        (Figures(1000), [Figures(1000), Figures(10), Figures(1000), Figures(990)], []),
+        # Only the newest ANOMALY_WINDOW (7) earlier backups count.
+        (Figures(100), [Figures(100)] * 7 + [Figures(10_000)] * 20, []),
+        # Rows: judged where recorded, independently of size.
+        (
+            Figures(1000, 10),
+            [Figures(1000, 1000)] * 3,
+            [
+                "total rows shrank to 10 rows, "
+                "0.01x the median of 1,000 rows over the previous 3 backups"
+            ],
+        ),
+        (Figures(1000, 10), [Figures(1000, 1000), Figures(1000), Figures(1000)], []),
+        # A median of zero (an empty database until now) is no yardstick.
+        (Figures(1000, 50), [Figures(1000, 0)] * 3, []),
+    ],
+)
+def test_anomaly_judgement(current: Figures, earlier: list[Figures], findings: list[str]) -> None:
+    assert judge(current, earlier, RULES) == findings
+
+
+@pytest.mark.parametrize(
+    ("kind", "state", "words"),
+    [
+        ("verify", State.SUCCEEDED, "[backupd] default: app verified"),
+        ("verify", State.FAILED, "[backupd] default: app VERIFY FAILED"),
+        (
+            "backup",
+            State.ANOMALY,
+            "[backupd] default: backup of app succeeded, but looks ANOMALOUS",
+        ),
+        ("backup", State.SUCCEEDED, "[backupd] default: backup of app succeeded"),
+    ],
+)
+def test_mail_subjects(kind: str, state: State, words: str) -> None:
+    report = Report("default", "app", "postgres", state, T0, kind=kind)
+
+    assert subject(report) == words
