@@ -23,9 +23,7 @@ def subject(report: Report) -> str:
     if report.kind == "verify":
         word = "verified" if report.ok else "VERIFY FAILED"
         return f"[backupd] {report.target}: {report.database} {word}"
-    word = {State.FAILED: "FAILED", State.ANOMALY: "succeeded, but looks ANOMALOUS"}.get(
-        report.state, "succeeded"
-    )
+    word = {State.FAILED: "FAILED", State.ANOMALY: "looks ANOMALOUS"}.get(report.state, "succeeded")
     return f"[backupd] {report.target}: backup of {report.database} {word}"
 
 

@@ -331,3 +331,45 @@ def test_no_secret_in_any_mail_event_webhook_or_log_line(
     for where, text in everything.items():
         for secret in (pg.password, S3_SECRET, SMTP_PASSWORD, SEQ_KEY, "hook-Secret-31"):
             assert secret not in text, f"{secret!r} in {where}"
+
+
+def test_a_shrunken_backup_warns_with_both_figures_and_verify_mails_its_result(
+    pg: PostgresServer,
+    moto_url: str,
+    bucket: str,
+    smtp: tuple[int, Inbox],
+    receiver: tuple[str, list[Received]],
+) -> None:
+    port, inbox = smtp
+    url, seen = receiver
+    name = f"shrink_{uuid.uuid4().hex[:8]}"
+    pg.create_database(
+        name, "CREATE TABLE t AS SELECT g, md5(g::text) AS m FROM generate_series(1, 20000) g;"
+    )
+    env = {
+        **pg_env(pg, name),
+        **storage_env(moto_url, bucket),
+        **mail_env(port),
+        "NOTIFY_WEBHOOK_URL": f"{url}/hook",
+    }
+    for _ in range(3):
+        assert run_backupd("once", env=env).returncode == 0
+    pg.psql("DELETE FROM t WHERE g > 500", name)
+
+    shrunk = run_backupd("once", env=env)
+    verified = run_backupd("verify", env=env)
+
+    assert shrunk.returncode == 0, shrunk.stdout + shrunk.stderr
+    assert "looks anomalous: size shrank to" in shrunk.stdout
+    assert "total rows shrank to 500 rows, 0.03x the median of 20,000 rows" in shrunk.stdout
+    subjects = [" ".join(str(message["Subject"]).split()) for _, _, message in inbox.messages]
+    assert subjects[:3] == [f"[backupd] default: backup of {name} succeeded"] * 3
+    assert subjects[3] == f"[backupd] default: backup of {name} looks ANOMALOUS"
+    warning = inbox.messages[3][2].get_payload(decode=True).decode()
+    assert "total rows shrank to 500 rows" in warning and "median of 20,000 rows" in warning
+    hooks = [json.loads(r.body) for r in seen if r.path.startswith("/hook")]
+    assert [h["result"] for h in hooks[:4]] == ["succeeded"] * 3 + ["anomaly"]
+    assert "size shrank" in hooks[3]["note"]
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert subjects[4:] == [f"[backupd] default: {name} verified"]
+    assert hooks[-1]["kind"] == "verify" and hooks[-1]["result"] == "succeeded"

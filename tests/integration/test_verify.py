@@ -20,7 +20,8 @@ from tests.conftest import (
     run_backupd,
     storage_env,
 )
-from tests.servers import MariaDBServer, PostgresServer, wait_until
+from tests.integration.test_daemon import fetch, metric
+from tests.servers import MariaDBServer, PostgresServer, free_port, wait_until
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -217,3 +218,53 @@ def test_verify_all_reads_every_backup(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("verified ") == len(listing) == 2
+
+
+def test_run_verifies_and_drills_on_verify_schedule_and_exports_the_metrics(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("sched")
+    pg.create_database(database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+    prefix = unique("drill").lower() + "_"
+    port = free_port()
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "CRON_SCHEDULE": "0 0 1 1 *",  # the start-up backup only
+        "VERIFY_SCHEDULE": "*/2 * * * * *",
+        "VERIFY_DRILL": "true",
+        "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+        "MAX_CONCURRENT_BACKUPS": "1",
+    }
+    process = subprocess.Popen(
+        backupd_command("run"),
+        env=child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def verified_twice() -> bool:
+            _, text = fetch(port, "/metrics")
+            return metric(text, "backupd_verify_runs_total", result="success") >= 2
+
+        wait_until(verified_twice, 60, "two verify runs")
+        _, text = fetch(port, "/metrics")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    # The first verify waited for the start-up backup instead of finding nothing.
+    assert metric(text, "backupd_verify_runs_total", result="failure") == 0, output
+    labels = {"target": "default", "database": database}
+    assert metric(text, "backupd_last_verify_success_timestamp_seconds", **labels) > 0
+    assert metric(text, "backupd_last_drill_restore_seconds", **labels) > 0
+    assert metric(text, "backupd_runs_total", result="success") == 1
+    assert "drill restored it in" in output
+    assert pg_scratch(pg, prefix) == []

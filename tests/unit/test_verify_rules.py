@@ -303,7 +303,7 @@ def test_anomaly_judgement(current: Figures, earlier: list[Figures], findings: l
         (
             "backup",
             State.ANOMALY,
-            "[backupd] default: backup of app succeeded, but looks ANOMALOUS",
+            "[backupd] default: backup of app looks ANOMALOUS",
         ),
         ("backup", State.SUCCEEDED, "[backupd] default: backup of app succeeded"),
     ],
