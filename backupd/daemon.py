@@ -133,6 +133,8 @@ class Daemon:
         slot = next_fire(schedule, wall_clock())
         while not self._stopping.is_set():
             self.metrics.next_run.labels(target.name).set(slot.timestamp())
+            interval = next_fire(schedule, slot) - slot
+            self.metrics.interval.labels(target.name).set(interval.total_seconds())
             if await self._sleep_until(slot):
                 return
             self._start(target, f"{slot.astimezone(schedule.tz):%Y-%m-%d %H:%M:%S %Z}")

@@ -57,6 +57,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.interval = Gauge(
+            "backupd_schedule_interval_seconds",
+            "Seconds between the target's current and next scheduled run (for staleness alerts)",
+            ["target"],
+            registry=self.registry,
+        )
         self.verify_runs = Counter(
             "backupd_verify_runs",
             "Verify runs by result (success, failure, skipped)",
