@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backupd.catalogue import Manifest, manifest_key
+from backupd.catalogue import Manifest, manifest_key, object_key
 from tests.conftest import (
     backupd_command,
     bucket_state,
@@ -268,3 +270,38 @@ def test_run_verifies_and_drills_on_verify_schedule_and_exports_the_metrics(
     assert metric(text, "backupd_runs_total", result="success") == 1
     assert "drill restored it in" in output
     assert pg_scratch(pg, prefix) == []
+
+
+def test_an_encrypted_object_is_verified_as_stored_and_its_drill_skipped(
+    moto_url: str, s3: Any, bucket: str, pg: PostgresServer
+) -> None:
+    # Written as an encrypting backupd writes it: ciphertext under a `.age` key, and a manifest
+    # of the stored bytes. Verify needs no identity for it.
+    stored = b"age-encryption.org/v1\n-> X25519 stand-in\n---\n" + bytes(range(256)) * 64
+    when = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+    key = object_key("backups", "vault", ".dump.age", when, "0badc0de")
+    manifest = Manifest(
+        key,
+        hashlib.sha256(stored).hexdigest(),
+        len(stored),
+        when,
+        when,
+        1.0,
+        "default",
+        "vault",
+        "postgres",
+        extra={"encryption": {"format": "age", "recipients": 1}},
+    )
+    s3.put_object(Bucket=bucket, Key=key, Body=stored)
+    s3.put_object(Bucket=bucket, Key=manifest_key(key), Body=manifest.to_bytes())
+    env = {**pg_env(pg, "vault"), **storage_env(moto_url, bucket)}
+
+    intact = run_backupd("verify", "--drill", env=env)
+    s3.put_object(Bucket=bucket, Key=key, Body=stored[:-1] + b"\0")
+    damaged = run_backupd("verify", env=env)
+
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert f"verified {key}: {len(stored):,} bytes" in intact.stdout
+    assert "skipped: it is encrypted" in intact.stdout
+    assert damaged.returncode == 1
+    assert f"VERIFY FAILED: {key}: read back" in damaged.stdout
