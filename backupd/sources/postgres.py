@@ -91,18 +91,28 @@ def pg_dump_argv(native_compression: bool, snapshot: str | None = None) -> tuple
     return tuple(argv)
 
 
-EXPORT_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();"
-# One count query per table, run by psql's \gexec; each prints ``schema<TAB>name<TAB>rows``
-# with the names hex-encoded. Tables of extensions (their scripts create them) are left out.
-COUNT_ROWS = r"""SELECT format('SELECT %L || E''\t'' || %L || E''\t'' || count(*) FROM %I.%I',
-    encode(convert_to(n.nspname, 'UTF8'), 'hex'), encode(convert_to(c.relname, 'UTF8'), 'hex'),
-    n.nspname, c.relname)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+# The tables whose rows a backup records: those pg_dump dumps the data of (tables of
+# extensions are left out: their scripts create them).
+DUMPED_TABLES = r"""FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                  AND d.objid = c.oid AND d.deptype = 'e')
+                  AND d.objid = c.oid AND d.deptype = 'e')"""
+# The snapshot, and the tables locked as pg_dump locks them (ACCESS SHARE), so that no table
+# rewrite queued meanwhile can make a later count see other rows than the dump.
+EXPORT_SNAPSHOT = rf"""BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+SELECT pg_export_snapshot();
+SELECT 'LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', ')
+    || ' IN ACCESS SHARE MODE'
+{DUMPED_TABLES}
+\gexec"""
+# One count query per table, run by psql's \gexec; each prints ``schema<TAB>name<TAB>rows``
+# with the names hex-encoded.
+COUNT_ROWS = rf"""SELECT format('SELECT %L || E''\t'' || %L || E''\t'' || count(*) FROM %I.%I',
+    encode(convert_to(n.nspname, 'UTF8'), 'hex'), encode(convert_to(c.relname, 'UTF8'), 'hex'),
+    n.nspname, c.relname)
+{DUMPED_TABLES}
 ORDER BY n.nspname, c.relname
 \gexec"""
 
@@ -398,7 +408,7 @@ class PostgresSource:
                 session = await stack.enter_async_context(
                     client_session("psql", self._session_command(database))
                 )
-                snapshot = (await session.ask(EXPORT_SNAPSHOT))[-1].strip()
+                snapshot = (await session.ask(EXPORT_SNAPSHOT))[0].strip()
                 found = DumpSession(snapshot, "dump snapshot", session, COUNT_ROWS)
             except (QueryError, IndexError) as error:
                 log.warning("%s: row counts are not recorded: %s", database, error)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -305,3 +306,44 @@ def test_an_encrypted_object_is_verified_as_stored_and_its_drill_skipped(
     assert "skipped: it is encrypted" in intact.stdout
     assert damaged.returncode == 1
     assert f"VERIFY FAILED: {key}: read back" in damaged.stdout
+
+
+def test_postgres_counts_are_the_dumps_own_rows_while_writes_go_on(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("busy")
+    pg.create_database(
+        database,
+        "CREATE TABLE t AS SELECT g, md5(g::text) || md5((g * 3)::text) AS m"
+        " FROM generate_series(1, 300000) g",
+    )
+    prefix = unique("drill").lower() + "_"
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+    }
+    stop = threading.Event()
+    writes = 0
+
+    def write() -> None:
+        nonlocal writes
+        while not stop.is_set():
+            pg.psql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g", database)
+            writes += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        wait_until(lambda: writes > 0, 10, "the first write")
+        backup(env)
+        written_during_backup = writes
+    finally:
+        stop.set()
+        writer.join()
+    drill = run_backupd("verify", "--drill", env=env)
+
+    assert written_during_backup > 1
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert "1 recorded table(s) with their rows" in drill.stdout
+    assert pg_scratch(pg, prefix) == []
