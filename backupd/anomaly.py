@@ -65,21 +65,29 @@ def figures(backup: Backup) -> Figures:
     return Figures(backup.size, rows)
 
 
-async def anomalies(target: TargetConfig, database: str, key: str) -> list[str]:
-    """Judge the just-published backup ``key`` of ``database`` against its predecessors.
-    A storage problem is logged and means no judgement."""
+async def anomalies(target: TargetConfig, published: dict[str, str]) -> dict[str, list[str]]:
+    """Judge each just-published backup (``{database: key}``) against its predecessors:
+    ``{key: findings}`` for the anomalous ones. One listing for all of them; a storage problem
+    is logged and means no judgement."""
     rules = target.anomaly
     try:
         async with open_storage(target.storage) as storage:
-            backups = await recent(storage, target.key_prefix, database, rules.window + 1)
+            found = await recent(storage, target.key_prefix, published, rules.window + 1)
     except BackupdError as error:
-        log.warning("%s: no anomaly check for %s: %s", target.name, database, error)
-        return []
-    current = next((b for b in backups if b.key == key), None)
-    if current is None:
-        return []
-    earlier = [b for b in backups if b.complete and b.key != key and b.taken <= current.taken]
-    findings = judge(figures(current), [figures(b) for b in earlier], rules)
-    for finding in findings:
-        log.warning("%s: backup %s of %s looks anomalous: %s", target.name, key, database, finding)
-    return findings
+        log.warning("%s: no anomaly check: %s", target.name, error)
+        return {}
+    judged: dict[str, list[str]] = {}
+    for database, key in published.items():
+        backups = found.get(database, [])
+        current = next((b for b in backups if b.key == key), None)
+        if current is None:
+            continue
+        earlier = [b for b in backups if b.complete and b.key != key and b.taken <= current.taken]
+        findings = judge(figures(current), [figures(b) for b in earlier], rules)
+        for finding in findings:
+            log.warning(
+                "%s: backup %s of %s looks anomalous: %s", target.name, key, database, finding
+            )
+        if findings:
+            judged[key] = findings
+    return judged

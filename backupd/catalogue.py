@@ -320,25 +320,30 @@ async def scan(storage: Storage, prefix: str) -> list[Backup]:
     return newest_first(await asyncio.gather(*(load(p, i) for p, i in found)))
 
 
-async def recent(storage: Storage, prefix: str, database: str, count: int) -> list[Backup]:
-    """The ``count`` newest backups of ``database`` under ``prefix``, newest first, manifests
-    read: one listing, and only their manifests (not every manifest under the prefix)."""
+async def recent(
+    storage: Storage, prefix: str, databases: Iterable[str], count: int
+) -> dict[str, list[Backup]]:
+    """The ``count`` newest backups of each of ``databases`` under ``prefix``, newest first,
+    manifests read: one listing, and only those backups' manifests."""
     listing = [item async for item in storage.list_objects(f"{prefix}/" if prefix else "")]
     found, manifests = backups_among(listing, prefix)
-    stem = stem_for(database)
-    mine = sorted(
-        ((p, i) for p, i in found if p.stem == stem), key=lambda pi: pi[1].modified, reverse=True
-    )[:count]
-    backups = []
-    for parsed, item in mine:
-        manifest, problem = None, None
-        if manifest_key(item.key) in manifests:
-            try:
-                manifest = await read_manifest(storage, item.key)
-            except CatalogueError as error:
-                problem = str(error)
-        backups.append(Backup(item.key, item.size, item.modified, parsed, manifest, problem))
-    return newest_first(backups)
+    chosen: dict[str, list[Backup]] = {}
+    for database in databases:
+        stem = stem_for(database)
+        mine = sorted(((p, i) for p, i in found if p.stem == stem), key=lambda pi: pi[1].modified)[
+            -count:
+        ]
+        backups = []
+        for parsed, item in mine:
+            manifest, problem = None, None
+            if manifest_key(item.key) in manifests:
+                try:
+                    manifest = await read_manifest(storage, item.key)
+                except CatalogueError as error:
+                    problem = str(error)
+            backups.append(Backup(item.key, item.size, item.modified, parsed, manifest, problem))
+        chosen[database] = newest_first(backups)
+    return chosen
 
 
 class ChoiceError(BackupdError):

@@ -82,21 +82,25 @@ def reports_of(
     return reports
 
 
-async def judged(target: TargetConfig, reports: list[Report], hidden: list[str]) -> list[Report]:
-    """Each successful backup compared with its predecessors: an anomalous one is reported as
-    ``anomaly`` with what looks wrong (see ``anomaly.py``); it stays a successful backup."""
-    marked = []
-    for report in reports:
-        findings = (
-            await anomalies(target, report.database, report.key)
-            if report.ok and report.key is not None
-            else []
-        )
-        if findings:
-            note = mask("; ".join(findings), hidden)
-            report = replace(report, state=State.ANOMALY, note=note)
-        marked.append(report)
-    return marked
+async def judged(target: TargetConfig, run: TargetRun, hidden: list[str]) -> list[Report]:
+    """The run's reports, each successful backup compared with its predecessors: an anomalous
+    one is reported as ``anomaly`` with what looks wrong (see ``anomaly.py``); it stays a
+    successful backup."""
+    reports = reports_of(target, run)
+    if not run.results:
+        return reports
+    try:
+        findings = await anomalies(target, {r.database: r.key for r in run.results})
+    except Exception as error:  # an anomaly check never fails a backup
+        log.warning("%s: no anomaly check: %s", target.name, mask(repr(error), hidden))
+        return reports
+    notes = {mask(key, hidden): mask("; ".join(found), hidden) for key, found in findings.items()}
+    return [
+        replace(report, state=State.ANOMALY, note=notes[report.key])
+        if report.key in notes
+        else report
+        for report in reports
+    ]
 
 
 def log_reports(reports: list[Report]) -> bool:
@@ -132,8 +136,7 @@ async def backup_and_report(target: TargetConfig, progress: Progress | None = No
     hidden = secrets_of(target)
     await notify.run_started(target, hidden)
     try:
-        run = await run_backup(target, progress)
-        reports = await judged(target, reports_of(target, run), hidden)
+        reports = await judged(target, await run_backup(target, progress), hidden)
     except Exception as error:  # isolation: report it, whatever it was
         log.debug("details", exc_info=True)
         reports = reports_of(target, None, error)

@@ -114,6 +114,20 @@ def test_a_backup_without_manifest_fails_naming_its_key() -> None:
     )
 
 
+def test_a_malformed_manifest_fails_naming_the_key() -> None:
+    broken = Backup(
+        APP_OLD.key,
+        100,
+        APP_OLD.modified,
+        APP_OLD.parsed,
+        problem=f"{APP_OLD.key}.manifest.json is not a backupd manifest (Expecting value)",
+    )
+
+    assert integrity_problem(broken, 100, "ab" * 32) == (
+        f"{APP_OLD.key}: {APP_OLD.key}.manifest.json is not a backupd manifest (Expecting value)"
+    )
+
+
 def t(name: str, rows: int, schema: str | None = "public") -> dict[str, Any]:
     return {"schema": schema, "name": name, "rows": rows}
 
