@@ -32,13 +32,18 @@ class ClientSession:
     async def ask(self, statements: str) -> list[str]:
         """Run ``statements``; return the lines they printed."""
         marker = f"backupd-{secrets.token_hex(8)}"
-        self._child.stdin.write(f"{statements}\nSELECT '{marker}';\n".encode())
-        await self._child.stdin.drain()
+        try:
+            self._child.stdin.write(f"{statements}\nSELECT '{marker}';\n".encode())
+            await self._child.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client has stopped (a failed login): its stderr says why, below
         answer: list[str] = []
         while True:
             line = await self._lines.readline()
             if not line:
-                await asyncio.wait_for(self._child.wait(), 10)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(10):
+                        await self._child.wait()  # for the whole of its stderr
                 raise QueryError(
                     f"{self._child.name} stopped: {self._child.stderr_text() or 'no output'}"
                 )
@@ -87,19 +92,23 @@ class DumpSession:
 
 def parse_counts(lines: list[str]) -> list[dict[str, Any]]:
     """``schema<TAB>name<TAB>rows`` lines, names hex-encoded (so that any character survives
-    the client's output) → ``[{"schema", "name", "rows"}]``, sorted."""
+    the client's output) → ``[{"schema", "name", "rows"}]``, sorted. Raise QueryError on a
+    line of another shape."""
     tables = []
     for line in lines:
         if not line.strip():
             continue
-        schema, name, rows = line.split("\t")
-        tables.append(
-            {
-                "schema": bytes.fromhex(schema).decode() if schema else None,
-                "name": bytes.fromhex(name).decode(),
-                "rows": int(rows),
-            }
-        )
+        try:
+            schema, name, rows = line.split("\t")
+            tables.append(
+                {
+                    "schema": bytes.fromhex(schema).decode() if schema else None,
+                    "name": bytes.fromhex(name).decode(),
+                    "rows": int(rows),
+                }
+            )
+        except ValueError:
+            raise QueryError(f"unexpected row count line {line[:200]!r}") from None
     return sorted(tables, key=lambda t: (t["schema"] or "", t["name"]))
 
 

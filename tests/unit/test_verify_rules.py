@@ -11,7 +11,7 @@ from backupd.anomaly import Figures, judge
 from backupd.catalogue import Backup, Manifest, object_key, parse_key
 from backupd.config import AnomalyConfig, Engine
 from backupd.environment import load_target
-from backupd.errors import ConfigError
+from backupd.errors import ConfigError, QueryError
 from backupd.notify.base import Report, State
 from backupd.notify.email import subject
 from backupd.sources.postgres import pg_dump_argv
@@ -253,6 +253,11 @@ def test_row_count_lines_decode_hex_names() -> None:
         {"schema": None, "name": "t\tab", "rows": 0},
         {"schema": "public", "name": "customers", "rows": 4},
     ]
+
+
+def test_a_row_count_line_of_another_shape_is_a_query_error() -> None:
+    with pytest.raises(QueryError, match="unexpected row count line 'NOTICE: x'"):
+        parse_counts(["NOTICE: x"])
 
 
 def test_pg_dump_shares_the_exported_snapshot() -> None:
