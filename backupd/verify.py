@@ -24,7 +24,7 @@ from backupd.config import Engine, TargetConfig
 from backupd.errors import BackupdError
 from backupd.progress import Progress
 from backupd.restore import Request, restore_into
-from backupd.sources import FileSource, source_for
+from backupd.sources import FileSource, Source, source_for
 from backupd.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ async def drill(
     return result
 
 
-async def _drop(source: Any, scratch: str) -> None:
+async def _drop(source: Source, scratch: str) -> None:
     try:
         await source.drop_database(scratch)
     except BackupdError as error:
