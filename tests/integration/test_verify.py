@@ -78,6 +78,11 @@ def test_postgres_manifest_records_exact_row_counts_and_a_drill_passes(
 
     manifest = manifest_of(s3, bucket, key)
     result = run_backupd("verify", "--drill", env=env)
+    elsewhere = run_backupd(
+        "verify",
+        "--drill",
+        env={**env, "VERIFY_DB_USER": "drill_nobody", "VERIFY_DB_PASSWORD": "drill-Secret-77"},
+    )
 
     assert manifest.row_counts == "dump snapshot"
     counts = {(t["schema"], t["name"]): t["rows"] for t in manifest.tables or []}
@@ -89,6 +94,11 @@ def test_postgres_manifest_records_exact_row_counts_and_a_drill_passes(
     assert f"verified {key}" in result.stdout
     assert "drill restored it in" in result.stdout
     assert pg_scratch(pg, prefix) == []
+    # The drill logs in as VERIFY_DB_USER, and says so when it cannot; the bytes still verify.
+    assert elsewhere.returncode == 1
+    assert "the restore failed: cannot log in to PostgreSQL at 127.0.0.1" in elsewhere.stdout
+    assert "as drill_nobody" in elsewhere.stdout
+    assert "drill-Secret-77" not in elsewhere.stdout + elsewhere.stderr
 
 
 def test_a_tampered_object_and_a_missing_manifest_fail_naming_the_key(
