@@ -10,6 +10,7 @@ import enum
 from pydantic import BaseModel, ByteSize, SecretStr
 
 from backupd.config import (
+    CoordinationConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
@@ -32,6 +33,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     HooksConfig,
     MSSQLConfig,
     DaemonConfig,
+    CoordinationConfig,
     LogConfig,
 )
 # Read by the loader itself rather than by a model field.
@@ -57,6 +59,8 @@ DEFAULTS = {
     "EMAIL_FROM": "required for mail",
     "EMAIL_TO": "required for mail",
     "MSSQL_LOCAL_DIR": "MSSQL_BACKUP_DIR",
+    "REPLICA_ID": "host name",
+    "COORDINATION_LEASE": "`60s`",
 }
 
 

@@ -328,7 +328,8 @@ class FaultProxy:
     """A TCP proxy in front of an HTTP server.
 
     It records each request's method, target and body size and, once ``break_uploads`` is set,
-    drops any connection that sends a multipart UploadPart.
+    drops any connection that sends a multipart UploadPart. Headers named in ``strip_headers``
+    (lower case) are removed from every request, like a store that ignores them.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -336,6 +337,7 @@ class FaultProxy:
         self.requests: list[tuple[str, str, int]] = []
         self.break_uploads = threading.Event()
         self.part_delay = 0.0
+        self.strip_headers: set[str] = set()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
@@ -382,7 +384,7 @@ class FaultProxy:
                     return
                 if is_part and self.part_delay:
                     time.sleep(self.part_delay)
-                upstream.sendall(head)
+                upstream.sendall(self._strip(head))
                 buffer = self._forward_body(client, upstream, length, buffer)
         except OSError:
             return
@@ -390,6 +392,17 @@ class FaultProxy:
             for sock in (client, upstream):
                 with contextlib.suppress(OSError):
                     sock.close()
+
+    def _strip(self, head: bytes) -> bytes:
+        if not self.strip_headers:
+            return head
+        lines = head.split(b"\r\n")
+        kept = [
+            line
+            for line in lines
+            if line.partition(b":")[0].strip().lower().decode() not in self.strip_headers
+        ]
+        return b"\r\n".join(kept)
 
     @staticmethod
     def _read_head(
