@@ -53,6 +53,8 @@ ATTEMPTS = 5
 """Create-or-take-over attempts before a claim that keeps changing is reported as an error."""
 RETRY_RENEWAL = 1.0
 """Seconds between renewal attempts after one failed (the lease itself bounds how long)."""
+SETTLE_ATTEMPTS = 3
+"""Attempts at writing a claim's final state (done, or handed back)."""
 
 
 def wall_clock() -> datetime:
@@ -193,7 +195,8 @@ class Lease:
         if self._fence is not None:
             publish_fence.reset(self._fence)
         if self._keeper is not None:
-            self._keeper.cancel()
+            async with self._lock:  # never in the middle of a renewal
+                self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
         if self.lost is not None:
             if self._cancelled and self._task is not None:
@@ -216,18 +219,30 @@ class Lease:
         Raises ClaimLost if another replica has it, StorageError if the store did not answer."""
         if self.lost is not None:
             raise self.lost
-        claims = self.claims
         async with self._lock:
-            mine = renewed(self.claim, claims.clock(), claims.lease, writing)
-            etag = await claims.store.replace(self.key, mine.to_bytes(), self.etag)
+            await self._write(renewed(self.claim, self.claims.clock(), self.claims.lease, writing))
+
+    async def _write(self, mine: Claim) -> None:
+        """Replace the claim with ``mine`` if it is still this lease's; else raise ClaimLost.
+
+        A write of ours can go through unseen (a request retried after a lost answer, or
+        cancelled in flight), leaving a newer ETag than the one we hold: the claim, read back,
+        still carries our nonce and token, and the write is repeated on its ETag.
+        """
+        store = self.claims.store
+        etag = await store.replace(self.key, mine.to_bytes(), self.etag)
+        if etag is None:
+            seen = await self.claims.read(self.key)
+            if seen is None or (seen[0].nonce, seen[0].token) != (mine.nonce, mine.token):
+                self._lose(seen[0] if seen else None)
+                assert self.lost is not None
+                raise self.lost
+            etag = await store.replace(self.key, mine.to_bytes(), seen[1])
             if etag is None:
-                seen = await claims.read(self.key)
-                if seen is None or seen[0].nonce != mine.nonce or seen[0].token != mine.token:
-                    self._lose(seen[0] if seen else None)
-                    assert self.lost is not None
-                    raise self.lost
-                mine, etag = seen  # our own write went through; a retried request saw it
-            self.claim, self.etag = mine, etag
+                self._lose(None)
+                assert self.lost is not None
+                raise self.lost
+        self.claim, self.etag = mine, etag
 
     def _lose(self, holder: Claim | None) -> None:
         who = (
@@ -264,17 +279,21 @@ class Lease:
                 delay = RETRY_RENEWAL
 
     async def _settle(self, final: Claim) -> None:
-        """Write the claim's final state; a failure only delays another replica's takeover."""
-        try:
-            async with self._lock:
-                etag = await self.claims.store.replace(self.key, final.to_bytes(), self.etag)
-        except BackupdError as error:
-            log.warning("could not update the claim %s: %s", self.key, error)
-            return
-        if etag is None:
-            log.warning("the claim %s changed under this replica at the end of its run", self.key)
-        else:
-            self.claim, self.etag = final, etag
+        """Write the claim's final state, trying a few times: until it is written, another
+        replica would take the slot over once the lease runs out (and run it again)."""
+        for attempt in range(1, SETTLE_ATTEMPTS + 1):
+            try:
+                async with self._lock:
+                    await self._write(final)
+                return
+            except ClaimLost as error:
+                log.warning("%s", error)
+                return
+            except BackupdError as error:
+                if attempt == SETTLE_ATTEMPTS:
+                    log.warning("could not update the claim %s: %s", self.key, error)
+                    return
+                await asyncio.sleep(RETRY_RENEWAL)
 
 
 @contextlib.asynccontextmanager

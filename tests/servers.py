@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 PG_PASSWORD = 'pg "s3cr3t" p@ss\\word #1'
@@ -459,3 +460,43 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+class _OneWriteAtATime:
+    """WSGI middleware: write requests one at a time.
+
+    AWS S3 applies a conditional write atomically; moto checks the condition and then writes,
+    unlocked, so two concurrent ``If-None-Match: *`` writes can both succeed. Serialising the
+    writes gives moto S3's semantics for tests of what relies on them.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") in {"GET", "HEAD"}:
+            return self.app(environ, start_response)
+        with self.lock:
+            return list(self.app(environ, start_response))
+
+
+@contextlib.contextmanager
+def atomic_moto_endpoint() -> Iterator[str]:
+    """moto's S3 with atomic conditional writes, sharing the buckets of ``moto_endpoint``'s."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = _OneWriteAtATime(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()

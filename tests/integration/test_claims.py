@@ -20,7 +20,7 @@ from tests.conftest import S3_KEY_ID, S3_SECRET
 from tests.servers import FaultProxy
 
 SLOT = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
-LEASE = 3.0
+LEASE = 1.5
 
 
 class Clock:
@@ -49,8 +49,8 @@ def config(endpoint: str, bucket: str) -> S3Config:
 
 
 @pytest.fixture
-async def store(moto_url: str, bucket: str) -> AsyncIterator[S3Storage]:
-    async with S3Storage.connect(config(moto_url, bucket)) as storage:
+async def store(atomic_moto_url: str, bucket: str) -> AsyncIterator[S3Storage]:
+    async with S3Storage.connect(config(atomic_moto_url, bucket)) as storage:
         yield storage
 
 
@@ -70,6 +70,18 @@ async def test_one_replica_holds_a_slot_and_the_other_sees_who(store: S3Storage)
     assert second.claim.replica == "a"
     assert second.key == "backups/.backupd/claims/orders/backup/20261129T020000Z.json"
     assert isinstance(other_kind, Lease)
+
+
+async def test_of_many_replicas_claiming_at_once_exactly_one_wins(store: S3Storage) -> None:
+    clock = Clock()
+    outcomes = await asyncio.gather(
+        *(replica(store, f"r{i}", clock).try_claim("orders", Kind.BACKUP, SLOT) for i in range(12))
+    )
+
+    winners = [o for o in outcomes if isinstance(o, Lease)]
+    assert len(winners) == 1
+    holder = winners[0].claim.replica
+    assert {o.claim.replica for o in outcomes if isinstance(o, Observed)} == {holder}
 
 
 async def test_an_expired_claim_is_taken_over_and_its_upload_aborted(
