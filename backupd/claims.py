@@ -43,6 +43,7 @@ from backupd.errors import (
     ClaimLost,
     CoordinationError,
     CoordinationUnsupported,
+    StorageError,
 )
 from backupd.storage.base import ClaimStore, Fence, publish_fence
 
@@ -145,7 +146,12 @@ class Claims:
         out unrenewed (the claim as last read, to be taken over)."""
         while observed.claim.state is not State.DONE:
             await asyncio.sleep(watch_delay(observed.claim, self.clock(), self.lease))
-            seen = await self.read(observed.key)
+            try:
+                seen = await self.read(observed.key)
+            except StorageError as error:  # keep watching: the holder may need replacing
+                log.warning("could not read the claim %s (retrying): %s", observed.key, error)
+                await asyncio.sleep(RETRY_RENEWAL)
+                continue
             if seen is None or seen[0].state is State.DONE:
                 return None
             observed = Observed(observed.key, *seen)

@@ -201,8 +201,8 @@ class S3Upload:
         await self._start_part(self._count, part)
 
     async def commit(self) -> None:
-        await check_fence(self._key)
         if self._upload_id is None:
+            await check_fence(self._key)
             client = await self._storage.client()
             with storage_errors(self._config, f"upload {self._key}"):
                 await client.put_object(
@@ -220,6 +220,7 @@ class S3Upload:
             await asyncio.wait(self._tasks)
         self._raise_failure()
         parts = sorted(self._done, key=lambda p: p["PartNumber"])
+        await check_fence(self._key)
         client = await self._storage.client()
         with storage_errors(self._config, f"complete {self._key}"):
             await client.complete_multipart_upload(

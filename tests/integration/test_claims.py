@@ -228,3 +228,24 @@ async def test_a_multipart_upload_notes_its_key_in_the_claim(store: S3Storage) -
         assert lease.claim.writing == key
         await upload.commit()
     assert lease.claim.state is State.DONE
+
+
+async def test_a_taken_over_upload_is_never_completed(
+    store: S3Storage, s3: Any, bucket: str
+) -> None:
+    clock = Clock()
+    lease = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(lease, Lease)
+    key = "backups/orders/big.dump"
+    with pytest.raises(ClaimLost):
+        async with lease, store.upload(key, {}) as upload:
+            for _ in range(2):
+                size = upload.part_size(1)
+                await upload.write(Part(io.BytesIO(b"x" * size), size))
+            clock.advance(LEASE + 0.1)
+            taker = await replica(store, "b", clock).try_claim("orders", Kind.BACKUP, SLOT)
+            assert isinstance(taker, Lease)
+            await upload.commit()
+
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="backups/orders/").get("Contents", []) == []
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
