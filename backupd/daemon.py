@@ -42,6 +42,10 @@ def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def _label(slot: datetime, schedule: Schedule) -> str:
+    return f"{slot.astimezone(schedule.tz):%Y-%m-%d %H:%M:%S %Z}"
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -164,13 +168,17 @@ class Daemon:
         schedule = Schedule(target.schedule.cron, target.layout.timezone)
         if target.schedule.run_on_startup:
             now = wall_clock()
-            self._start(target, previous_fire(schedule, now) if self._claims else now, "start-up")
+            if self._claims:  # it stands for the latest slot, which one replica runs
+                latest = previous_fire(schedule, now)
+                self._start(target, latest, f"start-up ({_label(latest, schedule)})")
+            else:
+                self._start(target, now, "start-up")
         slot = next_fire(schedule, wall_clock())
         while not self._stopping.is_set():
             self.metrics.next_run.labels(target.name).set(slot.timestamp())
             if await self._sleep_until(slot):
                 return
-            self._start(target, slot, f"{slot.astimezone(schedule.tz):%Y-%m-%d %H:%M:%S %Z}")
+            self._start(target, slot, _label(slot, schedule))
             slot, missed = following_slot(schedule, slot, wall_clock())
             if missed:
                 log.warning(
@@ -197,18 +205,25 @@ class Daemon:
             log.warning("%s: still running at its %s slot; skipping this slot", target.name, label)
             self.metrics.runs.labels(target.name, "skipped").inc()
             return
-        log.info("%s: starting the %s run", target.name, label)
-        task = asyncio.create_task(self._run(target, slot), name=f"backup-{target.name}")
+        coordinated = target.name in self._claims
+        log.log(
+            logging.DEBUG if coordinated else logging.INFO,
+            "%s: %s the %s run",
+            target.name,
+            "claiming" if coordinated else "starting",
+            label,
+        )
+        task = asyncio.create_task(self._run(target, slot, label), name=f"backup-{target.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if target.name not in self._claims:
+        if not coordinated:
             self._active[task] = target.name
             task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._active.pop(task, None)
 
-    async def _run(self, target: TargetConfig, slot: datetime) -> None:
+    async def _run(self, target: TargetConfig, slot: datetime, label: str) -> None:
         claims = self._claims.get(target.name)
         if claims is None:
             async with self._slots:
@@ -228,6 +243,7 @@ class Daemon:
             ) as lease:
                 if lease is None:
                     return
+                log.info("%s: starting the %s run (claim %s)", target.name, label, lease.key)
                 self._active[task] = target.name
                 try:
                     await self._backup(target)
@@ -239,7 +255,7 @@ class Daemon:
             if not finished:
                 self.metrics.runs.labels(target.name, "failure").inc()
         except BackupdError as error:
-            log.error("%s: the %s slot was not run: %s", target.name, f"{slot:%H:%M:%S}", error)
+            log.error("%s: the %s run did not happen: %s", target.name, label, error)
             self.metrics.runs.labels(target.name, "failure").inc()
 
     def _elsewhere(self, target: TargetConfig, observed: Observed) -> None:
