@@ -41,6 +41,12 @@ class StorageError(BackupdError):
     step = "upload"
 
 
+class QueryError(BackupdError):
+    """A statement sent to the database server failed (the login itself worked)."""
+
+    step = "query"
+
+
 class CoordinationError(BackupdError):
     """A claim on a slot could not be made, read or kept (``COORDINATION=storage``)."""
 
