@@ -20,9 +20,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from backupd.catalogue import INTERNAL_FOLDER
 from backupd.errors import CoordinationError
 
-CLAIMS_FOLDER = ".backupd/claims"
+CLAIMS_FOLDER = f"{INTERNAL_FOLDER}/claims"
 STALE_AFTER = timedelta(days=1)
 """Claims not written for this long are deleted by retention (``claims.delete_stale_claims``)."""
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from backupd.catalogue import parse_key
 from backupd.coordination import (
     Claim,
     Kind,
@@ -269,3 +270,10 @@ def test_coordination_settings_refused(env: dict[str, str], problem: str) -> Non
     with pytest.raises(ConfigError) as caught:
         load_settings({**STORAGE, **env})
     assert [p for p in caught.value.problems if p.startswith(problem)], caught.value.problems
+
+
+@pytest.mark.parametrize("prefix", ["backups", "backups/default", ""])
+def test_claims_are_never_taken_for_backups(prefix: str) -> None:
+    folder = prefix.split("/")[0]
+    for kind in Kind:
+        assert parse_key(claim_key(folder, "default", kind, T0), prefix) is None
