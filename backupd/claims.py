@@ -141,9 +141,10 @@ class Claims:
                     log.info("aborted %d upload(s) of %s left behind", aborted, claim.writing)
         return Lease(self, key, mine, new_etag)
 
-    async def wait_out(self, observed: Observed) -> Observed | None:
-        """Watch another replica's claim until it is finished or gone (None), or its lease ran
-        out unrenewed (the claim as last read, to be taken over)."""
+    async def wait_out(self, observed: Observed) -> bool:
+        """Watch another replica's claim. False once it is finished; True when it should be
+        claimed again: its lease ran out unrenewed, or the claim object is gone (deleted by
+        hand to free a stuck slot; logged as a warning naming the key)."""
         while observed.claim.state is not State.DONE:
             await asyncio.sleep(watch_delay(observed.claim, self.clock(), self.lease))
             try:
@@ -152,12 +153,13 @@ class Claims:
                 log.warning("could not read the claim %s (retrying): %s", observed.key, error)
                 await asyncio.sleep(RETRY_RENEWAL)
                 continue
-            if seen is None or seen[0].state is State.DONE:
-                return None
+            if seen is None:
+                log.warning("the claim %s held by %s is gone", observed.key, observed.claim.replica)
+                return True
             observed = Observed(observed.key, *seen)
             if may_take_over(observed.claim, self.clock()):
-                return observed
-        return None
+                return True
+        return False
 
 
 class Lease:
@@ -314,11 +316,12 @@ async def claimed(
     """Run a block under the claim on (``target``, ``kind``, ``slot``).
 
     Yields a ``Lease`` when this replica holds the slot, None when another replica ran it (or
-    holds it and finishes it). While another replica holds it, waits, and takes the slot over if
-    that replica stops renewing. ``gate`` (the daemon's concurrency limit) is held while claiming
-    and running, never while waiting; ``on_elsewhere`` is called once when the slot is found
-    claimed by another replica. Raises CoordinationError (naming the claim's key) for a claim
-    that cannot be read, and ClaimLost out of the block when the slot is taken over meanwhile.
+    holds it and finishes it). While another replica holds it, waits, and takes the slot over
+    if that replica stops renewing (or claims it afresh if its claim object is deleted).
+    ``gate`` (the daemon's concurrency limit) is held while claiming and running, never while
+    waiting; ``on_elsewhere`` is called once when the slot is found claimed by another replica.
+    Raises CoordinationError (naming the claim's key) for a claim that cannot be read, and
+    ClaimLost out of the block when the slot is taken over meanwhile.
     """
     counted = False
     while True:
@@ -338,7 +341,7 @@ async def claimed(
             slot,
             outcome.claim.replica,
         )
-        if await claims.wait_out(outcome) is None:
+        if not await claims.wait_out(outcome):
             yield None
             return
 

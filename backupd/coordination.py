@@ -122,8 +122,8 @@ def parse_claim(data: bytes, key: str) -> Claim:
         )
     except (ValueError, TypeError, KeyError) as error:
         raise CoordinationError(
-            f"claim {key} is malformed ({type(error).__name__}: {error}); "
-            "delete it to let the slot be claimed again"
+            f"claim {key} is malformed ({type(error).__name__}: {error}); the slot is not run "
+            "by this replica: delete the object to let a replica claim it afresh"
         ) from None
 
 

@@ -249,3 +249,25 @@ async def test_a_taken_over_upload_is_never_completed(
 
     assert s3.list_objects_v2(Bucket=bucket, Prefix="backups/orders/").get("Contents", []) == []
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_a_deleted_claim_is_claimed_afresh_by_a_watching_replica(store: S3Storage) -> None:
+    def clock() -> datetime:
+        return datetime.now(UTC)
+
+    holder = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(holder, Lease)
+    taken: list[tuple[str, int]] = []
+
+    async def watch_and_run() -> None:
+        async with claimed(replica(store, "b", clock), "orders", Kind.BACKUP, SLOT) as lease:
+            assert lease is not None
+            taken.append((lease.claim.replica, lease.token))
+
+    waiter = asyncio.create_task(watch_and_run())
+    await asyncio.sleep(0.1)
+    await store.delete(holder.key)  # by hand, to free a stuck slot
+
+    async with asyncio.timeout(LEASE):
+        await waiter
+    assert taken == [("b", 1)]
