@@ -24,6 +24,7 @@ from backupd.config import (
     LocalConfig,
     LogConfig,
     MSSQLConfig,
+    RetentionConfig,
     S3Config,
     ScheduleConfig,
     Settings,
@@ -53,6 +54,7 @@ ECHOED_NAMES = frozenset(
         "EMAIL_TLS",
         "EMAIL_ON",
         "LOG_FORMAT",
+        "STORAGE_OBJECT_LOCK_MODE",
     }
 )
 
@@ -161,6 +163,12 @@ def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
         reader.problems.append(f"{var}: must be one of s3, r2, local (got {raw_kind!r})")
         return None
     if kind is StorageType.LOCAL:
+        for name in ("STORAGE_OBJECT_LOCK_DAYS", "STORAGE_OBJECT_LOCK_MODE"):
+            if reader.get(name) is not None:
+                reader.problems.append(
+                    f"{reader.source[name]}: Object Lock needs an S3 bucket; "
+                    "STORAGE_TYPE=local cannot lock files"
+                )
         config: S3Config | LocalConfig | None = reader.validate(LocalConfig)
         return config
     reader.problems.extend(_storage_problems(kind, reader))
@@ -183,6 +191,7 @@ def load_target(
     email = reader.validate(EmailConfig)
     hooks = reader.validate(HooksConfig)
     mssql = reader.validate(MSSQLConfig)
+    retention = reader.validate(RetentionConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
     if reader.problems or storage is None:
@@ -197,6 +206,7 @@ def load_target(
         email=email,
         hooks=hooks,
         mssql=mssql,
+        retention=retention,
     )
 
 

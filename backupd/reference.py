@@ -18,6 +18,7 @@ from backupd.config import (
     LocalConfig,
     LogConfig,
     MSSQLConfig,
+    RetentionConfig,
     S3Config,
     ScheduleConfig,
 )
@@ -28,6 +29,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     LocalConfig,
     LayoutConfig,
     ScheduleConfig,
+    RetentionConfig,
     EmailConfig,
     HooksConfig,
     MSSQLConfig,
