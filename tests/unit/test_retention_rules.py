@@ -256,3 +256,18 @@ def test_newest_period_is_the_shortest_the_policy_names() -> None:
     assert Policy(hourly=24, within="30d").newest_period() == "1h"
     assert Policy(yearly=3).newest_period() == "1y"
     assert Policy(last=3, daily=7, within="30d").describe() == "last 3, daily 7, within 30d"
+
+
+def test_the_readme_worked_example() -> None:
+    # daily at 02:00 in Berlin since May; after the run of Sunday 2026-11-29
+    backups = every(at(BERLIN, 2026, 5, 1, 2), timedelta(days=1), 213)
+    policy = Policy(daily=7, weekly=4, monthly=6)
+    decisions = decide(backups, policy, at(BERLIN, 2026, 11, 29, 2, 30), BERLIN)
+    days = [f"{d.candidate.taken:%m-%d}" for d in decisions if d.keep]
+    assert days == [
+        *(f"11-{day}" for day in range(29, 22, -1)),
+        *("11-22", "11-15", "11-08"),
+        *("10-31", "09-30", "08-31", "07-31", "06-30"),
+    ]
+    assert decisions[0].why == "newest, daily 2026-11-29, weekly 2026-W48, monthly 2026-11"
+    assert sum(not d.keep for d in decisions) == 213 - 15
