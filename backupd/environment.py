@@ -21,6 +21,7 @@ from backupd.config import (
     EmailConfig,
     HooksConfig,
     LayoutConfig,
+    LimitsConfig,
     LocalConfig,
     LogConfig,
     MSSQLConfig,
@@ -192,6 +193,7 @@ def load_target(
     hooks = reader.validate(HooksConfig)
     mssql = reader.validate(MSSQLConfig)
     retention = reader.validate(RetentionConfig)
+    limits = reader.validate(LimitsConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
     if reader.problems or storage is None:
@@ -207,6 +209,7 @@ def load_target(
         hooks=hooks,
         mssql=mssql,
         retention=retention,
+        limits=limits,
     )
 
 
