@@ -81,12 +81,17 @@ class Storage(Protocol):
         """Open connections ahead of need (optional work, safe to run concurrently)."""
         ...
 
-    def upload(self, key: str, metadata: dict[str, str]) -> AbstractAsyncContextManager[Upload]:
-        """Start writing ``key``; see ``Upload``."""
+    def upload(
+        self, key: str, metadata: dict[str, str], *, locked: bool = False
+    ) -> AbstractAsyncContextManager[Upload]:
+        """Start writing ``key``; see ``Upload``. ``locked``: under the configured Object Lock
+        (backups and their manifests; never probes, claims or other bookkeeping)."""
         ...
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        """Write a small object in one request; never overwrite."""
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, locked: bool = False
+    ) -> None:
+        """Write a small object in one request; never overwrite. ``locked`` as in ``upload``."""
         ...
 
     async def delete(self, key: str) -> None:

@@ -110,7 +110,9 @@ class LocalStorage:
         return path
 
     @contextlib.asynccontextmanager
-    async def upload(self, key: str, metadata: dict[str, str]) -> AsyncIterator[LocalUpload]:
+    async def upload(
+        self, key: str, metadata: dict[str, str], *, locked: bool = False
+    ) -> AsyncIterator[LocalUpload]:
         upload = LocalUpload(self.path_for(key), self.config.part_size)
         try:
             await upload.open()
@@ -123,7 +125,9 @@ class LocalStorage:
             if not upload.committed:
                 upload.discard()
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, locked: bool = False
+    ) -> None:
         async with self.upload(key, {}) as upload:
             await upload.write(Part(io.BytesIO(data), len(data)))
             await upload.commit()

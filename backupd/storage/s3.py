@@ -108,9 +108,10 @@ def client_config(config: S3Config) -> AioConfig:
     return AioConfig(**options)
 
 
-def lock_arguments(config: S3Config, now: datetime) -> dict[str, Any]:
-    """ObjectLockMode and ObjectLockRetainUntilDate for a write at ``now``, or nothing."""
-    if config.object_lock_days is None:
+def lock_arguments(config: S3Config, now: datetime, locked: bool = True) -> dict[str, Any]:
+    """ObjectLockMode and ObjectLockRetainUntilDate for a ``locked`` write at ``now``, or
+    nothing (no STORAGE_OBJECT_LOCK_DAYS, or a write that must stay deletable)."""
+    if config.object_lock_days is None or not locked:
         return {}
     return {
         "ObjectLockMode": config.object_lock_mode.value,
@@ -185,8 +186,11 @@ class ByteBudget:
 
 
 class S3Upload:
-    def __init__(self, storage: S3Storage, key: str, metadata: dict[str, str]) -> None:
+    def __init__(
+        self, storage: S3Storage, key: str, metadata: dict[str, str], locked: bool = False
+    ) -> None:
         self._storage = storage
+        self._locked = locked
         config = self._config = storage.config
         self._key = key
         self._metadata = metadata
@@ -228,7 +232,7 @@ class S3Upload:
                     Body=self._held.body if self._held else b"",
                     Metadata=self._metadata,
                     IfNoneMatch="*",
-                    **lock_arguments(self._config, datetime.now(UTC)),
+                    **lock_arguments(self._config, datetime.now(UTC), self._locked),
                 )
             self.committed = True
             if self._held is not None:
@@ -273,7 +277,7 @@ class S3Upload:
                 Bucket=self._config.bucket,
                 Key=self._key,
                 Metadata=self._metadata,
-                **lock_arguments(self._config, datetime.now(UTC)),
+                **lock_arguments(self._config, datetime.now(UTC), self._locked),
             )
         self._upload_id = response["UploadId"]
 
@@ -388,15 +392,19 @@ class S3Storage:
         await self.client()
 
     @contextlib.asynccontextmanager
-    async def upload(self, key: str, metadata: dict[str, str]) -> AsyncIterator[S3Upload]:
-        upload = S3Upload(self, key, metadata)
+    async def upload(
+        self, key: str, metadata: dict[str, str], *, locked: bool = False
+    ) -> AsyncIterator[S3Upload]:
+        upload = S3Upload(self, key, metadata, locked)
         try:
             yield upload
         finally:
             if not upload.committed:
                 await asyncio.shield(upload.abort())
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, locked: bool = False
+    ) -> None:
         client = await self.client()
         with storage_errors(self.config, f"write {key}"):
             await client.put_object(
@@ -405,7 +413,7 @@ class S3Storage:
                 Body=data,
                 ContentType=content_type,
                 IfNoneMatch="*",
-                **lock_arguments(self.config, datetime.now(UTC)),
+                **lock_arguments(self.config, datetime.now(UTC), locked),
             )
 
     async def delete(self, key: str) -> None:

@@ -15,7 +15,15 @@ from backupd.errors import StorageError
 from backupd.parts import Part
 from backupd.storage import local, open_storage
 from backupd.storage.base import Removal
-from tests.conftest import S3_KEY_ID, S3_SECRET
+from tests.conftest import (
+    S3_KEY_ID,
+    S3_SECRET,
+    bucket_state,
+    pg_env,
+    run_backupd,
+    storage_env,
+)
+from tests.servers import PostgresServer
 
 
 def s3_config(endpoint: str, bucket: str, **extra: str) -> S3Config:
@@ -103,11 +111,12 @@ async def test_objects_and_manifests_are_written_under_object_lock(
     async with open_storage(config) as storage:
         client = await storage.client()  # type: ignore[attr-defined]
         client.meta.events.register("before-send.s3.CreateMultipartUpload", record)
-        await storage.put_bytes("m.json", b"{}", "application/json")
-        async with storage.upload("single.dump", {}) as upload:
+        await storage.put_bytes("m.json", b"{}", "application/json", locked=True)
+        await storage.put_bytes("probe", b"{}", "text/plain")
+        async with storage.upload("single.dump", {}, locked=True) as upload:
             await upload.write(part(100))
             await upload.commit()
-        async with storage.upload("multi.dump", {}) as upload:
+        async with storage.upload("multi.dump", {}, locked=True) as upload:
             await upload.write(part(5 * MIB))
             await upload.write(part(100))
             await upload.commit()
@@ -116,6 +125,7 @@ async def test_objects_and_manifests_are_written_under_object_lock(
         assert head["ObjectLockMode"] == "GOVERNANCE", key
         retained = head["ObjectLockRetainUntilDate"] - datetime.now(UTC)
         assert timedelta(days=6, hours=23) < retained <= timedelta(days=7), key
+    assert "ObjectLockMode" not in s3.head_object(Bucket=locked_bucket, Key="probe")
     # moto drops the lock of a multipart upload; the request must still carry it
     (headers,) = sent.values()
     assert headers["x-amz-object-lock-mode"] == "GOVERNANCE"
@@ -128,7 +138,7 @@ async def test_object_lock_on_a_bucket_without_it_fails_clearly(moto_url: str, b
     async with open_storage(config) as storage:
         assert not await storage.object_lock_enabled()
         with pytest.raises(StorageError, match=r"write m\.json"):
-            await storage.put_bytes("m.json", b"{}", "application/json")
+            await storage.put_bytes("m.json", b"{}", "application/json", locked=True)
 
 
 async def test_local_storage_deletes_and_finds_unfinished_writes(tmp_path: Path) -> None:
@@ -147,3 +157,29 @@ async def test_local_storage_deletes_and_finds_unfinished_writes(tmp_path: Path)
     assert (tmp_path / "app2/1/.e.dump.0a1b2c3d.partial").exists()
     assert not await storage.object_lock_enabled()
     assert (await storage.lock_of("app/1/b.dump")).until is None
+
+
+def test_backups_are_locked_and_check_verifies_the_bucket(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, locked_bucket: str
+) -> None:
+    database = f"lock_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS n;")
+    env = {**pg_env(pg, database), "STORAGE_OBJECT_LOCK_DAYS": "3"}
+
+    done = run_backupd("once", env={**env, **storage_env(moto_url, locked_bucket)})
+    checked = run_backupd("check", env={**env, **storage_env(moto_url, locked_bucket)})
+    refused = run_backupd("check", env={**env, **storage_env(moto_url, bucket)})
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    keys, _ = bucket_state(s3, locked_bucket)
+    assert len(keys) == 2  # the dump and its manifest: the check's probe is gone
+    for key in keys:
+        head = s3.head_object(Bucket=locked_bucket, Key=key)
+        assert head["ObjectLockMode"] == "GOVERNANCE", key
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "ok   default object lock: enabled" in checked.stdout
+    assert refused.returncode == 1
+    assert (
+        f"FAIL default object lock: STORAGE_OBJECT_LOCK_DAYS is set but bucket {bucket} "
+        "does not have Object Lock enabled"
+    ) in refused.stdout
