@@ -156,7 +156,7 @@ class S3Config(BaseModel):
         alias="STORAGE_OBJECT_LOCK_DAYS",
         ge=1,
         le=36500,
-        description="Write every object and manifest under Object Lock for N days "
+        description="Write every backup and manifest under Object Lock for N days "
         "(the bucket must have Object Lock enabled)",
     )
     object_lock_mode: ObjectLockMode = Field(
