@@ -95,7 +95,6 @@ class Dump:
     """A hint for a known failure in the tool's stderr."""
     properties: Callable[[], Awaitable[dict[str, Any]]]
     """Database-level settings to record in the manifest (read alongside the dump)."""
-    names_database: bool = False
 
 
 async def _nothing_recorded() -> dict[str, Any]:
@@ -146,7 +145,7 @@ async def dump_to_storage(
     finally:
         await _settle(properties)
     progress.done(key)
-    made = Made(dump.database, key, run_id, native, stream_kind, recorded, dump.names_database)
+    made = Made(dump.database, key, run_id, native, stream_kind, recorded)
     return await _record(target, storage, made, digest, started, clock, info)
 
 
@@ -160,7 +159,6 @@ class Made:
     native: bool
     stream_kind: Compression
     properties: dict[str, Any]
-    names_database: bool = False
 
 
 async def _copy(
@@ -221,7 +219,6 @@ async def _record(
         },
         run_id=made.run_id,
         properties=made.properties,
-        names_database=made.names_database,
     )
     await publish_manifest(storage, manifest)
     return result
@@ -413,7 +410,6 @@ def _database_dump(source: Source, database: str) -> Dump:
         tool_compresses=source.can_compress,
         explain=source.explain_failure,
         properties=lambda: source.database_properties(database),
-        names_database=False,
     )
 
 
