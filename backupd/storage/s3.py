@@ -485,10 +485,9 @@ class S3Storage:
         client = await self.client()
         response = None
         action = "read the bucket's Object Lock configuration"
-        with (
-            storage_errors(self.config, action),
-            tolerating("ObjectLockConfigurationNotFoundError"),
-        ):
+        # No configuration, or a store that does not implement Object Lock (R2, ...): unlocked.
+        unlocked = ("ObjectLockConfigurationNotFoundError", "NotImplemented", "501")
+        with storage_errors(self.config, action), tolerating(*unlocked):
             response = await client.get_object_lock_configuration(Bucket=self.config.bucket)
         if response is None:
             return False
