@@ -300,7 +300,7 @@ def test_backupd_once_prunes_after_a_successful_run_only(
     assert failed.returncode == 1, failed.stdout + failed.stderr
     dumps = sorted(k for k in keys_of(s3, bucket) if k.endswith(".dump"))
     assert [k.split("/")[1] for k in dumps] == ["20261127", "20261128", "20261129"]
-    assert "deleted" not in failed.stdout
+    assert "default: deleted" not in failed.stdout + failed.stderr
 
 
 async def test_prune_in_a_folder(tmp_path: Path) -> None:

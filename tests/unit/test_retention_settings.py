@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from backupd.cli import UsageError, targets_to_prune
 from backupd.config import ObjectLockMode, S3Config
 from backupd.environment import load_settings, load_target
 from backupd.errors import ConfigError
@@ -104,3 +105,20 @@ def test_object_lock_writes_mode_and_retain_until_date() -> None:
         "ObjectLockMode": "COMPLIANCE",
         "ObjectLockRetainUntilDate": datetime(2026, 12, 29, 2, tzinfo=UTC),
     }
+
+
+def test_prune_picks_the_targets_with_a_policy() -> None:
+    env = {
+        **MINIMAL,
+        "BACKUPD_TARGETS": "orders,billing",
+        "ORDERS_RETENTION_KEEP_DAILY": "7",
+    }
+    settings = load_settings(env)
+    assert [t.name for t in targets_to_prune(settings, None)] == ["orders"]
+    assert [t.name for t in targets_to_prune(settings, "orders")] == ["orders"]
+    with pytest.raises(UsageError, match="target billing has no retention policy"):
+        targets_to_prune(settings, "billing")
+    with pytest.raises(UsageError, match="no target named 'shop'"):
+        targets_to_prune(settings, "shop")
+    with pytest.raises(UsageError, match="no target has a retention policy"):
+        targets_to_prune(load_settings(MINIMAL), None)
