@@ -74,14 +74,14 @@ async def _object_lock(
         return finding(
             True,
             "object lock",
-            f"enabled; every object is written in {config.object_lock_mode} mode for "
-            f"{config.object_lock_days} day(s)",
+            f"enabled; backups and manifests are written locked ({config.object_lock_mode}) "
+            f"for {config.object_lock_days} day(s)",
         )
     return finding(
         False,
         "object lock",
         f"STORAGE_OBJECT_LOCK_DAYS is set but bucket {config.bucket} does not have Object Lock "
-        "enabled (it can only be turned on when the bucket is created, or by AWS support)",
+        "enabled; enable it on the bucket (it needs versioning) or unset the variable",
     )
 
 
