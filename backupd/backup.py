@@ -24,7 +24,7 @@ from backupd.catalogue import (
     stem_for,
 )
 from backupd.config import Compression, TargetConfig
-from backupd.errors import BackupdError, DumpError
+from backupd.errors import BackupdError, ClaimLost, DumpError
 from backupd.parts import BufferPool
 from backupd.process import Child, Command, describe_status, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
@@ -300,6 +300,8 @@ async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
             return
         except BackupdError as error:
             failure = error
+            if isinstance(error, ClaimLost):  # another replica has the slot: never publish
+                break
             if attempt > 1 and await _already_written(storage, key, data):
                 return
             log.warning("writing %s failed (attempt %d): %s", key, attempt, error)

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from backupd.config import Engine, S3Config, TargetConfig
+from backupd.claims import self_test
+from backupd.config import CoordinationConfig, Engine, S3Config, TargetConfig
 from backupd.errors import BackupdError
 from backupd.process import mask
 from backupd.report import secrets_of
 from backupd.schedule import Schedule, next_fire
 from backupd.sources import source_for
-from backupd.storage import Storage, open_storage
+from backupd.storage import Storage, open_claim_store, open_storage
 
 
 @dataclass(frozen=True)
@@ -127,3 +128,21 @@ async def check_target(target: TargetConfig) -> list[Finding]:
     except BackupdError as error:
         findings.append(finding(False, "storage", str(error)))
     return findings
+
+
+async def check_coordination(target: TargetConfig, coordination: CoordinationConfig) -> Finding:
+    """``COORDINATION=storage``: the self-test ``backupd run`` does at start."""
+    hidden = secrets_of(target)
+    assert isinstance(target.storage, S3Config), "environment.py refuses local storage"
+    try:
+        async with open_claim_store(target.storage) as store:
+            await self_test(store, target.layout.folder, coordination.replica_id)
+            where = store.description
+    except BackupdError as error:
+        return Finding(False, target.name, "coordination", mask(str(error), hidden))
+    return Finding(
+        True,
+        target.name,
+        "coordination",
+        f"{where} honours If-None-Match and If-Match; replica {coordination.replica_id}",
+    )

@@ -21,11 +21,11 @@ from typing import Any, NoReturn
 
 from backupd import __version__
 from backupd.catalogue import Backup
-from backupd.check import check_target
+from backupd.check import check_coordination, check_target
 from backupd.config import Settings, TargetConfig
 from backupd.daemon import Daemon
 from backupd.environment import load_settings, read_environment
-from backupd.errors import BackupdError, ConfigError
+from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
 from backupd.logs import setup_logging
 from backupd.process import mask
 from backupd.progress import LogProgress, TerminalProgress
@@ -109,7 +109,11 @@ async def _once(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    return await Daemon(settings).run()
+    try:
+        return await Daemon(settings).run()
+    except BackupdError as error:  # COORDINATION=storage could not be set up: nothing started
+        print(f"backupd: {mask(str(error), all_secrets(settings))}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(error, CoordinationUnsupported) else EXIT_FAILED
 
 
 def pick_target(settings: Settings, name: str | None) -> TargetConfig:
@@ -274,7 +278,10 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
     ok = True
     for target in settings.targets:
-        for finding in await check_target(target):
+        findings = await check_target(target)
+        if settings.coordination.enabled:
+            findings.append(await check_coordination(target, settings.coordination))
+        for finding in findings:
             print(finding.line(), flush=True)
             ok = ok and finding.ok
     return EXIT_OK if ok else EXIT_FAILED

@@ -7,6 +7,7 @@ and never reads ``os.environ``. Secrets are ``SecretStr`` and print as ``*******
 from __future__ import annotations
 
 import enum
+import socket
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -355,6 +356,51 @@ class DaemonConfig(BaseModel):
     )
 
 
+class Coordination(enum.StrEnum):
+    NONE = "none"
+    STORAGE = "storage"
+
+
+def _host_name() -> str:
+    return socket.gethostname() or "backupd"
+
+
+class CoordinationConfig(BaseModel):
+    """How several replicas of ``backupd run`` share one schedule (see ``coordination.py``)."""
+
+    model_config = _FROZEN
+
+    mode: Coordination = Field(
+        Coordination.NONE,
+        alias="COORDINATION",
+        description="none, or storage: replicas claim each slot in the bucket, so it runs once",
+    )
+    replica_id: str = Field(
+        default_factory=_host_name,
+        alias="REPLICA_ID",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.@:-]+$",
+        description="This replica's name in claims",
+    )
+    lease: float = Field(
+        60,
+        alias="COORDINATION_LEASE",
+        ge=2,
+        le=3600,
+        description="Seconds a claim holds without renewal (renewed every third), e.g. 60s",
+    )
+
+    @field_validator("lease", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        return value.strip().removesuffix("s") if isinstance(value, str) else value
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is Coordination.STORAGE
+
+
 class EmailTLS(enum.StrEnum):
     STARTTLS = "starttls"
     SSL = "ssl"
@@ -530,4 +576,7 @@ class Settings(BaseModel):
 
     targets: tuple[TargetConfig, ...]
     daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig.model_validate({}))
+    coordination: CoordinationConfig = Field(
+        default_factory=lambda: CoordinationConfig.model_validate({})
+    )
     logs: LogConfig = Field(default_factory=lambda: LogConfig.model_validate({}))

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from backupd.config import (
+    CoordinationConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
@@ -56,6 +57,7 @@ ECHOED_NAMES = frozenset(
         "EMAIL_ON",
         "LOG_FORMAT",
         "STORAGE_OBJECT_LOCK_MODE",
+        "COORDINATION",
     }
 )
 
@@ -266,10 +268,29 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     reader = _Reader(env)
     daemon = reader.validate(DaemonConfig)
     logs = reader.validate(LogConfig)
+    coordination = reader.validate(CoordinationConfig)
     problems += reader.problems
+    if coordination is not None and coordination.enabled:
+        problems += coordination_problems(targets)
     if problems:
         raise ConfigError(problems)
-    return Settings(targets=tuple(targets), daemon=daemon, logs=logs)
+    return Settings(targets=tuple(targets), daemon=daemon, logs=logs, coordination=coordination)
+
+
+def coordination_problems(targets: list[TargetConfig]) -> list[str]:
+    """COORDINATION=storage needs every target in an object store with conditional writes.
+
+    A local folder is refused rather than emulated: replicas on several hosts would share it
+    over a network file system, where exclusive creates and locks are not reliably atomic, and
+    replicas on one host gain nothing from coordinating.
+    """
+    return [
+        f"{'' if not target.named else target.name.upper() + '_'}STORAGE_TYPE: "
+        "COORDINATION=storage needs s3 or r2 (conditional writes); a local folder cannot be "
+        "shared safely between replicas: run one replica with COORDINATION=none"
+        for target in targets
+        if isinstance(target.storage, LocalConfig)
+    ]
 
 
 def read_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, str]:

@@ -56,6 +56,12 @@ class Metrics:
             ["target"],
             registry=self.registry,
         )
+        self.claimed_elsewhere = Counter(
+            "backupd_slots_claimed_elsewhere",
+            "Slots another replica claimed first (COORDINATION=storage), by kind",
+            ["target", "kind"],
+            registry=self.registry,
+        )
 
         self.pruned = Counter(
             "backupd_pruned_backups",
@@ -80,6 +86,7 @@ class Metrics:
         """Make every series of ``target`` visible at zero before its first run."""
         for result in ("success", "failure", "skipped"):
             self.runs.labels(target, result)
+        self.claimed_elsewhere.labels(target, "backup")
         self.in_progress.labels(target).set(0)
         self.pruned.labels(target)
 

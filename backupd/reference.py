@@ -10,6 +10,7 @@ import enum
 from pydantic import BaseModel, ByteSize, SecretStr
 
 from backupd.config import (
+    CoordinationConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
@@ -36,6 +37,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     MSSQLConfig,
     LimitsConfig,
     DaemonConfig,
+    CoordinationConfig,
     LogConfig,
 )
 # Read by the loader itself rather than by a model field.
@@ -61,6 +63,8 @@ DEFAULTS = {
     "EMAIL_FROM": "required for mail",
     "EMAIL_TO": "required for mail",
     "MSSQL_LOCAL_DIR": "MSSQL_BACKUP_DIR",
+    "REPLICA_ID": "host name",
+    "COORDINATION_LEASE": "`60s`",
 }
 
 

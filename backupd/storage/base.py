@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -133,3 +134,68 @@ class Storage(Protocol):
     async def lock_of(self, key: str) -> Lock:
         """``key``'s Object Lock retention and version (``Lock()`` when it has none)."""
         ...
+
+
+class ClaimStore(Protocol):
+    """What coordinating replicas need of a store: atomic conditional writes (S3, R2, MinIO).
+
+    ETags are passed as the store returns them (quoted). A write whose condition fails returns
+    None; every other failure raises StorageError.
+    """
+
+    description: str
+
+    async def create(self, key: str, data: bytes) -> str | None:
+        """Write ``key`` only if it does not exist (``If-None-Match: *``); its ETag, or None."""
+        ...
+
+    async def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        """Overwrite ``key`` only if its ETag is still ``etag`` (``If-Match``); the new ETag,
+        or None when the object changed or is gone."""
+        ...
+
+    async def read(self, key: str) -> tuple[bytes, str] | None:
+        """A small object and its ETag; None when there is no such key."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; no error when it is already gone."""
+        ...
+
+    def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object whose key starts with ``prefix``."""
+        ...
+
+    async def abort_uploads(self, key: str) -> int:
+        """Abort every open multipart upload of exactly ``key``; how many there were."""
+        ...
+
+
+class Fence(Protocol):
+    """The run's hold on its slot, checked by a storage before it makes anything visible."""
+
+    async def writing(self, key: str) -> None:
+        """Note that an upload of ``key`` starts (a replica taking over aborts it)."""
+        ...
+
+    async def check(self, key: str) -> None:
+        """Raise ClaimLost unless this run still holds its slot; extends the hold."""
+        ...
+
+
+publish_fence: ContextVar[Fence | None] = ContextVar("publish_fence", default=None)
+"""The current run's fence, or None (no coordination). Set by ``claims.Lease`` for the run."""
+
+
+async def check_fence(key: str) -> None:
+    """Call before publishing ``key`` (complete, single put, manifest)."""
+    fence = publish_fence.get()
+    if fence is not None:
+        await fence.check(key)
+
+
+async def note_writing(key: str) -> None:
+    """Call before starting a multipart upload of ``key``."""
+    fence = publish_fence.get()
+    if fence is not None:
+        await fence.writing(key)

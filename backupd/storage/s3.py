@@ -25,7 +25,15 @@ from botocore.exceptions import (
 from backupd.config import MAX_PART_SIZE, S3Config, StorageType
 from backupd.errors import StorageError
 from backupd.parts import Part, PartBody
-from backupd.storage.base import MAX_DELETE_BATCH, Lock, PendingUpload, Removal, StoredObject
+from backupd.storage.base import (
+    MAX_DELETE_BATCH,
+    Lock,
+    PendingUpload,
+    Removal,
+    StoredObject,
+    check_fence,
+    note_writing,
+)
 
 if TYPE_CHECKING:
     from aiobotocore.config import AioConfig
@@ -38,6 +46,10 @@ MAX_PARTS = 10_000
 SEND_SLICE = 1024 * 1024
 DOWNLOAD_CHUNK = 1024 * 1024
 GROWTH_BLOCK = 1_000
+# A conditional write that did not happen: the condition failed, or (409) a concurrent
+# conditional write to the same key won.
+_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_MISSING = {"NoSuchKey", "404"}
 _CREDENTIAL_ERRORS = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -224,6 +236,7 @@ class S3Upload:
 
     async def commit(self) -> None:
         if self._upload_id is None:
+            await check_fence(self._key)
             client = await self._storage.client()
             with storage_errors(self._config, f"upload {self._key}"):
                 await client.put_object(
@@ -242,6 +255,7 @@ class S3Upload:
             await asyncio.wait(self._tasks)
         self._raise_failure()
         parts = sorted(self._done, key=lambda p: p["PartNumber"])
+        await check_fence(self._key)
         client = await self._storage.client()
         with storage_errors(self._config, f"complete {self._key}"):
             await client.complete_multipart_upload(
@@ -271,6 +285,7 @@ class S3Upload:
             log.info("aborted multipart upload of %s", self._key)
 
     async def _create(self) -> None:
+        await note_writing(self._key)
         client = await self._storage.client()
         with storage_errors(self._config, f"start upload of {self._key}"):
             response = await client.create_multipart_upload(
@@ -405,6 +420,7 @@ class S3Storage:
     async def put_bytes(
         self, key: str, data: bytes, content_type: str, *, locked: bool = False
     ) -> None:
+        await check_fence(key)
         client = await self.client()
         with storage_errors(self.config, f"write {key}"):
             await client.put_object(
@@ -503,3 +519,61 @@ class S3Storage:
         return Lock(
             head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate"), head.get("VersionId")
         )
+
+    async def create(self, key: str, data: bytes) -> str | None:
+        return await self._conditional_put(key, data, {"IfNoneMatch": "*"})
+
+    async def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        return await self._conditional_put(key, data, {"IfMatch": etag})
+
+    async def _conditional_put(
+        self, key: str, data: bytes, condition: dict[str, str]
+    ) -> str | None:
+        client = await self.client()
+        try:
+            with storage_errors(self.config, f"write {key}"):
+                response = await client.put_object(
+                    Bucket=self.config.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType="application/json",
+                    **condition,  # type: ignore[arg-type]
+                )
+        except StorageError as error:
+            if _error_code(error) in _CONDITION_FAILED | _MISSING:
+                return None
+            raise
+        return str(response["ETag"])
+
+    async def read(self, key: str) -> tuple[bytes, str] | None:
+        client = await self.client()
+        try:
+            with storage_errors(self.config, f"read {key}"):
+                response = await client.get_object(Bucket=self.config.bucket, Key=key)
+                async with response["Body"] as body:
+                    return bytes(await body.read()), str(response["ETag"])
+        except StorageError as error:
+            if _error_code(error) in _MISSING:
+                return None
+            raise
+
+    async def abort_uploads(self, key: str) -> int:
+        client = await self.client()
+        aborted = 0
+        with storage_errors(self.config, f"abort uploads of {key}"):
+            listing = await client.list_multipart_uploads(Bucket=self.config.bucket, Prefix=key)
+            for upload in listing.get("Uploads", []):
+                if upload.get("Key") == key and "UploadId" in upload:
+                    await client.abort_multipart_upload(
+                        Bucket=self.config.bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
+
+def _error_code(error: StorageError) -> str:
+    """The S3 error code behind a StorageError, or ""."""
+    cause = error.__cause__
+    if isinstance(cause, ClientError):
+        return str(cause.response.get("Error", {}).get("Code", ""))
+    return ""
