@@ -127,7 +127,7 @@ async def dump_to_storage(
     log.info("backing up %s %s to %s", engine, dump.database, key)
     try:
         async with (
-            storage.upload(key, metadata) as upload,
+            storage.upload(key, metadata, locked=True) as upload,
             spawn(command.argv[0], command) as child,
         ):
             async with stall_guard(
@@ -250,7 +250,10 @@ async def file_to_storage(
         await source.backup_to_file(database, server_path, native)
         info = await probe
         metadata = object_metadata(engine, database, started, layout.timezone)
-        async with storage.upload(key, metadata) as upload, FileReader.open(local_path) as reader:
+        async with (
+            storage.upload(key, metadata, locked=True) as upload,
+            FileReader.open(local_path) as reader,
+        ):
             await _copy(target, reader, upload, digest, stream_kind, key, clock, progress)
             if digest.size == 0:
                 raise DumpError(f"{local_path} is empty; refusing to store an empty backup")
@@ -293,7 +296,7 @@ async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
     failure: BackupdError | None = None
     for attempt in range(1, MANIFEST_ATTEMPTS + 1):
         try:
-            await storage.put_bytes(key, data, "application/json")
+            await storage.put_bytes(key, data, "application/json", locked=True)
             return
         except BackupdError as error:
             failure = error

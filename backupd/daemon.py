@@ -31,6 +31,7 @@ from backupd.config import S3Config, Settings, TargetConfig
 from backupd.coordination import Kind
 from backupd.errors import BackupdError, ClaimLost
 from backupd.metrics import Metrics, serve
+from backupd.prune import prune_after_run
 from backupd.report import backup_and_report
 from backupd.schedule import Schedule, following_slot, next_fire, previous_fire, sleep_step
 from backupd.storage import ClaimStore, open_claim_store
@@ -276,3 +277,9 @@ class Daemon:
         self.metrics.last_bytes.labels(name).set(sum(report.size for report in reports))
         if ok:
             self.metrics.last_success.labels(name).set(time.time())
+        if ok and target.retention.policy.enabled:
+            pruned = await prune_after_run(target)
+            if pruned is not None:
+                self.metrics.pruned.labels(name).inc(len(pruned.deleted))
+                self.metrics.stored_backups.labels(name).set(pruned.stored_backups)
+                self.metrics.stored_bytes.labels(name).set(pruned.stored_bytes)

@@ -26,6 +26,7 @@ from backupd.config import (
     LocalConfig,
     LogConfig,
     MSSQLConfig,
+    RetentionConfig,
     S3Config,
     ScheduleConfig,
     Settings,
@@ -55,6 +56,7 @@ ECHOED_NAMES = frozenset(
         "EMAIL_TLS",
         "EMAIL_ON",
         "LOG_FORMAT",
+        "STORAGE_OBJECT_LOCK_MODE",
         "COORDINATION",
     }
 )
@@ -164,6 +166,12 @@ def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
         reader.problems.append(f"{var}: must be one of s3, r2, local (got {raw_kind!r})")
         return None
     if kind is StorageType.LOCAL:
+        for name in ("STORAGE_OBJECT_LOCK_DAYS", "STORAGE_OBJECT_LOCK_MODE"):
+            if reader.get(name) is not None:
+                reader.problems.append(
+                    f"{reader.source[name]}: Object Lock needs an S3 bucket; "
+                    "STORAGE_TYPE=local cannot lock files"
+                )
         config: S3Config | LocalConfig | None = reader.validate(LocalConfig)
         return config
     reader.problems.extend(_storage_problems(kind, reader))
@@ -186,6 +194,7 @@ def load_target(
     email = reader.validate(EmailConfig)
     hooks = reader.validate(HooksConfig)
     mssql = reader.validate(MSSQLConfig)
+    retention = reader.validate(RetentionConfig)
     limits = reader.validate(LimitsConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
@@ -201,6 +210,7 @@ def load_target(
         email=email,
         hooks=hooks,
         mssql=mssql,
+        retention=retention,
         limits=limits,
     )
 

@@ -20,6 +20,7 @@ from backupd.config import (
     LocalConfig,
     LogConfig,
     MSSQLConfig,
+    RetentionConfig,
     S3Config,
     ScheduleConfig,
 )
@@ -30,6 +31,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     LocalConfig,
     LayoutConfig,
     ScheduleConfig,
+    RetentionConfig,
     EmailConfig,
     HooksConfig,
     MSSQLConfig,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -39,6 +39,40 @@ class StoredObject:
     modified: datetime
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload (or, in a folder, a temporary file) that was started, never finished."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True)
+class Lock:
+    """An object's Object Lock retention as the store reports it (all None: not locked)."""
+
+    mode: str | None = None
+    until: datetime | None = None
+    version_id: str | None = None
+
+    def holds(self, now: datetime) -> bool:
+        """Whether the object cannot be deleted at ``now`` (aware)."""
+        return self.until is not None and self.until > now
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One object to delete: its key, and on a versioned bucket the version to remove."""
+
+    key: str
+    version_id: str | None = None
+
+
+MAX_DELETE_BATCH = 1_000
+"""S3's DeleteObjects takes at most this many keys a request."""
+
+
 class Storage(Protocol):
     """A bucket or folder that holds backups."""
 
@@ -48,12 +82,17 @@ class Storage(Protocol):
         """Open connections ahead of need (optional work, safe to run concurrently)."""
         ...
 
-    def upload(self, key: str, metadata: dict[str, str]) -> AbstractAsyncContextManager[Upload]:
-        """Start writing ``key``; see ``Upload``."""
+    def upload(
+        self, key: str, metadata: dict[str, str], *, locked: bool = False
+    ) -> AbstractAsyncContextManager[Upload]:
+        """Start writing ``key``; see ``Upload``. ``locked``: under the configured Object Lock
+        (backups and their manifests; never probes, claims or other bookkeeping)."""
         ...
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        """Write a small object in one request; never overwrite."""
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, locked: bool = False
+    ) -> None:
+        """Write a small object in one request; never overwrite. ``locked`` as in ``upload``."""
         ...
 
     async def delete(self, key: str) -> None:
@@ -70,6 +109,30 @@ class Storage(Protocol):
 
     def download(self, key: str) -> AsyncIterator[bytes]:
         """An object's bytes in chunks of bounded size, in order."""
+        ...
+
+    async def delete_many(self, objects: Sequence[Removal]) -> dict[str, str]:
+        """Delete ``objects``, in requests of at most ``MAX_DELETE_BATCH`` keys.
+
+        Returns the keys that could not be deleted with the store's reason; a key that is
+        already gone counts as deleted. Raises StorageError when a whole request fails.
+        """
+        ...
+
+    def list_uploads(self, prefix: str) -> AsyncIterator[PendingUpload]:
+        """Uploads started under ``prefix`` and neither completed nor aborted."""
+        ...
+
+    async def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort ``upload`` and free its parts; no error when it is already gone."""
+        ...
+
+    async def object_lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock enabled (a folder never has)."""
+        ...
+
+    async def lock_of(self, key: str) -> Lock:
+        """``key``'s Object Lock retention and version (``Lock()`` when it has none)."""
         ...
 
 
