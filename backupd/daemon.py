@@ -254,6 +254,18 @@ class Daemon:
         except BackupdError as error:
             log.error("%s: the %s run did not happen: %s", target.name, label, error)
             self.metrics.runs.labels(target.name, "failure").inc()
+        if finished:
+            await self._sweep(target, claims)
+
+    async def _sweep(self, target: TargetConfig, claims: Claims) -> None:
+        """Claims are bookkeeping: the replica that ran a slot deletes those a day old."""
+        try:
+            deleted = await claims.sweep()
+        except BackupdError as error:
+            log.warning("%s: could not delete old claims: %s", target.name, error)
+            return
+        if deleted:
+            log.info("%s: deleted %d claim(s) older than a day", target.name, len(deleted))
 
     def _elsewhere(self, target: TargetConfig, observed: Observed) -> None:
         """The run task's slot is another replica's: it only watches from now on."""
