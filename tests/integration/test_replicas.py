@@ -202,28 +202,26 @@ def test_a_killed_replicas_slot_is_taken_over_and_completed_once(
 
 
 def test_a_store_that_ignores_if_none_match_is_refused_at_start(
-    pg: PostgresServer, proxy: FaultProxy, bucket: str
+    pg: PostgresServer, proxy: FaultProxy, atomic_moto_url: str, bucket: str
 ) -> None:
     proxy.strip_headers = {"if-none-match"}
-    env = {
-        **pg_env(pg, "postgres"),
-        **storage_env(proxy.url, bucket),
-        "COORDINATION": "storage",
-        "HTTP_PORT": "0",
-    }
+    env = {**pg_env(pg, "postgres"), "COORDINATION": "storage", "HTTP_PORT": "0"}
+    stripped = {**env, **storage_env(proxy.url, bucket)}
+    honest = {**env, **storage_env(atomic_moto_url, bucket)}
 
-    run, check = (
+    run, check, good_check = (
         subprocess.Popen(
             backupd_command(command),
-            env=child_env(env),
+            env=child_env(config),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for command in ("run", "check")
+        for command, config in (("run", stripped), ("check", stripped), ("check", honest))
     )
     run_out, run_err = run.communicate(timeout=60)
     check_out, _ = check.communicate(timeout=60)
+    good_out, _ = good_check.communicate(timeout=60)
 
     assert run.returncode == 2, run_out + run_err
     (line,) = run_err.strip().splitlines()
@@ -231,3 +229,6 @@ def test_a_store_that_ignores_if_none_match_is_refused_at_start(
     assert "ignores If-None-Match" in line
     assert check.returncode == 1
     assert "FAIL default coordination: COORDINATION=storage" in check_out
+    assert good_check.returncode == 0, good_out
+    assert "ok   default coordination: s3 bucket" in good_out
+    assert "honours If-None-Match and If-Match" in good_out
