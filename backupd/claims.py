@@ -56,9 +56,9 @@ ATTEMPTS = 5
 RETRY_RENEWAL = 1.0
 """Seconds between renewal attempts after one failed (the lease itself bounds how long)."""
 SETTLE_ATTEMPTS = 3
+"""Attempts at writing a claim's final state (done, or handed back)."""
 SWEEP_EVERY = 3600.0
 """Seconds between two sweeps of stale claims by one replica (``Claims.sweep``)."""
-"""Attempts at writing a claim's final state (done, or handed back)."""
 
 
 def wall_clock() -> datetime:
