@@ -25,7 +25,7 @@ from backupd.catalogue import (
     stem_for,
 )
 from backupd.config import Compression, TargetConfig
-from backupd.errors import BackupdError, DumpError
+from backupd.errors import BackupdError, ClaimLost, DumpError
 from backupd.parts import BufferPool
 from backupd.process import Child, Command, describe_status, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
@@ -97,7 +97,6 @@ class Dump:
     """A hint for a known failure in the tool's stderr."""
     properties: Callable[[], Awaitable[dict[str, Any]]]
     """Database-level settings to record in the manifest (read alongside the dump)."""
-    names_database: bool = False
     session: Callable[[], AbstractAsyncContextManager[DumpSession]] = no_session
     """Open for the whole dump: a shared snapshot and the tables' row counts, if any."""
 
@@ -134,7 +133,7 @@ async def dump_to_storage(
         tables = asyncio.ensure_future(session.count())
         try:
             async with (
-                storage.upload(key, metadata) as upload,
+                storage.upload(key, metadata, locked=True) as upload,
                 spawn(command.argv[0], command) as child,
             ):
                 async with stall_guard(
@@ -157,17 +156,8 @@ async def dump_to_storage(
             await _settle(properties)
             await _settle(tables)
     progress.done(key)
-    made = Made(
-        dump.database,
-        key,
-        run_id,
-        native,
-        stream_kind,
-        recorded,
-        dump.names_database,
-        counted,
-        session.method if counted is not None else None,
-    )
+    method = session.method if counted is not None else None
+    made = Made(dump.database, key, run_id, native, stream_kind, recorded, counted, method)
     return await _record(target, storage, made, digest, started, clock, info)
 
 
@@ -181,7 +171,6 @@ class Made:
     native: bool
     stream_kind: Compression
     properties: dict[str, Any]
-    names_database: bool = False
     tables: list[dict[str, Any]] | None = None
     row_counts: str | None = None
 
@@ -255,7 +244,6 @@ async def _record(
         },
         run_id=made.run_id,
         properties=made.properties,
-        names_database=made.names_database,
         tables=made.tables,
         row_counts=made.row_counts,
     )
@@ -289,7 +277,10 @@ async def file_to_storage(
         await source.backup_to_file(database, server_path, native)
         info = await probe
         metadata = object_metadata(engine, database, started, layout.timezone)
-        async with storage.upload(key, metadata) as upload, FileReader.open(local_path) as reader:
+        async with (
+            storage.upload(key, metadata, locked=True) as upload,
+            FileReader.open(local_path) as reader,
+        ):
             await _copy(target, reader, upload, digest, stream_kind, key, clock, progress)
             if digest.size == 0:
                 raise DumpError(f"{local_path} is empty; refusing to store an empty backup")
@@ -332,10 +323,12 @@ async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
     failure: BackupdError | None = None
     for attempt in range(1, MANIFEST_ATTEMPTS + 1):
         try:
-            await storage.put_bytes(key, data, "application/json")
+            await storage.put_bytes(key, data, "application/json", locked=True)
             return
         except BackupdError as error:
             failure = error
+            if isinstance(error, ClaimLost):  # another replica has the slot: never publish
+                break
             if attempt > 1 and await _already_written(storage, key, data):
                 return
             log.warning("writing %s failed (attempt %d): %s", key, attempt, error)
@@ -446,7 +439,6 @@ def _database_dump(source: Source, database: str) -> Dump:
         tool_compresses=source.can_compress,
         explain=source.explain_failure,
         properties=lambda: source.database_properties(database),
-        names_database=False,
         session=lambda: source.dump_session(database),
     )
 

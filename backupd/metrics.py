@@ -56,6 +56,31 @@ class Metrics:
             ["target"],
             registry=self.registry,
         )
+        self.claimed_elsewhere = Counter(
+            "backupd_slots_claimed_elsewhere",
+            "Slots another replica claimed first (COORDINATION=storage), by kind",
+            ["target", "kind"],
+            registry=self.registry,
+        )
+
+        self.pruned = Counter(
+            "backupd_pruned_backups",
+            "Complete backups deleted by retention",
+            ["target"],
+            registry=self.registry,
+        )
+        self.stored_backups = Gauge(
+            "backupd_stored_backups",
+            "Complete backups in storage, counted at the last prune",
+            ["target"],
+            registry=self.registry,
+        )
+        self.stored_bytes = Gauge(
+            "backupd_stored_bytes",
+            "Bytes of the complete backups in storage, counted at the last prune",
+            ["target"],
+            registry=self.registry,
+        )
 
         self.interval = Gauge(
             "backupd_schedule_interval_seconds",
@@ -86,9 +111,11 @@ class Metrics:
         """Make every series of ``target`` visible at zero before its first run."""
         for result in ("success", "anomaly", "failure", "skipped"):
             self.runs.labels(target, result)
+        self.claimed_elsewhere.labels(target, "backup")
         self.in_progress.labels(target).set(0)
         for result in ("success", "failure", "skipped"):
             self.verify_runs.labels(target, result)
+        self.pruned.labels(target)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

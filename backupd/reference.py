@@ -11,6 +11,7 @@ from pydantic import BaseModel, ByteSize, SecretStr
 
 from backupd.config import (
     AnomalyConfig,
+    CoordinationConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
@@ -20,6 +21,7 @@ from backupd.config import (
     LocalConfig,
     LogConfig,
     MSSQLConfig,
+    RetentionConfig,
     S3Config,
     ScheduleConfig,
     VerifyConfig,
@@ -31,6 +33,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     LocalConfig,
     LayoutConfig,
     ScheduleConfig,
+    RetentionConfig,
     EmailConfig,
     HooksConfig,
     MSSQLConfig,
@@ -38,6 +41,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     VerifyConfig,
     AnomalyConfig,
     DaemonConfig,
+    CoordinationConfig,
     LogConfig,
 )
 # Read by the loader itself rather than by a model field.
@@ -64,6 +68,8 @@ DEFAULTS = {
     "EMAIL_TO": "required for mail",
     "MSSQL_LOCAL_DIR": "MSSQL_BACKUP_DIR",
     "VERIFY_DB_PORT": "by engine",
+    "REPLICA_ID": "host name",
+    "COORDINATION_LEASE": "`60s`",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import subprocess
 import uuid
@@ -340,3 +341,51 @@ WRITE_UNTIL_STOPPED = """DO $$ BEGIN
         PERFORM pg_sleep(0.001);
     END LOOP;
 END $$"""
+
+
+def test_with_coordination_each_verify_slot_is_claimed_and_run_once(
+    pg: PostgresServer, atomic_moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("claimed")
+    pg.create_database(database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g")
+    port = free_port()
+    env = {
+        **pg_env(pg, database),
+        **storage_env(atomic_moto_url, bucket),
+        "CRON_SCHEDULE": "0 0 1 1 *",
+        "VERIFY_SCHEDULE": "*/2 * * * * *",
+        "COORDINATION": "storage",
+        "REPLICA_ID": "r1",
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    process = subprocess.Popen(
+        backupd_command("run"),
+        env=child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def verified() -> bool:
+            _, text = fetch(port, "/metrics")
+            return metric(text, "backupd_verify_runs_total", result="success") >= 1
+
+        wait_until(verified, 60, "a verify run")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    keys, _ = bucket_state(s3, bucket)
+    verify_claims = [k for k in keys if "/.backupd/claims/default/verify/" in k]
+    assert process.returncode == 0, output
+    assert verify_claims, keys
+    states = {
+        json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read())["state"]
+        for k in verify_claims
+    }
+    assert "done" in states, states
