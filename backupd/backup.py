@@ -1,16 +1,18 @@
-"""Back up one target: probe → dump → stream → upload → manifest, for each of its databases.
+"""Back up one target: probe → dump → stages → parts → upload → manifest, for each database.
 
-This module composes the others; sources, stream and storage never import one another. A backup
+This module composes the others; sources, stages, stream and storage never import one another,
+and this one knows no engine: every engine offers the same ``open_dump``. A backup
 becomes visible only when the dump exited 0, every part is stored and the manifest is written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,20 +20,12 @@ from typing import Any
 from backupd.config import Compression, TargetConfig
 from backupd.errors import BackupdError, DumpError, StorageError
 from backupd.layout import backup_stem, manifest_bytes, manifest_key, object_key, object_metadata
-from backupd.parts import BufferPool
-from backupd.process import Child, Command, describe_status, spawn
+from backupd.parts import BufferPool, Readable
 from backupd.progress import LogProgress, Progress
-from backupd.sources import FileSource, ServerInfo, Source, source_for
+from backupd.sources import BackupSource, ServerInfo, source_for
+from backupd.stages import choose_stages, key_suffix, plan_compression
 from backupd.storage import Storage, Upload, open_storage
-from backupd.stream import (
-    SUFFIXES,
-    Digest,
-    FileReader,
-    Readable,
-    fixed_parts,
-    make_compressor,
-    plan_compression,
-)
+from backupd.stream import Counted, Digest, fixed_parts
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +69,14 @@ class TargetRun:
 
 @dataclass(frozen=True)
 class Dump:
-    """One object to produce: which database, under which name, by which command."""
+    """One object to produce: which database, under which name, from which byte source."""
 
     database: str
     stem: str
     extension: str
-    command: Callable[[bool], Command]
+    open: Callable[[bool], AbstractAsyncContextManager[Readable]]
+    """Given whether the tool compresses, the dump as a byte source (``open_dump``)."""
     tool_compresses: bool
-    explain: Callable[[str], str | None]
-    """A hint for a known failure in the tool's stderr."""
 
 
 async def dump_to_storage(
@@ -93,32 +86,63 @@ async def dump_to_storage(
     probe: asyncio.Future[ServerInfo],
     progress: Progress,
 ) -> BackupResult:
-    """Stream one dump into one new object, then write its manifest.
+    """Stream one dump through its stages into one new object, then write its manifest.
 
     ``probe`` (login, versions) runs alongside the dump; it must have succeeded before the
-    object is published.
+    object is published, and a failed probe explains a failed dump best.
     """
+    try:
+        return await _store(target, dump, storage, probe, progress)
+    except DumpError:
+        await asyncio.wait([probe])
+        if not probe.cancelled() and isinstance(probe.exception(), BackupdError):
+            await probe  # raises the login or version problem
+        raise
+
+
+async def _store(
+    target: TargetConfig,
+    dump: Dump,
+    storage: Storage,
+    probe: asyncio.Future[ServerInfo],
+    progress: Progress,
+) -> BackupResult:
     layout, engine = target.layout, target.database.engine
     started = datetime.now(layout.tz)
     native, stream_kind = plan_compression(layout.compression, engine, dump.tool_compresses)
-    key = object_key(target.key_prefix, dump.stem, dump.extension + SUFFIXES[stream_kind], started)
+    stages = choose_stages(stream_kind)
+    key = object_key(target.key_prefix, dump.stem, dump.extension + key_suffix(stages), started)
     metadata = object_metadata(engine, dump.database, started, layout.timezone)
-    command = dump.command(native)
     digest = Digest()
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
-    async with storage.upload(key, metadata) as upload, spawn(command.argv[0], command) as child:
-        await _copy(target, child.stdout, upload, digest, stream_kind, key, clock, progress)
-        await _check_exit(child, dump, probe)
-        if digest.size == 0:
+    async with storage.upload(key, metadata) as upload:
+        async with contextlib.AsyncExitStack() as stack:
+            dumped = Counted(await stack.enter_async_context(dump.open(native)))
+            reader: Readable = dumped
+            for stage in stages:
+                reader = await stack.enter_async_context(stage.apply(reader))
+            await _copy(target, reader, upload, digest, key, clock, progress)
+        if dumped.size == 0:
             raise DumpError(
-                f"{child.name} exited 0 but wrote nothing; refusing to store an empty backup"
+                f"the backup of {dump.database} is empty; refusing to store an empty backup"
             )
         info = await probe
         await upload.commit()
     progress.done(key)
+    facts = {name: value for stage in stages for name, value in stage.facts().items()}
     return await _record(
-        target, storage, dump.database, key, digest, started, clock, info, native, stream_kind
+        target,
+        storage,
+        dump.database,
+        key,
+        digest,
+        started,
+        clock,
+        info,
+        native,
+        stream_kind,
+        facts,
     )
 
 
@@ -127,15 +151,13 @@ async def _copy(
     source: Readable,
     upload: Upload,
     digest: Digest,
-    stream_kind: Compression,
     key: str,
     clock: float,
     progress: Progress,
 ) -> None:
-    """Every byte of ``source`` into ``upload``, in parts, compressed and hashed on the way."""
+    """Every byte of ``source`` into ``upload``, in parts, hashed on the way."""
     pool = BufferPool(keep=target.storage.upload_concurrency + 2)
-    compressor = make_compressor(stream_kind)
-    async for part in fixed_parts(source, upload.part_size, digest, compressor, pool):
+    async for part in fixed_parts(source, upload.part_size, digest, pool):
         await upload.write(part)
         progress.update(key, digest.size, time.monotonic() - clock)
 
@@ -151,8 +173,10 @@ async def _record(
     info: ServerInfo,
     native: bool,
     stream_kind: Compression,
+    facts: dict[str, Any],
 ) -> BackupResult:
-    """The result of a published object, and its manifest written beside it."""
+    """The result of a published object, and its manifest written beside it (``facts``: what
+    the stages record)."""
     result = BackupResult(
         target=target.name,
         database=database,
@@ -164,62 +188,10 @@ async def _record(
         finished=datetime.now(target.layout.tz),
         duration_s=round(time.monotonic() - clock, 3),
     )
-    await _write_manifest(storage, result, info, target.layout.compression, native, stream_kind)
+    await _write_manifest(
+        storage, result, info, target.layout.compression, native, stream_kind, facts
+    )
     return result
-
-
-async def file_to_storage(
-    target: TargetConfig,
-    source: FileSource,
-    database: str,
-    storage: Storage,
-    probe: asyncio.Future[ServerInfo],
-    progress: Progress,
-) -> BackupResult:
-    """Have the server write a backup file to the shared volume, stream it into one new object,
-    and delete the file, whatever happens."""
-    layout, engine = target.layout, target.database.engine
-    started = datetime.now(layout.tz)
-    native, stream_kind = plan_compression(layout.compression, engine, source.can_compress)
-    stem = backup_stem(database)
-    key = object_key(target.key_prefix, stem, source.extension + SUFFIXES[stream_kind], started)
-    server_path, local_path = source.paths(
-        f"{stem}_{started:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}{source.extension}"
-    )
-    digest = Digest()
-    clock = time.monotonic()
-    log.info("backing up %s %s via %s to %s", engine, database, server_path, key)
-    try:
-        await source.backup_to_file(database, server_path, native)
-        info = await probe
-        metadata = object_metadata(engine, database, started, layout.timezone)
-        async with storage.upload(key, metadata) as upload, FileReader.open(local_path) as reader:
-            await _copy(target, reader, upload, digest, stream_kind, key, clock, progress)
-            if digest.size == 0:
-                raise DumpError(f"{local_path} is empty; refusing to store an empty backup")
-            await upload.commit()
-    finally:
-        await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
-    progress.done(key)
-    return await _record(
-        target, storage, database, key, digest, started, clock, info, native, stream_kind
-    )
-
-
-async def _check_exit(child: Child, dump: Dump, probe: asyncio.Future[ServerInfo]) -> None:
-    """Raise unless the dump exited 0; a failed login probe explains a failure best."""
-    code = await child.wait()
-    if code == 0:
-        return
-    await asyncio.wait([probe])
-    if not probe.cancelled() and isinstance(probe.exception(), BackupdError):
-        await probe  # raises the login or version problem
-    stderr = child.stderr_text()
-    hint = dump.explain(stderr)
-    raise DumpError(
-        f"{f'{hint}: ' if hint else ''}{child.name} exited with status {describe_status(code)}: "
-        f"{stderr or 'no output'}"
-    )
 
 
 async def _write_manifest(
@@ -229,6 +201,7 @@ async def _write_manifest(
     setting: Compression,
     native: bool,
     stream: Compression,
+    facts: dict[str, Any],
 ) -> None:
     fields: dict[str, Any] = {
         "key": result.key,
@@ -243,6 +216,7 @@ async def _write_manifest(
         "server_version": info.server_version,
         "tool_version": info.tool_version,
         "compression": {"setting": setting.value, "tool": native, "stream": stream.value},
+        **facts,
     }
     try:
         await storage.put_bytes(
@@ -280,22 +254,13 @@ async def run_backup(target: TargetConfig, progress: Progress | None = None) -> 
 
 async def _run_all(
     target: TargetConfig,
-    source: Source | FileSource,
+    source: BackupSource,
     storage: Storage,
     probe: asyncio.Future[ServerInfo],
     progress: Progress,
     run: TargetRun,
 ) -> None:
     """Each database in turn; one failing does not stop the others."""
-    if isinstance(source, FileSource):
-        for database in target.database.databases or await _all_databases(source, probe):
-            try:
-                run.results.append(
-                    await file_to_storage(target, source, database, storage, probe, progress)
-                )
-            except BackupdError as error:
-                run.failures.append((database, error))
-        return
     for dump in await _dumps(target, source, probe):
         try:
             run.results.append(await dump_to_storage(target, dump, storage, probe, progress))
@@ -303,9 +268,7 @@ async def _run_all(
             run.failures.append((dump.database, error))
 
 
-async def _all_databases(
-    source: Source | FileSource, probe: asyncio.Future[ServerInfo]
-) -> list[str]:
+async def _all_databases(source: BackupSource, probe: asyncio.Future[ServerInfo]) -> list[str]:
     await probe  # a failed login says more than an empty list
     names = await source.list_databases()
     if not names:
@@ -314,29 +277,25 @@ async def _all_databases(
 
 
 async def _dumps(
-    target: TargetConfig, source: Source, probe: asyncio.Future[ServerInfo]
+    target: TargetConfig, source: BackupSource, probe: asyncio.Future[ServerInfo]
 ) -> list[Dump]:
     """The objects this run produces: one per database, plus server globals for ``*``."""
     if not target.database.all_databases:
         return [_database_dump(source, name) for name in target.database.databases]
     dumps = [_database_dump(source, name) for name in await _all_databases(source, probe)]
-    info = await probe
-    globals_command = source.globals_command(info)
-    if globals_command is not None:
-        dumps.append(
-            Dump(GLOBALS, GLOBALS, ".sql", lambda _: globals_command, False, source.explain_failure)
-        )
+    server_globals = source.open_globals(await probe)
+    if server_globals is not None:
+        dumps.append(Dump(GLOBALS, GLOBALS, ".sql", lambda _: server_globals, False))
     return dumps
 
 
-def _database_dump(source: Source, database: str) -> Dump:
+def _database_dump(source: BackupSource, database: str) -> Dump:
     return Dump(
         database=database,
         stem=backup_stem(database),
         extension=source.extension,
-        command=lambda native: source.dump_command(database, native),
+        open=lambda native: source.open_dump(database, native),
         tool_compresses=source.can_compress,
-        explain=source.explain_failure,
     )
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+from contextlib import AbstractAsyncContextManager
 
 from backupd.config import DatabaseConfig, Engine
 from backupd.errors import ConnectError, DumpError
+from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
-from backupd.sources.base import ServerInfo
+from backupd.sources.base import ServerInfo, command_output
 
 DUMP_OPTIONS = (
     "--single-transaction",
@@ -156,6 +158,14 @@ class MySQLSource:
     def dump_command(self, database: str, native_compression: bool) -> Command:
         tool = pick_tool(self.config.engine, "dump")
         return self._command(dump_argv(tool, self.config, database, self._mariadb_tool))
+
+    def open_dump(
+        self, database: str, native_compression: bool
+    ) -> AbstractAsyncContextManager[Readable]:
+        return command_output(self.dump_command(database, native_compression), self.explain_failure)
+
+    def open_globals(self, info: ServerInfo) -> None:
+        return None
 
     def explain_failure(self, stderr: str) -> str | None:
         if any(marker in stderr for marker in _CONNECT_FAILURES):

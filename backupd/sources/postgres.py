@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+from contextlib import AbstractAsyncContextManager
 
 from backupd.config import DatabaseConfig
 from backupd.errors import ConnectError, DumpError
+from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
-from backupd.sources.base import ServerInfo
+from backupd.sources.base import ServerInfo, command_output
 
 _VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
 _MISMATCH = re.compile(r"server version: ([\d.]+)[^;]*; pg_dump version: ([\d.]+)")
@@ -160,6 +162,14 @@ class PostgresSource:
 
     def dump_command(self, database: str, native_compression: bool) -> Command:
         return Command(pg_dump_argv(native_compression), self._env(database))
+
+    def open_dump(
+        self, database: str, native_compression: bool
+    ) -> AbstractAsyncContextManager[Readable]:
+        return command_output(self.dump_command(database, native_compression), self.explain_failure)
+
+    def open_globals(self, info: ServerInfo) -> AbstractAsyncContextManager[Readable]:
+        return command_output(self.globals_command(info), self.explain_failure)
 
     def explain_failure(self, stderr: str) -> str | None:
         mismatch = _MISMATCH.search(stderr)
