@@ -110,7 +110,7 @@ async def _store(
     layout, engine = target.layout, target.database.engine
     started = datetime.now(layout.tz)
     native, stream_kind = plan_compression(layout.compression, engine, dump.tool_compresses)
-    stages = choose_stages(stream_kind)
+    stages = choose_stages(stream_kind, target.encryption.recipients)
     key = object_key(target.key_prefix, dump.stem, dump.extension + key_suffix(stages), started)
     metadata = object_metadata(engine, dump.database, started, layout.timezone)
     digest = Digest()

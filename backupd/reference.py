@@ -13,6 +13,7 @@ from backupd.config import (
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
+    EncryptionConfig,
     HooksConfig,
     LayoutConfig,
     LocalConfig,
@@ -31,6 +32,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     EmailConfig,
     HooksConfig,
     MSSQLConfig,
+    EncryptionConfig,
     DaemonConfig,
     LogConfig,
 )

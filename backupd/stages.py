@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import zstandard
 
 from backupd.config import Compression, Engine
+from backupd.encryption import Encrypt
 from backupd.parts import Readable
 
 CHUNK = 1024 * 1024
@@ -62,11 +63,13 @@ def plan_compression(
     return False, setting
 
 
-def choose_stages(compression: Compression) -> list[Stage]:
-    """The stages in pipeline order."""
+def choose_stages(compression: Compression, recipients: Sequence[str] = ()) -> list[Stage]:
+    """The stages in pipeline order: compression (if any), then encryption (if recipients)."""
     stages: list[Stage] = []
     if compression is not Compression.NONE:
         stages.append(Compress(compression))
+    if recipients:
+        stages.append(Encrypt(recipients))
     return stages
 
 

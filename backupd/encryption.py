@@ -1,0 +1,331 @@
+"""age encryption in the stream, with the stock ``age`` command as a child process.
+
+backupd never implements cryptography: it runs age (https://age-encryption.org/v1), so every
+stored object is a standard age file that ``age -d -i key.txt`` decrypts without backupd. The
+backup side holds only recipients (public keys); the identity (the secret key) is needed by
+``backupd restore`` alone, and only age reads it: backupd passes the file's name, never its
+contents, and the name is not a secret.
+
+Recipient checks here are syntax only (bech32 for ``age1...``, the SSH key blob's type); age
+itself is the authority when it encrypts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import os
+import shutil
+import struct
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from backupd.errors import BackupdError
+from backupd.parts import Readable
+from backupd.process import Child, Command, child_environment, describe_status, spawn
+
+SUFFIX = ".age"
+CHUNK = 1024 * 1024
+SSH_TYPES = ("ssh-ed25519", "ssh-rsa")
+_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+_NO_MATCH = "no identity matched"
+
+
+class EncryptError(BackupdError):
+    """age is missing, refused a recipient or failed while encrypting."""
+
+    step = "encrypt"
+
+
+class DecryptError(BackupdError):
+    """The identity cannot decrypt the object, or age failed while decrypting."""
+
+    step = "restore"
+
+
+# --- recipients (pure) -------------------------------------------------------------------------
+
+
+def _bech32_polymod(values: list[int]) -> int:
+    generator = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+    checksum = 1
+    for value in values:
+        top = checksum >> 25
+        checksum = (checksum & 0x1FFFFFF) << 5 ^ value
+        for bit in range(5):
+            checksum ^= generator[bit] if (top >> bit) & 1 else 0
+    return checksum
+
+
+def bech32_payload(text: str) -> tuple[str, bytes] | None:
+    """(human-readable part, payload bytes) of a valid bech32 string (BIP 173), else None.
+
+    age writes recipients in bech32 without BIP 173's 90-character limit.
+    """
+    if text.lower() != text and text.upper() != text:
+        return None
+    text = text.lower()
+    hrp, separator, data = text.rpartition("1")
+    if not separator or not hrp or len(data) < 6 or any(c not in _BECH32 for c in data):
+        return None
+    values = [_BECH32.index(c) for c in data]
+    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+    if _bech32_polymod(expanded + values) != 1:
+        return None
+    bits, accumulator, payload = 0, 0, bytearray()
+    for value in values[:-6]:
+        accumulator, bits = (accumulator << 5) | value, bits + 5
+        if bits >= 8:
+            bits -= 8
+            payload.append((accumulator >> bits) & 0xFF)
+    if bits >= 5 or accumulator & ((1 << bits) - 1):
+        return None
+    return hrp, bytes(payload)
+
+
+def _ssh_key_type(blob: bytes) -> str | None:
+    """The key type named inside an SSH public key blob (RFC 4253 section 6.6)."""
+    if len(blob) < 4:
+        return None
+    (length,) = struct.unpack(">I", blob[:4])
+    if length > len(blob) - 4:
+        return None
+    return blob[4 : 4 + length].decode("ascii", "replace")
+
+
+def recipient_problem(text: str) -> str | None:
+    """Why ``text`` is not a recipient age accepts, or None. Never quotes ``text``: a secret
+    key pasted by mistake must not end up in an error message."""
+    if text.upper().startswith("AGE-SECRET-KEY-"):
+        return "is an identity (a secret key), not a recipient: give its public key (age-keygen -y)"
+    if "PRIVATE KEY" in text:
+        return "is a private key, not a recipient: give the public key (.pub)"
+    if text.lower().startswith("age1"):
+        decoded = bech32_payload(text)
+        if decoded is None or decoded[0] != "age" or len(decoded[1]) != 32:
+            return "is not a valid age recipient (age1 followed by 58 bech32 characters)"
+        return None
+    fields = text.split()
+    if fields and fields[0] in SSH_TYPES:
+        try:
+            blob = base64.b64decode(fields[1] if len(fields) > 1 else "", validate=True)
+        except binascii.Error:
+            blob = b""
+        if _ssh_key_type(blob) != fields[0]:
+            return f"is not a valid {fields[0]} public key"
+        return None
+    return "is not an age recipient (age1...) or an SSH public key (ssh-ed25519 or ssh-rsa)"
+
+
+def normalise(recipient: str) -> str:
+    """An SSH key without its comment (``type base64``); an age recipient in lower case."""
+    fields = recipient.split()
+    return " ".join(fields[:2]) if fields[0] in SSH_TYPES else recipient.lower()
+
+
+def parse_recipient_list(text: str) -> tuple[list[str], list[str]]:
+    """``ENCRYPTION_RECIPIENTS``: comma-separated. Return (recipients, problems by item)."""
+    recipients, problems = [], []
+    items = [item.strip() for item in text.split(",")]
+    for number, item in enumerate(items, 1):
+        problem = recipient_problem(item) if item else "is empty"
+        if problem is not None:
+            problems.append(f"item {number} of {len(items)} {problem}")
+        else:
+            recipients.append(normalise(item))
+    return recipients, problems
+
+
+def parse_recipients_file(text: str) -> tuple[list[str], list[str]]:
+    """A recipients file in age's format: one per line, ``#`` comments and blank lines
+    ignored. Return (recipients, problems by line number)."""
+    recipients, problems = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        problem = recipient_problem(item)
+        if problem is not None:
+            problems.append(f"line {number} {problem}")
+        else:
+            recipients.append(normalise(item))
+    if not recipients and not problems:
+        problems.append("holds no recipient")
+    return recipients, problems
+
+
+def encrypt_argv(recipients: Sequence[str]) -> tuple[str, ...]:
+    """``age --encrypt -r R1 -r R2 ...``: recipients are public, so argv is fine for them."""
+    argv = ["age", "--encrypt"]
+    for recipient in recipients:
+        argv += ["--recipient", recipient]
+    return tuple(argv)
+
+
+def decrypt_argv(identity: Path) -> tuple[str, ...]:
+    """``age --decrypt --identity FILE``: the file's name, never its contents."""
+    return ("age", "--decrypt", "--identity", str(identity))
+
+
+def decrypt_problem(stderr: str, identity: Path, key: str) -> str:
+    """One line for a person from age's stderr when decryption failed."""
+    if _NO_MATCH in stderr:
+        return f"none of the identities in {identity} can decrypt {key}"
+    return f"age could not decrypt {key}: {stderr or 'no output'}"
+
+
+# --- the child process -------------------------------------------------------------------------
+
+
+def _require_age(error: type[BackupdError]) -> None:
+    if shutil.which("age") is None:
+        raise error("age not found on PATH: install it (Debian and Ubuntu: apt-get install age)")
+
+
+class _PipeWriter:
+    """The write end of a child's stdin, written from a worker thread (one copy, no buffering
+    in the event loop). Closing waits for a write in flight: a reused fd is never written."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._writing: asyncio.Future[None] | None = None
+        self._closed = False
+
+    async def write(self, data: memoryview | bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(None, _write_all, self.fd, data)
+        await asyncio.shield(self._writing)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writing is not None and not self._writing.done():
+            self._writing.add_done_callback(lambda _: os.close(self.fd))
+        else:
+            os.close(self.fd)
+
+
+def _write_all(fd: int, data: memoryview | bytes) -> None:
+    with memoryview(data) as view:
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+@contextlib.asynccontextmanager
+async def _age(argv: tuple[str, ...]) -> AsyncIterator[tuple[Child, _PipeWriter]]:
+    """age with a stdin we feed and a stdout we drain, in its own process group; killed and
+    reaped however the block ends."""
+    read_fd, write_fd = os.pipe()
+    writer = _PipeWriter(write_fd)
+    try:
+        async with spawn("age", Command(argv, child_environment({})), stdin=read_fd) as child:
+            os.close(read_fd)
+            read_fd = -1
+            yield child, writer
+    finally:
+        if read_fd >= 0:
+            os.close(read_fd)
+        writer.close()
+
+
+class Encrypt:
+    """The encryption stage: the bytes, encrypted to every recipient by ``age``.
+
+    A feeder task copies the source into age's stdin while the caller reads age's stdout, so
+    neither pipe can fill up and block the other. ``size`` counts the bytes encrypted.
+    """
+
+    suffix = SUFFIX
+
+    def __init__(self, recipients: Sequence[str]) -> None:
+        self.recipients = tuple(recipients)
+        self.size = 0
+
+    @contextlib.asynccontextmanager
+    async def apply(self, source: Readable) -> AsyncIterator[Readable]:
+        _require_age(EncryptError)
+        async with _age(encrypt_argv(self.recipients)) as (child, writer):
+            feeder = asyncio.create_task(self._feed(source, writer), name="age-feed")
+            try:
+                yield child.stdout
+                code = await child.wait()
+                if code != 0:
+                    raise EncryptError(
+                        f"age exited with status {describe_status(code)}: "
+                        f"{child.stderr_text() or 'no output'}"
+                    )
+                await feeder  # the source's own error, if it failed
+            finally:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+
+    def facts(self) -> dict[str, Any]:
+        """The manifest's ``encryption``: the format, the recipients (public keys, never an
+        identity) and ``plaintext_size``, the bytes before encryption. The manifest's own
+        ``sha256`` and ``size`` are those of the stored, encrypted bytes."""
+        return {
+            "encryption": {
+                "format": "age",
+                "recipients": list(self.recipients),
+                "plaintext_size": self.size,
+            }
+        }
+
+    async def _feed(self, source: Readable, writer: _PipeWriter) -> None:
+        """Everything from ``source`` into age, then end of input. On a source error, age still
+        gets end of input, so the reader is never left waiting."""
+        chunk = bytearray(CHUNK)
+        try:
+            while count := await source.fill(chunk):
+                self.size += count
+                await writer.write(memoryview(chunk)[:count])
+        except BrokenPipeError:
+            pass  # age exited early; its exit status and stderr tell why
+        finally:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def decrypted(
+    chunks: AsyncIterator[bytes], identity: Path, key: str
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The plaintext of an age file arriving as ``chunks``, decrypted by ``age`` with the
+    identity file ``identity``.
+
+    Raises ``DecryptError`` with one line ("none of the identities in FILE can decrypt KEY") when
+    the identity does not match: age checks that from the header, before any plaintext.
+    """
+    _require_age(DecryptError)
+    async with _age(decrypt_argv(identity)) as (child, writer):
+        feeder = asyncio.create_task(_feed_chunks(chunks, writer), name="age-feed")
+        try:
+            yield _plaintext(child, feeder, identity, key)
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+
+
+async def _feed_chunks(chunks: AsyncIterator[bytes], writer: _PipeWriter) -> None:
+    try:
+        async for chunk in chunks:
+            await writer.write(chunk)
+    except BrokenPipeError:
+        pass  # age gave up; its stderr says why
+    finally:
+        writer.close()
+
+
+async def _plaintext(
+    child: Child, feeder: asyncio.Task[None], identity: Path, key: str
+) -> AsyncIterator[bytes]:
+    buffer = bytearray(CHUNK)
+    while count := await child.stdout.fill(buffer):
+        yield bytes(buffer[:count])
+    code = await child.wait()
+    if code != 0:
+        raise DecryptError(decrypt_problem(child.stderr_text(), identity, key))
+    await feeder  # a download error, if there was one
