@@ -25,7 +25,7 @@ from backupd.progress import LogProgress, Progress
 from backupd.sources import BackupSource, ServerInfo, source_for
 from backupd.stages import choose_stages, key_suffix, plan_compression
 from backupd.storage import Storage, Upload, open_storage
-from backupd.stream import Counted, Digest, fixed_parts
+from backupd.stream import Digest, fixed_parts
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,11 @@ async def _store(
     log.info("backing up %s %s to %s", engine, dump.database, key)
     async with storage.upload(key, metadata) as upload:
         async with contextlib.AsyncExitStack() as stack:
-            dumped = Counted(await stack.enter_async_context(dump.open(native)))
-            reader: Readable = dumped
+            reader = await stack.enter_async_context(dump.open(native))
             for stage in stages:
                 reader = await stack.enter_async_context(stage.apply(reader))
             await _copy(target, reader, upload, digest, key, clock, progress)
-        if dumped.size == 0:
+        if (stages[0].size if stages else digest.size) == 0:
             raise DumpError(
                 f"the backup of {dump.database} is empty; refusing to store an empty backup"
             )

@@ -16,19 +16,30 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import fcntl
 import os
 import shutil
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from backupd.errors import BackupdError
 from backupd.parts import Readable
-from backupd.process import Child, Command, child_environment, describe_status, spawn
+from backupd.process import (
+    F_SETPIPE_SZ,
+    PIPE_SIZE,
+    Child,
+    Command,
+    PipeReader,
+    child_environment,
+    describe_status,
+    spawn,
+)
 
 SUFFIX = ".age"
 CHUNK = 1024 * 1024
+SPLICE_CHUNK = 1024 * 1024
 SSH_TYPES = ("ssh-ed25519", "ssh-rsa")
 _BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _NO_MATCH = "no identity matched"
@@ -41,9 +52,13 @@ class EncryptError(BackupdError):
 
 
 class DecryptError(BackupdError):
-    """The identity cannot decrypt the object, or age failed while decrypting."""
+    """age failed while decrypting (a damaged object, a missing identity file, ...)."""
 
     step = "restore"
+
+
+class WrongIdentity(DecryptError):
+    """None of the identities in the file matches a recipient of the object."""
 
 
 # --- recipients (pure) -------------------------------------------------------------------------
@@ -191,13 +206,26 @@ class _PipeWriter:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._writing: asyncio.Future[None] | None = None
+        self._writing: asyncio.Future[Any] | None = None
         self._closed = False
 
     async def write(self, data: memoryview | bytes) -> None:
         loop = asyncio.get_running_loop()
         self._writing = loop.run_in_executor(None, _write_all, self.fd, data)
         await asyncio.shield(self._writing)
+
+    async def splice_from(self, fd: int) -> int:
+        """Move everything from the pipe ``fd`` into this one inside the kernel (no copy
+        through backupd) until end of stream; return the count.
+
+        The thread works on a duplicate of ``fd``, closed when it ends, so the owner may close
+        its own ``fd`` at any time.
+        """
+        source = os.dup(fd)
+        loop = asyncio.get_running_loop()
+        moving = loop.run_in_executor(None, _splice_all, source, self.fd)
+        self._writing = moving
+        return await asyncio.shield(moving)
 
     def close(self) -> None:
         if self._closed:
@@ -207,6 +235,16 @@ class _PipeWriter:
             self._writing.add_done_callback(lambda _: os.close(self.fd))
         else:
             os.close(self.fd)
+
+
+def _splice_all(source: int, target: int) -> int:
+    total = 0
+    try:
+        while count := os.splice(source, target, SPLICE_CHUNK):
+            total += count
+    finally:
+        os.close(source)
+    return total
 
 
 def _write_all(fd: int, data: memoryview | bytes) -> None:
@@ -220,6 +258,8 @@ async def _age(argv: tuple[str, ...]) -> AsyncIterator[tuple[Child, _PipeWriter]
     """age with a stdin we feed and a stdout we drain, in its own process group; killed and
     reaped however the block ends."""
     read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):  # a larger pipe, as for a dump's stdout
+        fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_SIZE)
     writer = _PipeWriter(write_fd)
     try:
         async with spawn("age", Command(argv, child_environment({})), stdin=read_fd) as child:
@@ -235,8 +275,10 @@ async def _age(argv: tuple[str, ...]) -> AsyncIterator[tuple[Child, _PipeWriter]
 class Encrypt:
     """The encryption stage: the bytes, encrypted to every recipient by ``age``.
 
-    A feeder task copies the source into age's stdin while the caller reads age's stdout, so
-    neither pipe can fill up and block the other. ``size`` counts the bytes encrypted.
+    A feeder task moves the source into age's stdin while the caller reads age's stdout, so
+    neither pipe can fill up and block the other. A dump tool's pipe is spliced into age's in
+    the kernel (as ``pg_dump | age`` would be); other sources are copied. ``size`` counts the
+    bytes encrypted.
     """
 
     suffix = SUFFIX
@@ -278,8 +320,11 @@ class Encrypt:
     async def _feed(self, source: Readable, writer: _PipeWriter) -> None:
         """Everything from ``source`` into age, then end of input. On a source error, age still
         gets end of input, so the reader is never left waiting."""
-        chunk = bytearray(CHUNK)
         try:
+            if isinstance(source, PipeReader) and hasattr(os, "splice"):
+                self.size = await writer.splice_from(source.fd)
+                return
+            chunk = bytearray(CHUNK)
             while count := await source.fill(chunk):
                 self.size += count
                 await writer.write(memoryview(chunk)[:count])
@@ -289,43 +334,116 @@ class Encrypt:
             writer.close()
 
 
-@contextlib.asynccontextmanager
-async def decrypted(
-    chunks: AsyncIterator[bytes], identity: Path, key: str
-) -> AsyncIterator[AsyncIterator[bytes]]:
-    """The plaintext of an age file arriving as ``chunks``, decrypted by ``age`` with the
-    identity file ``identity``.
+def is_encrypted(key: str) -> bool:
+    """Whether the object ``key`` names is an age file (backupd's keys end in ``.age``)."""
+    return key.endswith(SUFFIX)
 
-    Raises ``DecryptError`` with one line ("none of the identities in FILE can decrypt KEY") when
-    the identity does not match: age checks that from the header, before any plaintext.
+
+def without_suffix(key: str) -> str:
+    """``x.sql.zst.age`` → ``x.sql.zst``: what decryption gives back."""
+    return key.removesuffix(SUFFIX)
+
+
+def identity_for(key: str, identity: Path | None) -> Path | None:
+    """The identity file to decrypt ``key`` with: None for an unencrypted object.
+
+    Raises ``DecryptError`` for an encrypted object without a readable identity file.
     """
-    _require_age(DecryptError)
-    async with _age(decrypt_argv(identity)) as (child, writer):
-        feeder = asyncio.create_task(_feed_chunks(chunks, writer), name="age-feed")
-        try:
-            yield _plaintext(child, feeder, identity, key)
-        finally:
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+    if not is_encrypted(key):
+        return None
+    if identity is None:
+        raise DecryptError(
+            f"{key} is encrypted: give the age identity file of one of its recipients with "
+            "--identity FILE (or ENCRYPTION_IDENTITY_FILE)"
+        )
+    if not os.access(identity, os.R_OK) or not identity.is_file():
+        raise DecryptError(f"cannot read the identity file {identity} (--identity)")
+    return identity
 
 
-async def _feed_chunks(chunks: AsyncIterator[bytes], writer: _PipeWriter) -> None:
+async def check_identity(chunks: AsyncIterator[bytes], identity: Path, key: str) -> None:
+    """Raise ``WrongIdentity`` when no identity in ``identity`` matches a recipient of the age
+    file arriving as ``chunks``.
+
+    Reads only until age writes its first plaintext (age checks the identity against the
+    header first), so it costs little more than the header's download. Other failures (damage)
+    are left to the restore itself, which reports them against the checksum.
+    """
+    decryption = Decryption(chunks, identity, key)
     try:
-        async for chunk in chunks:
-            await writer.write(chunk)
-    except BrokenPipeError:
-        pass  # age gave up; its stderr says why
-    finally:
-        writer.close()
+        async with decryption, contextlib.aclosing(decryption.plaintext()) as plain:
+            async for _ in plain:
+                break
+    except WrongIdentity:
+        raise
+    except DecryptError:
+        return  # damage: the restore itself reports it against the checksum
 
 
-async def _plaintext(
-    child: Child, feeder: asyncio.Task[None], identity: Path, key: str
-) -> AsyncIterator[bytes]:
-    buffer = bytearray(CHUNK)
-    while count := await child.stdout.fill(buffer):
-        yield bytes(buffer[:count])
-    code = await child.wait()
-    if code != 0:
-        raise DecryptError(decrypt_problem(child.stderr_text(), identity, key))
-    await feeder  # a download error, if there was one
+class Decryption:
+    """``age --decrypt`` over an age file arriving as ``chunks``, as an async context manager.
+
+    A feeder task is the only reader of ``chunks``: it writes them to age's stdin while the
+    caller reads ``plaintext()``, so neither pipe can block the other. Leaving the block kills
+    and reaps age however it ends.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], identity: Path, key: str) -> None:
+        self._chunks = chunks
+        self._identity = identity
+        self._key = key
+        self._stack = contextlib.AsyncExitStack()
+        self._child: Child | None = None
+        self._feeder: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Decryption:
+        _require_age(DecryptError)
+        async with contextlib.AsyncExitStack() as stack:
+            child, writer = await stack.enter_async_context(_age(decrypt_argv(self._identity)))
+            self._feeder = asyncio.create_task(self._feed(writer), name="age-feed")
+            stack.push_async_callback(_settle, self._feeder)
+            self._child, self._stack = child, stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def plaintext(self) -> AsyncGenerator[bytes, None]:
+        """The decrypted bytes. Raises ``DecryptError`` at the end if age failed (one line:
+        "none of the identities in FILE can decrypt KEY" for an identity that does not match,
+        which age finds from the header, before any plaintext)."""
+        assert self._child is not None and self._feeder is not None
+        buffer = bytearray(CHUNK)
+        while count := await self._child.stdout.fill(buffer):
+            yield bytes(buffer[:count])
+        code = await self._child.wait()
+        if code != 0:
+            raise DecryptError(
+                decrypt_problem(self._child.stderr_text(), self._identity, self._key)
+            )
+        await self._feeder  # a download error, if there was one
+
+    async def finish_input(self) -> None:
+        """Stop decrypting and let the rest of ``chunks`` flow through the feeder unwritten (so
+        that a caller hashing them sees every byte); return once all are read."""
+        assert self._child is not None and self._feeder is not None
+        await self._child.kill()  # a write in flight fails at once; the feeder reads on
+        await self._feeder
+
+    async def _feed(self, writer: _PipeWriter) -> None:
+        writing = True
+        try:
+            async for chunk in self._chunks:
+                if writing:
+                    try:
+                        await writer.write(chunk)
+                    except BrokenPipeError:
+                        writing = False  # age stopped; its exit status says why
+                        writer.close()
+        finally:
+            writer.close()
+
+
+async def _settle(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

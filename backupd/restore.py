@@ -10,6 +10,7 @@ on any failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +28,13 @@ from typing import Any, Protocol
 import zstandard
 
 from backupd.config import Engine, TargetConfig
+from backupd.encryption import (
+    DecryptError,
+    Decryption,
+    check_identity,
+    identity_for,
+    without_suffix,
+)
 from backupd.errors import BackupdError
 from backupd.layout import MANIFEST_SUFFIX, manifest_key
 from backupd.process import spawn
@@ -112,6 +120,7 @@ class _Plain:
 
 
 def decompressor_for(key: str) -> Decompressor:
+    key = without_suffix(key)  # decryption comes first
     if key.endswith(".zst"):
         return zstandard.ZstdDecompressor().decompressobj()
     if key.endswith(".gz"):
@@ -217,6 +226,8 @@ class Request:
     to_file: Path | None = None
     clean: bool = False
     force: bool = False
+    identity: Path | None = None
+    """The age identity file, for an encrypted backup."""
     progress: Progress = field(default_factory=LogProgress, compare=False)
 
 
@@ -234,9 +245,14 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
             if chosen.complete
             else None
         )
+        identity = identity_for(chosen.key, request.identity)
+        if identity is not None:  # before anything is created
+            await check_identity(storage.download(chosen.key), identity, chosen.key)
         log.info("restoring %s (%s)", chosen.key, chosen.taken.isoformat())
         if request.to_file is not None:
-            await _to_file(storage, chosen, manifest, request.to_file, request.progress)
+            await _to_file(
+                storage, chosen, manifest, request.to_file, request.progress, request.identity
+            )
         else:
             assert request.into is not None
             await _into_database(storage, target, chosen, manifest, request)
@@ -244,14 +260,21 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
 
 
 class _Download:
-    """The object's bytes, hashed as they arrive and decompressed.
+    """The object's bytes, hashed as they arrive, decrypted (with ``identity``) and
+    decompressed.
 
-    Whatever goes wrong on the way (a decompression error, a restore tool giving up), the rest
-    of the object can be ``drain``ed through the hash, so that damage is reported as such.
+    Whatever goes wrong on the way (a decryption or decompression error, a restore tool giving
+    up), the rest of the object can be ``drain``ed through the hash, so that damage is reported
+    as such.
     """
 
     def __init__(
-        self, storage: Storage, backup: Backup, verifier: Verifier, progress: Progress
+        self,
+        storage: Storage,
+        backup: Backup,
+        verifier: Verifier,
+        progress: Progress,
+        identity: Path | None = None,
     ) -> None:
         self._raw = storage.download(backup.key)
         self._key = backup.key
@@ -259,22 +282,38 @@ class _Download:
         self._decompressor = decompressor_for(backup.key)
         self._progress = progress
         self._clock = time.monotonic()
+        self._identity = identity
+        self._decryption: Decryption | None = None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def _stored(self) -> AsyncIterator[bytes]:
         async for chunk in self._raw:
             self._verifier.update(chunk)
             self._progress.update(self._key, self._verifier.size, time.monotonic() - self._clock)
+            yield chunk
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async with contextlib.AsyncExitStack() as stack:
+            stored = self._stored()
+            if self._identity is not None:
+                self._decryption = Decryption(stored, self._identity, self._key)
+                stored = (await stack.enter_async_context(self._decryption)).plaintext()
             try:
-                plain = self._decompressor.decompress(chunk)
+                async for chunk in stored:
+                    plain = self._decompressor.decompress(chunk)
+                    if plain:
+                        yield plain
             except (zstandard.ZstdError, zlib.error) as error:
                 await self.drain()
                 raise RestoreError(f"cannot decompress {self._key}: {error}") from error
-            if plain:
-                yield plain
+            except DecryptError:
+                await self.drain()  # damage is reported as a checksum mismatch
+                raise
         self._progress.done(self._key)
 
     async def drain(self) -> None:
         """Hash the rest of the object and raise if it does not match its manifest."""
+        if self._decryption is not None:
+            await self._decryption.finish_input()  # the feeder reads (and hashes) the rest
         async for chunk in self._raw:
             self._verifier.update(chunk)
         self._verifier.check()
@@ -286,15 +325,16 @@ async def _to_file(
     manifest: dict[str, Any] | None,
     path: Path,
     progress: Progress,
+    identity: Path | None = None,
 ) -> None:
-    """Download, verify and decompress into ``path``; it appears only once verified."""
+    """Download, verify, decrypt and decompress into ``path``; it appears only once verified."""
     if await asyncio.to_thread(path.exists):
         raise RestoreError(f"{path} already exists; choose another --to-file path")
     verifier = Verifier(backup.key, manifest)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with temporary.open("xb") as handle:
-            async for chunk in _Download(storage, backup, verifier, progress).chunks():
+            async for chunk in _Download(storage, backup, verifier, progress, identity).chunks():
                 await asyncio.to_thread(handle.write, chunk)
             verifier.check()
             handle.flush()
@@ -338,7 +378,7 @@ async def _into_database(
     if created:
         await source.create_database(into)
     try:
-        await _feed_restore_tool(storage, source, target, backup, manifest, into, request.progress)
+        await _feed_restore_tool(storage, source, target, backup, manifest, into, request)
     except BaseException:
         if created:
             await asyncio.shield(source.drop_database(into))
@@ -357,7 +397,7 @@ async def _through_shared_file(
     assert request.into is not None
     server_path, local_path = source.paths(f"restore_{secrets.token_hex(6)}.bak")
     try:
-        await _to_file(storage, backup, manifest, local_path, request.progress)
+        await _to_file(storage, backup, manifest, local_path, request.progress, request.identity)
         await source.restore_from_file(server_path, request.into, request.clean)
     finally:
         await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
@@ -384,12 +424,12 @@ async def _feed_restore_tool(
     backup: Backup,
     manifest: dict[str, Any] | None,
     into: str,
-    progress: Progress,
+    request: Request,
 ) -> None:
     command = source.restore_command(into)
     rewrite = StatementFilter() if target.database.engine is not Engine.POSTGRES else None
     verifier = Verifier(backup.key, manifest)
-    download = _Download(storage, backup, verifier, progress)
+    download = _Download(storage, backup, verifier, request.progress, request.identity)
     async with spawn(command.argv[0], command, stdin=asyncio.subprocess.PIPE) as child:
         output = asyncio.ensure_future(child.stdout.read_all())  # keep the tool's stdout drained
         try:

@@ -34,6 +34,9 @@ class Stage(Protocol):
     suffix: str
     """What the stage adds to the object key, e.g. ``.zst`` or ``.age``."""
 
+    size: int
+    """Bytes the stage has read from its source so far."""
+
     def apply(self, source: Readable) -> AbstractAsyncContextManager[Readable]:
         """The transformed bytes of ``source``.
 
@@ -98,10 +101,11 @@ class Compress:
     def __init__(self, kind: Compression) -> None:
         self.kind = kind
         self.suffix = SUFFIXES[kind]
+        self.size = 0
 
     @contextlib.asynccontextmanager
     async def apply(self, source: Readable) -> AsyncIterator[Readable]:
-        yield _Compressed(source, _compressor(self.kind))
+        yield _Compressed(source, _compressor(self.kind), self)
 
     def facts(self) -> dict[str, Any]:
         return {}  # the manifest's "compression" covers it
@@ -110,8 +114,9 @@ class Compress:
 class _Compressed:
     """Reads the source a chunk at a time and hands out its compressed bytes."""
 
-    def __init__(self, source: Readable, compressor: Compressor) -> None:
+    def __init__(self, source: Readable, compressor: Compressor, stage: Compress) -> None:
         self._source = source
+        self._stage = stage
         self._compressor = compressor
         self._chunk = bytearray(CHUNK)
         self._output = memoryview(b"")
@@ -134,6 +139,7 @@ class _Compressed:
 
     async def _refill(self) -> None:
         count = await self._source.fill(self._chunk)
+        self._stage.size += count
         if count:
             data = memoryview(self._chunk)[:count]
             self._output = memoryview(await asyncio.to_thread(self._compressor.compress, data))

@@ -9,25 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 from collections.abc import AsyncIterator, Callable
 
 from backupd.parts import BufferPool, Part, Readable
 
-__all__ = ["Counted", "Digest", "Readable", "fixed_parts"]
-
-
-class Counted:
-    """A byte source that counts what passes through it (the dump's own size)."""
-
-    def __init__(self, source: Readable) -> None:
-        self._source = source
-        self.size = 0
-
-    async def fill(self, target: io.BytesIO | bytearray) -> int:
-        count = await self._source.fill(target)
-        self.size += count
-        return count
+__all__ = ["Digest", "Readable", "fixed_parts"]
 
 
 class Digest:

@@ -12,15 +12,21 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import mariadb_env, pg_env, run_backupd, storage_env
-from tests.integration import test_mssql
+from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
+from tests.integration import test_mssql, test_notify
 from tests.integration.test_mssql import SIZE, mssql_env
+from tests.integration.test_notify import Inbox, mail_env
 from tests.integration.test_roundtrip import fetch_backup
+from tests.integration.test_secrets import ProcessWatcher
+from tests.procs import cmdlines, environ
 from tests.servers import MariaDBServer, PostgresServer
 
 DATA = Path(__file__).parent.parent / "data"
 AGE_HEADER = b"age-encryption.org/v1\n"
 sqlcmd = test_mssql.sqlcmd  # the stand-in SQL Server's fixture
+smtp = test_notify.smtp  # a real SMTP server (aiosmtpd) with AUTH
+# The test SMTP server takes AUTH without TLS (EMAIL_TLS=none): no certificates here.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 
 
 def unique(prefix: str) -> str:
@@ -156,3 +162,145 @@ def test_sql_server_bak_goes_through_the_same_stages(
     (tmp_path / "backup.bak.age").write_bytes(body)
     recipe("age -d -i key.txt -o backup.bak backup.bak.age", tmp_path)
     assert (tmp_path / "backup.bak").read_bytes() == random.Random(7).randbytes(SIZE)
+
+
+def only_backup_key(s3: Any, bucket: str) -> str:
+    (key,) = [k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json")]
+    return key
+
+
+def test_postgres_restore_needs_a_matching_identity_and_a_wrong_one_creates_nothing(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any]
+) -> None:
+    database = unique("shop")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS": f"{keys['key_public']},{keys['ssh_public']}",
+    }
+    assert run_backupd("once", env=env).returncode == 0
+    key = only_backup_key(s3, bucket)
+    wrong, bare, restored, by_ssh = (unique(name) for name in ("wrong", "bare", "ok", "ssh"))
+
+    refused = run_backupd("restore", "--into", bare, env=env)
+    mismatched = run_backupd("restore", "--into", wrong, "--identity", str(keys["other"]), env=env)
+    result = run_backupd("restore", "--into", restored, "--identity", str(keys["key"]), env=env)
+    second = run_backupd(
+        "restore", "--into", by_ssh, env={**env, "ENCRYPTION_IDENTITY_FILE": str(keys["ssh"])}
+    )
+
+    assert refused.returncode == 1
+    assert f"{key} is encrypted: give the age identity file" in refused.stdout
+    assert "--identity FILE" in refused.stdout
+    assert mismatched.returncode == 1
+    assert f"none of the identities in {keys['other']} can decrypt {key}" in mismatched.stdout
+    assert "Traceback" not in mismatched.stdout + mismatched.stderr
+    existing = pg.psql("SELECT datname FROM pg_database").split()
+    assert wrong not in existing and bare not in existing
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert pg.plain_dump(restored) == pg.plain_dump(database)
+    assert pg.plain_dump(by_ssh) == pg.plain_dump(database)
+
+
+def test_mariadb_encrypted_round_trip_and_a_tampered_object_is_a_checksum_mismatch(
+    mariadb: MariaDBServer,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    keys: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    database = unique("shop")
+    mariadb.create_database(database, (DATA / "mariadb_sample.sql").read_text())
+    env = {
+        **mariadb_env(mariadb, database),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS": keys["key_public"],
+        "ENCRYPTION_IDENTITY_FILE": str(keys["key"]),
+    }
+    assert run_backupd("once", env=env).returncode == 0
+    restored = unique("restored")
+
+    result = run_backupd("restore", "--into", restored, env=env)
+    to_file = run_backupd("restore", "--to-file", str(tmp_path / "shop.sql"), env=env)
+    key = only_backup_key(s3, bucket)
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    s3.delete_object(Bucket=bucket, Key=key)
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    tampered = run_backupd("restore", "--to-file", str(tmp_path / "bad.sql"), env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mariadb.plain_dump(restored) == mariadb.plain_dump(database)
+    assert to_file.returncode == 0, to_file.stdout + to_file.stderr
+    assert b"CREATE TABLE `customers`" in (tmp_path / "shop.sql").read_bytes()
+    assert tampered.returncode == 1
+    assert f"checksum mismatch for {key}" in tampered.stdout
+    assert not (tmp_path / "bad.sql").exists()
+
+
+def test_sql_server_restore_decrypts_the_bak_onto_the_volume(
+    sqlcmd: dict[str, Any], moto_url: str, bucket: str, keys: dict[str, Any]
+) -> None:
+    env = mssql_env(sqlcmd, moto_url, bucket, ENCRYPTION_RECIPIENTS=keys["key_public"])
+    assert run_backupd("once", env=env).returncode == 0
+
+    result = run_backupd("restore", "--into", "shop_copy", "--identity", str(keys["key"]), env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (sqlcmd["bin"] / "restored.bak").read_bytes() == random.Random(7).randbytes(SIZE)
+    assert list(sqlcmd["shared"].iterdir()) == []
+
+
+class EveryProcess(ProcessWatcher):
+    """Like ProcessWatcher, but records the environment of every new process."""
+
+    def _scan(self) -> None:
+        while not self._stop.is_set():
+            for pid, argv in cmdlines().items():
+                self.seen.add((pid, tuple(argv)))
+                if pid not in self.environments:
+                    self.environments[pid] = environ(pid)
+
+
+def test_the_identity_is_never_needed_by_once_and_never_in_argv_env_logs_or_mails(
+    pg: PostgresServer,
+    big_pg_database: str,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    keys: dict[str, Any],
+    smtp: tuple[int, Inbox],
+) -> None:
+    port, inbox = smtp
+    secret = next(
+        line for line in keys["key"].read_text().splitlines() if line.startswith("AGE-SECRET")
+    )
+    env = {
+        **pg_env(pg, big_pg_database),
+        **storage_env(moto_url, bucket),
+        **mail_env(port),
+        "COMPRESSION": "none",
+        "LOG_LEVEL": "DEBUG",
+        "ENCRYPTION_RECIPIENTS": keys["key_public"],
+    }
+    backed_up = run_backupd(
+        "once", env={**env, "ENCRYPTION_IDENTITY_FILE": str(keys["key"].with_name("absent"))}
+    )
+    restored = unique("restored")
+
+    with EveryProcess() as watcher:
+        result = run_backupd("restore", "--into", restored, "--identity", str(keys["key"]), env=env)
+
+    assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any(a[:2] == ("age", "--decrypt") for a in watcher.argvs()), "age was never seen"
+    assert not any(secret in arg for argv in watcher.argvs() for arg in argv)
+    assert not any(
+        secret in value for env in watcher.environments.values() for value in env.values()
+    )
+    assert inbox.raw
+    for text in (backed_up.stdout, backed_up.stderr, result.stdout, result.stderr, *inbox.raw):
+        assert secret not in (text if isinstance(text, str) else text.decode(errors="replace"))
