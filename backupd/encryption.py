@@ -17,6 +17,7 @@ import base64
 import binascii
 import contextlib
 import fcntl
+import io
 import os
 import shutil
 import struct
@@ -34,6 +35,7 @@ from backupd.process import (
     PipeReader,
     child_environment,
     describe_status,
+    run_captured,
     spawn,
 )
 
@@ -332,6 +334,36 @@ class Encrypt:
             pass  # age exited early; its exit status and stderr tell why
         finally:
             writer.close()
+
+
+class _Bytes:
+    """A small in-memory byte source."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    async def fill(self, target: io.BytesIO | bytearray) -> int:
+        with target.getbuffer() if isinstance(target, io.BytesIO) else memoryview(target) as view:
+            count = min(len(view), len(self._data))
+            view[:count] = self._data[:count]
+            self._data = self._data[count:]
+            return count
+
+
+async def probe(recipients: Sequence[str]) -> str:
+    """Encrypt a few bytes to every recipient, as a backup would; return what was checked.
+
+    Raises ``EncryptError`` when age is missing or refuses a recipient.
+    """
+    stage = Encrypt(recipients)
+    output = bytearray(64 * 1024)
+    async with stage.apply(_Bytes(b"backupd encryption probe\n")) as encrypted:
+        while await encrypted.fill(output):
+            pass
+    code, version, _ = await run_captured(
+        "age", Command(("age", "--version"), child_environment({}))
+    )
+    return f"age {version.strip() if code == 0 else '?'} encrypts to {len(recipients)} recipient(s)"
 
 
 def is_encrypted(key: str) -> bool:

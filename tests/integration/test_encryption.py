@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -14,12 +15,13 @@ import pytest
 
 from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
 from tests.integration import test_mssql, test_notify
+from tests.integration.test_failures import finish, slow_upload_env, start_backupd
 from tests.integration.test_mssql import SIZE, mssql_env
 from tests.integration.test_notify import Inbox, mail_env
 from tests.integration.test_roundtrip import fetch_backup
 from tests.integration.test_secrets import ProcessWatcher
-from tests.procs import cmdlines, environ
-from tests.servers import MariaDBServer, PostgresServer
+from tests.procs import cmdlines, dump_processes, environ
+from tests.servers import FaultProxy, MariaDBServer, PostgresServer, wait_until
 
 DATA = Path(__file__).parent.parent / "data"
 AGE_HEADER = b"age-encryption.org/v1\n"
@@ -183,6 +185,7 @@ def test_postgres_restore_needs_a_matching_identity_and_a_wrong_one_creates_noth
     key = only_backup_key(s3, bucket)
     wrong, bare, restored, by_ssh = (unique(name) for name in ("wrong", "bare", "ok", "ssh"))
 
+    checked = run_backupd("check", env=env)
     refused = run_backupd("restore", "--into", bare, env=env)
     mismatched = run_backupd("restore", "--into", wrong, "--identity", str(keys["other"]), env=env)
     result = run_backupd("restore", "--into", restored, "--identity", str(keys["key"]), env=env)
@@ -190,6 +193,9 @@ def test_postgres_restore_needs_a_matching_identity_and_a_wrong_one_creates_noth
         "restore", "--into", by_ssh, env={**env, "ENCRYPTION_IDENTITY_FILE": str(keys["ssh"])}
     )
 
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "ok   default encryption: age " in checked.stdout
+    assert "encrypts to 2 recipient(s)" in checked.stdout
     assert refused.returncode == 1
     assert f"{key} is encrypted: give the age identity file" in refused.stdout
     assert "--identity FILE" in refused.stdout
@@ -254,6 +260,30 @@ def test_sql_server_restore_decrypts_the_bak_onto_the_volume(
     assert list(sqlcmd["shared"].iterdir()) == []
 
 
+def test_sql_server_bak_is_deleted_when_an_encrypted_backup_is_cancelled(
+    sqlcmd: dict[str, Any], proxy: FaultProxy, s3: Any, bucket: str, keys: dict[str, Any]
+) -> None:
+    proxy.part_delay = 1.0  # the first part is held back: the SIGTERM comes mid-upload
+    env = mssql_env(
+        sqlcmd,
+        proxy.url,
+        bucket,
+        ENCRYPTION_RECIPIENTS=keys["key_public"],
+        STORAGE_UPLOAD_CONCURRENCY="1",
+    )
+    process = start_backupd(env)
+    wait_until(lambda: len(proxy.part_sizes()) >= 1, 30, "a part upload")
+
+    process.send_signal(signal.SIGTERM)
+    result = finish(process)
+
+    assert result.returncode == 1
+    assert "interrupted" in result.stdout
+    assert bucket_state(s3, bucket) == ([], [])
+    assert list(sqlcmd["shared"].iterdir()) == []
+    assert age_processes(keys["key_public"]) == []
+
+
 class EveryProcess(ProcessWatcher):
     """Like ProcessWatcher, but records the environment of every new process."""
 
@@ -304,3 +334,58 @@ def test_the_identity_is_never_needed_by_once_and_never_in_argv_env_logs_or_mail
     assert inbox.raw
     for text in (backed_up.stdout, backed_up.stderr, result.stdout, result.stderr, *inbox.raw):
         assert secret not in (text if isinstance(text, str) else text.decode(errors="replace"))
+
+
+def age_processes(recipient: str) -> list[int]:
+    """Live age processes encrypting to ``recipient``."""
+    return [
+        pid
+        for pid, argv in cmdlines().items()
+        if argv and Path(argv[0]).name == "age" and recipient in argv
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stop", "said"),
+    [
+        ("sigterm", "interrupted"),
+        ("kill age", "FAILED at encrypt: age exited with status 9 (killed by SIGKILL)"),
+        ("kill pg_dump", "FAILED at dump: pg_dump exited with status 9 (killed by SIGKILL)"),
+    ],
+)
+def test_a_stopped_encrypted_backup_leaves_no_child_and_stores_nothing(
+    pg: PostgresServer,
+    big_pg_database: str,
+    proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    keys: dict[str, Any],
+    stop: str,
+    said: str,
+) -> None:
+    recipient = keys["key_public"]
+    env = {
+        **slow_upload_env(pg, big_pg_database, proxy, bucket),
+        "ENCRYPTION_RECIPIENTS": recipient,
+    }
+    process = start_backupd(env)
+    wait_until(
+        lambda: len(proxy.part_sizes()) >= 1 and age_processes(recipient) != [],
+        30,
+        "a part upload while age runs",
+    )
+
+    if stop == "sigterm":
+        process.send_signal(signal.SIGTERM)
+    for pid in age_processes(recipient) if stop == "kill age" else []:
+        os.kill(pid, signal.SIGKILL)
+    for pid in dump_processes(big_pg_database) if stop == "kill pg_dump" else []:
+        os.kill(pid, signal.SIGKILL)
+    result = finish(process)
+
+    assert result.returncode == 1
+    assert said in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert bucket_state(s3, bucket) == ([], [])
+    assert age_processes(recipient) == []
+    assert dump_processes(big_pg_database) == []
