@@ -1,8 +1,8 @@
 """Back up one target: probe → dump → stages → parts → upload → manifest, for each database.
 
 This module composes the others; sources, stages, stream and storage never import one another,
-and this one knows no engine: every engine offers the same ``open_dump``. A backup
-becomes visible only when the dump exited 0, every part is stored and the manifest is written.
+and this one knows no engine: every engine offers the same ``open_dump``. A backup becomes
+visible only when the dump exited 0, every part is stored and the manifest is written.
 """
 
 from __future__ import annotations
@@ -11,25 +11,34 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from backupd.catalogue import (
+    GLOBALS,
+    Manifest,
+    manifest_key,
+    new_run_id,
+    object_key,
+    object_metadata,
+)
 from backupd.config import Compression, TargetConfig
-from backupd.errors import BackupdError, DumpError, StorageError
-from backupd.layout import backup_stem, manifest_bytes, manifest_key, object_key, object_metadata
+from backupd.errors import BackupdError, DumpError
 from backupd.parts import BufferPool, Readable
+from backupd.process import stall_guard
 from backupd.progress import LogProgress, Progress
 from backupd.sources import BackupSource, ServerInfo, source_for
-from backupd.stages import choose_stages, key_suffix, plan_compression
+from backupd.stages import Stage, choose_stages, key_suffix, plan_compression
 from backupd.storage import Storage, Upload, open_storage
 from backupd.stream import Digest, fixed_parts
 
 log = logging.getLogger(__name__)
 
-GLOBALS = "globals"
+MANIFEST_ATTEMPTS = 3
+MANIFEST_RETRY_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,14 +78,20 @@ class TargetRun:
 
 @dataclass(frozen=True)
 class Dump:
-    """One object to produce: which database, under which name, from which byte source."""
+    """One object to produce: which database, from which byte source, with which facts."""
 
     database: str
-    stem: str
     extension: str
     open: Callable[[bool], AbstractAsyncContextManager[Readable]]
     """Given whether the tool compresses, the dump as a byte source (``open_dump``)."""
     tool_compresses: bool
+    properties: Callable[[], Awaitable[dict[str, Any]]]
+    """Database-level settings to record in the manifest (read alongside the dump)."""
+    names_database: bool = False
+
+
+async def _nothing_recorded() -> dict[str, Any]:
+    return {}
 
 
 async def dump_to_storage(
@@ -88,8 +103,9 @@ async def dump_to_storage(
 ) -> BackupResult:
     """Stream one dump through its stages into one new object, then write its manifest.
 
-    ``probe`` (login, versions) runs alongside the dump; it must have succeeded before the
-    object is published, and a failed probe explains a failed dump best.
+    ``probe`` (login, versions) and the database's properties are read alongside the dump;
+    both must have succeeded before the object is published, and a failed probe explains a
+    failed dump best.
     """
     try:
         return await _store(target, dump, storage, probe, progress)
@@ -111,38 +127,65 @@ async def _store(
     started = datetime.now(layout.tz)
     native, stream_kind = plan_compression(layout.compression, engine, dump.tool_compresses)
     stages = choose_stages(stream_kind, target.encryption.recipients)
-    key = object_key(target.key_prefix, dump.stem, dump.extension + key_suffix(stages), started)
+    run_id = new_run_id()
+    extension = dump.extension + key_suffix(stages)
+    key = object_key(target.key_prefix, dump.database, extension, started, run_id)
     metadata = object_metadata(engine, dump.database, started, layout.timezone)
+    properties = asyncio.ensure_future(dump.properties())
     digest = Digest()
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
-    async with storage.upload(key, metadata) as upload:
-        async with contextlib.AsyncExitStack() as stack:
-            reader = await stack.enter_async_context(dump.open(native))
-            for stage in stages:
-                reader = await stack.enter_async_context(stage.apply(reader))
-            await _copy(target, reader, upload, digest, key, clock, progress)
-        if (stages[0].size if stages else digest.size) == 0:
-            raise DumpError(
-                f"the backup of {dump.database} is empty; refusing to store an empty backup"
-            )
-        info = await probe
-        await upload.commit()
+    try:
+        async with storage.upload(key, metadata) as upload:
+            async with contextlib.AsyncExitStack() as stack:
+                source = await stack.enter_async_context(dump.open(native))
+                reader = source
+                for stage in stages:
+                    reader = await stack.enter_async_context(stage.apply(reader))
+                moved = _moved(source, stages, digest)
+                what = f"the backup of {dump.database}"
+                async with stall_guard(moved, target.limits.stall_timeout, what):
+                    await _copy(target, reader, upload, digest, key, clock, progress)
+            if (stages[0].size if stages else digest.size) == 0:
+                raise DumpError(
+                    f"the backup of {dump.database} is empty; refusing to store an empty backup"
+                )
+            info = await probe
+            recorded = await properties
+            await upload.commit()
+    finally:
+        await _settle(properties)
     progress.done(key)
     facts = {name: value for stage in stages for name, value in stage.facts().items()}
-    return await _record(
-        target,
-        storage,
-        dump.database,
-        key,
-        digest,
-        started,
-        clock,
-        info,
-        native,
-        stream_kind,
-        facts,
+    made = Made(
+        dump.database, key, run_id, native, stream_kind, recorded, dump.names_database, facts
     )
+    return await _record(target, storage, made, digest, started, clock, info)
+
+
+def _moved(source: Readable, stages: Sequence[Stage], digest: Digest) -> Callable[[], int]:
+    """A byte count that grows while anything moves: the source's reads (a dump's pipe),
+    each stage's input and the stored bytes."""
+
+    def count() -> int:
+        return getattr(source, "transferred", 0) + sum(stage.size for stage in stages) + digest.size
+
+    return count
+
+
+@dataclass(frozen=True)
+class Made:
+    """What the pipeline produced for one database, as the manifest records it."""
+
+    database: str
+    key: str
+    run_id: str
+    native: bool
+    stream_kind: Compression
+    properties: dict[str, Any]
+    names_database: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+    """What the stages record (``encryption``), as manifest fields."""
 
 
 async def _copy(
@@ -164,70 +207,92 @@ async def _copy(
 async def _record(
     target: TargetConfig,
     storage: Storage,
-    database: str,
-    key: str,
+    made: Made,
     digest: Digest,
     started: datetime,
     clock: float,
     info: ServerInfo,
-    native: bool,
-    stream_kind: Compression,
-    facts: dict[str, Any],
 ) -> BackupResult:
-    """The result of a published object, and its manifest written beside it (``facts``: what
-    the stages record)."""
+    """The result of a published object, and its manifest written beside it."""
     result = BackupResult(
         target=target.name,
-        database=database,
+        database=made.database,
         engine=target.database.engine,
-        key=key,
+        key=made.key,
         size=digest.size,
         sha256=await digest.hexdigest(),
         started=started,
         finished=datetime.now(target.layout.tz),
         duration_s=round(time.monotonic() - clock, 3),
     )
-    await _write_manifest(
-        storage, result, info, target.layout.compression, native, stream_kind, facts
+    manifest = Manifest(
+        key=result.key,
+        sha256=result.sha256,
+        size=result.size,
+        started=result.started,
+        finished=result.finished,
+        duration_s=result.duration_s,
+        target=result.target,
+        database=result.database,
+        engine=result.engine,
+        server_version=info.server_version,
+        tool_version=info.tool_version,
+        compression={
+            "setting": target.layout.compression.value,
+            "tool": made.native,
+            "stream": made.stream_kind.value,
+        },
+        run_id=made.run_id,
+        properties=made.properties,
+        names_database=made.names_database,
+        **made.facts,
     )
+    await publish_manifest(storage, manifest)
     return result
 
 
-async def _write_manifest(
-    storage: Storage,
-    result: BackupResult,
-    info: ServerInfo,
-    setting: Compression,
-    native: bool,
-    stream: Compression,
-    facts: dict[str, Any],
-) -> None:
-    fields: dict[str, Any] = {
-        "key": result.key,
-        "sha256": result.sha256,
-        "size": result.size,
-        "started": result.started.isoformat(),
-        "finished": result.finished.isoformat(),
-        "duration_s": result.duration_s,
-        "target": result.target,
-        "database": result.database,
-        "engine": result.engine,
-        "server_version": info.server_version,
-        "tool_version": info.tool_version,
-        "compression": {"setting": setting.value, "tool": native, "stream": stream.value},
-        **facts,
-    }
-    try:
-        await storage.put_bytes(
-            manifest_key(result.key), manifest_bytes(fields), "application/json"
-        )
-    except BackupdError:
-        # Without its manifest the object is not a complete backup: do not leave it behind.
+async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
+    """Write ``manifest`` beside its object, which this run wrote under its own unique key.
+
+    Tried ``MANIFEST_ATTEMPTS`` times. "Already exists" on a later attempt means an earlier
+    attempt landed after all: the stored manifest is read back and compared. If it cannot be
+    written, this run's own object is removed (no other run can have written that key), so no
+    object is left looking complete-but-unlisted; if even that fails, the exact key is logged,
+    and retention's cleanup of objects without a manifest removes it later.
+
+    Raises the last StorageError when the manifest could not be written.
+    """
+    key, data = manifest_key(manifest.key), manifest.to_bytes()
+    failure: BackupdError | None = None
+    for attempt in range(1, MANIFEST_ATTEMPTS + 1):
         try:
-            await storage.delete(result.key)
-        except StorageError as error:
-            log.warning("could not remove %s after its manifest failed: %s", result.key, error)
-        raise
+            await storage.put_bytes(key, data, "application/json")
+            return
+        except BackupdError as error:
+            failure = error
+            if attempt > 1 and await _already_written(storage, key, data):
+                return
+            log.warning("writing %s failed (attempt %d): %s", key, attempt, error)
+            if attempt < MANIFEST_ATTEMPTS:
+                await asyncio.sleep(MANIFEST_RETRY_DELAY_S * attempt)
+    assert failure is not None
+    try:
+        await asyncio.shield(storage.delete(manifest.key))
+    except BackupdError as error:
+        log.error(
+            "could not remove this run's object %s after its manifest failed (%s); it is "
+            "incomplete and retention removes it later",
+            manifest.key,
+            error,
+        )
+    raise failure
+
+
+async def _already_written(storage: Storage, key: str, data: bytes) -> bool:
+    try:
+        return await storage.get_bytes(key) == data
+    except BackupdError:
+        return False
 
 
 async def run_backup(target: TargetConfig, progress: Progress | None = None) -> TargetRun:
@@ -284,17 +349,18 @@ async def _dumps(
     dumps = [_database_dump(source, name) for name in await _all_databases(source, probe)]
     server_globals = source.open_globals(await probe)
     if server_globals is not None:
-        dumps.append(Dump(GLOBALS, GLOBALS, ".sql", lambda _: server_globals, False))
+        dumps.append(Dump(GLOBALS, ".sql", lambda _: server_globals, False, _nothing_recorded))
     return dumps
 
 
 def _database_dump(source: BackupSource, database: str) -> Dump:
     return Dump(
         database=database,
-        stem=backup_stem(database),
         extension=source.extension,
         open=lambda native: source.open_dump(database, native),
         tool_compresses=source.can_compress,
+        properties=lambda: source.database_properties(database),
+        names_database=False,
     )
 
 

@@ -434,6 +434,19 @@ class EncryptionConfig(BaseModel):
         return bool(self.recipients)
 
 
+class LimitsConfig(BaseModel):
+    """Bounds on how long a child may go without progress."""
+
+    model_config = _FROZEN
+
+    stall_timeout: float = Field(
+        600,
+        alias="RESTORE_STALL_TIMEOUT",
+        ge=0,
+        description="Seconds a dump or restore may move no data before it is stopped; 0: never",
+    )
+
+
 class TargetConfig(BaseModel):
     """Everything needed to back up one target's databases."""
 
@@ -452,6 +465,7 @@ class TargetConfig(BaseModel):
     encryption: EncryptionConfig = Field(
         default_factory=lambda: EncryptionConfig.model_validate({})
     )
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig.model_validate({}))
 
     @property
     def key_prefix(self) -> str:

@@ -214,6 +214,7 @@ class _PipeWriter:
     async def write(self, data: memoryview | bytes) -> None:
         loop = asyncio.get_running_loop()
         self._writing = loop.run_in_executor(None, _write_all, self.fd, data)
+        self._writing.add_done_callback(_retrieve)  # a caller cancelled meanwhile never will
         await asyncio.shield(self._writing)
 
     async def splice_from(self, fd: int) -> int:
@@ -226,6 +227,7 @@ class _PipeWriter:
         source = os.dup(fd)
         loop = asyncio.get_running_loop()
         moving = loop.run_in_executor(None, _splice_all, source, self.fd)
+        moving.add_done_callback(_retrieve)
         self._writing = moving
         return await asyncio.shield(moving)
 
@@ -237,6 +239,13 @@ class _PipeWriter:
             self._writing.add_done_callback(lambda _: os.close(self.fd))
         else:
             os.close(self.fd)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a worker's outcome as seen: after a cancellation, its error (a broken pipe from a
+    killed child) is expected and must not be logged as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _splice_all(source: int, target: int) -> int:

@@ -22,6 +22,7 @@ from backupd.config import (
     EncryptionConfig,
     HooksConfig,
     LayoutConfig,
+    LimitsConfig,
     LocalConfig,
     LogConfig,
     MSSQLConfig,
@@ -186,6 +187,7 @@ def load_target(
     hooks = reader.validate(HooksConfig)
     mssql = reader.validate(MSSQLConfig)
     encryption = _load_encryption(reader)
+    limits = reader.validate(LimitsConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
     if reader.problems or storage is None:
@@ -201,6 +203,7 @@ def load_target(
         hooks=hooks,
         mssql=mssql,
         encryption=encryption,
+        limits=limits,
     )
 
 

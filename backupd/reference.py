@@ -16,6 +16,7 @@ from backupd.config import (
     EncryptionConfig,
     HooksConfig,
     LayoutConfig,
+    LimitsConfig,
     LocalConfig,
     LogConfig,
     MSSQLConfig,
@@ -33,6 +34,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     HooksConfig,
     MSSQLConfig,
     EncryptionConfig,
+    LimitsConfig,
     DaemonConfig,
     LogConfig,
 )

@@ -229,6 +229,7 @@ class MariaDBServer:
                 f"--user={os_user}",
                 f"--pid-file={self.root / 'pid'}",
                 "--innodb-flush-log-at-trx-commit=0",
+                "--max-allowed-packet=64M",
                 "--skip-name-resolve",
                 f"--log-error={self.root / 'log'}",
             ],
@@ -293,23 +294,43 @@ class MariaDBServer:
         # Comments name the database; everything else must match.
         return "\n".join(line for line in result.stdout.splitlines() if not line.startswith("--"))
 
+    def dump_with_databases(self, database: str) -> bytes:
+        """A dump as backupd made them before manifest format 2: ``--databases``, so the SQL
+        names the database in CREATE DATABASE and USE statements."""
+        return subprocess.run(
+            [
+                "mariadb-dump",
+                f"--socket={self.socket}",
+                "-uroot",
+                "--single-transaction",
+                "--quick",
+                "--routines",
+                "--events",
+                "--triggers",
+                "--hex-blob",
+                "--default-character-set=utf8mb4",
+                "--databases",
+                database,
+            ],
+            check=True,
+            capture_output=True,
+        ).stdout
+
     def restore(self, dump: bytes, database: str) -> None:
-        """Load a ``--databases`` dump under another name, without its CREATE DATABASE and USE."""
+        """Load a backupd dump with the stock client: its SQL names no database, so it loads
+        into whichever one the client is given, unchanged."""
         self.create_database(database)
-        lines = [
-            line
-            for line in dump.split(b"\n")
-            if not line.startswith((b"CREATE DATABASE", b"USE `"))
-        ]
         subprocess.run(
             [
                 "mariadb",
                 f"--socket={self.socket}",
                 "-uroot",
                 "--default-character-set=utf8mb4",
+                "--binary-mode",
+                "--max-allowed-packet=1G",
                 database,
             ],
-            input=b"\n".join(lines),
+            input=dump,
             check=True,
             capture_output=True,
         )

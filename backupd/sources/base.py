@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from backupd.errors import DumpError
 from backupd.parts import Readable, fill
@@ -57,6 +57,12 @@ class BackupSource(Protocol):
         """For ``DB_DATABASE=*``: server-wide objects (roles, ...) as a byte source, if any."""
         ...
 
+    async def database_properties(self, database: str) -> dict[str, Any]:
+        """Database-level settings the dump does not carry into another name (encoding,
+        locale, defaults, comment), as JSON data for the manifest; ``{}`` when the backup
+        carries them itself. Raise DumpError when the database does not exist."""
+        ...
+
 
 class Source(BackupSource, Protocol):
     """One database engine that dumps to a pipe: how to log in, dump and restore."""
@@ -65,8 +71,12 @@ class Source(BackupSource, Protocol):
         """For ``DB_DATABASE=*``: a dump of server-wide objects (roles, ...), if any."""
         ...
 
-    def dump_command(self, database: str, native_compression: bool) -> Command:
-        """The dump tool's command: the dump goes to stdout, secrets never into argv."""
+    async def dump_command(self, database: str, native_compression: bool) -> Command:
+        """The dump tool's command: the dump goes to stdout, secrets never into argv.
+
+        Async because the argv depends on the installed tool's flavour (Oracle's mysqldump
+        takes options MariaDB's rejects): it is built only once ``--version`` has answered.
+        """
         ...
 
     def explain_failure(self, stderr: str) -> str | None:
@@ -79,7 +89,16 @@ class Source(BackupSource, Protocol):
         """``"missing"``, ``"empty"`` or ``"in use"`` (holds tables, views or routines)."""
         ...
 
-    async def create_database(self, database: str) -> None: ...
+    async def create_database(self, database: str, properties: dict[str, Any]) -> list[str]:
+        """Create ``database`` with the recorded ``properties`` that must exist from the start
+        (encoding, locale, character set). Return one line per property the server could not
+        take (the database is then created without it)."""
+        ...
+
+    async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
+        """After the restore: the recorded defaults and comment. Return one line per property
+        that could not be applied."""
+        ...
 
     async def drop_database(self, database: str) -> None: ...
 

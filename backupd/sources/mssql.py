@@ -18,10 +18,11 @@ import shutil
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from backupd.catalogue import safe_name, stem_for
 from backupd.config import MSSQLConfig, TargetConfig
 from backupd.errors import ConnectError, DumpError
-from backupd.layout import safe_name
 from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import FileReader, ServerInfo
@@ -105,7 +106,7 @@ def sqlcmd_env(target: TargetConfig) -> dict[str, str]:
 
 def bak_name(database: str, when: datetime) -> str:
     """A fresh name on the shared volume: two backups never write the same file."""
-    return f"backup_{safe_name(database)}_{when:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}.bak"
+    return f"{stem_for(database)}_{when:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}.bak"
 
 
 def explain(output: str, config: MSSQLConfig) -> str | None:
@@ -213,6 +214,9 @@ class MSSQLSource:
 
     def open_globals(self, info: ServerInfo) -> None:
         return None
+
+    async def database_properties(self, database: str) -> dict[str, Any]:
+        return {}  # a .bak carries the database's settings itself
 
     # --- restore -------------------------------------------------------------------------
 
