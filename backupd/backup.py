@@ -87,7 +87,6 @@ class Dump:
     tool_compresses: bool
     properties: Callable[[], Awaitable[dict[str, Any]]]
     """Database-level settings to record in the manifest (read alongside the dump)."""
-    names_database: bool = False
 
 
 async def _nothing_recorded() -> dict[str, Any]:
@@ -157,9 +156,7 @@ async def _store(
         await _settle(properties)
     progress.done(key)
     facts = {name: value for stage in stages for name, value in stage.facts().items()}
-    made = Made(
-        dump.database, key, run_id, native, stream_kind, recorded, dump.names_database, facts
-    )
+    made = Made(dump.database, key, run_id, native, stream_kind, recorded, facts)
     return await _record(target, storage, made, digest, started, clock, info)
 
 
@@ -183,7 +180,6 @@ class Made:
     native: bool
     stream_kind: Compression
     properties: dict[str, Any]
-    names_database: bool = False
     facts: dict[str, Any] = field(default_factory=dict)
     """What the stages record (``encryption``), as manifest fields."""
 
@@ -244,7 +240,6 @@ async def _record(
         },
         run_id=made.run_id,
         properties=made.properties,
-        names_database=made.names_database,
         **made.facts,
     )
     await publish_manifest(storage, manifest)
@@ -360,7 +355,6 @@ def _database_dump(source: BackupSource, database: str) -> Dump:
         open=lambda native: source.open_dump(database, native),
         tool_compresses=source.can_compress,
         properties=lambda: source.database_properties(database),
-        names_database=False,
     )
 
 

@@ -345,6 +345,17 @@ class MariaDBServer:
                 self.process.wait()
 
 
+_DENIED_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>refused by the test proxy</Message></Error>"
+)
+ACCESS_DENIED = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_DENIED_BODY)}\r\n\r\n".encode()
+    + _DENIED_BODY
+)
+
+
 class FaultProxy:
     """A TCP proxy in front of an HTTP server.
 
@@ -357,6 +368,8 @@ class FaultProxy:
         self.requests: list[tuple[str, str, int]] = []
         self.break_uploads = threading.Event()
         self.part_delay = 0.0
+        self.refuse_puts_ending: str | None = None
+        """PUTs of keys ending so are answered 403 AccessDenied, without reaching upstream."""
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
@@ -403,6 +416,16 @@ class FaultProxy:
                     return
                 if is_part and self.part_delay:
                     time.sleep(self.part_delay)
+                path = target.split("?", 1)[0]
+                if (
+                    method == "PUT"
+                    and self.refuse_puts_ending
+                    and path.endswith(self.refuse_puts_ending)
+                ):
+                    # Answered before the body (the client may be waiting for 100 Continue),
+                    # and the connection closed, so no body is left to misread as a request.
+                    client.sendall(ACCESS_DENIED)
+                    return
                 upstream.sendall(head)
                 buffer = self._forward_body(client, upstream, length, buffer)
         except OSError:
