@@ -6,22 +6,18 @@ backup side holds only recipients (public keys); the identity (the secret key) i
 ``backupd restore`` alone, and only age reads it: backupd passes the file's name, never its
 contents, and the name is not a secret.
 
-Recipient checks here are syntax only (bech32 for ``age1...``, the SSH key blob's type); age
-itself is the authority when it encrypts.
+Recipients are read and checked in ``recipients.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import fcntl
 import io
 import os
 import shutil
-import struct
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +38,6 @@ from backupd.process import (
 SUFFIX = ".age"
 CHUNK = 1024 * 1024
 SPLICE_CHUNK = 1024 * 1024
-SSH_TYPES = ("ssh-ed25519", "ssh-rsa")
-_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _NO_MATCH = "no identity matched"
 
 
@@ -61,117 +55,6 @@ class DecryptError(BackupdError):
 
 class WrongIdentity(DecryptError):
     """None of the identities in the file matches a recipient of the object."""
-
-
-# --- recipients (pure) -------------------------------------------------------------------------
-
-
-def _bech32_polymod(values: list[int]) -> int:
-    generator = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-    checksum = 1
-    for value in values:
-        top = checksum >> 25
-        checksum = (checksum & 0x1FFFFFF) << 5 ^ value
-        for bit in range(5):
-            checksum ^= generator[bit] if (top >> bit) & 1 else 0
-    return checksum
-
-
-def bech32_payload(text: str) -> tuple[str, bytes] | None:
-    """(human-readable part, payload bytes) of a valid bech32 string (BIP 173), else None.
-
-    age writes recipients in bech32 without BIP 173's 90-character limit.
-    """
-    if text.lower() != text and text.upper() != text:
-        return None
-    text = text.lower()
-    hrp, separator, data = text.rpartition("1")
-    if not separator or not hrp or len(data) < 6 or any(c not in _BECH32 for c in data):
-        return None
-    values = [_BECH32.index(c) for c in data]
-    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-    if _bech32_polymod(expanded + values) != 1:
-        return None
-    bits, accumulator, payload = 0, 0, bytearray()
-    for value in values[:-6]:
-        accumulator, bits = (accumulator << 5) | value, bits + 5
-        if bits >= 8:
-            bits -= 8
-            payload.append((accumulator >> bits) & 0xFF)
-    if bits >= 5 or accumulator & ((1 << bits) - 1):
-        return None
-    return hrp, bytes(payload)
-
-
-def _ssh_key_type(blob: bytes) -> str | None:
-    """The key type named inside an SSH public key blob (RFC 4253 section 6.6)."""
-    if len(blob) < 4:
-        return None
-    (length,) = struct.unpack(">I", blob[:4])
-    if length > len(blob) - 4:
-        return None
-    return blob[4 : 4 + length].decode("ascii", "replace")
-
-
-def recipient_problem(text: str) -> str | None:
-    """Why ``text`` is not a recipient age accepts, or None. Never quotes ``text``: a secret
-    key pasted by mistake must not end up in an error message."""
-    if text.upper().startswith("AGE-SECRET-KEY-"):
-        return "is an identity (a secret key), not a recipient: give its public key (age-keygen -y)"
-    if "PRIVATE KEY" in text:
-        return "is a private key, not a recipient: give the public key (.pub)"
-    if text.lower().startswith("age1"):
-        decoded = bech32_payload(text)
-        if decoded is None or decoded[0] != "age" or len(decoded[1]) != 32:
-            return "is not a valid age recipient (age1 followed by 58 bech32 characters)"
-        return None
-    fields = text.split()
-    if fields and fields[0] in SSH_TYPES:
-        try:
-            blob = base64.b64decode(fields[1] if len(fields) > 1 else "", validate=True)
-        except binascii.Error:
-            blob = b""
-        if _ssh_key_type(blob) != fields[0]:
-            return f"is not a valid {fields[0]} public key"
-        return None
-    return "is not an age recipient (age1...) or an SSH public key (ssh-ed25519 or ssh-rsa)"
-
-
-def normalise(recipient: str) -> str:
-    """An SSH key without its comment (``type base64``); an age recipient in lower case."""
-    fields = recipient.split()
-    return " ".join(fields[:2]) if fields[0] in SSH_TYPES else recipient.lower()
-
-
-def parse_recipient_list(text: str) -> tuple[list[str], list[str]]:
-    """``ENCRYPTION_RECIPIENTS``: comma-separated. Return (recipients, problems by item)."""
-    recipients, problems = [], []
-    items = [item.strip() for item in text.split(",")]
-    for number, item in enumerate(items, 1):
-        problem = recipient_problem(item) if item else "is empty"
-        if problem is not None:
-            problems.append(f"item {number} of {len(items)} {problem}")
-        else:
-            recipients.append(normalise(item))
-    return recipients, problems
-
-
-def parse_recipients_file(text: str) -> tuple[list[str], list[str]]:
-    """A recipients file in age's format: one per line, ``#`` comments and blank lines
-    ignored. Return (recipients, problems by line number)."""
-    recipients, problems = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        item = line.strip()
-        if not item or item.startswith("#"):
-            continue
-        problem = recipient_problem(item)
-        if problem is not None:
-            problems.append(f"line {number} {problem}")
-        else:
-            recipients.append(normalise(item))
-    if not recipients and not problems:
-        problems.append("holds no recipient")
-    return recipients, problems
 
 
 def encrypt_argv(recipients: Sequence[str]) -> tuple[str, ...]:
@@ -217,19 +100,20 @@ class _PipeWriter:
         self._writing.add_done_callback(_retrieve)  # a caller cancelled meanwhile never will
         await asyncio.shield(self._writing)
 
-    async def splice_from(self, fd: int) -> int:
+    async def splice_from(self, fd: int, moved: Callable[[int], None]) -> None:
         """Move everything from the pipe ``fd`` into this one inside the kernel (no copy
-        through backupd) until end of stream; return the count.
+        through backupd) until end of stream, telling ``moved`` each count as it goes (from
+        the worker thread).
 
         The thread works on a duplicate of ``fd``, closed when it ends, so the owner may close
         its own ``fd`` at any time.
         """
         source = os.dup(fd)
         loop = asyncio.get_running_loop()
-        moving = loop.run_in_executor(None, _splice_all, source, self.fd)
+        moving = loop.run_in_executor(None, _splice_all, source, self.fd, moved)
         moving.add_done_callback(_retrieve)
         self._writing = moving
-        return await asyncio.shield(moving)
+        await asyncio.shield(moving)
 
     def close(self) -> None:
         if self._closed:
@@ -248,14 +132,12 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _splice_all(source: int, target: int) -> int:
-    total = 0
+def _splice_all(source: int, target: int, moved: Callable[[int], None]) -> None:
     try:
         while count := os.splice(source, target, SPLICE_CHUNK):
-            total += count
+            moved(count)
     finally:
         os.close(source)
-    return total
 
 
 def _write_all(fd: int, data: memoryview | bytes) -> None:
@@ -328,12 +210,15 @@ class Encrypt:
             }
         }
 
+    def _count(self, moved: int) -> None:
+        self.size += moved  # from one thread at a time: a progress signal while splicing
+
     async def _feed(self, source: Readable, writer: _PipeWriter) -> None:
         """Everything from ``source`` into age, then end of input. On a source error, age still
         gets end of input, so the reader is never left waiting."""
         try:
             if isinstance(source, PipeReader) and hasattr(os, "splice"):
-                self.size = await writer.splice_from(source.fd)
+                await writer.splice_from(source.fd, self._count)
                 return
             chunk = bytearray(CHUNK)
             while count := await source.fill(chunk):

@@ -32,8 +32,8 @@ from backupd.config import (
     StorageType,
     TargetConfig,
 )
-from backupd.encryption import parse_recipient_list, parse_recipients_file
 from backupd.errors import ConfigError
+from backupd.recipients import parse_recipient_list, parse_recipients_file
 
 SECRET_NAMES = frozenset(
     {

@@ -6,17 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from backupd.encryption import (
+from backupd.encryption import decrypt_argv, decrypt_problem, encrypt_argv
+from backupd.environment import load_target
+from backupd.errors import ConfigError
+from backupd.recipients import (
     bech32_payload,
-    decrypt_argv,
-    decrypt_problem,
-    encrypt_argv,
     parse_recipient_list,
     parse_recipients_file,
     recipient_problem,
 )
-from backupd.environment import load_target
-from backupd.errors import ConfigError
 
 AGE_1 = "age1hwzyjyf6pyekp84zmu9hddm3ru8hzc9uyg3v283y6uxdr8599gkq44etqw"
 AGE_2 = "age1zl6nwtj9jx69xdjcaqxtz7gacn4hn76hzxz8pemp4mqdqy8ae4dqg4qrng"
