@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
+from tests.conftest import (
+    backupd_command,
+    bucket_state,
+    child_env,
+    mariadb_env,
+    pg_env,
+    run_backupd,
+    storage_env,
+)
 from tests.integration import test_mssql, test_notify
 from tests.integration.test_failures import finish, slow_upload_env, start_backupd
 from tests.integration.test_mssql import SIZE, mssql_env
@@ -166,6 +174,23 @@ def test_sql_server_bak_goes_through_the_same_stages(
     assert (tmp_path / "backup.bak").read_bytes() == random.Random(7).randbytes(SIZE)
 
 
+def run_together(
+    *runs: tuple[list[str], dict[str, str]],
+) -> list[subprocess.CompletedProcess[str]]:
+    """Several independent ``backupd`` commands at once (each with its own environment)."""
+    processes = [
+        subprocess.Popen(
+            backupd_command(*args),
+            env=child_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, env in runs
+    ]
+    return [finish(process) for process in processes]
+
+
 def only_backup_key(s3: Any, bucket: str) -> str:
     (key,) = [k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json")]
     return key
@@ -185,12 +210,12 @@ def test_postgres_restore_needs_a_matching_identity_and_a_wrong_one_creates_noth
     key = only_backup_key(s3, bucket)
     wrong, bare, restored, by_ssh = (unique(name) for name in ("wrong", "bare", "ok", "ssh"))
 
-    checked = run_backupd("check", env=env)
-    refused = run_backupd("restore", "--into", bare, env=env)
-    mismatched = run_backupd("restore", "--into", wrong, "--identity", str(keys["other"]), env=env)
-    result = run_backupd("restore", "--into", restored, "--identity", str(keys["key"]), env=env)
-    second = run_backupd(
-        "restore", "--into", by_ssh, env={**env, "ENCRYPTION_IDENTITY_FILE": str(keys["ssh"])}
+    checked, refused, mismatched, result, second = run_together(
+        (["check"], env),
+        (["restore", "--into", bare], env),
+        (["restore", "--into", wrong, "--identity", str(keys["other"])], env),
+        (["restore", "--into", restored, "--identity", str(keys["key"])], env),
+        (["restore", "--into", by_ssh], {**env, "ENCRYPTION_IDENTITY_FILE": str(keys["ssh"])}),
     )
 
     assert checked.returncode == 0, checked.stdout + checked.stderr
