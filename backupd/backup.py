@@ -26,7 +26,7 @@ from backupd.catalogue import (
     object_metadata,
 )
 from backupd.config import Compression, TargetConfig
-from backupd.errors import BackupdError, DumpError
+from backupd.errors import BackupdError, ClaimLost, DumpError
 from backupd.parts import BufferPool, Readable
 from backupd.process import stall_guard
 from backupd.progress import LogProgress, Progress
@@ -135,7 +135,7 @@ async def _store(
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
     try:
-        async with storage.upload(key, metadata) as upload:
+        async with storage.upload(key, metadata, locked=True) as upload:
             async with contextlib.AsyncExitStack() as stack:
                 source = await stack.enter_async_context(dump.open(native))
                 reader = source
@@ -261,10 +261,12 @@ async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
     failure: BackupdError | None = None
     for attempt in range(1, MANIFEST_ATTEMPTS + 1):
         try:
-            await storage.put_bytes(key, data, "application/json")
+            await storage.put_bytes(key, data, "application/json", locked=True)
             return
         except BackupdError as error:
             failure = error
+            if isinstance(error, ClaimLost):  # another replica has the slot: never publish
+                break
             if attempt > 1 and await _already_written(storage, key, data):
                 return
             log.warning("writing %s failed (attempt %d): %s", key, attempt, error)

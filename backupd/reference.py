@@ -10,6 +10,7 @@ import enum
 from pydantic import BaseModel, ByteSize, SecretStr
 
 from backupd.config import (
+    CoordinationConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
@@ -20,6 +21,7 @@ from backupd.config import (
     LocalConfig,
     LogConfig,
     MSSQLConfig,
+    RetentionConfig,
     S3Config,
     ScheduleConfig,
 )
@@ -30,12 +32,14 @@ MODELS: tuple[type[BaseModel], ...] = (
     LocalConfig,
     LayoutConfig,
     ScheduleConfig,
+    RetentionConfig,
     EmailConfig,
     HooksConfig,
     MSSQLConfig,
     EncryptionConfig,
     LimitsConfig,
     DaemonConfig,
+    CoordinationConfig,
     LogConfig,
 )
 # Read by the loader itself rather than by a model field.
@@ -61,6 +65,8 @@ DEFAULTS = {
     "EMAIL_FROM": "required for mail",
     "EMAIL_TO": "required for mail",
     "MSSQL_LOCAL_DIR": "MSSQL_BACKUP_DIR",
+    "REPLICA_ID": "host name",
+    "COORDINATION_LEASE": "`60s`",
 }
 
 
