@@ -75,6 +75,32 @@ def recipe(script: str, cwd: Path, env: dict[str, str] | None = None) -> None:
     )
 
 
+def test_a_bad_recipient_stops_backupd_with_exit_2_naming_the_variable_and_line(
+    keys: dict[str, Any], tmp_path: Path
+) -> None:
+    secret = next(
+        line for line in keys["key"].read_text().splitlines() if line.startswith("AGE-SECRET")
+    )
+    recipients = tmp_path / "recipients.txt"
+    recipients.write_text(f"# keys\n{keys['key_public']}\n{secret}\n")
+    env = {
+        "DB_HOST": "db.internal",
+        "DB_USER": "backup",
+        "DB_DATABASE": "app",
+        "STORAGE_BUCKET_NAME": "backups",
+        "ENCRYPTION_RECIPIENTS": "age1notarecipient",
+        "ENCRYPTION_RECIPIENTS_FILE": str(recipients),
+    }
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "ENCRYPTION_RECIPIENTS: item 1 of 1 is not a valid age recipient" in result.stderr
+    assert f"ENCRYPTION_RECIPIENTS_FILE: {recipients} line 3 is an identity" in result.stderr
+    assert secret not in result.stdout + result.stderr
+
+
 def test_postgres_backup_is_an_age_file_for_each_recipient_and_the_stock_tools_restore_it(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any], tmp_path: Path
 ) -> None:
