@@ -141,9 +141,24 @@ async def test_released_buffers_are_reused_without_corrupting_data() -> None:
     assert len({id(body) for body in bodies}) < len(bodies), "buffers were never reused"
 
 
+RECIPIENT = "age1hwzyjyf6pyekp84zmu9hddm3ru8hzc9uyg3v283y6uxdr8599gkq44etqw"
+
+
 @pytest.mark.parametrize(
-    ("kind", "suffix"),
-    [(Compression.NONE, ""), (Compression.GZIP, ".gz"), (Compression.ZSTD, ".zst")],
+    ("kind", "recipients", "suffix"),
+    [
+        (Compression.NONE, (), ""),
+        (Compression.GZIP, (), ".gz"),
+        (Compression.ZSTD, (), ".zst"),
+        (Compression.NONE, (RECIPIENT,), ".age"),
+        (Compression.ZSTD, (RECIPIENT,), ".zst.age"),
+        (Compression.GZIP, (RECIPIENT, RECIPIENT), ".gz.age"),
+    ],
 )
-def test_stages_name_the_key_suffix_in_pipeline_order(kind: Compression, suffix: str) -> None:
-    assert key_suffix(choose_stages(kind)) == suffix
+def test_stages_compress_before_they_encrypt_and_name_the_key_suffix(
+    kind: Compression, recipients: tuple[str, ...], suffix: str
+) -> None:
+    stages = choose_stages(kind, recipients)
+
+    assert key_suffix(stages) == suffix
+    assert bool(recipients) == (bool(stages) and stages[-1].suffix == ".age")  # encryption last
