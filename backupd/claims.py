@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import Token
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ RETRY_RENEWAL = 1.0
 """Seconds between renewal attempts after one failed (the lease itself bounds how long)."""
 SETTLE_ATTEMPTS = 3
 """Attempts at writing a claim's final state (done, or handed back)."""
+SWEEP_EVERY = 3600.0
+"""Seconds between two sweeps of stale claims by one replica (``Claims.sweep``)."""
 
 
 def wall_clock() -> datetime:
@@ -87,6 +90,16 @@ class Claims:
         self.replica = replica
         self.lease = lease
         self.clock = clock
+        self._swept_at: float | None = None
+
+    async def sweep(self) -> list[str]:
+        """Delete this folder's claims not written for a day, at most once per ``SWEEP_EVERY``
+        seconds (monotonic); the keys deleted. Raises StorageError."""
+        now = time.monotonic()
+        if self._swept_at is not None and now - self._swept_at < SWEEP_EVERY:
+            return []
+        self._swept_at = now
+        return await delete_stale_claims(self.store, self.folder, self.clock())
 
     async def read(self, key: str) -> tuple[Claim, str] | None:
         """The claim at ``key`` and its ETag; None when there is none. Malformed: an error."""

@@ -54,7 +54,7 @@ class Daemon:
         self._slots = asyncio.Semaphore(settings.daemon.max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: dict[asyncio.Task[None], str] = {}
-        """Run tasks that are backing a target up now (not waiting on another replica)."""
+        """Run tasks claiming or backing up a target (not watching another replica's claim)."""
         self._claims: dict[str, Claims] = {}
         self._schedulers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -217,9 +217,8 @@ class Daemon:
         task = asyncio.create_task(self._run(target, slot, label), name=f"backup-{target.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if not coordinated:
-            self._active[task] = target.name
-            task.add_done_callback(self._forget)
+        self._active[task] = target.name  # until it finds its slot claimed elsewhere
+        task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._active.pop(task, None)
@@ -245,12 +244,9 @@ class Daemon:
                 if lease is None:
                     return
                 log.info("%s: starting the %s run (claim %s)", target.name, label, lease.key)
-                self._active[task] = target.name
-                try:
-                    await self._backup(target)
-                    finished = True
-                finally:
-                    self._forget(task)
+                self._active[task] = target.name  # again, after a takeover
+                await self._backup(target)
+                finished = True
         except ClaimLost as error:
             log.warning("%s: %s", target.name, error)
             if not finished:
@@ -258,8 +254,24 @@ class Daemon:
         except BackupdError as error:
             log.error("%s: the %s run did not happen: %s", target.name, label, error)
             self.metrics.runs.labels(target.name, "failure").inc()
+        if finished:
+            await self._sweep(target, claims)
+
+    async def _sweep(self, target: TargetConfig, claims: Claims) -> None:
+        """Claims are bookkeeping: the replica that ran a slot deletes those a day old."""
+        try:
+            deleted = await claims.sweep()
+        except BackupdError as error:
+            log.warning("%s: could not delete old claims: %s", target.name, error)
+            return
+        if deleted:
+            log.info("%s: deleted %d claim(s) older than a day", target.name, len(deleted))
 
     def _elsewhere(self, target: TargetConfig, observed: Observed) -> None:
+        """The run task's slot is another replica's: it only watches from now on."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._forget(task)
         log.debug("%s: %s is held by replica %s", target.name, observed.key, observed.claim.replica)
         self.metrics.claimed_elsewhere.labels(target.name, Kind.BACKUP.value).inc()
 

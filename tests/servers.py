@@ -7,6 +7,7 @@ and stops when its fixture ends. Nothing here depends on services already runnin
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pwd
 import shutil
@@ -435,6 +436,10 @@ class FaultProxy:
             return
         finally:
             for sock in (client, upstream):
+                # shutdown first: close alone does not end a connection another thread is
+                # still reading (the pump), and the server would wait for the body forever
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
 
@@ -521,6 +526,10 @@ class _OneWriteAtATime:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("REQUEST_METHOD") in {"GET", "HEAD"}:
             return self.app(environ, start_response)
+        # The body is read before the lock is taken: a client that dies mid-body stalls only
+        # its own request, never every write after it.
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length) if length else b"")
         with self.lock:
             return list(self.app(environ, start_response))
 

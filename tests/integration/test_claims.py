@@ -21,6 +21,8 @@ from tests.servers import FaultProxy
 
 SLOT = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
 LEASE = 1.5
+DEADLINE = 20.0
+"""Seconds a test waits for what the lease makes happen (a generous bound, never a sleep)."""
 
 
 class Clock:
@@ -117,7 +119,7 @@ async def test_a_live_claim_is_not_taken_over(store: S3Storage) -> None:
     assert isinstance(other, Observed)
 
 
-async def test_a_lost_lease_fences_publishing_and_cancels_the_run(store: S3Storage) -> None:
+async def test_a_lost_lease_fences_publishing(store: S3Storage) -> None:
     clock = Clock()
     holder = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
     assert isinstance(holder, Lease)
@@ -125,14 +127,24 @@ async def test_a_lost_lease_fences_publishing_and_cancels_the_run(store: S3Stora
     taker = await replica(store, "b", clock).try_claim("orders", Kind.BACKUP, SLOT)
     assert isinstance(taker, Lease)
 
-    with pytest.raises(ClaimLost):
+    with pytest.raises(ClaimLost, match="replica b took it over"):
         async with holder:
             await store.put_bytes("backups/x.manifest.json", b"{}", "application/json")
-    with pytest.raises(ClaimLost, match="cancelled before it publishes"):
-        async with holder:
-            await asyncio.sleep(LEASE)  # the keeper's renewal finds the claim taken
 
     assert [o.key async for o in store.list_objects("backups/x")] == []
+
+
+async def test_a_lost_lease_cancels_the_run_it_guards(store: S3Storage) -> None:
+    clock = Clock()
+    holder = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(holder, Lease)
+    clock.advance(LEASE + 0.1)
+    taker = await replica(store, "b", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(taker, Lease)
+
+    with pytest.raises(ClaimLost, match="cancelled before it publishes"):
+        async with holder, asyncio.timeout(DEADLINE):
+            await asyncio.Event().wait()  # until the keeper's renewal finds the claim taken
 
 
 async def test_the_block_runs_once_and_the_claim_ends_done(store: S3Storage) -> None:
@@ -178,7 +190,7 @@ async def test_a_cancelled_run_hands_its_slot_to_a_waiting_replica(store: S3Stor
     holder.cancel()
     await asyncio.gather(holder, return_exceptions=True)
 
-    async with asyncio.timeout(LEASE):
+    async with asyncio.timeout(DEADLINE):
         await waiter
     assert taken == [("b", 2)]
 
@@ -268,6 +280,18 @@ async def test_a_deleted_claim_is_claimed_afresh_by_a_watching_replica(store: S3
     await asyncio.sleep(0.1)
     await store.delete(holder.key)  # by hand, to free a stuck slot
 
-    async with asyncio.timeout(LEASE):
+    async with asyncio.timeout(DEADLINE):
         await waiter
     assert taken == [("b", 1)]
+
+
+async def test_a_replica_sweeps_day_old_claims_at_most_once_an_hour(store: S3Storage) -> None:
+    clock = Clock()
+    await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    later = Clock()
+    later.advance(86400 + 60)
+    sweeper = replica(store, "b", later)
+
+    assert await sweeper.sweep() == [claim_key("backups", "orders", Kind.BACKUP, SLOT)]
+    await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT + timedelta(hours=1))
+    assert await sweeper.sweep() == []  # an hour has not passed since the last sweep

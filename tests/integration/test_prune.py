@@ -258,22 +258,27 @@ def test_object_lock_keeps_a_locked_backup_and_says_so(
     assert {v["Key"] for v in versions["Versions"]} == with_manifests(kept)
 
 
-def test_thousands_of_backups_are_listed_in_pages_and_deleted_in_batches(
+def test_thousands_of_objects_are_listed_in_pages_and_deleted_in_batches(
     proxy: FaultProxy, s3: Any, bucket: str
 ) -> None:
-    hours = [datetime(2026, 10, 1, tzinfo=UTC) + timedelta(hours=n) for n in range(1_050)]
+    hours = [datetime(2026, 10, 1, tzinfo=UTC) + timedelta(hours=n) for n in range(1_020)]
     with ThreadPoolExecutor(8) as pool:
-        keys = list(pool.map(lambda t: put_backup(s3, bucket, "app", t), hours))
+        # 520 complete backups, and 500 objects whose manifest never came
+        keys = list(pool.map(lambda t: put_backup(s3, bucket, "app", t), hours[500:]))
+        orphans = list(
+            pool.map(lambda t: put_backup(s3, bucket, "app", t, complete=False), hours[:500])
+        )
     env = policy_env(proxy.url, bucket, RETENTION_KEEP_LAST="10")
 
-    result = run_at(NOW, "prune", env=env)
+    result = run_at("+2d", "prune", env=env)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert keys_of(s3, bucket) == with_manifests(keys[-10:])
+    assert f"deleted 510 of 520 backup(s) and {len(orphans)} leftover(s)" in result.stdout
     listings = [t for m, t, _ in proxy.requests if m == "GET" and "list-type=2" in t]
     deletes = [t for m, t, _ in proxy.requests if m == "POST" and "delete" in t]
-    assert len(listings) == 3  # 2,100 objects, 1,000 a page
-    assert len(deletes) == 4  # 1,040 objects, then their 1,040 manifests, 1,000 a request
+    assert len(listings) == 2  # 1,540 objects, 1,000 a page
+    assert len(deletes) == 3  # 1,010 objects (510 + 500 leftovers), then 510 manifests
 
 
 def test_backupd_once_prunes_after_a_successful_run_only(

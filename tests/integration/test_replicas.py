@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,7 +87,7 @@ def test_three_replicas_run_every_slot_of_six_targets_exactly_once(
     outputs = [process.communicate(timeout=60)[0] for process in replicas]
 
     assert [p.returncode for p in replicas] == [0, 0, 0], outputs
-    assert not any("Traceback" in output for output in outputs)
+    assert not any("Traceback" in output or "FAILED" in output for output in outputs), outputs
     keys, uploads = bucket_state(s3, bucket)
     assert uploads == []
     backups = complete_backups(keys)
@@ -103,8 +102,12 @@ def test_three_replicas_run_every_slot_of_six_targets_exactly_once(
         gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(mine)}
         assert len(mine) >= 4 and gaps == {5.0}, (name, mine)  # every slot covered
         stored = [started_at(k) for k in backups if k.startswith(f"backups/{name}/")]
-        per_slot = Counter(max(s for s in mine if s <= when) for when in stored)
-        assert per_slot == dict.fromkeys(mine, 1), (name, mine, stored)  # exactly once each
+        # Exactly once each: every slot is done, marked so by the replica whose run succeeded
+        # (no run failed), and each run stores one object; as many backups as slots therefore
+        # means no slot was run twice. (A backup's start stamp can lag its slot by more than
+        # the interval on a loaded machine, so stamps are not matched to slots one by one.)
+        assert len(stored) == len(mine), (name, mine, stored)
+        assert all(when >= mine[0] for when in stored), (name, mine, stored)
 
     for name in TARGETS:
 
@@ -199,28 +202,26 @@ def test_a_killed_replicas_slot_is_taken_over_and_completed_once(
 
 
 def test_a_store_that_ignores_if_none_match_is_refused_at_start(
-    pg: PostgresServer, proxy: FaultProxy, bucket: str
+    pg: PostgresServer, proxy: FaultProxy, atomic_moto_url: str, bucket: str
 ) -> None:
     proxy.strip_headers = {"if-none-match"}
-    env = {
-        **pg_env(pg, "postgres"),
-        **storage_env(proxy.url, bucket),
-        "COORDINATION": "storage",
-        "HTTP_PORT": "0",
-    }
+    env = {**pg_env(pg, "postgres"), "COORDINATION": "storage", "HTTP_PORT": "0"}
+    stripped = {**env, **storage_env(proxy.url, bucket)}
+    honest = {**env, **storage_env(atomic_moto_url, bucket)}
 
-    run, check = (
+    run, check, good_check = (
         subprocess.Popen(
             backupd_command(command),
-            env=child_env(env),
+            env=child_env(config),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for command in ("run", "check")
+        for command, config in (("run", stripped), ("check", stripped), ("check", honest))
     )
     run_out, run_err = run.communicate(timeout=60)
     check_out, _ = check.communicate(timeout=60)
+    good_out, _ = good_check.communicate(timeout=60)
 
     assert run.returncode == 2, run_out + run_err
     (line,) = run_err.strip().splitlines()
@@ -228,3 +229,6 @@ def test_a_store_that_ignores_if_none_match_is_refused_at_start(
     assert "ignores If-None-Match" in line
     assert check.returncode == 1
     assert "FAIL default coordination: COORDINATION=storage" in check_out
+    assert good_check.returncode == 0, good_out
+    assert "ok   default coordination: s3 bucket" in good_out
+    assert "honours If-None-Match and If-Match" in good_out
