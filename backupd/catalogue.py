@@ -150,6 +150,8 @@ class Manifest:
     taken just before the dump's; a busy database may differ slightly).
     ``names_database`` is True for MySQL/MariaDB dumps whose SQL names the database
     (``CREATE DATABASE``/``USE``; backupd wrote those before manifest format 2).
+    ``encryption`` is None unless the stored bytes are an age file; ``sha256`` and ``size`` are
+    then those of the encrypted bytes.
     Unknown fields of newer manifests are kept in ``extra`` and written back unchanged.
     """
 
@@ -170,6 +172,9 @@ class Manifest:
     names_database: bool = False
     tables: list[dict[str, Any]] | None = None
     row_counts: str | None = None
+    encryption: dict[str, Any] | None = None
+    """For an encrypted object: ``format`` (``age``), ``recipients`` (public keys, never an
+    identity) and ``plaintext_size`` (bytes before encryption); see ``encryption.Encrypt``."""
     format: int = MANIFEST_FORMAT
     backupd_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)

@@ -17,10 +17,13 @@ import secrets
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from backupd.catalogue import Backup, safe_name, scan, stem_for
 from backupd.config import Engine, TargetConfig
+from backupd.encryption import check_identity, identity_for
+from backupd.encryption import is_encrypted as encrypted_key
 from backupd.errors import BackupdError
 from backupd.progress import Progress
 from backupd.restore import Request, restore_into
@@ -186,18 +189,19 @@ def scratch_name(prefix: str, database: str) -> str:
 
 
 def is_encrypted(backup: Backup) -> bool:
-    extra = backup.manifest.extra if backup.manifest is not None else {}
-    return bool(extra.get("encryption")) or backup.key.endswith(".age")
+    recorded = backup.manifest.encryption if backup.manifest is not None else None
+    return bool(recorded) or encrypted_key(backup.key)
 
 
-def drill_skip_reason(backup: Backup, engine: Engine) -> str | None:
-    """Why a backup cannot be drilled here (it is still read back), or None."""
+def drill_skip_reason(backup: Backup, engine: Engine, identity: Path | None) -> str | None:
+    """Why a backup cannot be drilled here (it is still read back), or None. An encrypted
+    backup needs the identity file (ENCRYPTION_IDENTITY_FILE) to be drilled."""
     if backup.is_globals:
         return "server globals are not restored by drills"
     if engine is Engine.MSSQL:
         return "drills restore PostgreSQL, MySQL and MariaDB backups"
-    if is_encrypted(backup):
-        return "it is encrypted, and drills of encrypted backups are not supported yet"
+    if is_encrypted(backup) and identity is None:
+        return "it is encrypted and ENCRYPTION_IDENTITY_FILE is not set"
     if backup.manifest is None:
         return "it has no manifest"
     return None
@@ -258,6 +262,14 @@ async def drill(
     request = Request(database=backup.database, into=scratch)
     if progress is not None:
         request = replace(request, progress=progress)
+    try:  # an identity that cannot decrypt fails before anything is created
+        identity = identity_for(backup.key, target.encryption.identity_file)
+        if identity is not None:
+            await check_identity(storage.download(backup.key), identity, backup.key)
+    except BackupdError as error:
+        result.problems.append(str(error))
+        return result
+    request = replace(request, identity=identity)
     log.info("drill: restoring %s into %s", backup.key, scratch)
     clock = time.monotonic()
     try:
@@ -314,7 +326,7 @@ async def verify_target(
 async def _maybe_drill(
     target: TargetConfig, storage: Storage, backup: Backup, progress: Progress | None
 ) -> Drill | None:
-    reason = drill_skip_reason(backup, target.database.engine)
+    reason = drill_skip_reason(backup, target.database.engine, target.encryption.identity_file)
     if reason is not None:
         if not backup.is_globals:
             log.warning("drill of %s skipped: %s (its bytes were verified)", backup.key, reason)

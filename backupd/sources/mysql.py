@@ -18,8 +18,9 @@ from typing import Any
 
 from backupd.config import DatabaseConfig, Engine
 from backupd.errors import ConnectError, DumpError, QueryError
+from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
-from backupd.sources.base import ServerInfo
+from backupd.sources.base import ServerInfo, command_output
 from backupd.sources.session import DumpSession, client_session, parse_counts
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,17 @@ class MySQLSource:
             raise DumpError(missing_database(self.config, database))
         properties: dict[str, Any] = json.loads(rows[0])
         return properties
+
+    @contextlib.asynccontextmanager
+    async def open_dump(
+        self, database: str, native_compression: bool, snapshot: str | None = None
+    ) -> AsyncIterator[Readable]:
+        command = await self.dump_command(database, native_compression)
+        async with command_output(command, self.explain_failure) as output:
+            yield output
+
+    def open_globals(self, info: ServerInfo) -> None:
+        return None
 
     def explain_failure(self, stderr: str) -> str | None:
         if (unknown := _UNKNOWN_DATABASE.search(stderr)) is not None:

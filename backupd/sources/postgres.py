@@ -13,12 +13,14 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from backupd.config import DatabaseConfig
 from backupd.errors import ConnectError, DumpError, QueryError
+from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
-from backupd.sources.base import ServerInfo
+from backupd.sources.base import ServerInfo, command_output
 from backupd.sources.session import DumpSession, client_session, parse_counts
 
 log = logging.getLogger(__name__)
@@ -331,6 +333,17 @@ class PostgresSource:
         self, database: str, native_compression: bool, snapshot: str | None = None
     ) -> Command:
         return Command(pg_dump_argv(native_compression, snapshot), self._env(database))
+
+    @contextlib.asynccontextmanager
+    async def open_dump(
+        self, database: str, native_compression: bool, snapshot: str | None = None
+    ) -> AsyncIterator[Readable]:
+        command = await self.dump_command(database, native_compression, snapshot)
+        async with command_output(command, self.explain_failure) as output:
+            yield output
+
+    def open_globals(self, info: ServerInfo) -> AbstractAsyncContextManager[Readable]:
+        return command_output(self.globals_command(info), self.explain_failure)
 
     async def database_properties(self, database: str) -> dict[str, Any]:
         rows = await self._query(PROPERTIES_QUERY, database)

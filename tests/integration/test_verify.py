@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backupd.catalogue import Manifest, manifest_key, object_key
+from backupd.catalogue import Manifest, manifest_key
 from tests.conftest import (
     backupd_command,
     bucket_state,
@@ -264,39 +262,44 @@ def test_run_verifies_and_drills_on_verify_schedule_and_exports_the_metrics(
     assert pg_scratch(pg, prefix) == []
 
 
-def test_an_encrypted_object_is_verified_as_stored_and_its_drill_skipped(
-    moto_url: str, s3: Any, bucket: str, pg: PostgresServer
+def test_an_encrypted_backup_verifies_without_identity_and_drills_with_one(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
-    # Written as an encrypting backupd writes it: ciphertext under a `.age` key, and a manifest
-    # of the stored bytes. Verify needs no identity for it.
-    stored = b"age-encryption.org/v1\n-> X25519 stand-in\n---\n" + bytes(range(256)) * 64
-    when = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
-    key = object_key("backups", "vault", ".dump.age", when, "0badc0de")
-    manifest = Manifest(
-        key,
-        hashlib.sha256(stored).hexdigest(),
-        len(stored),
-        when,
-        when,
-        1.0,
-        "default",
-        "vault",
-        "postgres",
-        extra={"encryption": {"format": "age", "recipients": 1}},
-    )
-    s3.put_object(Bucket=bucket, Key=key, Body=stored)
-    s3.put_object(Bucket=bucket, Key=manifest_key(key), Body=manifest.to_bytes())
-    env = {**pg_env(pg, "vault"), **storage_env(moto_url, bucket)}
+    identity = tmp_path / "key.txt"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    database = unique("vault")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    prefix = unique("drill").lower() + "_"
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS": recipient,
+        "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+    }
+    backup(env)
+    key = the_key(s3, bucket)
 
-    intact = run_backupd("verify", "--drill", env=env)
-    s3.put_object(Bucket=bucket, Key=key, Body=stored[:-1] + b"\0")
+    without = run_backupd("verify", "--drill", env=env)
+    drilled = run_backupd(
+        "verify", "--drill", env={**env, "ENCRYPTION_IDENTITY_FILE": str(identity)}
+    )
+    stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=stored[:-1] + bytes([stored[-1] ^ 1]))
     damaged = run_backupd("verify", env=env)
 
-    assert intact.returncode == 0, intact.stdout + intact.stderr
-    assert f"verified {key}: {len(stored):,} bytes" in intact.stdout
-    assert "skipped: it is encrypted" in intact.stdout
+    assert key.endswith(".age") and stored.startswith(b"age-encryption.org/v1")
+    assert manifest_of(s3, bucket, key).tables, "counts are recorded for encrypted backups too"
+    assert without.returncode == 0, without.stdout + without.stderr
+    assert f"verified {key}: {len(stored):,} bytes" in without.stdout
+    assert "skipped: it is encrypted and ENCRYPTION_IDENTITY_FILE is not set" in without.stdout
+    assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+    assert "drill restored it in" in drilled.stdout
     assert damaged.returncode == 1
     assert f"VERIFY FAILED: {key}: read back" in damaged.stdout
+    assert pg_scratch(pg, prefix) == []
 
 
 def test_postgres_counts_are_the_dumps_own_rows_while_writes_go_on(

@@ -18,10 +18,9 @@ KNOWN = {name for name, *_ in rows()}
 
 def known(variable: str, targets: list[str]) -> bool:
     """A variable backupd reads: a setting, its _FILE form, or a target-prefixed setting."""
-    name = variable.removesuffix("_FILE")
     for target in targets:
-        name = name.removeprefix(f"{target.upper()}_")
-    return name in KNOWN
+        variable = variable.removeprefix(f"{target.upper()}_")
+    return variable in KNOWN or variable.removesuffix("_FILE") in KNOWN
 
 
 def test_readme_table_is_the_generated_one() -> None:

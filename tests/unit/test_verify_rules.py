@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,17 +231,20 @@ def test_scratch_names_are_unique_and_fit_postgres_identifiers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("backup", "engine", "reason"),
+    ("backup", "engine", "identity", "reason"),
     [
-        (APP_NEW, Engine.POSTGRES, None),
-        (made("globals", 2, ext=".sql"), Engine.POSTGRES, "server globals"),
-        (APP_NEW, Engine.MSSQL, "drills restore PostgreSQL, MySQL and MariaDB"),
-        (made("app", 2, ext=".dump.age"), Engine.POSTGRES, "it is encrypted"),
-        (APP_BROKEN, Engine.POSTGRES, "it has no manifest"),
+        (APP_NEW, Engine.POSTGRES, None, None),
+        (made("globals", 2, ext=".sql"), Engine.POSTGRES, None, "server globals"),
+        (APP_NEW, Engine.MSSQL, None, "drills restore PostgreSQL, MySQL and MariaDB"),
+        (made("app", 2, ext=".dump.age"), Engine.POSTGRES, None, "it is encrypted and"),
+        (made("app", 2, ext=".dump.age"), Engine.POSTGRES, Path("key.txt"), None),
+        (APP_BROKEN, Engine.POSTGRES, None, "it has no manifest"),
     ],
 )
-def test_which_backups_a_drill_skips(backup: Backup, engine: Engine, reason: str | None) -> None:
-    found = drill_skip_reason(backup, engine)
+def test_which_backups_a_drill_skips(
+    backup: Backup, engine: Engine, identity: Path | None, reason: str | None
+) -> None:
+    found = drill_skip_reason(backup, engine, identity)
 
     assert (found is None) == (reason is None)
     assert reason is None or (found is not None and found.startswith(reason))
