@@ -334,8 +334,11 @@ async def _feed_restore_tool(
             output.cancel()
             await asyncio.gather(output, return_exceptions=True)
         if code != 0:
+            said = child.stderr_text()
+            hint = source.explain_failure(said)
             raise RestoreError(
-                f"{child.name} exited with status {code}: {child.stderr_text() or 'no output'}"
+                f"{f'{hint}: ' if hint else ''}{child.name} exited with status {code}: "
+                f"{said or 'no output'}"
             )
 
 

