@@ -247,6 +247,10 @@ async def _into_database(
             backup.key,
             into,
         )
+    if state != "missing" and (request.clean or not source.restores_atomically):
+        # Nothing of an existing database is dropped or written before the object is known
+        # to be intact: read it back once against its manifest (a second download, no disk).
+        await _verify_stored(storage, backup, request.progress)
     if state != "missing" and request.clean:
         await source.drop_database(into)
     created = state == "missing" or request.clean
@@ -259,6 +263,15 @@ async def _into_database(
         if created:
             await asyncio.shield(source.drop_database(into))
         raise
+
+
+async def _verify_stored(storage: Storage, backup: Backup, progress: Progress) -> None:
+    """Stream the stored object through SHA-256 and compare it with its manifest; raise
+    RestoreError on a mismatch. Touches no database."""
+    if backup.manifest is None:
+        return  # --force: nothing to compare with, as the restore itself will say
+    log.info("checking %s against its manifest before changing an existing database", backup.key)
+    await _Download(storage, backup, progress).drain()
 
 
 async def restore_into(

@@ -35,6 +35,10 @@ class BackupSource(Protocol):
     can_compress: bool
     """Whether the dump tool compresses by itself (pg_dump's custom format does)."""
 
+    restores_atomically: bool
+    """Whether a failed restore leaves the database as it was (pg_restore in one transaction);
+    where not, an existing database is touched only after the object was verified whole."""
+
     async def probe(self) -> ServerInfo:
         """Log in, read the server version, check the dump tool. Raise ConnectError/DumpError."""
         ...

@@ -123,6 +123,7 @@ def explain(output: str, config: MSSQLConfig) -> str | None:
 class MSSQLSource:
     extension = ".bak"
     can_compress = True
+    restores_atomically = True  # the .bak is verified whole before the server reads it
 
     def __init__(self, target: TargetConfig) -> None:
         self.target = target

@@ -273,6 +273,7 @@ def version_problem(server_version: str, tool_version: str) -> str | None:
 class PostgresSource:
     extension = ".dump"
     can_compress = True
+    restores_atomically = True  # pg_restore --single-transaction
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
