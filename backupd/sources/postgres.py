@@ -390,13 +390,33 @@ class PostgresSource:
         return []
 
     async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
-        problems = []
+        problems = await self._fixed_at_creation(database, properties)
         for what, statement in property_statements(database, properties):
             try:
                 await self._query(statement, "postgres")
             except QueryError as error:
                 problems.append(f"could not restore the database's {what}: {error}")
         return problems
+
+    async def _fixed_at_creation(self, database: str, properties: dict[str, Any]) -> list[str]:
+        """Encoding and locale cannot change after CREATE DATABASE: say so where a database
+        that already existed differs from the recorded ones."""
+        if not properties:
+            return []
+        rows = await self._query(
+            "SELECT json_build_object('encoding', pg_encoding_to_char(encoding),"
+            " 'datcollate', datcollate, 'datctype', datctype)::text"
+            f" FROM pg_database WHERE datname = {pg_literal(database)}",
+            "postgres",
+        )
+        actual = json.loads(rows[0]) if rows else {}
+        recorded = {"encoding": properties.get("encoding"), **(properties.get("row") or {})}
+        return [
+            f"{database} keeps its {name} {actual[name]!r}; the backup recorded {recorded[name]!r}"
+            " (fixed when a database is created: restore with --clean to re-create it)"
+            for name in ("encoding", "datcollate", "datctype")
+            if recorded.get(name) is not None and actual.get(name) != recorded[name]
+        ]
 
     async def drop_database(self, database: str) -> None:
         await self._query(

@@ -511,3 +511,19 @@ def test_an_existing_empty_mariadb_database_gets_the_recorded_defaults(
     ok("restore", "--into", existing, env=env)
 
     assert mariadb_properties(mariadb, existing) == mariadb_properties(mariadb, database)
+
+
+def test_an_existing_postgres_database_with_another_locale_is_named_in_a_warning(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    database = unique("c_locale")
+    pg.psql(f"CREATE DATABASE {database} TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    pg.psql("CREATE TABLE t (n int)", database)
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    existing = unique("existing")
+    pg.create_database(existing)  # the server's default locale, C.UTF-8
+
+    output = ok("restore", "--into", existing, env=env)
+
+    assert f"{existing} keeps its datcollate 'C.UTF-8'; the backup recorded 'C'" in output
