@@ -228,6 +228,8 @@ async def _into_database(
     if backup.is_globals:
         raise RestoreError(f"{backup.key} holds server globals (roles): use --to-file and psql -f")
     _check_engine(target, backup.manifest)
+    if (problem := name_problem(target.database.engine, into)) is not None:
+        raise RestoreError(problem)
     source = source_for(target)
     if into == backup.database and not request.clean:
         raise RestoreError(
@@ -312,6 +314,19 @@ def _check_engine(target: TargetConfig, manifest: Manifest | None) -> None:
         raise RestoreError(
             f"this is a {stored} backup; the target's DB_TYPE is {target.database.engine}"
         )
+
+
+def name_problem(engine: Engine, name: str) -> str | None:
+    """Why ``name`` cannot be a database name on ``engine``, or None. PostgreSQL silently
+    truncates names to 63 bytes (NAMEDATALEN - 1); MySQL and MariaDB refuse more than 64
+    characters."""
+    if engine is Engine.POSTGRES and len(name.encode()) > 63:
+        return f"--into {name!r} is longer than PostgreSQL's 63 bytes for a database name"
+    if engine in (Engine.MYSQL, Engine.MARIADB) and len(name) > 64:
+        return f"--into {name!r} is longer than the 64 characters MySQL allows a database name"
+    if not name or any(ord(c) < 32 for c in name):
+        return "--into needs a database name without control characters"
+    return None
 
 
 def names_database(backup: Backup, engine: Engine) -> bool:
