@@ -30,18 +30,53 @@ from backupd.process import mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.report import backup_and_report, secrets_of
 from backupd.restore import Request, list_backups, restore
+from backupd.variables import unknown_variables
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("backupd")
 
 
+VARIABLES_HINT = (
+    "Settings come from environment variables (and --env-file): see the variable table in\n"
+    "the README's Configuration section, or run `python -m backupd.reference`."
+)
+EXAMPLES = {
+    "once": "examples:\n  backupd once\n  backupd once --target orders --database shop",
+    "run": "example:\n  backupd --env-file /etc/backupd.env run",
+    "check": "examples:\n  backupd check\n  backupd check --send-test   # one mail, Seq event, "
+    "webhook POST and ping",
+    "healthcheck": "example (Dockerfile):\n  HEALTHCHECK CMD backupd healthcheck",
+    "list": "examples:\n  backupd list\n  backupd list --target orders --json",
+    "restore": "examples:\n  backupd restore --into app_restored\n"
+    "  backupd restore --at 2026-11-28T02:00 --into app --clean\n"
+    "  backupd restore --to-file - | pg_restore --list",
+}
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog=f"{EXAMPLES[name]}\n\n{VARIABLES_HINT}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="backupd", description="Stream database backups into object storage."
+        prog="backupd",
+        description="Stream database backups into object storage.",
+        epilog=VARIABLES_HINT,
     )
     parser.add_argument("--version", action="version", version=f"backupd {__version__}")
     parser.add_argument(
-        "--env-file", type=Path, default=Path(".env"), help="read variables from this file too"
+        "--env-file",
+        type=Path,
+        default=None,
+        help="read variables from this file too (default: ./.env when it exists)",
     )
     parser.add_argument(
         "--log-level",
@@ -50,25 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="overrides LOG_LEVEL",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("once", help="back up every target now, then exit")
-    commands.add_parser("run", help="run as a service: every target on its schedule, until SIGTERM")
-    commands.add_parser(
-        "check", help="validate the configuration and probe database, dump tool and storage"
+    once = _command(commands, "once", "back up every target now, then exit")
+    once.add_argument("--target", help="only this target")
+    once.add_argument("--database", help="only this database of the target")
+    _command(commands, "run", "run as a service: every target on its schedule, until SIGTERM")
+    check = _command(
+        commands, "check", "validate the configuration and probe everything a run will touch"
     )
-    commands.add_parser(
-        "healthcheck", help="exit 0 if a local `backupd run` answers /healthz (for HEALTHCHECK)"
+    check.add_argument(
+        "--send-test",
+        action="store_true",
+        help="also send one test mail, Seq event, webhook POST and ping",
     )
-    listing = commands.add_parser("list", help="show a target's backups, newest first")
+    _command(
+        commands,
+        "healthcheck",
+        "exit 0 if a local `backupd run` answers /healthz (for HEALTHCHECK)",
+    )
+    listing = _command(commands, "list", "show a target's backups, newest first")
     listing.add_argument("--target", help="the target (required when several are configured)")
     listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
-    restoring = commands.add_parser("restore", help="restore a backup into a database or a file")
+    restoring = _command(commands, "restore", "restore a backup into a database or a file")
     restoring.add_argument("--target", help="the target (required when several are configured)")
     which = restoring.add_mutually_exclusive_group()
     which.add_argument("--key", help="this backup (default: the newest complete one)")
     which.add_argument("--at", help="the newest backup taken at or before this time (ISO 8601)")
     where = restoring.add_mutually_exclusive_group(required=True)
     where.add_argument("--into", metavar="DATABASE", help="restore into this database")
-    where.add_argument("--to-file", type=Path, metavar="PATH", help="write the verified dump here")
+    where.add_argument(
+        "--to-file", type=Path, metavar="PATH", help="write the verified dump here; - for stdout"
+    )
     restoring.add_argument("--clean", action="store_true", help="replace a non-empty database")
     restoring.add_argument(
         "--force", action="store_true", help="with --key: allow an incomplete backup"
@@ -76,17 +122,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace) -> Settings:
-    return load_settings(read_environment(os.environ, args.env_file))
+def load(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    """The settings, and a warning per variable that looks like backupd's but is not read.
+
+    Raise ConfigError with the warnings appended (a misspelt name often explains a problem).
+    """
+    path = args.env_file if args.env_file is not None else Path(".env")
+    env = read_environment(os.environ, path, required=args.env_file is not None)
+    warnings = unknown_variables(env, from_file=set(env) - set(os.environ))
+    try:
+        return load_settings(env), warnings
+    except ConfigError as error:
+        raise ConfigError(error.problems + [f"warning: {w}" for w in warnings]) from None
 
 
 class UsageError(Exception):
     """A command line that cannot be carried out as given (exit 2)."""
 
 
+def only(target: TargetConfig, database: str) -> TargetConfig:
+    """``target`` narrowed to one database (``once --database``)."""
+    if not database or "," in database or database.strip() == "*":
+        raise UsageError(f"--database {database!r}: name one database")
+    narrowed = target.database.model_copy(update={"database": database.strip()})
+    return target.model_copy(update={"database": narrowed})
+
+
 async def _once(settings: Settings, args: argparse.Namespace) -> int:
     progress = TerminalProgress() if sys.stdout.isatty() else None
-    results = [await backup_and_report(target, progress) for target in settings.targets]
+    targets = list(settings.targets)
+    if args.target is not None or args.database is not None:
+        chosen = pick_target(settings, args.target)
+        targets = [only(chosen, args.database) if args.database is not None else chosen]
+    results = [await backup_and_report(target, progress) for target in targets]
     return EXIT_OK if all(report.ok for reports in results for report in reports) else EXIT_FAILED
 
 
@@ -159,20 +227,25 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
         to_file=args.to_file,
         clean=args.clean,
         force=args.force,
-        progress=TerminalProgress() if sys.stdout.isatty() else LogProgress(),
+        progress=TerminalProgress()
+        if sys.stdout.isatty() and str(args.to_file) != "-"
+        else LogProgress(),
     )
     try:
         chosen = await restore(target, request)
     except BackupdError as error:
         log.error("restore FAILED: %s", mask(str(error), secrets_of(target)))
         return EXIT_FAILED
-    destination = f"database {args.into}" if args.into else str(args.to_file)
+    written = "stdout" if str(args.to_file) == "-" else str(args.to_file)
+    destination = f"database {args.into}" if args.into else written
     log.info("restored %s into %s; checksum verified", chosen.key, destination)
     return EXIT_OK
 
 
 async def _check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
+    for warning in args.warnings:
+        print(f"warn configuration: {warning}", flush=True)
     ok = True
     for target in settings.targets:
         for finding in await check_target(target):
@@ -206,19 +279,28 @@ def all_secrets(settings: Settings) -> list[str]:
     return hidden
 
 
+def _print_config_error(error: ConfigError) -> None:
+    print("backupd: invalid configuration:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     try:
-        settings = load(args)
+        settings, args.warnings = load(args)
     except ConfigError as error:
-        print("backupd: invalid configuration:", file=sys.stderr)
-        for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _print_config_error(error)
         sys.exit(EXIT_CONFIG)
     log_config = settings.logs
     if args.log_level:
         log_config = log_config.model_copy(update={"level": args.log_level.upper()})
-    logs = setup_logging(log_config, all_secrets(settings))
+    # With the dump going to stdout, everything else goes to stderr.
+    to_stdout = args.command == "restore" and str(args.to_file) == "-"
+    logs = setup_logging(log_config, all_secrets(settings), sys.stderr if to_stdout else sys.stdout)
+    if args.command != "check":
+        for warning in args.warnings:
+            log.warning("%s", warning)
     commands = {
         "once": _once,
         "check": _check,
@@ -233,6 +315,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
             status = run_cancellable(commands[args.command](settings, args))
     except UsageError as error:
         print(f"backupd: {error}", file=sys.stderr)
+        status = EXIT_CONFIG
+    except ConfigError as error:
+        _print_config_error(error)
         status = EXIT_CONFIG
     finally:
         logs.close()

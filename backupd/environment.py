@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from backupd import envfile
 from backupd.config import (
     DaemonConfig,
     DatabaseConfig,
@@ -259,12 +260,22 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     return Settings(targets=tuple(targets), daemon=daemon, logs=logs)
 
 
-def read_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, str]:
-    """The process environment over an optional ``.env`` file: real variables win."""
-    merged: dict[str, str] = {}
-    if dotenv is not None and dotenv.is_file():
-        from dotenv import dotenv_values
+def read_environment(
+    environ: Mapping[str, str], dotenv: Path | None, required: bool = False
+) -> dict[str, str]:
+    """The process environment over an optional ``.env`` file: real variables win.
 
-        merged.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    The file is read literally (``envfile``); a malformed line is a ConfigError. ``required``
+    (an explicit ``--env-file``) makes a missing file a ConfigError too; otherwise a missing
+    file is no file.
+    """
+    merged: dict[str, str] = {}
+    if dotenv is not None and (required or dotenv.exists()):
+        if not dotenv.exists():
+            raise ConfigError([f"--env-file {dotenv}: no such file"])
+        parsed = envfile.read(dotenv)
+        if parsed.problems:
+            raise ConfigError(parsed.problems)
+        merged.update(parsed.values)
     merged.update(environ)
     return merged

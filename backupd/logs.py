@@ -16,7 +16,7 @@ import queue
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from backupd.config import LogConfig, LogFormat
 from backupd.process import mask
@@ -125,10 +125,13 @@ class Logging:
             self.listener = None
 
 
-def setup_logging(config: LogConfig | None = None, secrets: list[str] | None = None) -> Logging:
+def setup_logging(
+    config: LogConfig | None = None, secrets: list[str] | None = None, stream: TextIO | None = None
+) -> Logging:
+    """Console lines to ``stream`` (stdout by default), Seq when configured."""
     config = config if config is not None else LogConfig.model_validate({})
     hidden = secrets or []
-    console = logging.StreamHandler(sys.stdout)
+    console = logging.StreamHandler(stream if stream is not None else sys.stdout)
     if config.format is LogFormat.JSON:
         console.setFormatter(JsonFormatter(hidden))
     else:

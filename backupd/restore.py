@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -235,7 +236,9 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
             else None
         )
         log.info("restoring %s (%s)", chosen.key, chosen.taken.isoformat())
-        if request.to_file is not None:
+        if request.to_file is not None and str(request.to_file) == "-":
+            await _to_stdout(storage, chosen, manifest, request.progress)
+        elif request.to_file is not None:
             await _to_file(storage, chosen, manifest, request.to_file, request.progress)
         else:
             assert request.into is not None
@@ -306,6 +309,29 @@ async def _to_file(
         raise RestoreError(f"cannot write {path}: {error.strerror or error}") from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+async def _to_stdout(
+    storage: Storage, backup: Backup, manifest: dict[str, Any] | None, progress: Progress
+) -> None:
+    """Download, verify and decompress to stdout (``--to-file -``), for a pipe.
+
+    The last chunk is held back until the checksum matches: on a mismatch the reader sees the
+    stream cut short, never a complete-looking dump, and backupd exits 1.
+    """
+    verifier = Verifier(backup.key, manifest)
+    out = sys.stdout.buffer
+    held = b""
+    try:
+        async for chunk in _Download(storage, backup, verifier, progress).chunks():
+            if held:
+                await asyncio.to_thread(out.write, held)
+            held = chunk
+        verifier.check()
+        await asyncio.to_thread(out.write, held)
+        await asyncio.to_thread(out.flush)
+    except (BrokenPipeError, ValueError) as error:
+        raise RestoreError(f"stdout closed before the whole dump was written: {error}") from None
 
 
 async def _into_database(
