@@ -135,9 +135,12 @@ async def _copy(
     """Every byte of ``source`` into ``upload``, in parts, compressed and hashed on the way."""
     pool = BufferPool(keep=target.storage.upload_concurrency + 2)
     compressor = make_compressor(stream_kind)
-    async for part in fixed_parts(source, upload.part_size, digest, compressor, pool):
-        await upload.write(part)
-        progress.update(key, digest.size, time.monotonic() - clock)
+    try:
+        async for part in fixed_parts(source, upload.part_size, digest, compressor, pool):
+            await upload.write(part)
+            progress.update(key, digest.size, time.monotonic() - clock)
+    finally:
+        await digest.settle()
 
 
 async def _record(

@@ -153,6 +153,19 @@ def _storage_problems(kind: StorageType, reader: _Reader) -> list[str]:
     return problems
 
 
+def local_path_problem(path: Path) -> str | None:
+    """What is wrong with a STORAGE_LOCAL_PATH: a file in the way, or a missing parent folder
+    (backupd creates the last level only, so a typo is not silently created), else None."""
+    if path.exists():
+        return None if path.is_dir() else f"{path} is a file, not a folder"
+    if not path.parent.is_dir():
+        return (
+            f"{path}: its parent folder {path.parent} does not exist "
+            "(backupd creates only the last level)"
+        )
+    return None
+
+
 def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
     raw_kind = (reader.get("STORAGE_TYPE") or "s3").lower()
     try:
@@ -163,6 +176,11 @@ def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
         return None
     if kind is StorageType.LOCAL:
         config: S3Config | LocalConfig | None = reader.validate(LocalConfig)
+        if isinstance(config, LocalConfig):
+            problem = local_path_problem(config.path)
+            if problem is not None:
+                var = reader.source.get("STORAGE_LOCAL_PATH", "STORAGE_LOCAL_PATH")
+                reader.problems.append(f"{var}: {problem}")
         return config
     reader.problems.extend(_storage_problems(kind, reader))
     extra: dict[str, Any] = {"kind": kind}

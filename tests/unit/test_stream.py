@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -134,3 +135,20 @@ async def test_released_buffers_are_reused_without_corrupting_data() -> None:
     assert b"".join(seen) == data
     assert await digest.hexdigest() == hashlib.sha256(data).hexdigest()
     assert len({id(body) for body in bodies}) < len(bodies), "buffers were never reused"
+
+
+async def test_cancelling_a_digest_mid_hash_leaves_its_buffer_usable() -> None:
+    """A failed dump cancels the hasher while a worker thread still reads the part: no
+    BufferError, and the buffer can be resized once the digest settled."""
+    body = io.BytesIO(bytes(64 * 1024 * 1024))
+    digest = Digest()
+    await digest.update(Part(body, 64 * 1024 * 1024))
+    pending = digest._pending
+    assert pending is not None
+    await asyncio.sleep(0.001)
+
+    pending.cancel()
+    await digest.settle()
+
+    body.truncate(10)
+    assert body.getvalue() == bytes(10)
