@@ -7,10 +7,11 @@ becomes visible only when the dump exited 0, every part is stored and the manife
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,8 @@ from backupd.stream import (
 log = logging.getLogger(__name__)
 
 GLOBALS = "globals"
+# A dump shorter than this never asks the server for a size estimate (one query saved).
+ESTIMATE_AFTER = 2.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Dump:
     tool_compresses: bool
     explain: Callable[[str], str | None]
     """A hint for a known failure in the tool's stderr."""
+    estimate: Callable[[], Awaitable[int | None]] | None = None
+    """About how many bytes the database holds, for progress."""
 
 
 async def dump_to_storage(
@@ -108,7 +113,11 @@ async def dump_to_storage(
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
     async with storage.upload(key, metadata) as upload, spawn(command.argv[0], command) as child:
-        await _copy(target, child.stdout, upload, digest, stream_kind, key, clock, progress)
+        # An estimate compares with the bytes read only when the dump tool does not compress.
+        estimate = dump.estimate if not native else None
+        await _copy(
+            target, child.stdout, upload, digest, stream_kind, key, clock, progress, estimate
+        )
         await _check_exit(child, dump, probe)
         if digest.size == 0:
             raise DumpError(
@@ -122,6 +131,37 @@ async def dump_to_storage(
     )
 
 
+def _expect(
+    progress: Progress,
+    key: str,
+    estimate: Callable[[], Awaitable[int | None]] | None,
+) -> asyncio.Future[int | None] | None:
+    """Ask for the size estimate alongside the dump; tell ``progress`` when it arrives."""
+    if estimate is None:
+        return None
+    task = asyncio.ensure_future(estimate())
+
+    def tell(done: asyncio.Future[int | None]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            progress.expect(key, done.result())
+
+    task.add_done_callback(tell)
+    return task
+
+
+class _Counted:
+    """A readable that counts the bytes read from it (before any compression by backupd)."""
+
+    def __init__(self, source: Readable) -> None:
+        self._source = source
+        self.count = 0
+
+    async def fill(self, target: io.BytesIO | bytearray) -> int:
+        count = await self._source.fill(target)
+        self.count += count
+        return count
+
+
 async def _copy(
     target: TargetConfig,
     source: Readable,
@@ -131,16 +171,25 @@ async def _copy(
     key: str,
     clock: float,
     progress: Progress,
+    estimate: Callable[[], Awaitable[int | None]] | None = None,
 ) -> None:
-    """Every byte of ``source`` into ``upload``, in parts, compressed and hashed on the way."""
+    """Every byte of ``source`` into ``upload``, in parts, compressed and hashed on the way;
+    ``estimate`` (about how many bytes ``source`` holds) runs alongside, for progress."""
     pool = BufferPool(keep=target.storage.upload_concurrency + 2)
     compressor = make_compressor(stream_kind)
+    counted = _Counted(source)
+    expected: asyncio.Future[int | None] | None = None
     try:
-        async for part in fixed_parts(source, upload.part_size, digest, compressor, pool):
+        async for part in fixed_parts(counted, upload.part_size, digest, compressor, pool):
             await upload.write(part)
-            progress.update(key, digest.size, time.monotonic() - clock)
+            elapsed = time.monotonic() - clock
+            if expected is None and elapsed >= ESTIMATE_AFTER:
+                expected = _expect(progress, key, estimate)
+            progress.update(key, counted.count, elapsed)
     finally:
         await digest.settle()
+        if expected is not None:
+            await _settle(expected)
 
 
 async def _record(
@@ -340,6 +389,7 @@ def _database_dump(source: Source, database: str) -> Dump:
         command=lambda native: source.dump_command(database, native),
         tool_compresses=source.can_compress,
         explain=source.explain_failure,
+        estimate=lambda: source.estimated_size(database),
     )
 
 

@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 
 from backupd.config import Engine, S3Config, TargetConfig
 from backupd.errors import BackupdError
+from backupd.notify.check import notification_findings
 from backupd.process import mask
 from backupd.report import secrets_of
 from backupd.schedule import Schedule, next_fire
-from backupd.sources import source_for
+from backupd.sources import FileSource, Source, source_for
 from backupd.storage import open_storage
 
 
@@ -66,7 +67,35 @@ async def _shared_volume(
     return finding(True, "shared volume", f"MSSQL_LOCAL_DIR {folder} is writable")
 
 
-async def check_target(target: TargetConfig) -> list[Finding]:
+async def _databases(
+    target: TargetConfig, source: Source | FileSource, finding: Callable[[bool, str, str], Finding]
+) -> list[Finding]:
+    """Each database named in DB_DATABASE must exist on the server."""
+    db = target.database
+    where = f"{db.host}:{db.effective_port}"
+    findings = []
+    for name in db.databases:
+        try:
+            if isinstance(source, FileSource):
+                exists = await source.database_state(name) != "missing"
+            else:
+                exists = await source.database_exists(name)
+        except BackupdError:
+            return []  # the login itself failed, and says so in its own line
+        if exists:
+            findings.append(finding(True, "database", f"{name} exists on {where}"))
+        else:
+            findings.append(
+                finding(
+                    False, "database", f"database {name} does not exist on {where} (DB_DATABASE)"
+                )
+            )
+    return findings
+
+
+async def check_target(target: TargetConfig, send_test: bool = False) -> list[Finding]:
+    """Findings about everything a run of ``target`` touches; ``send_test`` also sends one of
+    each notification it has configured."""
     hidden = secrets_of(target)
 
     def finding(ok: bool, what: str, detail: str) -> Finding:
@@ -74,8 +103,8 @@ async def check_target(target: TargetConfig) -> list[Finding]:
 
     findings = [finding(True, "config", describe_target(target, datetime.now(UTC)))]
     db = target.database
+    source = source_for(target)
     try:
-        source = source_for(target)
         info = await source.probe()
         findings.append(
             finding(
@@ -87,6 +116,7 @@ async def check_target(target: TargetConfig) -> list[Finding]:
         findings.append(finding(True, "dump tool", info.tool_version))
     except BackupdError as error:
         findings.append(finding(False, error.step, str(error)))
+    findings += await _databases(target, source, finding)
     if db.engine is Engine.MSSQL:
         findings.append(await _shared_volume(target, finding))
     probe_key = "/".join(
@@ -103,4 +133,5 @@ async def check_target(target: TargetConfig) -> list[Finding]:
             )
     except BackupdError as error:
         findings.append(finding(False, "storage", str(error)))
+    findings += await notification_findings(target, finding, send_test)
     return findings

@@ -26,10 +26,12 @@ from backupd.daemon import Daemon
 from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError
 from backupd.logs import setup_logging
+from backupd.notify.check import seq_finding
 from backupd.process import mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.report import backup_and_report, secrets_of
 from backupd.restore import Request, list_backups, restore
+from backupd.units import human_size
 from backupd.variables import unknown_variables
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -213,7 +215,8 @@ async def _list(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     for backup in backups:
         state = "complete" if backup.complete else "INCOMPLETE"
-        print(f"{backup.taken:%Y-%m-%d %H:%M:%S %Z}  {backup.size:>14,}  {state:<10}  {backup.key}")
+        size = human_size(backup.size)
+        print(f"{backup.taken:%Y-%m-%d %H:%M:%S %Z}  {size:>10}  {state:<10}  {backup.key}")
     print(f"{len(backups)} backup(s), {sum(b.complete for b in backups)} complete", flush=True)
     return EXIT_OK
 
@@ -248,9 +251,13 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
         print(f"warn configuration: {warning}", flush=True)
     ok = True
     for target in settings.targets:
-        for finding in await check_target(target):
+        for finding in await check_target(target, args.send_test):
             print(finding.line(), flush=True)
             ok = ok and finding.ok
+    seq = await seq_finding(settings.logs, args.send_test)
+    if seq is not None:
+        print(f"{'ok  ' if seq[0] else 'FAIL'} seq: {seq[1]}", flush=True)
+        ok = ok and seq[0]
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -35,6 +35,14 @@ class Source(Protocol):
         """Every database worth backing up (``DB_DATABASE=*``): no templates or system schemas."""
         ...
 
+    async def database_exists(self, database: str) -> bool:
+        """Whether the server has ``database``. Raise ConnectError when the login fails."""
+        ...
+
+    async def estimated_size(self, database: str) -> int | None:
+        """About how many bytes ``database`` holds (for progress), or None if unknown."""
+        ...
+
     def globals_command(self, info: ServerInfo) -> Command | None:
         """For ``DB_DATABASE=*``: a dump of server-wide objects (roles, ...), if any."""
         ...
@@ -74,6 +82,8 @@ class FileSource(Protocol):
     async def list_databases(self) -> list[str]: ...
 
     def explain_failure(self, stderr: str) -> str | None: ...
+
+    async def estimated_size(self, database: str) -> int | None: ...
 
     def paths(self, name: str) -> tuple[str, Path]:
         """The file as the server names it, and as backupd opens it."""

@@ -187,6 +187,10 @@ class MSSQLSource:
 
     # --- restore -------------------------------------------------------------------------
 
+    async def estimated_size(self, database: str) -> int | None:
+        """Not estimated: the server writes the backup file itself."""
+        return None
+
     async def database_state(self, database: str) -> str:
         rows = await self._sqlcmd(
             f"SET NOCOUNT ON; SELECT COUNT(*) FROM sys.databases WHERE name = {literal(database)}"
