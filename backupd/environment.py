@@ -274,7 +274,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     logs = reader.validate(LogConfig)
     problems += reader.problems
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))  # TIMEZONE is read twice
     return Settings(targets=tuple(targets), daemon=daemon, logs=logs)
 
 

@@ -39,7 +39,7 @@ async def reachable(variable: str, url: str) -> str:
     return f"{variable} host {where} answers"
 
 
-def test_payload(target: str) -> bytes:
+def check_payload(target: str) -> bytes:
     """The webhook body ``--send-test`` posts: a report's fields, with result ``test``."""
     return json.dumps(
         {
@@ -68,7 +68,7 @@ async def _webhook(url: str, target: str, send_test: bool) -> str:
     if not send_test:
         return await reachable("NOTIFY_WEBHOOK_URL", url) + "; nothing sent (--send-test posts one)"
     try:
-        await webhook.request(url, test_payload(target))
+        await webhook.request(url, check_payload(target))
     except RuntimeError as error:
         raise NotifyError(f"NOTIFY_WEBHOOK_URL: the test POST failed: {error}") from None
     return "NOTIFY_WEBHOOK_URL: posted one test report"

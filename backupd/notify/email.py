@@ -71,7 +71,7 @@ def _message(config: EmailConfig, subject_line: str, text: str) -> EmailMessage:
     return message
 
 
-def test_message(config: EmailConfig, target: str) -> EmailMessage:
+def check_message(config: EmailConfig, target: str) -> EmailMessage:
     """What ``backupd check --send-test`` sends."""
     return _message(
         config,
@@ -119,6 +119,8 @@ def _why(config: EmailConfig, error: BaseException) -> str:
     if isinstance(error, ssl.SSLError) or "SSL" in text or "TLS" in text:
         mode = "implicit TLS" if tls_options(config)[0] else "STARTTLS"
         return f"{where}: {mode} failed (EMAIL_TLS={config.effective_tls}): {text}"
+    if isinstance(error, TimeoutError | aiosmtplib.SMTPTimeoutError) and not tls_options(config)[0]:
+        return f"{where}: {text} (no greeting: a port for implicit TLS? then set EMAIL_TLS=ssl)"
     return f"{where}: {text}"
 
 
@@ -173,4 +175,4 @@ async def send(config: EmailConfig, report: Report) -> None:
 
 
 async def send_test(config: EmailConfig, target: str) -> list[str]:
-    return await _deliver(config, test_message(config, target))
+    return await _deliver(config, check_message(config, target))
