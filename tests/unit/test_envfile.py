@@ -3,6 +3,7 @@ a comment."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,13 @@ def test_malformed_env_file_is_a_config_error(tmp_path: Path) -> None:
     assert raised.value.problems == [
         f"{dotenv} line 2: DB_PASSWORD: the value opens a ' quote that does not close on its line"
     ]
+
+
+def test_the_readme_examples_hold() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = readme.split("| line | value |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    examples = [re.findall(r"`([^`]*)`", row)[:2] for row in rows.splitlines()]
+
+    assert len(examples) == 5
+    for line, value in examples:
+        assert envfile.parse(line).values == {"DB_PASSWORD": value}, line
