@@ -3,16 +3,25 @@ everything a run will touch."""
 
 from __future__ import annotations
 
+import email
+import json
+import re
 import shutil
 import socket
 import subprocess
+import threading
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
-from tests.conftest import child_env, pg_env, run_backupd
-from tests.servers import PostgresServer
+from tests.conftest import backupd_command, child_env, mariadb_env, pg_env, run_backupd
+from tests.servers import PostgresServer, free_port
 
 
 def no_traceback(result: subprocess.CompletedProcess[str]) -> str:
@@ -188,3 +197,173 @@ def test_http_port_in_use_is_one_line_naming_the_variable(
     no_traceback(result)
     assert result.returncode == 2
     assert f"HTTP_PORT: port {port} on 127.0.0.1 is already in use" in result.stderr
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mariadb"])
+def test_check_names_every_configured_database_that_does_not_exist(
+    request: pytest.FixtureRequest, engine: str, tmp_path: Path
+) -> None:
+    server = request.getfixturevalue("pg" if engine == "postgres" else "mariadb")
+    make_env = pg_env if engine == "postgres" else mariadb_env
+    present = "postgres" if engine == "postgres" else "mysql"
+    missing = f"nope_{uuid.uuid4().hex[:6]}"
+    env = {
+        **make_env(server, f"{present},{missing}"),
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(tmp_path / "b"),
+    }
+
+    result = run_backupd("check", env=env)
+
+    no_traceback(result)
+    assert result.returncode == 1
+    where = f"127.0.0.1:{server.port}"
+    assert f"ok   default database: {present} exists on {where}" in result.stdout
+    assert (
+        f"FAIL default database: database {missing} does not exist on {where} (DB_DATABASE)"
+        in result.stdout
+    )
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    body: bytes
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[Received]]]:
+    """A local HTTP server recording every request: Seq, the webhook and pings land here."""
+    seen: list[Received] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            seen.append(Received(self.command, self.path, self.rfile.read(length)))
+            self.send_response(201 if self.path.startswith("/api/events") else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _record
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.subjects: list[str] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.subjects.append(email.message_from_bytes(envelope.content)["Subject"])
+        return "250 OK"
+
+
+def test_send_test_sends_one_mail_seq_event_webhook_post_and_ping(
+    pg: PostgresServer, tmp_path: Path, receiver: tuple[str, list[Received]]
+) -> None:
+    url, seen = receiver
+    inbox = Inbox()
+    port = free_port()
+    relay = Controller(inbox, hostname="127.0.0.1", port=port)
+    relay.start()
+    env = local_env(
+        pg,
+        tmp_path / "b",
+        EMAIL_SMTP="127.0.0.1",
+        EMAIL_PORT=str(port),
+        EMAIL_FROM="backupd@example.com",
+        EMAIL_TO="ops@example.com",
+        NOTIFY_WEBHOOK_URL=f"{url}/hook/secret-token",
+        HEALTHCHECK_PING_URL=f"{url}/ping/uuid",
+        SEQ_URL=url,
+    )
+    try:
+        quiet = run_backupd("check", env=env)
+        quiet_requests = list(seen)
+        loud = run_backupd("check", "--send-test", env=env)
+    finally:
+        relay.stop()
+
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert quiet_requests == []
+    for line in ("mail", "webhook", "ping", "seq"):
+        assert any(
+            f" {line}: " in out and "nothing sent" in out for out in quiet.stdout.splitlines()
+        ), (line, quiet.stdout)
+    assert "secret-token" not in quiet.stdout + loud.stdout
+    assert loud.returncode == 0, loud.stdout + loud.stderr
+    assert inbox.subjects == ["[backupd] default: test mail"]
+    (hook,) = [r for r in seen if r.path.startswith("/hook/")]
+    assert hook.method == "POST"
+    assert json.loads(hook.body)["result"] == "test"
+    assert [(r.method, r.path) for r in seen if r.path.startswith("/ping/")] == [
+        ("GET", "/ping/uuid")
+    ]
+    events = b"".join(r.body for r in seen if r.path.startswith("/api/events"))
+    assert b"test event from backupd check --send-test" in events
+
+
+def test_once_runs_just_the_named_target_and_database(pg: PostgresServer, tmp_path: Path) -> None:
+    database = f"only_{uuid.uuid4().hex[:6]}"
+    pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS x;")
+    env = {
+        **pg_env(pg, "postgres"),
+        "BACKUPD_TARGETS": "first,second",
+        "STORAGE_TYPE": "local",
+        "FIRST_STORAGE_LOCAL_PATH": str(tmp_path / "first"),
+        "SECOND_STORAGE_LOCAL_PATH": str(tmp_path / "second"),
+        "TIMEZONE": "Asia/Kolkata",
+    }
+
+    result = run_backupd("once", "--target", "second", "--database", database, env=env)
+    unknown = run_backupd("once", "--target", "third", env=env)
+    several = run_backupd("once", "--target", "second", "--database", "a,b", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (tmp_path / "first").exists()
+    stored = [p.name for p in (tmp_path / "second").rglob("*.dump")]
+    assert len(stored) == 1 and database in stored[0]
+    # log timestamps in TIMEZONE, with the offset
+    assert all(line.split()[0].endswith("+05:30") for line in result.stdout.splitlines()), (
+        result.stdout
+    )
+    assert "MiB/s" in result.stdout or "KiB/s" in result.stdout
+    assert unknown.returncode == 2
+    assert "no target named 'third'; configured: first, second" in unknown.stderr
+    assert several.returncode == 2
+    assert "--database 'a,b': name one database" in several.stderr
+
+
+def test_restore_to_stdout_writes_the_verified_dump_for_a_pipe(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    database = f"piped_{uuid.uuid4().hex[:6]}"
+    pg.create_database(database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 500) g;")
+    env = local_env(pg, tmp_path / "store", DB_DATABASE=database)
+    assert run_backupd("once", env=env).returncode == 0
+
+    listing = run_backupd("list", env=env)
+    piped = subprocess.run(
+        backupd_command("restore", "--to-file", "-"),
+        env=child_env(env),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    (stored,) = (tmp_path / "store").rglob("*.dump")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == stored.read_bytes()
+    assert b"checksum verified" in piped.stderr
+    assert re.search(r"\d+(\.\d)? KiB  complete", listing.stdout), listing.stdout
+    listed = subprocess.run(["pg_restore", "--list"], input=piped.stdout, capture_output=True)
+    assert b"TABLE DATA public t" in listed.stdout
