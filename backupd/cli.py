@@ -327,5 +327,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _print_config_error(error)
         status = EXIT_CONFIG
     finally:
+        # The work is done or aborted: a late second signal must not turn a clean exit into
+        # a KeyboardInterrupt while logs are flushed.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         logs.close()
     sys.exit(status)
