@@ -144,7 +144,12 @@ class UsageError(Exception):
 
 def only(target: TargetConfig, database: str) -> TargetConfig:
     """``target`` narrowed to one database (``once --database``)."""
-    if not database or "," in database or database.strip() == "*":
+    if (
+        not database.strip()
+        or "," in database
+        or database.strip() == "*"
+        or not database.isprintable()
+    ):
         raise UsageError(f"--database {database!r}: name one database")
     narrowed = target.database.model_copy(update={"database": database.strip()})
     return target.model_copy(update={"database": narrowed})

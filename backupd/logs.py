@@ -131,6 +131,7 @@ class Logging:
         if self.listener is not None:
             self.listener.stop()
             for handler in self.listener.handlers:
+                handler.flush()  # seqlog's close drops a batch not yet sent
                 handler.close()
             self.listener = None
 

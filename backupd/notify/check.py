@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
@@ -18,7 +17,6 @@ from backupd.notify.base import NotifyError
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 5.0
-log = logging.getLogger(__name__)
 
 
 async def reachable(variable: str, url: str) -> str:
@@ -106,16 +104,40 @@ async def notification_findings(
     return findings
 
 
+async def seq_event(config: LogConfig) -> None:
+    """POST one test event to Seq's raw ingestion API; raise NotifyError naming SEQ_URL."""
+    from aiohttp import ClientError, ClientSession, ClientTimeout
+
+    assert config.seq_url is not None
+    event = {
+        "Timestamp": datetime.now().astimezone().isoformat(),
+        "Level": "Information",
+        "MessageTemplate": "test event from backupd check --send-test",
+        "Properties": {"Application": "backupd", "Environment": config.environment},
+    }
+    headers = {"Content-Type": "application/json"}
+    if config.seq_api_key is not None:
+        headers["X-Seq-ApiKey"] = config.seq_api_key.get_secret_value()
+    url = config.seq_url.rstrip("/") + "/api/events/raw"
+    try:
+        async with (
+            ClientSession(timeout=ClientTimeout(total=CONNECT_TIMEOUT * 2)) as session,
+            session.post(url, data=json.dumps({"Events": [event]}), headers=headers) as response,
+        ):
+            response.raise_for_status()
+    except (ClientError, TimeoutError) as error:
+        raise NotifyError(f"SEQ_URL: the test event was refused: {error}") from None
+
+
 async def seq_finding(config: LogConfig, send_test: bool) -> tuple[bool, str] | None:
-    """(ok, detail) about SEQ_URL, or None without Seq. ``send_test`` logs one event, which the
-    Seq handler delivers at the latest when backupd exits."""
+    """(ok, detail) about SEQ_URL, or None without Seq; ``send_test`` posts one event."""
     if config.seq_url is None:
         return None
     try:
         detail = await reachable("SEQ_URL", config.seq_url)
+        if send_test:
+            await seq_event(config)
+            return True, detail + "; sent one test event"
     except NotifyError as error:
         return False, str(error)
-    if not send_test:
-        return True, detail + "; nothing sent (--send-test sends one event)"
-    log.info("test event from backupd check --send-test", extra={"report": {"Result": "test"}})
-    return True, detail + "; sent one test event"
+    return True, detail + "; nothing sent (--send-test sends one event)"
