@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
+from backupd.catalogue import Backup
 from backupd.check import check_target
 from backupd.config import Settings, TargetConfig
 from backupd.daemon import Daemon
@@ -106,9 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = _command(commands, "list", "show a target's backups, newest first")
     listing.add_argument("--target", help="the target (required when several are configured)")
+    listing.add_argument("--database", help="only this database's backups")
     listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
     restoring = _command(commands, "restore", "restore a backup into a database or a file")
     restoring.add_argument("--target", help="the target (required when several are configured)")
+    restoring.add_argument(
+        "--database",
+        help="whose backup to restore (required when DB_DATABASE names several, or *)",
+    )
     which = restoring.add_mutually_exclusive_group()
     which.add_argument("--key", help="this backup (default: the newest complete one)")
     which.add_argument("--at", help="the newest backup taken at or before this time (ISO 8601)")
@@ -183,6 +189,21 @@ def pick_target(settings: Settings, name: str | None) -> TargetConfig:
     )
 
 
+def restore_database(target: TargetConfig, database: str | None, key: str | None) -> str | None:
+    """Whose backups ``restore`` chooses among: ``--database``; else, with one configured
+    database, that one; a ``--key`` names its own. Several databases (or ``*``) and neither
+    option is a usage error naming both."""
+    if database is not None or key is not None:
+        return database
+    configured = target.database.databases
+    if len(configured) == 1:
+        return configured[0]
+    which = ", ".join(configured) if configured else "every database (*)"
+    raise UsageError(
+        f"target {target.name} backs up {which}: name one with --database, or a backup with --key"
+    )
+
+
 def parse_at(text: str, target: TargetConfig) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
@@ -211,24 +232,49 @@ async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
 async def _list(settings: Settings, args: argparse.Namespace) -> int:
     target = pick_target(settings, args.target)
     try:
-        backups = await list_backups(target)
+        backups = await list_backups(target, args.database)
     except BackupdError as error:
         log.error("list FAILED: %s", mask(str(error), secrets_of(target)))
         return EXIT_FAILED
     if args.json:
-        print(json.dumps([backup.as_dict() for backup in backups], indent=2))
+        print(json.dumps([backup.as_dict() for backup in backups], indent=2, ensure_ascii=False))
         return EXIT_OK
-    for backup in backups:
-        state = "complete" if backup.complete else "INCOMPLETE"
-        size = human_size(backup.size)
-        print(f"{backup.taken:%Y-%m-%d %H:%M:%S %Z}  {size:>10}  {state:<10}  {backup.key}")
+    for line in listing_lines(backups, target):
+        print(line)
     print(f"{len(backups)} backup(s), {sum(b.complete for b in backups)} complete", flush=True)
     return EXIT_OK
+
+
+def listing_lines(backups: list[Backup], target: TargetConfig) -> list[str]:
+    """The table ``list`` prints: time in TIMEZONE with its offset, database, engine, size,
+    state, key."""
+    rows = [
+        (
+            f"{backup.taken.astimezone(target.layout.tz):%Y-%m-%d %H:%M:%S%z}",
+            backup.database if backup.database is not None else "?",
+            backup.engine or "?",
+            human_size(backup.size),
+            "complete" if backup.complete else "INCOMPLETE",
+            backup.key,
+        )
+        for backup in backups
+    ]
+    header = ("TIME", "DATABASE", "ENGINE", "SIZE", "STATE", "KEY")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(w) if i == 3 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        ]
+        lines.append("  ".join([*cells, row[-1]]))
+    return lines
 
 
 async def _restore(settings: Settings, args: argparse.Namespace) -> int:
     target = pick_target(settings, args.target)
     request = Request(
+        database=restore_database(target, args.database, args.key),
         key=args.key,
         at=parse_at(args.at, target) if args.at else None,
         into=args.into,

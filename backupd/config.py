@@ -412,6 +412,19 @@ class MSSQLConfig(BaseModel):
         return self.local_dir if self.local_dir is not None else Path(self.backup_dir)
 
 
+class LimitsConfig(BaseModel):
+    """Bounds on how long a child may go without progress."""
+
+    model_config = _FROZEN
+
+    stall_timeout: float = Field(
+        600,
+        alias="RESTORE_STALL_TIMEOUT",
+        ge=0,
+        description="Seconds a dump or restore may move no data before it is stopped; 0: never",
+    )
+
+
 class TargetConfig(BaseModel):
     """Everything needed to back up one target's databases."""
 
@@ -427,6 +440,7 @@ class TargetConfig(BaseModel):
     email: EmailConfig = Field(default_factory=lambda: EmailConfig.model_validate({}))
     hooks: HooksConfig = Field(default_factory=lambda: HooksConfig.model_validate({}))
     mssql: MSSQLConfig = Field(default_factory=lambda: MSSQLConfig.model_validate({}))
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig.model_validate({}))
 
     @property
     def key_prefix(self) -> str:

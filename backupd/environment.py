@@ -22,6 +22,7 @@ from backupd.config import (
     EmailConfig,
     HooksConfig,
     LayoutConfig,
+    LimitsConfig,
     LocalConfig,
     LogConfig,
     MSSQLConfig,
@@ -202,6 +203,7 @@ def load_target(
     email = reader.validate(EmailConfig)
     hooks = reader.validate(HooksConfig)
     mssql = reader.validate(MSSQLConfig)
+    limits = reader.validate(LimitsConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
     if reader.problems or storage is None:
@@ -216,6 +218,7 @@ def load_target(
         email=email,
         hooks=hooks,
         mssql=mssql,
+        limits=limits,
     )
 
 

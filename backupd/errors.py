@@ -39,3 +39,9 @@ class StorageError(BackupdError):
     """The bucket or folder refused a read or write."""
 
     step = "upload"
+
+
+class QueryError(BackupdError):
+    """A statement sent to the database server failed (the login itself worked)."""
+
+    step = "query"

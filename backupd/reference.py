@@ -15,6 +15,7 @@ from backupd.config import (
     EmailConfig,
     HooksConfig,
     LayoutConfig,
+    LimitsConfig,
     LocalConfig,
     LogConfig,
     MSSQLConfig,
@@ -31,6 +32,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     EmailConfig,
     HooksConfig,
     MSSQLConfig,
+    LimitsConfig,
     DaemonConfig,
     LogConfig,
 )

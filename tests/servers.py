@@ -229,6 +229,7 @@ class MariaDBServer:
                 f"--user={os_user}",
                 f"--pid-file={self.root / 'pid'}",
                 "--innodb-flush-log-at-trx-commit=0",
+                "--max-allowed-packet=64M",
                 "--skip-name-resolve",
                 f"--log-error={self.root / 'log'}",
             ],
@@ -293,23 +294,43 @@ class MariaDBServer:
         # Comments name the database; everything else must match.
         return "\n".join(line for line in result.stdout.splitlines() if not line.startswith("--"))
 
+    def dump_with_databases(self, database: str) -> bytes:
+        """A dump as backupd made them before manifest format 2: ``--databases``, so the SQL
+        names the database in CREATE DATABASE and USE statements."""
+        return subprocess.run(
+            [
+                "mariadb-dump",
+                f"--socket={self.socket}",
+                "-uroot",
+                "--single-transaction",
+                "--quick",
+                "--routines",
+                "--events",
+                "--triggers",
+                "--hex-blob",
+                "--default-character-set=utf8mb4",
+                "--databases",
+                database,
+            ],
+            check=True,
+            capture_output=True,
+        ).stdout
+
     def restore(self, dump: bytes, database: str) -> None:
-        """Load a ``--databases`` dump under another name, without its CREATE DATABASE and USE."""
+        """Load a backupd dump with the stock client: its SQL names no database, so it loads
+        into whichever one the client is given, unchanged."""
         self.create_database(database)
-        lines = [
-            line
-            for line in dump.split(b"\n")
-            if not line.startswith((b"CREATE DATABASE", b"USE `"))
-        ]
         subprocess.run(
             [
                 "mariadb",
                 f"--socket={self.socket}",
                 "-uroot",
                 "--default-character-set=utf8mb4",
+                "--binary-mode",
+                "--max-allowed-packet=1G",
                 database,
             ],
-            input=b"\n".join(lines),
+            input=dump,
             check=True,
             capture_output=True,
         )
@@ -324,6 +345,17 @@ class MariaDBServer:
                 self.process.wait()
 
 
+_DENIED_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>refused by the test proxy</Message></Error>"
+)
+ACCESS_DENIED = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_DENIED_BODY)}\r\n\r\n".encode()
+    + _DENIED_BODY
+)
+
+
 class FaultProxy:
     """A TCP proxy in front of an HTTP server.
 
@@ -336,6 +368,8 @@ class FaultProxy:
         self.requests: list[tuple[str, str, int]] = []
         self.break_uploads = threading.Event()
         self.part_delay = 0.0
+        self.refuse_puts_ending: str | None = None
+        """PUTs of keys ending so are answered 403 AccessDenied, without reaching upstream."""
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
@@ -382,6 +416,16 @@ class FaultProxy:
                     return
                 if is_part and self.part_delay:
                     time.sleep(self.part_delay)
+                path = target.split("?", 1)[0]
+                if (
+                    method == "PUT"
+                    and self.refuse_puts_ending
+                    and path.endswith(self.refuse_puts_ending)
+                ):
+                    # Answered before the body (the client may be waiting for 100 Continue),
+                    # and the connection closed, so no body is left to misread as a request.
+                    client.sendall(ACCESS_DENIED)
+                    return
                 upstream.sendall(head)
                 buffer = self._forward_body(client, upstream, length, buffer)
         except OSError:
