@@ -10,6 +10,7 @@ Added to them: what the loader reads by hand (``STORAGE_TYPE``, ``BACKUPD_TARGET
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,6 +34,11 @@ PREFIXES = (
     "VERIFY_",
 )
 READ_BY_LOADER = frozenset({"STORAGE_TYPE", "BACKUPD_TARGETS"})
+# Kubernetes injects these for every Service (a Service named "db" gives DB_SERVICE_HOST,
+# DB_PORT_5432_TCP_ADDR, ...): not settings anybody wrote, so never warned about.
+KUBERNETES_SERVICE = re.compile(
+    r".+_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)"
+)
 SUGGESTION_CUTOFF = 0.6
 # A name without a backupd prefix, written in the .env file, is named only when this close to one.
 CLOSE_CUTOFF = 0.85
@@ -108,7 +114,7 @@ def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> 
     warnings = []
     process_wide = aliases(Settings) - target_settings()
     for name in sorted(env):
-        if name in known:
+        if name in known or KUBERNETES_SERVICE.fullmatch(name):
             continue
         unprefixed = _without_target(name, prefixes[len(PREFIXES) :])
         if unprefixed in process_wide:

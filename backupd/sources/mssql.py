@@ -22,6 +22,7 @@ from backupd.config import MSSQLConfig, TargetConfig
 from backupd.errors import ConnectError, DumpError
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import ServerInfo
+from backupd.units import human_size
 
 MAX_NAME = 128
 ACCESS_HINT = (
@@ -171,8 +172,9 @@ class MSSQLSource:
             ).free
             if free < needed:
                 raise DumpError(
-                    f"{self.config.effective_local_dir} has {free:,} bytes free; the backup of "
-                    f"{database} needs about {needed:,} (data files of {size:,} bytes)"
+                    f"{self.config.effective_local_dir} has {human_size(free)} free; the backup "
+                    f"of {database} needs about {human_size(needed)} (data files of "
+                    f"{human_size(size)})"
                 )
 
     async def backup_to_file(

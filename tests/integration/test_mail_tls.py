@@ -7,6 +7,7 @@ import email
 import ssl
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -142,63 +143,46 @@ def test_a_plain_relay_without_credentials_gets_mail(
     assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@example.com>")
 
 
-@pytest.mark.parametrize(
-    ("tls", "auth", "extra", "expected"),
-    [
-        ("none", False, {}, "no TLS; nothing sent"),
-        ("starttls", False, {}, "STARTTLS; nothing sent"),
-        ("starttls", True, CREDENTIALS, f"STARTTLS, login as {USER}; nothing sent"),
-        ("ssl", True, {**CREDENTIALS, "EMAIL_TLS": "ssl"}, f"implicit TLS, login as {USER};"),
-        ("none", True, {**CREDENTIALS, "EMAIL_TLS": "none"}, f"no TLS, login as {USER};"),
-    ],
-)
-def test_check_speaks_to_the_relay_as_configured_without_sending(
-    pg: PostgresServer,
-    tmp_path: Path,
-    relay: Any,
-    tls: str,
-    auth: bool,
-    extra: dict[str, str],
-    expected: str,
+# (relay's TLS, relay demands AUTH, settings, exit code of check, the mail line holds)
+CONVERSATIONS = [
+    ("none", False, {}, 0, "no TLS; nothing sent"),
+    ("starttls", False, {}, 0, "STARTTLS; nothing sent"),
+    ("starttls", True, CREDENTIALS, 0, f"STARTTLS, login as {USER}; nothing sent"),
+    ("ssl", True, {**CREDENTIALS, "EMAIL_TLS": "ssl"}, 0, f"implicit TLS, login as {USER};"),
+    ("none", True, {**CREDENTIALS, "EMAIL_TLS": "none"}, 0, f"no TLS, login as {USER};"),
+    # a relay that cannot do what is configured; credentials are never sent in plain text
+    ("none", True, CREDENTIALS, 1, "does not offer STARTTLS (demanded when credentials are sent)"),
+    ("none", False, {"EMAIL_TLS": "starttls"}, 1, "does not offer STARTTLS (EMAIL_TLS=starttls)"),
+    ("none", False, {"EMAIL_TLS": "ssl"}, 1, "implicit TLS failed (EMAIL_TLS=ssl)"),
+]
+
+
+def test_check_speaks_to_each_relay_as_configured_and_sends_nothing(
+    pg: PostgresServer, tmp_path: Path, relay: Any
 ) -> None:
-    server = relay(tls, auth)
+    servers = [relay(tls, auth) for tls, auth, *_ in CONVERSATIONS]
 
-    result = run_backupd("check", env=mail_env(pg, tmp_path, server, **extra))
+    def check(number: int) -> subprocess.CompletedProcess[str]:
+        extra = CONVERSATIONS[number][2]
+        (tmp_path / str(number)).mkdir()
+        return run_backupd(
+            "check", env=mail_env(pg, tmp_path / str(number), servers[number], **extra)
+        )
 
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert mail_line(result).startswith(f"ok   default mail: EMAIL_SMTP 127.0.0.1:{server.port}")
-    assert expected in mail_line(result)
-    assert server.inbox.messages == []
-    assert server.inbox.logins == (1 if auth else 0)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(check, range(len(CONVERSATIONS))))
 
-
-@pytest.mark.parametrize(
-    ("tls", "extra", "expected"),
-    [
-        # credentials demand TLS: a plain relay is refused before the password is sent
-        ("none", CREDENTIALS, "does not offer STARTTLS (demanded when credentials are sent)"),
-        ("none", {"EMAIL_TLS": "starttls"}, "does not offer STARTTLS (EMAIL_TLS=starttls)"),
-        ("none", {"EMAIL_TLS": "ssl"}, "implicit TLS failed (EMAIL_TLS=ssl)"),
-    ],
-)
-def test_a_relay_that_cannot_do_what_is_configured_is_a_failing_line(
-    pg: PostgresServer,
-    tmp_path: Path,
-    relay: Any,
-    tls: str,
-    extra: dict[str, str],
-    expected: str,
-) -> None:
-    server = relay(tls)
-
-    result = run_backupd("check", env=mail_env(pg, tmp_path, server, **extra))
-
-    assert result.returncode == 1
-    line = mail_line(result)
-    assert line.startswith("FAIL default mail: ")
-    assert expected in line
-    assert "EMAIL_TLS" in line or "EMAIL_SMTP" in line
-    assert server.inbox.logins == 0
+    for (tls, auth, extra, code, expected), server, result in zip(
+        CONVERSATIONS, servers, results, strict=True
+    ):
+        case = (tls, auth, extra)
+        assert result.returncode == code, (case, result.stdout + result.stderr)
+        line = mail_line(result)
+        verdict = "ok  " if code == 0 else "FAIL"
+        assert line.startswith(f"{verdict} default mail: EMAIL_SMTP 127.0.0.1:{server.port}"), case
+        assert expected in line, (case, line)
+        assert server.inbox.messages == [], case
+        assert server.inbox.logins == (1 if auth and code == 0 else 0), case
 
 
 def test_send_test_sends_one_mail_over_starttls_with_login(

@@ -56,6 +56,8 @@ def test_unknown_variable_is_named_with_the_closest_known_one(
         },
         {"PATH": "/bin", "HOME": "/root", "TIMEZON": "UTC", "POSTGRES_PASSWORD": "x"},
         {"HTTP_PORT": "1", "LOG_LEVEL": "x", "SEQ_URL": "x", "SEQ_API_KEY_FILE": "/s"},
+        # injected by Kubernetes for a Service named "db"
+        {"DB_SERVICE_HOST": "10.0.0.1", "DB_SERVICE_PORT": "5432", "DB_PORT_5432_TCP_ADDR": "x"},
     ],
 )
 def test_known_and_foreign_variables_give_no_warning(env: dict[str, str]) -> None:
