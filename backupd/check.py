@@ -68,7 +68,10 @@ async def _shared_volume(
 
 
 async def _databases(
-    target: TargetConfig, source: Source | FileSource, finding: Callable[[bool, str, str], Finding]
+    target: TargetConfig,
+    source: Source | FileSource,
+    finding: Callable[[bool, str, str], Finding],
+    logged_in: bool,
 ) -> list[Finding]:
     """Each database named in DB_DATABASE must exist on the server."""
     db = target.database
@@ -80,8 +83,10 @@ async def _databases(
                 exists = await source.database_state(name) != "missing"
             else:
                 exists = await source.database_exists(name)
-        except BackupdError:
-            return []  # the login itself failed, and says so in its own line
+        except BackupdError as error:
+            if not logged_in:
+                return []  # the login itself failed, and says so in its own line
+            return [finding(False, "database", f"cannot tell whether {name} exists: {error}")]
         if exists:
             findings.append(finding(True, "database", f"{name} exists on {where}"))
         else:
@@ -116,7 +121,8 @@ async def check_target(target: TargetConfig, send_test: bool = False) -> list[Fi
         findings.append(finding(True, "dump tool", info.tool_version))
     except BackupdError as error:
         findings.append(finding(False, error.step, str(error)))
-    findings += await _databases(target, source, finding)
+    logged_in = all(f.ok for f in findings)
+    findings += await _databases(target, source, finding, logged_in)
     if db.engine is Engine.MSSQL:
         findings.append(await _shared_volume(target, finding))
     probe_key = "/".join(

@@ -291,17 +291,20 @@ class PostgresSource:
         )
 
     async def database_exists(self, database: str) -> bool:
-        """Whether the server has ``database`` (asked in the maintenance database)."""
-        found = await self._query(
-            f"SELECT 1 FROM pg_database WHERE datname = {pg_literal(database)}", "postgres"
-        )
+        """Whether the server has ``database``: asked where the probe logs in, or in the
+        maintenance database when that is the missing one."""
+        sql = f"SELECT 1 FROM pg_database WHERE datname = {pg_literal(database)}"
+        try:
+            found = await self._query(sql)
+        except ConnectError:
+            found = await self._query(sql, "postgres")
         return bool(found)
 
     async def estimated_size(self, database: str) -> int | None:
         """``pg_database_size`` in bytes: tables, indexes and free space, so a dump is usually
         smaller; None when it cannot be read (no CONNECT privilege, ...)."""
         try:
-            rows = await self._query(f"SELECT pg_database_size({pg_literal(database)})", "postgres")
+            rows = await self._query(f"SELECT pg_database_size({pg_literal(database)})", database)
         except BackupdError:
             return None
         return int(rows[0]) if rows and rows[0].isdigit() else None
