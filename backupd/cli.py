@@ -273,6 +273,8 @@ def listing_lines(backups: list[Backup], target: TargetConfig) -> list[str]:
 
 async def _restore(settings: Settings, args: argparse.Namespace) -> int:
     target = pick_target(settings, args.target)
+    if str(args.to_file) == "-" and sys.stdout.isatty():
+        raise UsageError("--to-file - writes the dump to stdout: pipe it into a tool or a file")
     request = Request(
         database=restore_database(target, args.database, args.key),
         key=args.key,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import email
 import json
+import os
+import pty
 import re
 import shutil
 import socket
@@ -367,3 +369,23 @@ def test_restore_to_stdout_writes_the_verified_dump_for_a_pipe(
     assert re.search(r"\d+(\.\d)? KiB  complete", listing.stdout), listing.stdout
     listed = subprocess.run(["pg_restore", "--list"], input=piped.stdout, capture_output=True)
     assert b"TABLE DATA public t" in listed.stdout
+
+
+def test_restore_to_stdout_refuses_a_terminal(pg: PostgresServer, tmp_path: Path) -> None:
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            backupd_command("restore", "--to-file", "-"),
+            env=child_env(local_env(pg, tmp_path / "store")),
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+    assert result.returncode == 2
+    assert "--to-file - writes the dump to stdout: pipe it into a tool or a file" in result.stderr
