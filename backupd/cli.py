@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     # With the dump going to stdout, everything else goes to stderr.
     to_stdout = args.command == "restore" and str(args.to_file) == "-"
     logs = setup_logging(log_config, all_secrets(settings), sys.stderr if to_stdout else sys.stdout)
-    if args.command != "check":
+    if args.command not in {"check", "healthcheck"}:  # check lists them; a probe stays quiet
         for warning in args.warnings:
             log.warning("%s", warning)
     commands = {
