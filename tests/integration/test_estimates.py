@@ -10,6 +10,7 @@ import pytest
 from backupd import backup
 from backupd.environment import load_target
 from backupd.sources import FileSource, Source, source_for
+from backupd.sources.postgres import PostgresSource
 from tests.conftest import mariadb_env, pg_env
 from tests.servers import MariaDBServer, PostgresServer
 
@@ -82,6 +83,13 @@ async def test_progress_gets_the_estimate_only_when_the_bytes_compare(
     """Counted bytes are the dump tool's output, before backupd compresses; pg_dump's own
     compression (auto) makes them incomparable with the database's size."""
     monkeypatch.setattr(backup, "ESTIMATE_AFTER", 0.0)
+    asked: list[str] = []
+
+    async def estimated_size(self: PostgresSource, database: str) -> int:
+        asked.append(database)  # the real query is tested above; here it must not lose a race
+        return 40 * MIB
+
+    monkeypatch.setattr(PostgresSource, "estimated_size", estimated_size)
     env = {**pg_env(pg, big_pg_database), "COMPRESSION": compression, "STORAGE_PART_SIZE": "5MiB"}
     target = load_target({**env, "STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(tmp_path)})
     recorder = Recorder()
@@ -91,9 +99,9 @@ async def test_progress_gets_the_estimate_only_when_the_bytes_compare(
     assert run.ok, run.failures
     (result,) = run.results
     if estimated:
-        ((key, total),) = recorder.expected
-        assert key == result.key
-        assert total is not None and total > 20 * MIB
+        assert asked == [big_pg_database]
+        assert recorder.expected == [(result.key, 40 * MIB)]
         assert max(recorder.sizes) > result.size  # raw bytes counted, zstd stored fewer
     else:
+        assert asked == []
         assert recorder.expected == []
