@@ -25,7 +25,7 @@ from backupd.catalogue import (
     stem_for,
 )
 from backupd.config import Compression, TargetConfig
-from backupd.errors import BackupdError, DumpError
+from backupd.errors import BackupdError, ClaimLost, DumpError
 from backupd.parts import BufferPool
 from backupd.process import Child, Command, describe_status, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
@@ -132,7 +132,7 @@ async def dump_to_storage(
     log.info("backing up %s %s to %s", engine, dump.database, key)
     try:
         async with (
-            storage.upload(key, metadata) as upload,
+            storage.upload(key, metadata, locked=True) as upload,
             spawn(command.argv[0], command) as child,
         ):
             async with stall_guard(
@@ -310,7 +310,10 @@ async def file_to_storage(
         await source.backup_to_file(database, server_path, native)
         info = await probe
         metadata = object_metadata(engine, database, started, layout.timezone)
-        async with storage.upload(key, metadata) as upload, FileReader.open(local_path) as reader:
+        async with (
+            storage.upload(key, metadata, locked=True) as upload,
+            FileReader.open(local_path) as reader,
+        ):
             await _copy(target, reader, upload, digest, stream_kind, key, clock, progress)
             if digest.size == 0:
                 raise DumpError(f"{local_path} is empty; refusing to store an empty backup")
@@ -353,10 +356,12 @@ async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
     failure: BackupdError | None = None
     for attempt in range(1, MANIFEST_ATTEMPTS + 1):
         try:
-            await storage.put_bytes(key, data, "application/json")
+            await storage.put_bytes(key, data, "application/json", locked=True)
             return
         except BackupdError as error:
             failure = error
+            if isinstance(error, ClaimLost):  # another replica has the slot: never publish
+                break
             if attempt > 1 and await _already_written(storage, key, data):
                 return
             log.warning("writing %s failed (attempt %d): %s", key, attempt, error)

@@ -15,21 +15,22 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
 from backupd.catalogue import Backup
-from backupd.check import check_target
+from backupd.check import check_coordination, check_target
 from backupd.config import Settings, TargetConfig
 from backupd.daemon import Daemon
 from backupd.environment import load_settings, read_environment
-from backupd.errors import BackupdError, ConfigError
+from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
 from backupd.logs import setup_logging
 from backupd.notify.check import seq_finding
 from backupd.process import mask
 from backupd.progress import LogProgress, TerminalProgress
+from backupd.prune import keep_column, prune_after_run, prune_target
 from backupd.report import backup_and_report, secrets_of
 from backupd.restore import Request, list_backups, restore
 from backupd.units import human_size
@@ -50,6 +51,8 @@ EXAMPLES = {
     "webhook POST and ping",
     "healthcheck": "example (Dockerfile):\n  HEALTHCHECK CMD backupd healthcheck",
     "list": "examples:\n  backupd list\n  backupd list --target orders --json",
+    "prune": "examples:\n  backupd prune --dry-run\n"
+    "  backupd prune --target orders --database shop",
     "restore": "examples:\n  backupd restore --into app_restored\n"
     "  backupd restore --at 2026-11-28T02:00 --into app --clean\n"
     "  backupd restore --to-file - | pg_restore --list",
@@ -109,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--target", help="the target (required when several are configured)")
     listing.add_argument("--database", help="only this database's backups")
     listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    pruning = _command(commands, "prune", "apply the retention policy now")
+    pruning.add_argument("--target", help="only this target (default: every one with a policy)")
+    pruning.add_argument("--database", help="only this database's backups")
+    pruning.add_argument(
+        "--dry-run", action="store_true", help="print KEEP/DELETE and why; delete nothing"
+    )
     restoring = _command(commands, "restore", "restore a backup into a database or a file")
     restoring.add_argument("--target", help="the target (required when several are configured)")
     restoring.add_argument(
@@ -167,12 +176,21 @@ async def _once(settings: Settings, args: argparse.Namespace) -> int:
     if args.target is not None or args.database is not None:
         chosen = pick_target(settings, args.target)
         targets = [only(chosen, args.database) if args.database is not None else chosen]
-    results = [await backup_and_report(target, progress) for target in targets]
-    return EXIT_OK if all(report.ok for reports in results for report in reports) else EXIT_FAILED
+    ok = True
+    for target in targets:
+        reports = await backup_and_report(target, progress)
+        ok = ok and all(report.ok for report in reports)
+        if all(report.ok for report in reports) and target.retention.policy.enabled:
+            ok = await prune_after_run(target) is not None and ok
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    return await Daemon(settings).run()
+    try:
+        return await Daemon(settings).run()
+    except BackupdError as error:  # COORDINATION=storage could not be set up: nothing started
+        print(f"backupd: {mask(str(error), all_secrets(settings))}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(error, CoordinationUnsupported) else EXIT_FAILED
 
 
 def pick_target(settings: Settings, name: str | None) -> TargetConfig:
@@ -236,18 +254,25 @@ async def _list(settings: Settings, args: argparse.Namespace) -> int:
     except BackupdError as error:
         log.error("list FAILED: %s", mask(str(error), secrets_of(target)))
         return EXIT_FAILED
+    keep = keep_column(backups, target, datetime.now(UTC)) or None
     if args.json:
-        print(json.dumps([backup.as_dict() for backup in backups], indent=2, ensure_ascii=False))
+        listed = [backup.as_dict() for backup in backups]
+        for entry in listed:
+            if keep and entry["key"] in keep:
+                entry["retention"] = keep[entry["key"]]
+        print(json.dumps(listed, indent=2, ensure_ascii=False))
         return EXIT_OK
-    for line in listing_lines(backups, target):
+    for line in listing_lines(backups, target, keep):
         print(line)
     print(f"{len(backups)} backup(s), {sum(b.complete for b in backups)} complete", flush=True)
     return EXIT_OK
 
 
-def listing_lines(backups: list[Backup], target: TargetConfig) -> list[str]:
+def listing_lines(
+    backups: list[Backup], target: TargetConfig, keep: dict[str, str] | None = None
+) -> list[str]:
     """The table ``list`` prints: time in TIMEZONE with its offset, database, engine, size,
-    state, key."""
+    state, key, and with a retention policy what it says of each backup (``keep``)."""
     rows = [
         (
             f"{backup.taken.astimezone(target.layout.tz):%Y-%m-%d %H:%M:%S%z}",
@@ -256,10 +281,12 @@ def listing_lines(backups: list[Backup], target: TargetConfig) -> list[str]:
             human_size(backup.size),
             "complete" if backup.complete else "INCOMPLETE",
             backup.key,
+            *([keep.get(backup.key, "-")] if keep is not None else []),
         )
         for backup in backups
     ]
-    header = ("TIME", "DATABASE", "ENGINE", "SIZE", "STATE", "KEY")
+    header: tuple[str, ...] = ("TIME", "DATABASE", "ENGINE", "SIZE", "STATE", "KEY")
+    header += ("RETENTION",) if keep is not None else ()
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     lines = []
     for row in [header, *rows]:
@@ -269,6 +296,37 @@ def listing_lines(backups: list[Backup], target: TargetConfig) -> list[str]:
         ]
         lines.append("  ".join([*cells, row[-1]]))
     return lines
+
+
+def targets_to_prune(settings: Settings, name: str | None) -> list[TargetConfig]:
+    if name is not None:
+        target = pick_target(settings, name)
+        if not target.retention.policy.enabled:
+            raise UsageError(
+                f"target {target.name} has no retention policy; set RETENTION_KEEP_* first"
+            )
+        return [target]
+    targets = [t for t in settings.targets if t.retention.policy.enabled]
+    if not targets:
+        raise UsageError("no target has a retention policy; set RETENTION_KEEP_* first")
+    return targets
+
+
+async def _prune(settings: Settings, args: argparse.Namespace) -> int:
+    ok = True
+    for target in targets_to_prune(settings, args.target):
+        try:
+            result = await prune_target(target, database=args.database, dry_run=args.dry_run)
+        except BackupdError as error:
+            log.error("prune FAILED: %s", mask(str(error), secrets_of(target)))
+            ok = False
+            continue
+        print(f"{target.name}: retention {target.retention.policy.describe()}")
+        for line in result.lines():
+            print(f"  {line}")
+        print(result.summary(), flush=True)
+        ok = ok and not result.failed
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 async def _restore(settings: Settings, args: argparse.Namespace) -> int:
@@ -304,7 +362,10 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
         print(f"warn configuration: {warning}", flush=True)
     ok = True
     for target in settings.targets:
-        for finding in await check_target(target, args.send_test):
+        findings = await check_target(target, args.send_test)
+        if settings.coordination.enabled:
+            findings.append(await check_coordination(target, settings.coordination))
+        for finding in findings:
             print(finding.line(), flush=True)
             ok = ok and finding.ok
     seq = await seq_finding(settings.logs, args.send_test)
@@ -367,6 +428,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         "run": _run,
         "list": _list,
         "restore": _restore,
+        "prune": _prune,
         "healthcheck": _healthcheck,
     }
     status = EXIT_FAILED

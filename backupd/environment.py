@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from backupd import envfile
 from backupd.config import (
+    CoordinationConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
@@ -26,6 +27,7 @@ from backupd.config import (
     LocalConfig,
     LogConfig,
     MSSQLConfig,
+    RetentionConfig,
     S3Config,
     ScheduleConfig,
     Settings,
@@ -55,6 +57,8 @@ ECHOED_NAMES = frozenset(
         "EMAIL_TLS",
         "EMAIL_ON",
         "LOG_FORMAT",
+        "STORAGE_OBJECT_LOCK_MODE",
+        "COORDINATION",
     }
 )
 
@@ -176,6 +180,12 @@ def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
         reader.problems.append(f"{var}: must be one of s3, r2, local (got {raw_kind!r})")
         return None
     if kind is StorageType.LOCAL:
+        for name in ("STORAGE_OBJECT_LOCK_DAYS", "STORAGE_OBJECT_LOCK_MODE"):
+            if reader.get(name) is not None:
+                reader.problems.append(
+                    f"{reader.source[name]}: Object Lock needs an S3 bucket; "
+                    "STORAGE_TYPE=local cannot lock files"
+                )
         config: S3Config | LocalConfig | None = reader.validate(LocalConfig)
         if isinstance(config, LocalConfig):
             problem = local_path_problem(config.path)
@@ -203,6 +213,7 @@ def load_target(
     email = reader.validate(EmailConfig)
     hooks = reader.validate(HooksConfig)
     mssql = reader.validate(MSSQLConfig)
+    retention = reader.validate(RetentionConfig)
     limits = reader.validate(LimitsConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
@@ -218,6 +229,7 @@ def load_target(
         email=email,
         hooks=hooks,
         mssql=mssql,
+        retention=retention,
         limits=limits,
     )
 
@@ -275,10 +287,29 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     reader = _Reader(env)
     daemon = reader.validate(DaemonConfig)
     logs = reader.validate(LogConfig)
+    coordination = reader.validate(CoordinationConfig)
     problems += reader.problems
+    if coordination is not None and coordination.enabled:
+        problems += coordination_problems(targets)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))  # TIMEZONE is read twice
-    return Settings(targets=tuple(targets), daemon=daemon, logs=logs)
+    return Settings(targets=tuple(targets), daemon=daemon, logs=logs, coordination=coordination)
+
+
+def coordination_problems(targets: list[TargetConfig]) -> list[str]:
+    """COORDINATION=storage needs every target in an object store with conditional writes.
+
+    A local folder is refused rather than emulated: replicas on several hosts would share it
+    over a network file system, where exclusive creates and locks are not reliably atomic, and
+    replicas on one host gain nothing from coordinating.
+    """
+    return [
+        f"{'' if not target.named else target.name.upper() + '_'}STORAGE_TYPE: "
+        "COORDINATION=storage needs s3 or r2 (conditional writes); a local folder cannot be "
+        "shared safely between replicas: run one replica with COORDINATION=none"
+        for target in targets
+        if isinstance(target.storage, LocalConfig)
+    ]
 
 
 def read_environment(

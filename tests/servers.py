@@ -7,6 +7,7 @@ and stops when its fixture ends. Nothing here depends on services already runnin
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pwd
 import shutil
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 PG_PASSWORD = 'pg "s3cr3t" p@ss\\word #1'
@@ -360,7 +362,8 @@ class FaultProxy:
     """A TCP proxy in front of an HTTP server.
 
     It records each request's method, target and body size and, once ``break_uploads`` is set,
-    drops any connection that sends a multipart UploadPart.
+    drops any connection that sends a multipart UploadPart. Headers named in ``strip_headers``
+    (lower case) are removed from every request, like a store that ignores them.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -368,6 +371,7 @@ class FaultProxy:
         self.requests: list[tuple[str, str, int]] = []
         self.break_uploads = threading.Event()
         self.part_delay = 0.0
+        self.strip_headers: set[str] = set()
         self.refuse_puts_ending: str | None = None
         """PUTs of keys ending so are answered 403 AccessDenied, without reaching upstream."""
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -426,14 +430,29 @@ class FaultProxy:
                     # and the connection closed, so no body is left to misread as a request.
                     client.sendall(ACCESS_DENIED)
                     return
-                upstream.sendall(head)
+                upstream.sendall(self._strip(head))
                 buffer = self._forward_body(client, upstream, length, buffer)
         except OSError:
             return
         finally:
             for sock in (client, upstream):
+                # shutdown first: close alone does not end a connection another thread is
+                # still reading (the pump), and the server would wait for the body forever
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
+
+    def _strip(self, head: bytes) -> bytes:
+        if not self.strip_headers:
+            return head
+        lines = head.split(b"\r\n")
+        kept = [
+            line
+            for line in lines
+            if line.partition(b":")[0].strip().lower().decode() not in self.strip_headers
+        ]
+        return b"\r\n".join(kept)
 
     @staticmethod
     def _read_head(
@@ -490,3 +509,47 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+class _OneWriteAtATime:
+    """WSGI middleware: write requests one at a time.
+
+    AWS S3 applies a conditional write atomically; moto checks the condition and then writes,
+    unlocked, so two concurrent ``If-None-Match: *`` writes can both succeed. Serialising the
+    writes gives moto S3's semantics for tests of what relies on them.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") in {"GET", "HEAD"}:
+            return self.app(environ, start_response)
+        # The body is read before the lock is taken: a client that dies mid-body stalls only
+        # its own request, never every write after it.
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length) if length else b"")
+        with self.lock:
+            return list(self.app(environ, start_response))
+
+
+@contextlib.contextmanager
+def atomic_moto_endpoint() -> Iterator[str]:
+    """moto's S3 with atomic conditional writes, sharing the buckets of ``moto_endpoint``'s."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = _OneWriteAtATime(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
