@@ -430,7 +430,7 @@ class EmailConfig(BaseModel):
     tls: EmailTLS | None = Field(
         None,
         alias="EMAIL_TLS",
-        description="starttls, ssl or none (ssl on port 465, else starttls)",
+        description="starttls, ssl or none (forced); unset: STARTTLS demanded with credentials",
     )
     on: EmailOn = Field(EmailOn.ALWAYS, alias="EMAIL_ON", description="always or failure")
 
