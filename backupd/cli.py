@@ -188,9 +188,10 @@ async def _once(settings: Settings, args: argparse.Namespace) -> int:
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         return await Daemon(settings).run()
-    except BackupdError as error:  # COORDINATION=storage could not be set up: nothing started
+    except BackupdError as error:  # COORDINATION=storage or HTTP_PORT unusable: nothing started
         print(f"backupd: {mask(str(error), all_secrets(settings))}", file=sys.stderr)
-        return EXIT_CONFIG if isinstance(error, CoordinationUnsupported) else EXIT_FAILED
+        unusable = isinstance(error, CoordinationUnsupported | ConfigError)
+        return EXIT_CONFIG if unusable else EXIT_FAILED
 
 
 def pick_target(settings: Settings, name: str | None) -> TargetConfig:
