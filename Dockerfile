@@ -28,7 +28,7 @@ RUN apt-get update \
             > /etc/apt/sources.list.d/mssql.list; \
     fi \
     && apt-get update \
-    && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" mariadb-client zstd tzdata \
+    && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" mariadb-client zstd age tzdata \
     && if [ "${TARGETARCH:-amd64}" = "amd64" ]; then \
         ACCEPT_EULA=Y apt-get install -y --no-install-recommends msodbcsql18 mssql-tools18; \
     fi \

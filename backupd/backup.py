@@ -1,16 +1,18 @@
-"""Back up one target: probe → dump → stream → upload → manifest, for each of its databases.
+"""Back up one target: probe → dump → stages → parts → upload → manifest, for each database.
 
-This module composes the others; sources, stream and storage never import one another. A backup
-becomes visible only when the dump exited 0, every part is stored and the manifest is written.
+This module composes the others; sources, stages, stream and storage never import one another,
+and this one knows no engine: every engine offers the same ``open_dump``. A backup becomes
+visible only when the dump exited 0, every part is stored and the manifest is written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,24 +24,16 @@ from backupd.catalogue import (
     new_run_id,
     object_key,
     object_metadata,
-    stem_for,
 )
 from backupd.config import Compression, TargetConfig
 from backupd.errors import BackupdError, ClaimLost, DumpError
-from backupd.parts import BufferPool
-from backupd.process import Child, Command, describe_status, spawn, stall_guard
+from backupd.parts import BufferPool, Readable
+from backupd.process import stall_guard
 from backupd.progress import LogProgress, Progress
-from backupd.sources import FileSource, ServerInfo, Source, source_for
+from backupd.sources import BackupSource, ServerInfo, source_for
+from backupd.stages import Stage, choose_stages, key_suffix, plan_compression
 from backupd.storage import Storage, Upload, open_storage
-from backupd.stream import (
-    SUFFIXES,
-    Digest,
-    FileReader,
-    Readable,
-    fixed_parts,
-    make_compressor,
-    plan_compression,
-)
+from backupd.stream import Digest, fixed_parts
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +80,13 @@ class TargetRun:
 
 @dataclass(frozen=True)
 class Dump:
-    """One object to produce: which database, by which command, with which facts beside it."""
+    """One object to produce: which database, from which byte source, with which facts."""
 
     database: str
     extension: str
-    command: Callable[[bool], Awaitable[Command]]
-    """The dump tool's command, given whether the tool compresses; built only once the tool's
-    flavour is known."""
+    open: Callable[[bool], AbstractAsyncContextManager[Readable]]
+    """Given whether the tool compresses, the dump as a byte source (``open_dump``)."""
     tool_compresses: bool
-    explain: Callable[[str], str | None]
-    """A hint for a known failure in the tool's stderr."""
     properties: Callable[[], Awaitable[dict[str, Any]]]
     """Database-level settings to record in the manifest (read alongside the dump)."""
     estimate: Callable[[], Awaitable[int | None]] | None = None
@@ -113,48 +104,58 @@ async def dump_to_storage(
     probe: asyncio.Future[ServerInfo],
     progress: Progress,
 ) -> BackupResult:
-    """Stream one dump into one new object, then write its manifest.
+    """Stream one dump through its stages into one new object, then write its manifest.
 
     ``probe`` (login, versions) and the database's properties are read alongside the dump;
-    both must have succeeded before the object is published.
+    both must have succeeded before the object is published, and a failed probe explains a
+    failed dump best.
     """
+    try:
+        return await _store(target, dump, storage, probe, progress)
+    except DumpError:
+        await asyncio.wait([probe])
+        if not probe.cancelled() and isinstance(probe.exception(), BackupdError):
+            await probe  # raises the login or version problem
+        raise
+
+
+async def _store(
+    target: TargetConfig,
+    dump: Dump,
+    storage: Storage,
+    probe: asyncio.Future[ServerInfo],
+    progress: Progress,
+) -> BackupResult:
     layout, engine = target.layout, target.database.engine
     started = datetime.now(layout.tz)
     native, stream_kind = plan_compression(layout.compression, engine, dump.tool_compresses)
+    stages = choose_stages(stream_kind, target.encryption.recipients)
     run_id = new_run_id()
-    extension = dump.extension + SUFFIXES[stream_kind]
+    extension = dump.extension + key_suffix(stages)
     key = object_key(target.key_prefix, dump.database, extension, started, run_id)
     metadata = object_metadata(engine, dump.database, started, layout.timezone)
-    command = await dump.command(native)
     properties = asyncio.ensure_future(dump.properties())
     digest = Digest()
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
     try:
-        async with (
-            storage.upload(key, metadata, locked=True) as upload,
-            spawn(command.argv[0], command) as child,
-        ):
-            async with stall_guard(
-                lambda: child.stdout.transferred, target.limits.stall_timeout, child.name
-            ):
-                # An estimate compares with the bytes read only when the tool does not compress.
-                estimate = dump.estimate if not native else None
-                await _copy(
-                    target,
-                    child.stdout,
-                    upload,
-                    digest,
-                    stream_kind,
-                    key,
-                    clock,
-                    progress,
-                    estimate,
-                )
-            await _check_exit(child, dump, probe)
-            if digest.size == 0:
+        async with storage.upload(key, metadata, locked=True) as upload:
+            async with contextlib.AsyncExitStack() as stack:
+                source = await stack.enter_async_context(dump.open(native))
+                reader = source
+                for stage in stages:
+                    reader = await stack.enter_async_context(stage.apply(reader))
+                moved = _moved(source, stages, digest)
+                what = f"the backup of {dump.database}"
+                async with stall_guard(moved, target.limits.stall_timeout, what):
+                    # An estimate compares with the bytes read only when the tool does not
+                    # compress; the bytes read are those entering backupd's first stage.
+                    estimate = dump.estimate if not native else None
+                    raw = _raw(stages, digest)
+                    await _copy(target, reader, upload, digest, key, clock, progress, raw, estimate)
+            if (stages[0].size if stages else digest.size) == 0:
                 raise DumpError(
-                    f"{child.name} exited 0 but wrote nothing; refusing to store an empty backup"
+                    f"the backup of {dump.database} is empty; refusing to store an empty backup"
                 )
             info = await probe
             recorded = await properties
@@ -162,8 +163,19 @@ async def dump_to_storage(
     finally:
         await _settle(properties)
     progress.done(key)
-    made = Made(dump.database, key, run_id, native, stream_kind, recorded)
+    facts = {name: value for stage in stages for name, value in stage.facts().items()}
+    made = Made(dump.database, key, run_id, native, stream_kind, recorded, facts)
     return await _record(target, storage, made, digest, started, clock, info)
+
+
+def _moved(source: Readable, stages: Sequence[Stage], digest: Digest) -> Callable[[], int]:
+    """A byte count that grows while anything moves: the source's reads (a dump's pipe),
+    each stage's input and the stored bytes."""
+
+    def count() -> int:
+        return getattr(source, "transferred", 0) + sum(stage.size for stage in stages) + digest.size
+
+    return count
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,8 @@ class Made:
     native: bool
     stream_kind: Compression
     properties: dict[str, Any]
+    facts: dict[str, Any] = field(default_factory=dict)
+    """What the stages record (``encryption``), as manifest fields."""
 
 
 def _expect(
@@ -196,17 +210,10 @@ def _expect(
     return task
 
 
-class _Counted:
-    """A readable that counts the bytes read from it (before any compression by backupd)."""
-
-    def __init__(self, source: Readable) -> None:
-        self._source = source
-        self.count = 0
-
-    async def fill(self, target: io.BytesIO | bytearray) -> int:
-        count = await self._source.fill(target)
-        self.count += count
-        return count
+def _raw(stages: Sequence[Stage], digest: Digest) -> Callable[[], int]:
+    """The bytes read from the dump so far: what entered backupd's first stage, or what was
+    stored when there is none."""
+    return lambda: stages[0].size if stages else digest.size
 
 
 async def _copy(
@@ -214,25 +221,25 @@ async def _copy(
     source: Readable,
     upload: Upload,
     digest: Digest,
-    stream_kind: Compression,
     key: str,
     clock: float,
     progress: Progress,
+    raw: Callable[[], int] | None = None,
     estimate: Callable[[], Awaitable[int | None]] | None = None,
 ) -> None:
-    """Every byte of ``source`` into ``upload``, in parts, compressed and hashed on the way;
-    ``estimate`` (about how many bytes ``source`` holds) runs alongside, for progress."""
+    """Every byte of ``source`` into ``upload``, in parts, hashed on the way. Progress counts
+    ``raw()`` (the bytes read from the dump, before backupd's stages) against ``estimate``,
+    asked alongside once the copy has run ``ESTIMATE_AFTER`` seconds."""
     pool = BufferPool(keep=target.storage.upload_concurrency + 2)
-    compressor = make_compressor(stream_kind)
-    counted = _Counted(source)
+    count = raw if raw is not None else (lambda: digest.size)
     expected: asyncio.Future[int | None] | None = None
     try:
-        async for part in fixed_parts(counted, upload.part_size, digest, compressor, pool):
+        async for part in fixed_parts(source, upload.part_size, digest, pool):
             await upload.write(part)
             elapsed = time.monotonic() - clock
             if expected is None and elapsed >= ESTIMATE_AFTER:
                 expected = _expect(progress, key, estimate)
-            progress.update(key, counted.count, elapsed)
+            progress.update(key, count(), elapsed)
     finally:
         await digest.settle()
         if expected is not None:
@@ -279,66 +286,10 @@ async def _record(
         },
         run_id=made.run_id,
         properties=made.properties,
+        **made.facts,
     )
     await publish_manifest(storage, manifest)
     return result
-
-
-async def file_to_storage(
-    target: TargetConfig,
-    source: FileSource,
-    database: str,
-    storage: Storage,
-    probe: asyncio.Future[ServerInfo],
-    progress: Progress,
-) -> BackupResult:
-    """Have the server write a backup file to the shared volume, stream it into one new object,
-    and delete the file, whatever happens."""
-    layout, engine = target.layout, target.database.engine
-    started = datetime.now(layout.tz)
-    native, stream_kind = plan_compression(layout.compression, engine, source.can_compress)
-    run_id = new_run_id()
-    extension = source.extension + SUFFIXES[stream_kind]
-    key = object_key(target.key_prefix, database, extension, started, run_id)
-    server_path, local_path = source.paths(
-        f"{stem_for(database)}_{started:%Y%m%d_%H%M%S}_{run_id}{source.extension}"
-    )
-    digest = Digest()
-    clock = time.monotonic()
-    log.info("backing up %s %s via %s to %s", engine, database, server_path, key)
-    try:
-        await source.backup_to_file(database, server_path, native)
-        info = await probe
-        metadata = object_metadata(engine, database, started, layout.timezone)
-        async with (
-            storage.upload(key, metadata, locked=True) as upload,
-            FileReader.open(local_path) as reader,
-        ):
-            await _copy(target, reader, upload, digest, stream_kind, key, clock, progress)
-            if digest.size == 0:
-                raise DumpError(f"{local_path} is empty; refusing to store an empty backup")
-            await upload.commit()
-    finally:
-        await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
-    progress.done(key)
-    made = Made(database, key, run_id, native, stream_kind, {})
-    return await _record(target, storage, made, digest, started, clock, info)
-
-
-async def _check_exit(child: Child, dump: Dump, probe: asyncio.Future[ServerInfo]) -> None:
-    """Raise unless the dump exited 0; a failed login probe explains a failure best."""
-    code = await child.wait()
-    if code == 0:
-        return
-    await asyncio.wait([probe])
-    if not probe.cancelled() and isinstance(probe.exception(), BackupdError):
-        await probe  # raises the login or version problem
-    stderr = child.stderr_text()
-    hint = dump.explain(stderr)
-    raise DumpError(
-        f"{f'{hint}: ' if hint else ''}{child.name} exited with status {describe_status(code)}: "
-        f"{stderr or 'no output'}"
-    )
 
 
 async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
@@ -410,22 +361,13 @@ async def run_backup(target: TargetConfig, progress: Progress | None = None) -> 
 
 async def _run_all(
     target: TargetConfig,
-    source: Source | FileSource,
+    source: BackupSource,
     storage: Storage,
     probe: asyncio.Future[ServerInfo],
     progress: Progress,
     run: TargetRun,
 ) -> None:
     """Each database in turn; one failing does not stop the others."""
-    if isinstance(source, FileSource):
-        for database in target.database.databases or await _all_databases(source, probe):
-            try:
-                run.results.append(
-                    await file_to_storage(target, source, database, storage, probe, progress)
-                )
-            except BackupdError as error:
-                run.failures.append((database, error))
-        return
     for dump in await _dumps(target, source, probe):
         try:
             run.results.append(await dump_to_storage(target, dump, storage, probe, progress))
@@ -433,9 +375,7 @@ async def _run_all(
             run.failures.append((dump.database, error))
 
 
-async def _all_databases(
-    source: Source | FileSource, probe: asyncio.Future[ServerInfo]
-) -> list[str]:
+async def _all_databases(source: BackupSource, probe: asyncio.Future[ServerInfo]) -> list[str]:
     await probe  # a failed login says more than an empty list
     names = await source.list_databases()
     if not names:
@@ -444,33 +384,24 @@ async def _all_databases(
 
 
 async def _dumps(
-    target: TargetConfig, source: Source, probe: asyncio.Future[ServerInfo]
+    target: TargetConfig, source: BackupSource, probe: asyncio.Future[ServerInfo]
 ) -> list[Dump]:
     """The objects this run produces: one per database, plus server globals for ``*``."""
     if not target.database.all_databases:
         return [_database_dump(source, name) for name in target.database.databases]
     dumps = [_database_dump(source, name) for name in await _all_databases(source, probe)]
-    info = await probe
-    globals_command = source.globals_command(info)
-    if globals_command is not None:
-
-        async def command(_: bool) -> Command:
-            assert globals_command is not None
-            return globals_command
-
-        dumps.append(
-            Dump(GLOBALS, ".sql", command, False, source.explain_failure, _nothing_recorded)
-        )
+    server_globals = source.open_globals(await probe)
+    if server_globals is not None:
+        dumps.append(Dump(GLOBALS, ".sql", lambda _: server_globals, False, _nothing_recorded))
     return dumps
 
 
-def _database_dump(source: Source, database: str) -> Dump:
+def _database_dump(source: BackupSource, database: str) -> Dump:
     return Dump(
         database=database,
         extension=source.extension,
-        command=lambda native: source.dump_command(database, native),
+        open=lambda native: source.open_dump(database, native),
         tool_compresses=source.can_compress,
-        explain=source.explain_failure,
         properties=lambda: source.database_properties(database),
         estimate=lambda: source.estimated_size(database),
     )

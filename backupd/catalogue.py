@@ -146,6 +146,8 @@ class Manifest:
     settings recorded at backup time (engine-specific; see the source modules).
     ``names_database`` is True for MySQL/MariaDB dumps whose SQL names the database
     (``CREATE DATABASE``/``USE``; backupd wrote those before manifest format 2).
+    ``encryption`` is None unless the stored bytes are an age file; ``sha256`` and ``size`` are
+    then those of the encrypted bytes.
     Unknown fields of newer manifests are kept in ``extra`` and written back unchanged.
     """
 
@@ -164,6 +166,9 @@ class Manifest:
     run_id: str | None = None
     properties: dict[str, Any] = field(default_factory=dict)
     names_database: bool = False
+    encryption: dict[str, Any] | None = None
+    """For an encrypted object: ``format`` (``age``), ``recipients`` (public keys, never an
+    identity) and ``plaintext_size`` (bytes before encryption); see ``encryption.Encrypt``."""
     format: int = MANIFEST_FORMAT
     backupd_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from backupd import encryption
 from backupd.claims import self_test
 from backupd.config import CoordinationConfig, Engine, S3Config, TargetConfig
 from backupd.errors import BackupdError
@@ -147,6 +148,13 @@ async def check_target(target: TargetConfig, send_test: bool = False) -> list[Fi
     findings += await _databases(target, source, finding, logged_in)
     if db.engine is Engine.MSSQL:
         findings.append(await _shared_volume(target, finding))
+    if target.encryption.enabled:
+        try:
+            findings.append(
+                finding(True, "encryption", await encryption.probe(target.encryption.recipients))
+            )
+        except BackupdError as error:
+            findings.append(finding(False, "encryption", str(error)))
     probe_key = "/".join(
         p for p in (target.key_prefix, f".backupd-probe-{secrets.token_hex(6)}") if p
     )

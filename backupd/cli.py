@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     restoring.add_argument(
         "--force", action="store_true", help="with --key: allow an incomplete backup"
     )
+    restoring.add_argument(
+        "--identity",
+        type=Path,
+        metavar="FILE",
+        help="age identity file for an encrypted backup (default: ENCRYPTION_IDENTITY_FILE)",
+    )
     return parser
 
 
@@ -342,6 +348,7 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
         to_file=args.to_file,
         clean=args.clean,
         force=args.force,
+        identity=args.identity or target.encryption.identity_file,
         progress=TerminalProgress()
         if sys.stdout.isatty() and str(args.to_file) != "-"
         else LogProgress(),

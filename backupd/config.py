@@ -544,6 +544,38 @@ class MSSQLConfig(BaseModel):
         return self.local_dir if self.local_dir is not None else Path(self.backup_dir)
 
 
+class EncryptionConfig(BaseModel):
+    """age recipients the backups are encrypted to; the identity is for ``restore`` only.
+
+    ``recipients`` is filled by the loader from both variables, each recipient checked.
+    """
+
+    model_config = _FROZEN
+
+    recipients_text: str | None = Field(
+        None,
+        alias="ENCRYPTION_RECIPIENTS",
+        description="age recipients (age1...) or SSH public keys, comma-separated; "
+        "unset: no encryption",
+    )
+    recipients_file: Path | None = Field(
+        None,
+        alias="ENCRYPTION_RECIPIENTS_FILE",
+        description="A recipients file in age's format (one per line, # comments)",
+    )
+    identity_file: Path | None = Field(
+        None,
+        alias="ENCRYPTION_IDENTITY_FILE",
+        description="age identity file for backupd restore (default for --identity); "
+        "never needed by run or once",
+    )
+    recipients: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.recipients)
+
+
 class LimitsConfig(BaseModel):
     """Bounds on how long a child may go without progress."""
 
@@ -572,6 +604,9 @@ class TargetConfig(BaseModel):
     email: EmailConfig = Field(default_factory=lambda: EmailConfig.model_validate({}))
     hooks: HooksConfig = Field(default_factory=lambda: HooksConfig.model_validate({}))
     mssql: MSSQLConfig = Field(default_factory=lambda: MSSQLConfig.model_validate({}))
+    encryption: EncryptionConfig = Field(
+        default_factory=lambda: EncryptionConfig.model_validate({})
+    )
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig.model_validate({}))
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig.model_validate({}))
 

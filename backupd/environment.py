@@ -21,6 +21,7 @@ from backupd.config import (
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
+    EncryptionConfig,
     HooksConfig,
     LayoutConfig,
     LimitsConfig,
@@ -35,6 +36,7 @@ from backupd.config import (
     TargetConfig,
 )
 from backupd.errors import ConfigError
+from backupd.recipients import parse_recipient_list, parse_recipients_file
 
 SECRET_NAMES = frozenset(
     {
@@ -213,6 +215,7 @@ def load_target(
     email = reader.validate(EmailConfig)
     hooks = reader.validate(HooksConfig)
     mssql = reader.validate(MSSQLConfig)
+    encryption = _load_encryption(reader)
     retention = reader.validate(RetentionConfig)
     limits = reader.validate(LimitsConfig)
     if email is not None and email.enabled:
@@ -229,9 +232,36 @@ def load_target(
         email=email,
         hooks=hooks,
         mssql=mssql,
+        encryption=encryption,
         retention=retention,
         limits=limits,
     )
+
+
+def _load_encryption(reader: _Reader) -> EncryptionConfig:
+    """The recipients of both variables, each checked: a problem names the variable and the
+    item or line, never the value (a secret key pasted by mistake stays hidden)."""
+    config: EncryptionConfig | None = reader.validate(EncryptionConfig)
+    if config is None:
+        return EncryptionConfig.model_validate({})  # the problem is recorded already
+    recipients: list[str] = []
+    if config.recipients_text is not None:
+        found, problems = parse_recipient_list(config.recipients_text)
+        variable = reader.source.get("ENCRYPTION_RECIPIENTS", "ENCRYPTION_RECIPIENTS")
+        reader.problems += [f"{variable}: {problem}" for problem in problems]
+        recipients += found
+    if config.recipients_file is not None:
+        variable = reader.source.get("ENCRYPTION_RECIPIENTS_FILE", "ENCRYPTION_RECIPIENTS_FILE")
+        path = config.recipients_file
+        try:
+            found, problems = parse_recipients_file(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            found, problems = [], [f"cannot read it: {exc.strerror or exc}"]
+        except UnicodeDecodeError:
+            found, problems = [], ["is not UTF-8 text"]
+        reader.problems += [f"{variable}: {path} {problem}" for problem in problems]
+        recipients += found
+    return config.model_copy(update={"recipients": tuple(dict.fromkeys(recipients))})
 
 
 def _email_problems(email: EmailConfig, reader: _Reader) -> list[str]:

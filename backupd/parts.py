@@ -6,6 +6,15 @@ import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Readable(Protocol):
+    """A byte source the pipeline reads from: a dump's stdout, a file, a stage's output."""
+
+    async def fill(self, target: io.BytesIO | bytearray) -> int:
+        """Fill ``target``; return the count, which is short only at end of stream."""
+        ...
 
 
 def _nothing() -> None:

@@ -10,6 +10,7 @@ on any failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,7 +19,7 @@ import sys
 import time
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +28,13 @@ import zstandard
 
 from backupd.catalogue import Backup, Manifest, choose, scan
 from backupd.config import Engine, TargetConfig
+from backupd.encryption import (
+    DecryptError,
+    Decryption,
+    check_identity,
+    identity_for,
+    without_suffix,
+)
 from backupd.errors import BackupdError
 from backupd.process import Child, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
@@ -51,6 +59,7 @@ class _Plain:
 
 
 def decompressor_for(key: str) -> Decompressor:
+    key = without_suffix(key)  # decryption comes first
     if key.endswith(".zst"):
         return zstandard.ZstdDecompressor().decompressobj()
     if key.endswith(".gz"):
@@ -105,6 +114,8 @@ class Request:
     """A path, or ``-`` for standard output."""
     clean: bool = False
     force: bool = False
+    identity: Path | None = None
+    """The age identity file, for an encrypted backup."""
     progress: Progress = field(default_factory=LogProgress, compare=False)
 
 
@@ -118,11 +129,15 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
             at=request.at,
             force=request.force,
         )
+        identity = identity_for(chosen.key, request.identity)  # None: not encrypted
+        if identity is not None:  # before anything is created
+            await check_identity(storage.download(chosen.key), identity, chosen.key)
+        request = replace(request, identity=identity)
         log.info("restoring %s (%s)", chosen.key, chosen.taken.astimezone(target.layout.tz))
         if request.to_file is not None and str(request.to_file) == "-":
-            await _to_stdout(storage, chosen, request.progress)
+            await _to_stdout(storage, chosen, request.progress, identity)
         elif request.to_file is not None:
-            await _to_file(storage, chosen, request.to_file, request.progress)
+            await _to_file(storage, chosen, request.to_file, request.progress, identity)
         else:
             assert request.into is not None
             await _into_database(storage, target, chosen, request)
@@ -130,48 +145,70 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
 
 
 class _Download:
-    """The object's bytes, hashed as they arrive and decompressed.
+    """The object's bytes, hashed as they arrive, decrypted (with ``identity``) and
+    decompressed.
 
-    Whatever goes wrong on the way (a decompression error, a restore tool giving up), the rest
-    of the object can be ``drain``ed through the hash, so that damage is reported as such.
+    Whatever goes wrong on the way (a decryption or decompression error, a restore tool giving
+    up), the rest of the object can be ``drain``ed through the hash, so that damage is reported
+    as such.
     """
 
-    def __init__(self, storage: Storage, backup: Backup, progress: Progress) -> None:
+    def __init__(
+        self, storage: Storage, backup: Backup, progress: Progress, identity: Path | None = None
+    ) -> None:
         self._raw = storage.download(backup.key)
         self._key = backup.key
         self.verifier = self._verifier = Verifier(backup.key, backup.manifest)
         self._decompressor = decompressor_for(backup.key)
         self._progress = progress
         self._clock = time.monotonic()
+        self._identity = identity
+        self._decryption: Decryption | None = None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def _stored(self) -> AsyncIterator[bytes]:
         async for chunk in self._raw:
             self._verifier.update(chunk)
             self._progress.update(self._key, self._verifier.size, time.monotonic() - self._clock)
+            yield chunk
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async with contextlib.AsyncExitStack() as stack:
+            stored = self._stored()
+            if self._identity is not None:
+                self._decryption = Decryption(stored, self._identity, self._key)
+                stored = (await stack.enter_async_context(self._decryption)).plaintext()
             try:
-                plain = self._decompressor.decompress(chunk)
+                async for chunk in stored:
+                    plain = self._decompressor.decompress(chunk)
+                    if plain:
+                        yield plain
             except (zstandard.ZstdError, zlib.error) as error:
                 await self.drain()
                 raise RestoreError(f"cannot decompress {self._key}: {error}") from error
-            if plain:
-                yield plain
+            except DecryptError:
+                await self.drain()  # damage is reported as a checksum mismatch
+                raise
         self._progress.done(self._key)
 
     async def drain(self) -> None:
         """Hash the rest of the object and raise if it does not match its manifest."""
+        if self._decryption is not None:
+            await self._decryption.finish_input()  # the feeder reads (and hashes) the rest
         async for chunk in self._raw:
             self._verifier.update(chunk)
         self._verifier.check()
 
 
-async def _to_file(storage: Storage, backup: Backup, path: Path, progress: Progress) -> None:
-    """Download, verify and decompress into ``path``; it appears only once verified."""
+async def _to_file(
+    storage: Storage, backup: Backup, path: Path, progress: Progress, identity: Path | None
+) -> None:
+    """Download, verify, decrypt and decompress into ``path``; it appears only once verified."""
     if await asyncio.to_thread(path.exists):
         raise RestoreError(f"{path} already exists; choose another --to-file path")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with temporary.open("xb") as handle:
-            download = _Download(storage, backup, progress)
+            download = _Download(storage, backup, progress, identity)
             async for chunk in download.chunks():
                 await asyncio.to_thread(handle.write, chunk)
             download.verifier.check()
@@ -186,8 +223,10 @@ async def _to_file(storage: Storage, backup: Backup, path: Path, progress: Progr
         temporary.unlink(missing_ok=True)
 
 
-async def _to_stdout(storage: Storage, backup: Backup, progress: Progress) -> None:
-    """Download, verify and decompress to stdout (``--to-file -``), for a pipe.
+async def _to_stdout(
+    storage: Storage, backup: Backup, progress: Progress, identity: Path | None
+) -> None:
+    """Download, verify, decrypt and decompress to stdout (``--to-file -``), for a pipe.
 
     The last chunk is held back until the checksum matches: on a mismatch the reader sees the
     stream cut short, never a complete-looking dump, and backupd exits 1.
@@ -195,7 +234,7 @@ async def _to_stdout(storage: Storage, backup: Backup, progress: Progress) -> No
     out = sys.stdout.buffer
     held = b""
     try:
-        download = _Download(storage, backup, progress)
+        download = _Download(storage, backup, progress, identity)
         async for chunk in download.chunks():
             if held:
                 await asyncio.to_thread(out.write, held)
@@ -240,7 +279,7 @@ async def _into_database(
     try:
         if created:
             _warn(await source.create_database(into, properties))
-        await _feed_restore_tool(storage, source, target, backup, into, request.progress)
+        await _feed_restore_tool(storage, source, target, backup, into, request)
         _warn(await source.apply_properties(into, properties))
     except BaseException:
         if created:
@@ -261,7 +300,7 @@ async def _through_shared_file(
     assert request.into is not None
     server_path, local_path = source.paths(f"restore_{secrets.token_hex(6)}.bak")
     try:
-        await _to_file(storage, backup, local_path, request.progress)
+        await _to_file(storage, backup, local_path, request.progress, request.identity)
         await source.restore_from_file(server_path, request.into, request.clean)
     finally:
         await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
@@ -297,11 +336,11 @@ async def _feed_restore_tool(
     target: TargetConfig,
     backup: Backup,
     into: str,
-    progress: Progress,
+    request: Request,
 ) -> None:
     command = source.restore_command(into)
     rewrite = DatabaseStatementFilter() if names_database(backup, target.database.engine) else None
-    download = _Download(storage, backup, progress)
+    download = _Download(storage, backup, request.progress, request.identity)
     async with spawn(command.argv[0], command, stdin=asyncio.subprocess.PIPE) as child:
         output = asyncio.ensure_future(child.stdout.read_all())  # keep the tool's stdout drained
         try:

@@ -27,6 +27,7 @@ MIB = 1024 * 1024
 ROW_BYTES = 103  # size of one generated row in a -Z0 custom-format dump
 RESULTS = Path(__file__).parent / "results"
 BARE, OURS, PEER = "bare pg_dump > /dev/null", "backupd once", "pg_dump | aws s3 cp -"
+ENCRYPTED = "backupd once, age-encrypted"
 ORDERS_SQL = (
     "CREATE TABLE orders AS SELECT g AS id, (g % 100000)::bigint AS customer_id,"
     " (random() * 10000)::numeric(12, 2) AS amount,"
@@ -113,6 +114,12 @@ def contenders(
         BARE: (["sh", "-c", "pg_dump -Fc -Z0 --no-password > /dev/null"], pg),
         OURS: ([sys.executable, "-m", "backupd", "once"], backupd_env),
     }
+    if shutil.which("age-keygen"):
+        identity = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True)
+        recipient = subprocess.run(
+            ["age-keygen", "-y"], input=identity.stdout, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        runs[ENCRYPTED] = (runs[OURS][0], {**backupd_env, "ENCRYPTION_RECIPIENTS": recipient})
     if shutil.which("aws"):
         aws_env = {**pg, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
         pipeline = f"pg_dump -Fc -Z0 --no-password | aws --endpoint-url {sink} s3 cp - s3://bench/peer.dump"

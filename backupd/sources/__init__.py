@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from backupd.config import Engine, TargetConfig
-from backupd.sources.base import FileSource, ServerInfo, Source
+from backupd.sources.base import BackupSource, FileSource, ServerInfo, Source
 from backupd.sources.mssql import MSSQLSource
 from backupd.sources.mysql import MySQLSource
 from backupd.sources.postgres import PostgresSource
 
-__all__ = ["FileSource", "ServerInfo", "Source", "source_for"]
+__all__ = ["BackupSource", "FileSource", "ServerInfo", "Source", "source_for"]
 
 
 def source_for(target: TargetConfig) -> Source | FileSource:

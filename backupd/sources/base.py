@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from backupd.process import Command
+from backupd.errors import DumpError
+from backupd.parts import Readable, fill
+from backupd.process import Command, describe_status, spawn
 
 
 @dataclass(frozen=True)
@@ -18,11 +25,11 @@ class ServerInfo:
     superuser: bool = False
 
 
-class Source(Protocol):
-    """One database engine: how to log in, how to dump, what the dump is called."""
+class BackupSource(Protocol):
+    """What every engine offers the backup pipeline, which knows no engine beyond this."""
 
     extension: str
-    """File extension of the raw dump, e.g. ``.dump`` or ``.sql``."""
+    """File extension of the raw dump, e.g. ``.dump``, ``.sql`` or ``.bak``."""
 
     can_compress: bool
     """Whether the dump tool compresses by itself (pg_dump's custom format does)."""
@@ -35,12 +42,37 @@ class Source(Protocol):
         """Every database worth backing up (``DB_DATABASE=*``): no templates or system schemas."""
         ...
 
-    async def database_exists(self, database: str) -> bool:
-        """Whether the server has ``database``. Raise ConnectError when the login fails."""
-        ...
-
     async def estimated_size(self, database: str) -> int | None:
         """About how many bytes ``database`` holds (for progress), or None if unknown."""
+        ...
+
+    def open_dump(
+        self, database: str, native_compression: bool
+    ) -> AbstractAsyncContextManager[Readable]:
+        """The backup of ``database`` as a byte source.
+
+        Leaving the block after reading to end of stream checks that the backup succeeded
+        (the dump tool's exit status) and raises ``DumpError`` otherwise; leaving it any way at
+        all releases what the backup held (the child killed and reaped, a ``.bak`` deleted).
+        """
+        ...
+
+    def open_globals(self, info: ServerInfo) -> AbstractAsyncContextManager[Readable] | None:
+        """For ``DB_DATABASE=*``: server-wide objects (roles, ...) as a byte source, if any."""
+        ...
+
+    async def database_properties(self, database: str) -> dict[str, Any]:
+        """Database-level settings the dump does not carry into another name (encoding,
+        locale, defaults, comment), as JSON data for the manifest; ``{}`` when the backup
+        carries them itself. Raise DumpError when the database does not exist."""
+        ...
+
+
+class Source(BackupSource, Protocol):
+    """One database engine that dumps to a pipe: how to log in, dump and restore."""
+
+    async def database_exists(self, database: str) -> bool:
+        """Whether the server has ``database``. Raise ConnectError when the login fails."""
         ...
 
     def globals_command(self, info: ServerInfo) -> Command | None:
@@ -53,12 +85,6 @@ class Source(Protocol):
         Async because the argv depends on the installed tool's flavour (Oracle's mysqldump
         takes options MariaDB's rejects): it is built only once ``--version`` has answered.
         """
-        ...
-
-    async def database_properties(self, database: str) -> dict[str, Any]:
-        """Database-level settings the dump does not carry into another name (encoding,
-        locale, defaults, comment), as JSON data for the manifest. Raise DumpError when the
-        database does not exist."""
         ...
 
     def explain_failure(self, stderr: str) -> str | None:
@@ -90,19 +116,10 @@ class Source(Protocol):
 
 
 @runtime_checkable
-class FileSource(Protocol):
+class FileSource(BackupSource, Protocol):
     """An engine whose server writes the backup file itself (SQL Server) into a shared folder."""
 
-    extension: str
-    can_compress: bool
-
-    async def probe(self) -> ServerInfo: ...
-
-    async def list_databases(self) -> list[str]: ...
-
     def explain_failure(self, stderr: str) -> str | None: ...
-
-    async def estimated_size(self, database: str) -> int | None: ...
 
     def paths(self, name: str) -> tuple[str, Path]:
         """The file as the server names it, and as backupd opens it."""
@@ -117,3 +134,46 @@ class FileSource(Protocol):
     async def database_state(self, database: str) -> str: ...
 
     async def restore_from_file(self, server_path: str, database: str, replace: bool) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def command_output(
+    command: Command, explain: Callable[[str], str | None]
+) -> AsyncIterator[Readable]:
+    """The stdout of ``command`` (a dump tool); see ``BackupSource.open_dump``.
+
+    ``explain`` turns the tool's stderr into a hint for a known failure, if any.
+    """
+    async with spawn(command.argv[0], command) as child:
+        yield child.stdout
+        code = await child.wait()
+        if code != 0:
+            stderr = child.stderr_text()
+            hint = explain(stderr)
+            raise DumpError(
+                f"{f'{hint}: ' if hint else ''}{child.name} exited with status "
+                f"{describe_status(code)}: {stderr or 'no output'}"
+            )
+
+
+class FileReader:
+    """A file read into the caller's buffers in a worker thread (SQL Server's .bak)."""
+
+    def __init__(self, handle: io.BufferedReader) -> None:
+        self._handle = handle
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[FileReader]:
+        """Raise ``FileNotFoundError`` when ``path`` does not exist."""
+        handle = await asyncio.to_thread(path.open, "rb")
+        try:
+            yield cls(handle)
+        finally:
+            handle.close()
+
+    async def fill(self, target: io.BytesIO | bytearray) -> int:
+        return await asyncio.to_thread(self._fill, target)
+
+    def _fill(self, target: io.BytesIO | bytearray) -> int:
+        return fill(target, self._handle.readinto)

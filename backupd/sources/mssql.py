@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ntpath
 import posixpath
 import secrets
 import shutil
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from backupd.catalogue import safe_name
+from backupd.catalogue import safe_name, stem_for
 from backupd.config import MSSQLConfig, TargetConfig
 from backupd.errors import ConnectError, DumpError
+from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
-from backupd.sources.base import ServerInfo
+from backupd.sources.base import FileReader, ServerInfo
 from backupd.units import human_size
+
+log = logging.getLogger(__name__)
 
 MAX_NAME = 128
 ACCESS_HINT = (
@@ -100,7 +106,8 @@ def sqlcmd_env(target: TargetConfig) -> dict[str, str]:
 
 
 def bak_name(database: str, when: datetime) -> str:
-    return f"backupd_{safe_name(database)}_{when:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}.bak"
+    """A fresh name on the shared volume: two backups never write the same file."""
+    return f"{stem_for(database)}_{when:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}.bak"
 
 
 def explain(output: str, config: MSSQLConfig) -> str | None:
@@ -186,6 +193,32 @@ class MSSQLSource:
             database, server_path, native_compression and self.config.compression
         )
         await self._sqlcmd(statement, timeout=24 * 3600)
+
+    @contextlib.asynccontextmanager
+    async def open_dump(self, database: str, native_compression: bool) -> AsyncIterator[Readable]:
+        """Have the server write a ``.bak`` to the shared volume and read it from there; the
+        file is deleted however the block ends, cancellation included."""
+        now = datetime.now(self.target.layout.tz)
+        server_path, local_path = self.paths(bak_name(database, now))
+        log.debug("SQL Server writes %s to %s", database, server_path)
+        try:
+            await self.backup_to_file(database, server_path, native_compression)
+            if not await asyncio.to_thread(local_path.is_file):
+                raise DumpError(
+                    f"the server reported a backup, but {local_path} does not exist: "
+                    "MSSQL_LOCAL_DIR must be the directory MSSQL_BACKUP_DIR names, as backupd "
+                    "sees it"
+                )
+            async with FileReader.open(local_path) as reader:
+                yield reader
+        finally:
+            await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
+
+    def open_globals(self, info: ServerInfo) -> None:
+        return None
+
+    async def database_properties(self, database: str) -> dict[str, Any]:
+        return {}  # a .bak carries the database's settings itself
 
     # --- restore -------------------------------------------------------------------------
 

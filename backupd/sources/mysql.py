@@ -7,16 +7,19 @@ The password travels in a ``[client]`` option file that exists only as an inheri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from backupd.config import DatabaseConfig, Engine
 from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
+from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
-from backupd.sources.base import ServerInfo
+from backupd.sources.base import ServerInfo, command_output
 
 DUMP_OPTIONS = (
     "--single-transaction",
@@ -246,6 +249,15 @@ class MySQLSource:
             raise DumpError(missing_database(self.config, database))
         properties: dict[str, Any] = json.loads(rows[0])
         return properties
+
+    @contextlib.asynccontextmanager
+    async def open_dump(self, database: str, native_compression: bool) -> AsyncIterator[Readable]:
+        command = await self.dump_command(database, native_compression)
+        async with command_output(command, self.explain_failure) as output:
+            yield output
+
+    def open_globals(self, info: ServerInfo) -> None:
+        return None
 
     def explain_failure(self, stderr: str) -> str | None:
         if (unknown := _UNKNOWN_DATABASE.search(stderr)) is not None:

@@ -8,14 +8,18 @@ mistaken for a connection string.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from backupd.config import DatabaseConfig
 from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
+from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
-from backupd.sources.base import ServerInfo
+from backupd.sources.base import ServerInfo, command_output
 
 _VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
 _MISMATCH = re.compile(r"server version: ([\d.]+)[^;]*; pg_dump version: ([\d.]+)")
@@ -314,6 +318,15 @@ class PostgresSource:
 
     async def dump_command(self, database: str, native_compression: bool) -> Command:
         return Command(pg_dump_argv(native_compression), self._env(database))
+
+    @contextlib.asynccontextmanager
+    async def open_dump(self, database: str, native_compression: bool) -> AsyncIterator[Readable]:
+        command = await self.dump_command(database, native_compression)
+        async with command_output(command, self.explain_failure) as output:
+            yield output
+
+    def open_globals(self, info: ServerInfo) -> AbstractAsyncContextManager[Readable]:
+        return command_output(self.globals_command(info), self.explain_failure)
 
     async def database_properties(self, database: str) -> dict[str, Any]:
         rows = await self._query(PROPERTIES_QUERY, database)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -10,8 +11,9 @@ import pytest
 import zstandard
 
 from backupd.config import Compression, Engine
-from backupd.parts import BufferPool, Part
-from backupd.stream import Digest, fixed_parts, make_compressor, plan_compression
+from backupd.parts import BufferPool, Part, Readable
+from backupd.stages import choose_stages, key_suffix, plan_compression
+from backupd.stream import Digest, fixed_parts
 
 
 class ChunkedSource:
@@ -41,8 +43,11 @@ def payload(size: int) -> bytes:
 
 async def collect(source: ChunkedSource, part: int, kind: Compression) -> tuple[list[Part], Digest]:
     digest = Digest()
-    parts = [p async for p in fixed_parts(source, lambda n: part, digest, make_compressor(kind))]
-    return parts, digest
+    async with contextlib.AsyncExitStack() as stack:
+        reader: Readable = source
+        for stage in choose_stages(kind):
+            reader = await stack.enter_async_context(stage.apply(reader))
+        return [p async for p in fixed_parts(reader, lambda n: part, digest)], digest
 
 
 def joined(parts: list[Part]) -> bytes:
@@ -110,7 +115,7 @@ async def test_pooled_buffers_return_only_after_both_readers_released_them() -> 
     digest = Digest()
     held: list[Part] = []
 
-    async for part in fixed_parts(ChunkedSource(data), lambda n: 1000, digest, None, pool):
+    async for part in fixed_parts(ChunkedSource(data), lambda n: 1000, digest, pool):
         assert all(part.body is not other.body for other in held), (
             "a buffer still in use was reused"
         )
@@ -127,7 +132,7 @@ async def test_released_buffers_are_reused_without_corrupting_data() -> None:
     seen: list[bytes] = []
     bodies: list[io.BytesIO] = []  # strong references: no id is ever recycled
 
-    async for part in fixed_parts(ChunkedSource(data), lambda n: 1000, digest, None, pool):
+    async for part in fixed_parts(ChunkedSource(data), lambda n: 1000, digest, pool):
         seen.append(part.body.getvalue())
         bodies.append(part.body)
         part.release()  # storage is done with it at once
@@ -135,6 +140,29 @@ async def test_released_buffers_are_reused_without_corrupting_data() -> None:
     assert b"".join(seen) == data
     assert await digest.hexdigest() == hashlib.sha256(data).hexdigest()
     assert len({id(body) for body in bodies}) < len(bodies), "buffers were never reused"
+
+
+RECIPIENT = "age1hwzyjyf6pyekp84zmu9hddm3ru8hzc9uyg3v283y6uxdr8599gkq44etqw"
+
+
+@pytest.mark.parametrize(
+    ("kind", "recipients", "suffix"),
+    [
+        (Compression.NONE, (), ""),
+        (Compression.GZIP, (), ".gz"),
+        (Compression.ZSTD, (), ".zst"),
+        (Compression.NONE, (RECIPIENT,), ".age"),
+        (Compression.ZSTD, (RECIPIENT,), ".zst.age"),
+        (Compression.GZIP, (RECIPIENT, RECIPIENT), ".gz.age"),
+    ],
+)
+def test_stages_compress_before_they_encrypt_and_name_the_key_suffix(
+    kind: Compression, recipients: tuple[str, ...], suffix: str
+) -> None:
+    stages = choose_stages(kind, recipients)
+
+    assert key_suffix(stages) == suffix
+    assert bool(recipients) == (bool(stages) and stages[-1].suffix == ".age")  # encryption last
 
 
 async def test_cancelling_a_digest_mid_hash_leaves_its_buffer_usable() -> None:

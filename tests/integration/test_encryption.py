@@ -1,0 +1,442 @@
+"""Backups encrypted in the stream to age recipients: standard age files that the stock tools
+restore, and that ``backupd restore`` decrypts only with a matching identity."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    backupd_command,
+    bucket_state,
+    child_env,
+    mariadb_env,
+    pg_env,
+    run_backupd,
+    storage_env,
+)
+from tests.integration import test_mssql, test_notify
+from tests.integration.test_failures import finish, slow_upload_env, start_backupd
+from tests.integration.test_mssql import SIZE, mssql_env
+from tests.integration.test_notify import Inbox, mail_env
+from tests.integration.test_roundtrip import fetch_backup
+from tests.integration.test_secrets import ProcessWatcher
+from tests.procs import cmdlines, dump_processes, environ
+from tests.servers import FaultProxy, MariaDBServer, PostgresServer, wait_until
+
+DATA = Path(__file__).parent.parent / "data"
+AGE_HEADER = b"age-encryption.org/v1\n"
+sqlcmd = test_mssql.sqlcmd  # the stand-in SQL Server's fixture
+smtp = test_notify.smtp  # a real SMTP server (aiosmtpd) with AUTH
+# The test SMTP server takes AUTH without TLS (EMAIL_TLS=none): no certificates here.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Any]:
+    """Two age identities and an SSH ed25519 key pair, with their public halves."""
+    found: dict[str, Any] = {}
+    for name in ("key", "other"):
+        path = tmp_path / f"{name}.txt"
+        subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+        found[name] = path
+        found[f"{name}_public"] = subprocess.run(
+            ["age-keygen", "-y", str(path)], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    ssh = tmp_path / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops@example", "-f", str(ssh)],
+        check=True,
+    )
+    found["ssh"] = ssh
+    found["ssh_public"] = " ".join(ssh.with_suffix(".pub").read_text().split()[:2])
+    return found
+
+
+def recipe(script: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Run a shell pipeline of stock tools, as a person restoring without backupd would."""
+    subprocess.run(
+        ["bash", "-o", "pipefail", "-ec", script],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_bad_recipient_stops_backupd_with_exit_2_naming_the_variable_and_line(
+    keys: dict[str, Any], tmp_path: Path
+) -> None:
+    secret = next(
+        line for line in keys["key"].read_text().splitlines() if line.startswith("AGE-SECRET")
+    )
+    recipients = tmp_path / "recipients.txt"
+    recipients.write_text(f"# keys\n{keys['key_public']}\n{secret}\n")
+    env = {
+        "DB_HOST": "db.internal",
+        "DB_USER": "backup",
+        "DB_DATABASE": "app",
+        "STORAGE_BUCKET_NAME": "backups",
+        "ENCRYPTION_RECIPIENTS": "age1notarecipient",
+        "ENCRYPTION_RECIPIENTS_FILE": str(recipients),
+    }
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "ENCRYPTION_RECIPIENTS: item 1 of 1 is not a valid age recipient" in result.stderr
+    assert f"ENCRYPTION_RECIPIENTS_FILE: {recipients} line 3 is an identity" in result.stderr
+    assert secret not in result.stdout + result.stderr
+
+
+def test_postgres_backup_is_an_age_file_for_each_recipient_and_the_stock_tools_restore_it(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    database, marker = unique("secret"), f"plaintext-marker-{uuid.uuid4().hex}"
+    pg.create_database(
+        database,
+        (DATA / "postgres_sample.sql").read_text()
+        + f";INSERT INTO customers (name) VALUES ('{marker}')",
+    )
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "COMPRESSION": "none",  # the marker would be readable in an unencrypted dump
+        "ENCRYPTION_RECIPIENTS": f"{keys['key_public']}, {keys['ssh_public']} ops@example",
+    }
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    key, body, manifest = fetch_backup(s3, bucket)
+    assert key.endswith(".dump.age")
+    assert body.startswith(AGE_HEADER)
+    assert marker.encode() not in body
+    assert manifest["encryption"]["format"] == "age"
+    assert manifest["encryption"]["recipients"] == [keys["key_public"], keys["ssh_public"]]
+    assert manifest["encryption"]["plaintext_size"] < len(body)
+    (tmp_path / "backup.dump.age").write_bytes(body)
+    restored = unique("restored")
+    pg.create_database(restored)
+    recipe(
+        f"age -d -i key.txt backup.dump.age | pg_restore --no-owner -d {restored}",
+        tmp_path,
+        pg.env(restored),
+    )
+    assert pg.plain_dump(restored) == pg.plain_dump(database)
+    recipe("age -d -i id_ed25519 -o by-ssh.dump backup.dump.age", tmp_path)
+    assert (tmp_path / "by-ssh.dump").stat().st_size == manifest["encryption"]["plaintext_size"]
+
+
+def test_mariadb_backup_is_compressed_then_encrypted_and_the_stock_tools_restore_it(
+    mariadb: MariaDBServer,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    keys: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    database = unique("shop")
+    mariadb.create_database(database, (DATA / "mariadb_sample.sql").read_text())
+    recipients = tmp_path / "recipients.txt"
+    recipients.write_text(f"# the offline key\n{keys['key_public']}\n")
+    env = {
+        **mariadb_env(mariadb, database),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS_FILE": str(recipients),
+    }
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    key, body, manifest = fetch_backup(s3, bucket)
+    assert key.endswith(".sql.zst.age")
+    assert body.startswith(AGE_HEADER)
+    assert manifest["compression"]["stream"] == "zstd"
+    (tmp_path / "backup.sql.zst.age").write_bytes(body)
+    restored = unique("restored")
+    mariadb.create_database(restored)
+    recipe(
+        "age -d -i key.txt backup.sql.zst.age | zstd -d"
+        f" | mariadb --socket={mariadb.socket} -uroot --binary-mode --max-allowed-packet=1G"
+        f" --default-character-set=utf8mb4 {restored}",
+        tmp_path,
+    )
+    assert mariadb.plain_dump(restored) == mariadb.plain_dump(database)
+
+
+def test_sql_server_bak_goes_through_the_same_stages(
+    sqlcmd: dict[str, Any],
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    keys: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    env = mssql_env(sqlcmd, moto_url, bucket, ENCRYPTION_RECIPIENTS=keys["key_public"])
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    key, body, manifest = fetch_backup(s3, bucket)
+    assert key.endswith(".bak.age")
+    assert body.startswith(AGE_HEADER)
+    assert manifest["encryption"]["plaintext_size"] == SIZE
+    assert list(sqlcmd["shared"].iterdir()) == []
+    (tmp_path / "backup.bak.age").write_bytes(body)
+    recipe("age -d -i key.txt -o backup.bak backup.bak.age", tmp_path)
+    assert (tmp_path / "backup.bak").read_bytes() == random.Random(7).randbytes(SIZE)
+
+
+def run_together(
+    *runs: tuple[list[str], dict[str, str]],
+) -> list[subprocess.CompletedProcess[str]]:
+    """Several independent ``backupd`` commands at once (each with its own environment)."""
+    processes = [
+        subprocess.Popen(
+            backupd_command(*args),
+            env=child_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, env in runs
+    ]
+    return [finish(process) for process in processes]
+
+
+def only_backup_key(s3: Any, bucket: str) -> str:
+    (key,) = [k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json")]
+    return key
+
+
+def test_postgres_restore_needs_a_matching_identity_and_a_wrong_one_creates_nothing(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any]
+) -> None:
+    database = unique("shop")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS": f"{keys['key_public']},{keys['ssh_public']}",
+    }
+    assert run_backupd("once", env=env).returncode == 0
+    key = only_backup_key(s3, bucket)
+    wrong, bare, restored, by_ssh = (unique(name) for name in ("wrong", "bare", "ok", "ssh"))
+
+    checked, refused, mismatched, result, second = run_together(
+        (["check"], env),
+        (["restore", "--into", bare], env),
+        (["restore", "--into", wrong, "--identity", str(keys["other"])], env),
+        (["restore", "--into", restored, "--identity", str(keys["key"])], env),
+        (["restore", "--into", by_ssh], {**env, "ENCRYPTION_IDENTITY_FILE": str(keys["ssh"])}),
+    )
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "ok   default encryption: age " in checked.stdout
+    assert "encrypts to 2 recipient(s)" in checked.stdout
+    assert refused.returncode == 1
+    assert f"{key} is encrypted: give the age identity file" in refused.stdout
+    assert "--identity FILE" in refused.stdout
+    assert mismatched.returncode == 1
+    assert f"none of the identities in {keys['other']} can decrypt {key}" in mismatched.stdout
+    assert "Traceback" not in mismatched.stdout + mismatched.stderr
+    existing = pg.psql("SELECT datname FROM pg_database").split()
+    assert wrong not in existing and bare not in existing
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert pg.plain_dump(restored) == pg.plain_dump(database)
+    assert pg.plain_dump(by_ssh) == pg.plain_dump(database)
+
+
+def test_mariadb_encrypted_round_trip_and_a_tampered_object_is_a_checksum_mismatch(
+    mariadb: MariaDBServer,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    keys: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    database = unique("shop")
+    mariadb.create_database(database, (DATA / "mariadb_sample.sql").read_text())
+    env = {
+        **mariadb_env(mariadb, database),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS": keys["key_public"],
+        "ENCRYPTION_IDENTITY_FILE": str(keys["key"]),
+    }
+    assert run_backupd("once", env=env).returncode == 0
+    restored = unique("restored")
+
+    result = run_backupd("restore", "--into", restored, env=env)
+    to_file = run_backupd("restore", "--to-file", str(tmp_path / "shop.sql"), env=env)
+    key = only_backup_key(s3, bucket)
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    s3.delete_object(Bucket=bucket, Key=key)
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    tampered = run_backupd("restore", "--to-file", str(tmp_path / "bad.sql"), env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mariadb.plain_dump(restored) == mariadb.plain_dump(database)
+    assert to_file.returncode == 0, to_file.stdout + to_file.stderr
+    assert b"CREATE TABLE `customers`" in (tmp_path / "shop.sql").read_bytes()
+    assert tampered.returncode == 1
+    assert f"checksum mismatch for {key}" in tampered.stdout
+    assert not (tmp_path / "bad.sql").exists()
+
+
+def test_sql_server_restore_decrypts_the_bak_onto_the_volume(
+    sqlcmd: dict[str, Any], moto_url: str, bucket: str, keys: dict[str, Any]
+) -> None:
+    env = mssql_env(sqlcmd, moto_url, bucket, ENCRYPTION_RECIPIENTS=keys["key_public"])
+    assert run_backupd("once", env=env).returncode == 0
+
+    result = run_backupd("restore", "--into", "shop_copy", "--identity", str(keys["key"]), env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (sqlcmd["bin"] / "restored.bak").read_bytes() == random.Random(7).randbytes(SIZE)
+    assert list(sqlcmd["shared"].iterdir()) == []
+
+
+def test_sql_server_bak_is_deleted_when_an_encrypted_backup_is_cancelled(
+    sqlcmd: dict[str, Any], proxy: FaultProxy, s3: Any, bucket: str, keys: dict[str, Any]
+) -> None:
+    proxy.part_delay = 1.0  # the first part is held back: the SIGTERM comes mid-upload
+    env = mssql_env(
+        sqlcmd,
+        proxy.url,
+        bucket,
+        ENCRYPTION_RECIPIENTS=keys["key_public"],
+        STORAGE_UPLOAD_CONCURRENCY="1",
+    )
+    process = start_backupd(env)
+    wait_until(lambda: len(proxy.part_sizes()) >= 1, 30, "a part upload")
+
+    process.send_signal(signal.SIGTERM)
+    result = finish(process)
+
+    assert result.returncode == 1
+    assert "interrupted" in result.stdout
+    assert bucket_state(s3, bucket) == ([], [])
+    assert list(sqlcmd["shared"].iterdir()) == []
+    assert age_processes(keys["key_public"]) == []
+
+
+class EveryProcess(ProcessWatcher):
+    """Like ProcessWatcher, but records the environment of every new process."""
+
+    def _scan(self) -> None:
+        while not self._stop.is_set():
+            for pid, argv in cmdlines().items():
+                self.seen.add((pid, tuple(argv)))
+                if pid not in self.environments:
+                    self.environments[pid] = environ(pid)
+
+
+def test_the_identity_is_never_needed_by_once_and_never_in_argv_env_logs_or_mails(
+    pg: PostgresServer,
+    big_pg_database: str,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    keys: dict[str, Any],
+    smtp: tuple[int, Inbox],
+) -> None:
+    port, inbox = smtp
+    secret = next(
+        line for line in keys["key"].read_text().splitlines() if line.startswith("AGE-SECRET")
+    )
+    env = {
+        **pg_env(pg, big_pg_database),
+        **storage_env(moto_url, bucket),
+        **mail_env(port),
+        "COMPRESSION": "none",
+        "LOG_LEVEL": "DEBUG",
+        "ENCRYPTION_RECIPIENTS": keys["key_public"],
+    }
+    backed_up = run_backupd(
+        "once", env={**env, "ENCRYPTION_IDENTITY_FILE": str(keys["key"].with_name("absent"))}
+    )
+    restored = unique("restored")
+
+    with EveryProcess() as watcher:
+        result = run_backupd("restore", "--into", restored, "--identity", str(keys["key"]), env=env)
+
+    assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any(a[:2] == ("age", "--decrypt") for a in watcher.argvs()), "age was never seen"
+    assert not any(secret in arg for argv in watcher.argvs() for arg in argv)
+    assert not any(
+        secret in value for env in watcher.environments.values() for value in env.values()
+    )
+    assert inbox.raw
+    for text in (backed_up.stdout, backed_up.stderr, result.stdout, result.stderr, *inbox.raw):
+        assert secret not in (text if isinstance(text, str) else text.decode(errors="replace"))
+
+
+def age_processes(recipient: str) -> list[int]:
+    """Live age processes encrypting to ``recipient``."""
+    return [
+        pid
+        for pid, argv in cmdlines().items()
+        if argv and Path(argv[0]).name == "age" and recipient in argv
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stop", "said"),
+    [
+        ("sigterm", "interrupted"),
+        ("kill age", "FAILED at encrypt: age exited with status 9 (killed by SIGKILL)"),
+        ("kill pg_dump", "FAILED at dump: pg_dump exited with status 9 (killed by SIGKILL)"),
+    ],
+)
+def test_a_stopped_encrypted_backup_leaves_no_child_and_stores_nothing(
+    pg: PostgresServer,
+    big_pg_database: str,
+    proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    keys: dict[str, Any],
+    stop: str,
+    said: str,
+) -> None:
+    recipient = keys["key_public"]
+    env = {
+        **slow_upload_env(pg, big_pg_database, proxy, bucket),
+        "ENCRYPTION_RECIPIENTS": recipient,
+    }
+    process = start_backupd(env)
+    wait_until(
+        lambda: len(proxy.part_sizes()) >= 1 and age_processes(recipient) != [],
+        30,
+        "a part upload while age runs",
+    )
+
+    if stop == "sigterm":
+        process.send_signal(signal.SIGTERM)
+    for pid in age_processes(recipient) if stop == "kill age" else []:
+        os.kill(pid, signal.SIGKILL)
+    for pid in dump_processes(big_pg_database) if stop == "kill pg_dump" else []:
+        os.kill(pid, signal.SIGKILL)
+    result = finish(process)
+
+    assert result.returncode == 1
+    assert said in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert bucket_state(s3, bucket) == ([], [])
+    assert age_processes(recipient) == []
+    assert dump_processes(big_pg_database) == []
