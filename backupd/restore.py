@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import secrets
+import sys
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -133,7 +134,9 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
             await check_identity(storage.download(chosen.key), identity, chosen.key)
         request = replace(request, identity=identity)
         log.info("restoring %s (%s)", chosen.key, chosen.taken.astimezone(target.layout.tz))
-        if request.to_file is not None:
+        if request.to_file is not None and str(request.to_file) == "-":
+            await _to_stdout(storage, chosen, request.progress, identity)
+        elif request.to_file is not None:
             await _to_file(storage, chosen, request.to_file, request.progress, identity)
         else:
             assert request.into is not None
@@ -218,6 +221,29 @@ async def _to_file(
         raise RestoreError(f"cannot write {path}: {error.strerror or error}") from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+async def _to_stdout(
+    storage: Storage, backup: Backup, progress: Progress, identity: Path | None
+) -> None:
+    """Download, verify, decrypt and decompress to stdout (``--to-file -``), for a pipe.
+
+    The last chunk is held back until the checksum matches: on a mismatch the reader sees the
+    stream cut short, never a complete-looking dump, and backupd exits 1.
+    """
+    out = sys.stdout.buffer
+    held = b""
+    try:
+        download = _Download(storage, backup, progress, identity)
+        async for chunk in download.chunks():
+            if held:
+                await asyncio.to_thread(out.write, held)
+            held = chunk
+        download.verifier.check()
+        await asyncio.to_thread(out.write, held)
+        await asyncio.to_thread(out.flush)
+    except (BrokenPipeError, ValueError) as error:
+        raise RestoreError(f"stdout closed before the whole dump was written: {error}") from None
 
 
 async def _into_database(

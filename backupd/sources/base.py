@@ -47,6 +47,10 @@ class BackupSource(Protocol):
         """Every database worth backing up (``DB_DATABASE=*``): no templates or system schemas."""
         ...
 
+    async def estimated_size(self, database: str) -> int | None:
+        """About how many bytes ``database`` holds (for progress), or None if unknown."""
+        ...
+
     def open_dump(
         self, database: str, native_compression: bool, snapshot: str | None = None
     ) -> AbstractAsyncContextManager[Readable]:
@@ -77,6 +81,10 @@ class BackupSource(Protocol):
 
 class Source(BackupSource, Protocol):
     """One database engine that dumps to a pipe: how to log in, dump and restore."""
+
+    async def database_exists(self, database: str) -> bool:
+        """Whether the server has ``database``. Raise ConnectError when the login fails."""
+        ...
 
     def globals_command(self, info: ServerInfo) -> Command | None:
         """For ``DB_DATABASE=*``: a dump of server-wide objects (roles, ...), if any."""

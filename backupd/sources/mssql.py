@@ -27,6 +27,7 @@ from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import FileReader, ServerInfo
 from backupd.sources.session import DumpSession, no_session
+from backupd.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,9 @@ class MSSQLSource:
             ).free
             if free < needed:
                 raise DumpError(
-                    f"{self.config.effective_local_dir} has {free:,} bytes free; the backup of "
-                    f"{database} needs about {needed:,} (data files of {size:,} bytes)"
+                    f"{self.config.effective_local_dir} has {human_size(free)} free; the backup "
+                    f"of {database} needs about {human_size(needed)} (data files of "
+                    f"{human_size(size)})"
                 )
 
     async def backup_to_file(
@@ -227,6 +229,10 @@ class MSSQLSource:
         return {}  # a .bak carries the database's settings itself
 
     # --- restore -------------------------------------------------------------------------
+
+    async def estimated_size(self, database: str) -> int | None:
+        """Not estimated: the server writes the backup file itself."""
+        return None
 
     async def database_state(self, database: str) -> str:
         rows = await self._sqlcmd(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import hashlib
@@ -162,3 +163,20 @@ def test_stages_compress_before_they_encrypt_and_name_the_key_suffix(
 
     assert key_suffix(stages) == suffix
     assert bool(recipients) == (bool(stages) and stages[-1].suffix == ".age")  # encryption last
+
+
+async def test_cancelling_a_digest_mid_hash_leaves_its_buffer_usable() -> None:
+    """A failed dump cancels the hasher while a worker thread still reads the part: no
+    BufferError, and the buffer can be resized once the digest settled."""
+    body = io.BytesIO(bytes(64 * 1024 * 1024))
+    digest = Digest()
+    await digest.update(Part(body, 64 * 1024 * 1024))
+    pending = digest._pending
+    assert pending is not None
+    await asyncio.sleep(0.001)
+
+    pending.cancel()
+    await digest.settle()
+
+    body.truncate(10)
+    assert body.getvalue() == bytes(10)
