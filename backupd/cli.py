@@ -249,7 +249,18 @@ def parse_at(text: str, target: TargetConfig) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(f"--at {text!r} is not an ISO 8601 time, e.g. 2026-11-28T02:00") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=target.layout.tz)
+    if moment.tzinfo is not None:
+        return moment
+    earlier, later = (moment.replace(tzinfo=target.layout.tz, fold=f) for f in (0, 1))
+    if earlier.utcoffset() != later.utcoffset():
+        # A wall time the clocks passed twice (or skipped): say which instant was taken.
+        log.warning(
+            "--at %s is ambiguous in %s (clocks changed); using %s, give the offset to choose",
+            text,
+            target.layout.timezone,
+            earlier.isoformat(),
+        )
+    return earlier
 
 
 async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
@@ -287,6 +298,8 @@ async def _list(settings: Settings, args: argparse.Namespace) -> int:
     for line in listing_lines(backups, target, keep):
         print(line)
     print(f"{len(backups)} backup(s), {sum(b.complete for b in backups)} complete", flush=True)
+    if args.database is not None and not backups:
+        log.warning("no backup of database %r under %s/", args.database, target.key_prefix)
     return EXIT_OK
 
 
@@ -375,7 +388,8 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     written = "stdout" if str(args.to_file) == "-" else str(args.to_file)
     destination = f"database {args.into}" if args.into else written
-    log.info("restored %s into %s; checksum verified", chosen.key, destination)
+    verified = "checksum verified" if chosen.complete else "WITHOUT checksum verification"
+    log.info("restored %s into %s; %s", chosen.key, destination, verified)
     return EXIT_OK
 
 

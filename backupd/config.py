@@ -108,6 +108,9 @@ class DatabaseConfig(BaseModel):
         names = [name.strip() for name in value.split(",")]
         if value.strip() != "*" and (not all(names) or "*" in names):
             raise ValueError("must be a database name, a comma-separated list of names, or *")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"names {', '.join(twice)} more than once")
         return value.strip()
 
     @property

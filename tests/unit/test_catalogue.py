@@ -24,7 +24,10 @@ from backupd.catalogue import (
     safe_name,
     stem_for,
 )
+from backupd.cli import parse_at
 from backupd.config import Engine
+from backupd.environment import load_target
+from backupd.errors import ConfigError
 from backupd.restore import name_problem
 from backupd.storage.base import StoredObject
 
@@ -311,3 +314,26 @@ def test_restore_refuses_a_name_the_server_would_truncate_or_refuse(
     engine: Engine, name: str, refused: bool
 ) -> None:
     assert (name_problem(engine, name) is not None) is refused
+
+
+def test_a_database_named_twice_is_a_config_error() -> None:
+    env = {"DB_HOST": "h", "DB_USER": "u", "DB_DATABASE": "a, b, a", "STORAGE_BUCKET_NAME": "bkt"}
+    with pytest.raises(ConfigError, match="DB_DATABASE: names a more than once"):
+        load_target(env)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "warned"),
+    [
+        ("2026-10-25T02:30", "2026-10-25T02:30:00+02:00", True),  # Berlin's repeated hour
+        ("2026-10-25T04:30", "2026-10-25T04:30:00+01:00", False),
+        ("2026-10-25T02:30+01:00", "2026-10-25T02:30:00+01:00", False),
+    ],
+)
+def test_at_without_an_offset_is_read_in_timezone_and_ambiguity_is_said(
+    text: str, expected: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {"DB_HOST": "h", "DB_USER": "u", "DB_DATABASE": "a", "STORAGE_BUCKET_NAME": "bkt"}
+    target = load_target({**env, "TIMEZONE": "Europe/Berlin"})
+    assert parse_at(text, target).isoformat() == expected
+    assert ("ambiguous" in caplog.text) is warned
