@@ -20,18 +20,22 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
-from backupd.check import check_target
 from backupd.config import Settings, TargetConfig
-from backupd.daemon import Daemon
 from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError
 from backupd.logs import setup_logging
-from backupd.process import mask
+from backupd.process import Command, discard_early, mask, start_early
 from backupd.progress import LogProgress, TerminalProgress
-from backupd.report import backup_and_report, secrets_of
-from backupd.restore import Request, list_backups, restore
+from backupd.report import secrets_of
+
+# The modules each command needs are imported in the command's function: ``backupd once``
+# starts its dump first (see ``process.start_early``) and loads the rest while it runs.
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits (Python's default: 0.005). The thread
+draining a dump's pipe needs it for a moment after every read; waiting 5 ms each time, while
+imports or the event loop hold it, leaves the dump blocked on a full pipe."""
 log = logging.getLogger("backupd")
 
 
@@ -85,12 +89,19 @@ class UsageError(Exception):
 
 
 async def _once(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.report import backup_and_report
+
     progress = TerminalProgress() if sys.stdout.isatty() else None
-    results = [await backup_and_report(target, progress) for target in settings.targets]
+    try:
+        results = [await backup_and_report(target, progress) for target in settings.targets]
+    finally:
+        await discard_early()
     return EXIT_OK if all(report.ok for reports in results for report in reports) else EXIT_FAILED
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.daemon import Daemon
+
     return await Daemon(settings).run()
 
 
@@ -134,6 +145,8 @@ async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _list(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.restore import list_backups
+
     target = pick_target(settings, args.target)
     try:
         backups = await list_backups(target)
@@ -151,6 +164,8 @@ async def _list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _restore(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.restore import Request, restore
+
     target = pick_target(settings, args.target)
     request = Request(
         key=args.key,
@@ -172,6 +187,8 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.check import check_target
+
     print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
     ok = True
     for target in settings.targets:
@@ -181,8 +198,11 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def run_cancellable(main: Coroutine[Any, Any, int]) -> int:
-    """Run ``main``; SIGTERM or SIGINT cancels it, so uploads abort and children are killed."""
+def run_cancellable(main: Coroutine[Any, Any, int], early: Command | None = None) -> int:
+    """Run ``main``; SIGTERM or SIGINT cancels it, so uploads abort and children are killed.
+
+    ``early``, a dump command, is started before ``main`` begins (see ``start_early``).
+    """
 
     async def runner() -> int:
         task = asyncio.current_task()
@@ -196,7 +216,10 @@ def run_cancellable(main: Coroutine[Any, Any, int]) -> int:
             log.error("interrupted: running backups were aborted and nothing was published")
             return EXIT_FAILED
 
-    return asyncio.run(runner())
+    with asyncio.Runner() as loop:
+        if early is not None:
+            loop.run(start_early(early))
+        return loop.run(runner())
 
 
 def all_secrets(settings: Settings) -> list[str]:
@@ -206,8 +229,15 @@ def all_secrets(settings: Settings) -> list[str]:
     return hidden
 
 
+def first_dump(settings: Settings) -> Command | None:
+    from backupd.prestart import first_dump
+
+    return first_dump(settings)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         settings = load(args)
     except ConfigError as error:
@@ -230,7 +260,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     status = EXIT_FAILED
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            status = run_cancellable(commands[args.command](settings, args))
+            early = first_dump(settings) if args.command == "once" else None
+            status = run_cancellable(commands[args.command](settings, args), early)
     except UsageError as error:
         print(f"backupd: {error}", file=sys.stderr)
         status = EXIT_CONFIG

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import io
 import logging
 import os
 import signal
@@ -19,14 +17,12 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from backupd.errors import BackupdError, DumpError
-from backupd.parts import fill
+from backupd.pipe import PipeReader
 
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 20
 KILL_GRACE_SECONDS = 5.0
-F_SETPIPE_SZ = 1031
-PIPE_SIZE = 1024 * 1024
 # Variables a dump tool may need from our own environment. Everything else, notably the
 # storage and mail secrets backupd holds, stays out of the child's environment.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER")
@@ -74,50 +70,6 @@ def mask(text: str, secrets: list[str]) -> str:
         if len(secret) >= MIN_MASKED_LENGTH:
             text = text.replace(secret, "******")
     return text
-
-
-class PipeReader:
-    """The read end of a child's stdout, read straight into the caller's buffer.
-
-    Each ``fill`` runs a blocking read loop in a worker thread: one copy, kernel to
-    destination, and no event-loop wake-up per pipe write (pg_dump writes 8 KiB at a time).
-    A cancelled caller leaves the thread to finish at EOF, which killing the child brings.
-    """
-
-    def __init__(self, fd: int) -> None:
-        with contextlib.suppress(OSError):  # a larger pipe absorbs our brief pauses
-            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-        self.fd = fd
-        self._closed = False
-        self._reading: asyncio.Future[int] | None = None
-
-    async def fill(self, target: io.BytesIO | bytearray) -> int:
-        """Fill ``target``; return how many bytes were read (fewer only at end of stream)."""
-        loop = asyncio.get_running_loop()
-        self._reading = loop.run_in_executor(None, _fill, self.fd, target)
-        # Shielded: a cancelled caller must not lose track of a thread still reading the fd.
-        return await asyncio.shield(self._reading)
-
-    async def read_all(self) -> bytes:
-        chunks = bytearray()
-        buffer = bytearray(65536)
-        while count := await self.fill(buffer):
-            chunks += buffer[:count]
-        return bytes(chunks)
-
-    def close(self) -> None:
-        """Close the fd, once no thread reads it: a reused fd number must never be read."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._reading is not None and not self._reading.done():
-            self._reading.add_done_callback(lambda _: os.close(self.fd))
-        else:
-            os.close(self.fd)
-
-
-def _fill(fd: int, target: io.BytesIO | bytearray) -> int:
-    return fill(target, lambda view: os.readv(fd, [view]))
 
 
 class Child:
@@ -189,7 +141,15 @@ async def spawn(
     *,
     stdin: int | None = asyncio.subprocess.DEVNULL,
 ) -> AsyncIterator[Child]:
-    """Start ``command`` in its own session; kill and reap its group when the block ends."""
+    """Start ``command`` in its own session; kill and reap its group when the block ends.
+
+    A child ``start_early`` started for an equal command is taken over instead of a new one.
+    """
+    early = _take_early(command) if stdin == asyncio.subprocess.DEVNULL else None
+    if early is not None:
+        async with early[1]:
+            yield early[0]
+        return
     secret_fd = _secret_pipe(command.pipe_file) if command.pipe_file is not None else None
     stdout_read, stdout_write = os.pipe()
     try:
@@ -219,6 +179,41 @@ async def spawn(
         yield child
     finally:
         await asyncio.shield(child.kill())
+
+
+_early: list[tuple[Command, Child, contextlib.AsyncExitStack]] = []
+
+
+async def start_early(command: Command) -> None:
+    """Start ``command`` ahead of need: the first ``spawn`` of an equal command takes it over.
+
+    ``backupd once`` starts its first dump this way before loading the rest of itself (the
+    storage client alone costs a few hundred milliseconds), so the dump runs meanwhile; its
+    stdout is drained from the start (see ``PipeReader``). A start that fails is forgotten:
+    the real ``spawn`` then fails the same way and reports it.
+    """
+    stack = contextlib.AsyncExitStack()
+    try:
+        child = await stack.enter_async_context(spawn(command.argv[0], command))
+    except BackupdError:
+        return
+    _early.append((command, child, stack))
+
+
+async def discard_early() -> None:
+    """Kill and reap children started early that no ``spawn`` took over."""
+    while _early:
+        command, _, stack = _early.pop()
+        log.debug("%s was started early but not used; stopping it", command.argv[0])
+        await stack.aclose()
+
+
+def _take_early(command: Command) -> tuple[Child, contextlib.AsyncExitStack] | None:
+    for index, (started, child, stack) in enumerate(_early):
+        if started == command:
+            del _early[index]
+            return child, stack
+    return None
 
 
 def _secret_pipe(payload: bytes) -> int:

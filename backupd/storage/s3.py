@@ -315,6 +315,24 @@ def _register_part_payload() -> None:
     _payload_registered = True
 
 
+def _prepared_session() -> Any:
+    """An aiobotocore session whose S3 model and endpoint data are already parsed.
+
+    Importing aiobotocore and parsing botocore's JSON data (a few MB) is most of the cost of a
+    client; this does it ahead of ``create_client``, which then finds it all cached.
+    """
+    from aiobotocore.session import get_session
+
+    _register_part_payload()
+    session = get_session()
+    loader = session.get_component("data_loader")
+    for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
+        loader.load_data(name)
+    for kind in ("service-2", "endpoint-rule-set-1"):
+        loader.load_service_model("s3", kind)
+    return session
+
+
 class S3Storage:
     def __init__(self, config: S3Config) -> None:
         self.config = config
@@ -340,13 +358,11 @@ class S3Storage:
         """
         async with self._lock:
             if self._client is None:
-                from aiobotocore.session import get_session
-
-                _register_part_payload()
-
+                # In a worker thread, so that the event loop keeps serving the dump meanwhile.
+                session = await asyncio.to_thread(_prepared_session)
                 key_id, secret = self.config.access_key_id, self.config.secret_access_key
-                self._client = await self._stack.enter_async_context(
-                    get_session().create_client(
+                client: S3Client = await self._stack.enter_async_context(
+                    session.create_client(
                         "s3",
                         endpoint_url=self.config.endpoint_url,
                         region_name=self.config.region,
@@ -356,6 +372,7 @@ class S3Storage:
                         aws_secret_access_key=secret.get_secret_value() if secret else None,
                     )
                 )
+                self._client = client
             return self._client
 
     async def warm_up(self) -> None:
