@@ -23,6 +23,7 @@ from backupd.process import Child, Command, describe_status, spawn
 from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, ServerInfo, Source, source_for
 from backupd.storage import Storage, Upload, open_storage
+from backupd.storage.base import Estimate
 from backupd.stream import (
     SUFFIXES,
     Digest,
@@ -84,6 +85,8 @@ class Dump:
     tool_compresses: bool
     explain: Callable[[str], str | None]
     """A hint for a known failure in the tool's stderr."""
+    estimate: Estimate | None = None
+    """The database's rough size in bytes, asked only by storage that needs it (R2's parts)."""
 
 
 async def dump_to_storage(
@@ -107,7 +110,10 @@ async def dump_to_storage(
     digest = Digest()
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
-    async with storage.upload(key, metadata) as upload, spawn(command.argv[0], command) as child:
+    async with (
+        storage.upload(key, metadata, dump.estimate) as upload,
+        spawn(command.argv[0], command) as child,
+    ):
         await _copy(target, child.stdout, upload, digest, stream_kind, key, clock, progress)
         await _check_exit(child, dump, probe)
         if digest.size == 0:
@@ -337,6 +343,7 @@ def _database_dump(source: Source, database: str) -> Dump:
         command=lambda native: source.dump_command(database, native),
         tool_compresses=source.can_compress,
         explain=source.explain_failure,
+        estimate=lambda: source.estimated_size(database),
     )
 
 

@@ -29,7 +29,7 @@ F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1024 * 1024
 """Asked of the kernel; an unprivileged process gets at most /proc/sys/fs/pipe-max-size."""
 READ_CHUNK = 1024 * 1024
-READ_AHEAD = 4 * READ_CHUNK
+READ_AHEAD = READ_CHUNK
 SMALL_READ = 64 * 1024
 PAUSE = 0.001
 """After a read that found less than SMALL_READ bytes, the thread lets the pipe fill for PAUSE

@@ -35,6 +35,10 @@ class Source(Protocol):
         """Every database worth backing up (``DB_DATABASE=*``): no templates or system schemas."""
         ...
 
+    async def estimated_size(self, database: str) -> int | None:
+        """About how many bytes ``database`` holds (for progress), or None if unknown."""
+        ...
+
     def globals_command(self, info: ServerInfo) -> Command | None:
         """For ``DB_DATABASE=*``: a dump of server-wide objects (roles, ...), if any."""
         ...

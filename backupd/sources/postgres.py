@@ -11,7 +11,7 @@ import asyncio
 import re
 
 from backupd.config import DatabaseConfig
-from backupd.errors import ConnectError, DumpError
+from backupd.errors import BackupdError, ConnectError, DumpError
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import ServerInfo
 
@@ -154,6 +154,15 @@ class PostgresSource:
             "SELECT datname FROM pg_database"
             " WHERE datallowconn AND NOT datistemplate ORDER BY datname"
         )
+
+    async def estimated_size(self, database: str) -> int | None:
+        """``pg_database_size`` in bytes: tables, indexes and free space, so a dump is usually
+        smaller; None when it cannot be read (no CONNECT privilege, ...)."""
+        try:
+            rows = await self._query(f"SELECT pg_database_size({pg_literal(database)})", "postgres")
+        except BackupdError:
+            return None
+        return int(rows[0]) if rows and rows[0].isdigit() else None
 
     def globals_command(self, info: ServerInfo) -> Command:
         return Command(pg_dumpall_globals_argv(info.superuser), self._env("postgres"))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from backupd.parts import Part
+
+Estimate = Callable[[], Awaitable[int | None]]
 
 
 class Upload(Protocol):
@@ -47,8 +49,11 @@ class Storage(Protocol):
         """Open connections ahead of need (optional work, safe to run concurrently)."""
         ...
 
-    def upload(self, key: str, metadata: dict[str, str]) -> AbstractAsyncContextManager[Upload]:
-        """Start writing ``key``; see ``Upload``."""
+    def upload(
+        self, key: str, metadata: dict[str, str], estimate: Estimate | None = None
+    ) -> AbstractAsyncContextManager[Upload]:
+        """Start writing ``key``; see ``Upload``. A store whose parts cannot grow (R2) may call
+        ``estimate`` (the database's rough size in bytes, or None) to choose large enough parts."""
         ...
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from backupd.config import LocalConfig
 from backupd.errors import StorageError
 from backupd.parts import Part
-from backupd.storage.base import StoredObject
+from backupd.storage.base import Estimate, StoredObject
 
 DOWNLOAD_CHUNK = 1024 * 1024
 
@@ -109,7 +109,9 @@ class LocalStorage:
         return path
 
     @contextlib.asynccontextmanager
-    async def upload(self, key: str, metadata: dict[str, str]) -> AsyncIterator[LocalUpload]:
+    async def upload(
+        self, key: str, metadata: dict[str, str], estimate: Estimate | None = None
+    ) -> AsyncIterator[LocalUpload]:
         upload = LocalUpload(self.path_for(key), self.config.part_size)
         try:
             await upload.open()

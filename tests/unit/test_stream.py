@@ -134,3 +134,18 @@ async def test_released_buffers_are_reused_without_corrupting_data() -> None:
     assert b"".join(seen) == data
     assert await digest.hexdigest() == hashlib.sha256(data).hexdigest()
     assert len({id(body) for body in bodies}) < len(bodies), "buffers were never reused"
+
+
+async def test_a_part_is_free_only_once_hashed_and_sent() -> None:
+    pool = BufferPool(keep=2)
+    freed: list[str] = []
+    part = pool.part(pool.take(1000), 1000)
+
+    part.when_free(lambda: freed.append("first"))
+    part.release()  # sent
+    assert freed == []
+    part.release()  # hashed
+    assert freed == ["first"]
+    part.when_free(lambda: freed.append("late"))  # already free: at once
+    assert freed == ["first", "late"]
+    assert pool.take(1000) is part.body, "the free buffer is reused"
