@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -352,22 +353,31 @@ def _register_part_payload() -> None:
     _payload_registered = True
 
 
+_session: Any = None
+_session_lock = threading.Lock()
+
+
 def _prepared_session() -> Any:
-    """An aiobotocore session whose S3 model and endpoint data are already parsed.
+    """The process's aiobotocore session, its S3 model and endpoint data already parsed.
 
     Importing aiobotocore and parsing botocore's JSON data (a few MB) is most of the cost of a
-    client; this does it ahead of ``create_client``, which then finds it all cached.
+    client: done once per process (``backupd run`` makes a client per run, every target, every
+    slot), and ahead of ``create_client``, which then finds it all cached.
     """
-    from aiobotocore.session import get_session
+    global _session
+    with _session_lock:
+        if _session is None:
+            from aiobotocore.session import get_session
 
-    _register_part_payload()
-    session = get_session()
-    loader = session.get_component("data_loader")
-    for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
-        loader.load_data(name)
-    for kind in ("service-2", "endpoint-rule-set-1"):
-        loader.load_service_model("s3", kind)
-    return session
+            _register_part_payload()
+            session = get_session()
+            loader = session.get_component("data_loader")
+            for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
+                loader.load_data(name)
+            for kind in ("service-2", "endpoint-rule-set-1"):
+                loader.load_service_model("s3", kind)
+            _session = session
+        return _session
 
 
 class S3Storage:
