@@ -220,7 +220,9 @@ def crowd_summary(crowd: many.ManyResult, load: str) -> list[str]:
         f"missed {len(crowd.missed)}, doubled {len(crowd.doubled)}, failed {crowd.failures}, "
         f"objects missing {len(crowd.missing_objects)}; peak RSS {crowd.peak_rss:.1f} MiB "
         f"(first minute {crowd.rss_between(0, 60):.1f}, "
-        f"after it {crowd.rss_between(60, crowd.seconds + 1):.1f}).",
+        f"after it {crowd.rss_between(60, crowd.seconds + 1):.1f}). CPU per run: backupd "
+        f"{crowd.cpu[0] / max(crowd.runs, 1) * 1000:.0f} ms, its children (probe, dump) "
+        f"{crowd.cpu[1] / max(crowd.runs, 1) * 1000:.0f} ms.",
         "",
     ]
 
