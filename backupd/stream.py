@@ -44,9 +44,17 @@ class _Gzip:
         return self._z.flush()
 
 
+ZSTD_JOB_SIZE = 2 * 1024 * 1024
+"""Bytes each zstd worker thread takes at a time. zstd's default at level 3 (8 MiB) holds about
+40 MiB in the workers' buffers; 2 MiB holds about 13 MiB, for a ratio about 2% worse."""
+
+
 class _Zstd:
     def __init__(self) -> None:
-        self._z = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj()
+        params = zstandard.ZstdCompressionParameters.from_level(
+            ZSTD_LEVEL, threads=-1, job_size=ZSTD_JOB_SIZE
+        )
+        self._z = zstandard.ZstdCompressor(compression_params=params).compressobj()
 
     def compress(self, data: memoryview) -> bytes:
         return self._z.compress(data)

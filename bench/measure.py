@@ -40,12 +40,16 @@ class Sample:
 
 
 def measure(
-    argv: list[str], env: dict[str, str], *, watch_pipe: bool = False, timeout: float = 3600
+    argv: list[str], env: dict[str, str], *, watch_pipe: bool = False, cwd: Path | None = None
 ) -> Sample:
-    """Run ``argv`` to completion; raise RuntimeError (with its output's tail) if it fails."""
+    """Run ``argv`` to completion; raise RuntimeError (with its output's tail) if it fails.
+
+    ``cwd`` matters for ``python -m``: the working directory comes first on ``sys.path``, before
+    ``PYTHONPATH``, so a source tree to compare with is only used from elsewhere.
+    """
     with tempfile.TemporaryFile() as output:
         started = time.monotonic()
-        process = subprocess.Popen(argv, env=env, stdout=output, stderr=output)
+        process = subprocess.Popen(argv, env=env, stdout=output, stderr=output, cwd=cwd)
         sampler = PipeSampler(process.pid) if watch_pipe else None
         if sampler is not None:
             sampler.start()

@@ -101,12 +101,17 @@ def aws_env() -> dict[str, str]:
     }
 
 
-def run_round(runs: Runs, repeat: int) -> dict[str, list[Sample]]:
-    """Each contender ``repeat`` times, interleaved, so that load changes hit all alike."""
+def run_round(runs: Runs, repeat: int, cwd: Path) -> dict[str, list[Sample]]:
+    """Each contender ``repeat`` times, interleaved, so that load changes hit all alike.
+
+    From ``cwd``, a scratch folder: run from the repository, ``python -m backupd`` would import
+    this tree's backupd even for the rows of ``--before``.
+    """
     samples: dict[str, list[Sample]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, (argv, env) in runs.items():
-            samples[name].append(measure(argv, env, watch_pipe=name in (OURS, BEFORE)))
+            watch = name in (OURS, BEFORE)
+            samples[name].append(measure(argv, env, watch_pipe=watch, cwd=cwd))
     return samples
 
 
@@ -236,7 +241,7 @@ def measure_sizes(stage: Scene, args: argparse.Namespace) -> list[Round]:
         actual = stream_size(["pg_dump", "-Fc", "-Z0", "--no-password"], stage.pg_env(name))
         print(f"measuring PostgreSQL: dump of {actual / MIB:.0f} MiB", flush=True)
         load = load_average()
-        samples = run_round(pg_runs(stage, name, args.before), args.repeat)
+        samples = run_round(pg_runs(stage, name, args.before), args.repeat, stage.root)
         rounds.append(Round("postgres", actual, PG_BARE, samples, f"{load} → {load_average()}"))
         stage.pg.psql(f'DROP DATABASE "{name}"')
     for size in args.mariadb_sizes:
@@ -253,7 +258,7 @@ def measure_sizes(stage: Scene, args: argparse.Namespace) -> list[Round]:
         actual = stream_size(dump, stage.pg_env("unused"))
         print(f"measuring MariaDB: dump of {actual / MIB:.0f} MiB", flush=True)
         load = load_average()
-        samples = run_round(mariadb_runs(stage, name, args.before), args.repeat)
+        samples = run_round(mariadb_runs(stage, name, args.before), args.repeat, stage.root)
         rounds.append(Round("mariadb zstd", actual, MY_BARE, samples, f"{load} → {load_average()}"))
         assert stage.mariadb is not None
         stage.mariadb.root_sql(f"DROP DATABASE `{name}`")
