@@ -130,8 +130,9 @@ def table(result: Round) -> list[str]:
         ours = name in (OURS, BEFORE)
         own = f"{m.own_cpu:.2f} | {m.own_cpu / gib:.2f}" if ours else "n/a | n/a"
         blocked = f"{m.blocked:.0%}" if ours else "n/a"
+        label = name.replace("|", "\\|")
         lines.append(
-            f"| {name} | {m.wall:.2f} | {m.wall / bare:.2f} | {own} | {m.cpu:.2f} | "
+            f"| {label} | {m.wall:.2f} | {m.wall / bare:.2f} | {own} | {m.cpu:.2f} | "
             f"{m.rss_mib:.1f} | {blocked} | {m.disk_bytes / 1024:.0f} KiB |"
         )
     return [*lines, ""]
