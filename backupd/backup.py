@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from backupd.catalogue import (
+    GLOBALS,
+    Manifest,
+    manifest_key,
+    new_run_id,
+    object_key,
+    object_metadata,
+    stem_for,
+)
 from backupd.config import Compression, TargetConfig
-from backupd.errors import BackupdError, DumpError, StorageError
-from backupd.layout import backup_stem, manifest_bytes, manifest_key, object_key, object_metadata
+from backupd.errors import BackupdError, ClaimLost, DumpError
 from backupd.parts import BufferPool
-from backupd.process import Child, Command, describe_status, spawn
+from backupd.process import Child, Command, describe_status, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, ServerInfo, Source, source_for
 from backupd.storage import Storage, Upload, open_storage
@@ -36,7 +43,8 @@ from backupd.stream import (
 
 log = logging.getLogger(__name__)
 
-GLOBALS = "globals"
+MANIFEST_ATTEMPTS = 3
+MANIFEST_RETRY_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,17 +84,24 @@ class TargetRun:
 
 @dataclass(frozen=True)
 class Dump:
-    """One object to produce: which database, under which name, by which command."""
+    """One object to produce: which database, by which command, with which facts beside it."""
 
     database: str
-    stem: str
     extension: str
-    command: Callable[[bool], Command]
+    command: Callable[[bool], Awaitable[Command]]
+    """The dump tool's command, given whether the tool compresses; built only once the tool's
+    flavour is known."""
     tool_compresses: bool
     explain: Callable[[str], str | None]
     """A hint for a known failure in the tool's stderr."""
+    properties: Callable[[], Awaitable[dict[str, Any]]]
+    """Database-level settings to record in the manifest (read alongside the dump)."""
     estimate: Estimate | None = None
     """The database's rough size in bytes, asked only by storage that needs it (R2's parts)."""
+
+
+async def _nothing_recorded() -> dict[str, Any]:
+    return {}
 
 
 async def dump_to_storage(
@@ -98,34 +113,55 @@ async def dump_to_storage(
 ) -> BackupResult:
     """Stream one dump into one new object, then write its manifest.
 
-    ``probe`` (login, versions) runs alongside the dump; it must have succeeded before the
-    object is published.
+    ``probe`` (login, versions) and the database's properties are read alongside the dump;
+    both must have succeeded before the object is published.
     """
     layout, engine = target.layout, target.database.engine
     started = datetime.now(layout.tz)
     native, stream_kind = plan_compression(layout.compression, engine, dump.tool_compresses)
-    key = object_key(target.key_prefix, dump.stem, dump.extension + SUFFIXES[stream_kind], started)
+    run_id = new_run_id()
+    extension = dump.extension + SUFFIXES[stream_kind]
+    key = object_key(target.key_prefix, dump.database, extension, started, run_id)
     metadata = object_metadata(engine, dump.database, started, layout.timezone)
-    command = dump.command(native)
+    command = await dump.command(native)
+    properties = asyncio.ensure_future(dump.properties())
     digest = Digest()
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
-    async with (
-        storage.upload(key, metadata, dump.estimate) as upload,
-        spawn(command.argv[0], command) as child,
-    ):
-        await _copy(target, child.stdout, upload, digest, stream_kind, key, clock, progress)
-        await _check_exit(child, dump, probe)
-        if digest.size == 0:
-            raise DumpError(
-                f"{child.name} exited 0 but wrote nothing; refusing to store an empty backup"
-            )
-        info = await probe
-        await upload.commit()
+    try:
+        async with (
+            storage.upload(key, metadata, locked=True, estimate=dump.estimate) as upload,
+            spawn(command.argv[0], command) as child,
+        ):
+            async with stall_guard(
+                lambda: child.stdout.transferred, target.limits.stall_timeout, child.name
+            ):
+                await _copy(target, child.stdout, upload, digest, stream_kind, key, clock, progress)
+            await _check_exit(child, dump, probe)
+            if digest.size == 0:
+                raise DumpError(
+                    f"{child.name} exited 0 but wrote nothing; refusing to store an empty backup"
+                )
+            info = await probe
+            recorded = await properties
+            await upload.commit()
+    finally:
+        await _settle(properties)
     progress.done(key)
-    return await _record(
-        target, storage, dump.database, key, digest, started, clock, info, native, stream_kind
-    )
+    made = Made(dump.database, key, run_id, native, stream_kind, recorded)
+    return await _record(target, storage, made, digest, started, clock, info)
+
+
+@dataclass(frozen=True)
+class Made:
+    """What the pipeline produced for one database, as the manifest records it."""
+
+    database: str
+    key: str
+    run_id: str
+    native: bool
+    stream_kind: Compression
+    properties: dict[str, Any]
 
 
 async def _copy(
@@ -149,28 +185,45 @@ async def _copy(
 async def _record(
     target: TargetConfig,
     storage: Storage,
-    database: str,
-    key: str,
+    made: Made,
     digest: Digest,
     started: datetime,
     clock: float,
     info: ServerInfo,
-    native: bool,
-    stream_kind: Compression,
 ) -> BackupResult:
     """The result of a published object, and its manifest written beside it."""
     result = BackupResult(
         target=target.name,
-        database=database,
+        database=made.database,
         engine=target.database.engine,
-        key=key,
+        key=made.key,
         size=digest.size,
         sha256=await digest.hexdigest(),
         started=started,
         finished=datetime.now(target.layout.tz),
         duration_s=round(time.monotonic() - clock, 3),
     )
-    await _write_manifest(storage, result, info, target.layout.compression, native, stream_kind)
+    manifest = Manifest(
+        key=result.key,
+        sha256=result.sha256,
+        size=result.size,
+        started=result.started,
+        finished=result.finished,
+        duration_s=result.duration_s,
+        target=result.target,
+        database=result.database,
+        engine=result.engine,
+        server_version=info.server_version,
+        tool_version=info.tool_version,
+        compression={
+            "setting": target.layout.compression.value,
+            "tool": made.native,
+            "stream": made.stream_kind.value,
+        },
+        run_id=made.run_id,
+        properties=made.properties,
+    )
+    await publish_manifest(storage, manifest)
     return result
 
 
@@ -187,10 +240,11 @@ async def file_to_storage(
     layout, engine = target.layout, target.database.engine
     started = datetime.now(layout.tz)
     native, stream_kind = plan_compression(layout.compression, engine, source.can_compress)
-    stem = backup_stem(database)
-    key = object_key(target.key_prefix, stem, source.extension + SUFFIXES[stream_kind], started)
+    run_id = new_run_id()
+    extension = source.extension + SUFFIXES[stream_kind]
+    key = object_key(target.key_prefix, database, extension, started, run_id)
     server_path, local_path = source.paths(
-        f"{stem}_{started:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}{source.extension}"
+        f"{stem_for(database)}_{started:%Y%m%d_%H%M%S}_{run_id}{source.extension}"
     )
     digest = Digest()
     clock = time.monotonic()
@@ -199,7 +253,10 @@ async def file_to_storage(
         await source.backup_to_file(database, server_path, native)
         info = await probe
         metadata = object_metadata(engine, database, started, layout.timezone)
-        async with storage.upload(key, metadata) as upload, FileReader.open(local_path) as reader:
+        async with (
+            storage.upload(key, metadata, locked=True) as upload,
+            FileReader.open(local_path) as reader,
+        ):
             await _copy(target, reader, upload, digest, stream_kind, key, clock, progress)
             if digest.size == 0:
                 raise DumpError(f"{local_path} is empty; refusing to store an empty backup")
@@ -207,9 +264,8 @@ async def file_to_storage(
     finally:
         await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
     progress.done(key)
-    return await _record(
-        target, storage, database, key, digest, started, clock, info, native, stream_kind
-    )
+    made = Made(database, key, run_id, native, stream_kind, {})
+    return await _record(target, storage, made, digest, started, clock, info)
 
 
 async def _check_exit(child: Child, dump: Dump, probe: asyncio.Future[ServerInfo]) -> None:
@@ -228,39 +284,50 @@ async def _check_exit(child: Child, dump: Dump, probe: asyncio.Future[ServerInfo
     )
 
 
-async def _write_manifest(
-    storage: Storage,
-    result: BackupResult,
-    info: ServerInfo,
-    setting: Compression,
-    native: bool,
-    stream: Compression,
-) -> None:
-    fields: dict[str, Any] = {
-        "key": result.key,
-        "sha256": result.sha256,
-        "size": result.size,
-        "started": result.started.isoformat(),
-        "finished": result.finished.isoformat(),
-        "duration_s": result.duration_s,
-        "target": result.target,
-        "database": result.database,
-        "engine": result.engine,
-        "server_version": info.server_version,
-        "tool_version": info.tool_version,
-        "compression": {"setting": setting.value, "tool": native, "stream": stream.value},
-    }
-    try:
-        await storage.put_bytes(
-            manifest_key(result.key), manifest_bytes(fields), "application/json"
-        )
-    except BackupdError:
-        # Without its manifest the object is not a complete backup: do not leave it behind.
+async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
+    """Write ``manifest`` beside its object, which this run wrote under its own unique key.
+
+    Tried ``MANIFEST_ATTEMPTS`` times. "Already exists" on a later attempt means an earlier
+    attempt landed after all: the stored manifest is read back and compared. If it cannot be
+    written, this run's own object is removed (no other run can have written that key), so no
+    object is left looking complete-but-unlisted; if even that fails, the exact key is logged,
+    and retention's cleanup of objects without a manifest removes it later.
+
+    Raises the last StorageError when the manifest could not be written.
+    """
+    key, data = manifest_key(manifest.key), manifest.to_bytes()
+    failure: BackupdError | None = None
+    for attempt in range(1, MANIFEST_ATTEMPTS + 1):
         try:
-            await storage.delete(result.key)
-        except StorageError as error:
-            log.warning("could not remove %s after its manifest failed: %s", result.key, error)
-        raise
+            await storage.put_bytes(key, data, "application/json", locked=True)
+            return
+        except BackupdError as error:
+            failure = error
+            if isinstance(error, ClaimLost):  # another replica has the slot: never publish
+                break
+            if attempt > 1 and await _already_written(storage, key, data):
+                return
+            log.warning("writing %s failed (attempt %d): %s", key, attempt, error)
+            if attempt < MANIFEST_ATTEMPTS:
+                await asyncio.sleep(MANIFEST_RETRY_DELAY_S * attempt)
+    assert failure is not None
+    try:
+        await asyncio.shield(storage.delete(manifest.key))
+    except BackupdError as error:
+        log.error(
+            "could not remove this run's object %s after its manifest failed (%s); it is "
+            "incomplete and retention removes it later",
+            manifest.key,
+            error,
+        )
+    raise failure
+
+
+async def _already_written(storage: Storage, key: str, data: bytes) -> bool:
+    try:
+        return await storage.get_bytes(key) == data
+    except BackupdError:
+        return False
 
 
 async def run_backup(target: TargetConfig, progress: Progress | None = None) -> TargetRun:
@@ -329,8 +396,13 @@ async def _dumps(
     info = await probe
     globals_command = source.globals_command(info)
     if globals_command is not None:
+
+        async def command(_: bool) -> Command:
+            assert globals_command is not None
+            return globals_command
+
         dumps.append(
-            Dump(GLOBALS, GLOBALS, ".sql", lambda _: globals_command, False, source.explain_failure)
+            Dump(GLOBALS, ".sql", command, False, source.explain_failure, _nothing_recorded)
         )
     return dumps
 
@@ -338,11 +410,11 @@ async def _dumps(
 def _database_dump(source: Source, database: str) -> Dump:
     return Dump(
         database=database,
-        stem=backup_stem(database),
         extension=source.extension,
         command=lambda native: source.dump_command(database, native),
         tool_compresses=source.can_compress,
         explain=source.explain_failure,
+        properties=lambda: source.database_properties(database),
         estimate=lambda: source.estimated_size(database),
     )
 

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from backupd.config import Engine, S3Config, TargetConfig
+from backupd.claims import self_test
+from backupd.config import CoordinationConfig, Engine, S3Config, TargetConfig
 from backupd.errors import BackupdError
 from backupd.process import mask
 from backupd.report import secrets_of
 from backupd.schedule import Schedule, next_fire
 from backupd.sources import source_for
-from backupd.storage import open_storage
+from backupd.storage import Storage, open_claim_store, open_storage
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,25 @@ async def _shared_volume(
     return finding(True, "shared volume", f"MSSQL_LOCAL_DIR {folder} is writable")
 
 
+async def _object_lock(
+    config: S3Config, storage: Storage, finding: Callable[[bool, str, str], Finding]
+) -> Finding:
+    """STORAGE_OBJECT_LOCK_DAYS needs a bucket created with Object Lock enabled."""
+    if await storage.object_lock_enabled():
+        return finding(
+            True,
+            "object lock",
+            f"enabled; backups and manifests are written locked ({config.object_lock_mode}) "
+            f"for {config.object_lock_days} day(s)",
+        )
+    return finding(
+        False,
+        "object lock",
+        f"STORAGE_OBJECT_LOCK_DAYS is set but bucket {config.bucket} does not have Object Lock "
+        "enabled; enable it on the bucket (it needs versioning) or unset the variable",
+    )
+
+
 async def check_target(target: TargetConfig) -> list[Finding]:
     hidden = secrets_of(target)
 
@@ -73,6 +93,8 @@ async def check_target(target: TargetConfig) -> list[Finding]:
         return Finding(ok, target.name, what, mask(detail, hidden))
 
     findings = [finding(True, "config", describe_target(target, datetime.now(UTC)))]
+    if target.retention.policy.enabled:
+        findings.append(finding(True, "retention", target.retention.policy.describe()))
     db = target.database
     try:
         source = source_for(target)
@@ -101,6 +123,26 @@ async def check_target(target: TargetConfig) -> list[Finding]:
                     True, "storage", f"wrote and deleted a probe object in {storage.description}"
                 )
             )
+            if isinstance(target.storage, S3Config) and target.storage.object_lock_days:
+                findings.append(await _object_lock(target.storage, storage, finding))
     except BackupdError as error:
         findings.append(finding(False, "storage", str(error)))
     return findings
+
+
+async def check_coordination(target: TargetConfig, coordination: CoordinationConfig) -> Finding:
+    """``COORDINATION=storage``: the self-test ``backupd run`` does at start."""
+    hidden = secrets_of(target)
+    assert isinstance(target.storage, S3Config), "environment.py refuses local storage"
+    try:
+        async with open_claim_store(target.storage) as store:
+            await self_test(store, target.layout.folder, coordination.replica_id)
+            where = store.description
+    except BackupdError as error:
+        return Finding(False, target.name, "coordination", mask(str(error), hidden))
+    return Finding(
+        True,
+        target.name,
+        "coordination",
+        f"{where} honours If-None-Match and If-Match; replica {coordination.replica_id}",
+    )

@@ -15,18 +15,21 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from backupd import __version__
 from backupd.config import Settings, TargetConfig
 from backupd.environment import load_settings, read_environment
-from backupd.errors import BackupdError, ConfigError
+from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
 from backupd.logs import setup_logging
-from backupd.process import Command, discard_early, mask, start_early
+from backupd.process import discard_early, mask, start_early
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.report import secrets_of
+
+if TYPE_CHECKING:
+    from backupd.catalogue import Backup
 
 # The modules each command needs are imported in the command's function: ``backupd once``
 # starts its dump first (see ``process.start_early``) and loads the rest while it runs.
@@ -64,9 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = commands.add_parser("list", help="show a target's backups, newest first")
     listing.add_argument("--target", help="the target (required when several are configured)")
+    listing.add_argument("--database", help="only this database's backups")
     listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    pruning = commands.add_parser("prune", help="apply the retention policy now")
+    pruning.add_argument("--target", help="only this target (default: every one with a policy)")
+    pruning.add_argument("--database", help="only this database's backups")
+    pruning.add_argument(
+        "--dry-run", action="store_true", help="print KEEP/DELETE and why; delete nothing"
+    )
     restoring = commands.add_parser("restore", help="restore a backup into a database or a file")
     restoring.add_argument("--target", help="the target (required when several are configured)")
+    restoring.add_argument(
+        "--database",
+        help="whose backup to restore (required when DB_DATABASE names several, or *)",
+    )
     which = restoring.add_mutually_exclusive_group()
     which.add_argument("--key", help="this backup (default: the newest complete one)")
     which.add_argument("--at", help="the newest backup taken at or before this time (ISO 8601)")
@@ -89,20 +103,30 @@ class UsageError(Exception):
 
 
 async def _once(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.prune import prune_after_run
     from backupd.report import backup_and_report
 
     progress = TerminalProgress() if sys.stdout.isatty() else None
+    ok = True
     try:
-        results = [await backup_and_report(target, progress) for target in settings.targets]
+        for target in settings.targets:
+            reports = await backup_and_report(target, progress)
+            ok = ok and all(report.ok for report in reports)
+            if all(report.ok for report in reports) and target.retention.policy.enabled:
+                ok = await prune_after_run(target) is not None and ok
     finally:
         await discard_early()
-    return EXIT_OK if all(report.ok for reports in results for report in reports) else EXIT_FAILED
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.daemon import Daemon
 
-    return await Daemon(settings).run()
+    try:
+        return await Daemon(settings).run()
+    except BackupdError as error:  # COORDINATION=storage could not be set up: nothing started
+        print(f"backupd: {mask(str(error), all_secrets(settings))}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(error, CoordinationUnsupported) else EXIT_FAILED
 
 
 def pick_target(settings: Settings, name: str | None) -> TargetConfig:
@@ -116,6 +140,21 @@ def pick_target(settings: Settings, name: str | None) -> TargetConfig:
             return target
     raise UsageError(
         f"no target named {name!r}; configured: {', '.join(t.name for t in settings.targets)}"
+    )
+
+
+def restore_database(target: TargetConfig, database: str | None, key: str | None) -> str | None:
+    """Whose backups ``restore`` chooses among: ``--database``; else, with one configured
+    database, that one; a ``--key`` names its own. Several databases (or ``*``) and neither
+    option is a usage error naming both."""
+    if database is not None or key is not None:
+        return database
+    configured = target.database.databases
+    if len(configured) == 1:
+        return configured[0]
+    which = ", ".join(configured) if configured else "every database (*)"
+    raise UsageError(
+        f"target {target.name} backs up {which}: name one with --database, or a backup with --key"
     )
 
 
@@ -145,22 +184,90 @@ async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _list(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.prune import keep_column
     from backupd.restore import list_backups
 
     target = pick_target(settings, args.target)
     try:
-        backups = await list_backups(target)
+        backups = await list_backups(target, args.database)
     except BackupdError as error:
         log.error("list FAILED: %s", mask(str(error), secrets_of(target)))
         return EXIT_FAILED
+    keep = keep_column(backups, target, datetime.now(UTC)) or None
     if args.json:
-        print(json.dumps([backup.as_dict() for backup in backups], indent=2))
+        listed = [backup.as_dict() for backup in backups]
+        for entry in listed:
+            if keep and entry["key"] in keep:
+                entry["retention"] = keep[entry["key"]]
+        print(json.dumps(listed, indent=2, ensure_ascii=False))
         return EXIT_OK
-    for backup in backups:
-        state = "complete" if backup.complete else "INCOMPLETE"
-        print(f"{backup.taken:%Y-%m-%d %H:%M:%S %Z}  {backup.size:>14,}  {state:<10}  {backup.key}")
+    for line in listing_lines(backups, target, keep):
+        print(line)
     print(f"{len(backups)} backup(s), {sum(b.complete for b in backups)} complete", flush=True)
     return EXIT_OK
+
+
+def listing_lines(
+    backups: list[Backup], target: TargetConfig, keep: dict[str, str] | None = None
+) -> list[str]:
+    """The table ``list`` prints: time in TIMEZONE with its offset, database, engine, size,
+    state, key, and with a retention policy what it says of each backup (``keep``)."""
+    rows = [
+        (
+            f"{backup.taken.astimezone(target.layout.tz):%Y-%m-%d %H:%M:%S%z}",
+            backup.database if backup.database is not None else "?",
+            backup.engine or "?",
+            f"{backup.size:,}",
+            "complete" if backup.complete else "INCOMPLETE",
+            backup.key,
+            *([keep.get(backup.key, "-")] if keep is not None else []),
+        )
+        for backup in backups
+    ]
+    header: tuple[str, ...] = ("TIME", "DATABASE", "ENGINE", "BYTES", "STATE", "KEY")
+    header += ("RETENTION",) if keep is not None else ()
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(w) if i == 3 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        ]
+        lines.append("  ".join([*cells, row[-1]]))
+    return lines
+
+
+def targets_to_prune(settings: Settings, name: str | None) -> list[TargetConfig]:
+    if name is not None:
+        target = pick_target(settings, name)
+        if not target.retention.policy.enabled:
+            raise UsageError(
+                f"target {target.name} has no retention policy; set RETENTION_KEEP_* first"
+            )
+        return [target]
+    targets = [t for t in settings.targets if t.retention.policy.enabled]
+    if not targets:
+        raise UsageError("no target has a retention policy; set RETENTION_KEEP_* first")
+    return targets
+
+
+async def _prune(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.prune import prune_target
+
+    ok = True
+    for target in targets_to_prune(settings, args.target):
+        try:
+            result = await prune_target(target, database=args.database, dry_run=args.dry_run)
+        except BackupdError as error:
+            log.error("prune FAILED: %s", mask(str(error), secrets_of(target)))
+            ok = False
+            continue
+        print(f"{target.name}: retention {target.retention.policy.describe()}")
+        for line in result.lines():
+            print(f"  {line}")
+        print(result.summary(), flush=True)
+        ok = ok and not result.failed
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 async def _restore(settings: Settings, args: argparse.Namespace) -> int:
@@ -168,6 +275,7 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
 
     target = pick_target(settings, args.target)
     request = Request(
+        database=restore_database(target, args.database, args.key),
         key=args.key,
         at=parse_at(args.at, target) if args.at else None,
         into=args.into,
@@ -187,21 +295,27 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _check(settings: Settings, args: argparse.Namespace) -> int:
-    from backupd.check import check_target
+    from backupd.check import check_coordination, check_target
 
     print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
     ok = True
     for target in settings.targets:
-        for finding in await check_target(target):
+        findings = await check_target(target)
+        if settings.coordination.enabled:
+            findings.append(await check_coordination(target, settings.coordination))
+        for finding in findings:
             print(finding.line(), flush=True)
             ok = ok and finding.ok
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def run_cancellable(main: Coroutine[Any, Any, int], early: Command | None = None) -> int:
+def run_cancellable(
+    main: Coroutine[Any, Any, int], early: Coroutine[Any, Any, None] | None = None
+) -> int:
     """Run ``main``; SIGTERM or SIGINT cancels it, so uploads abort and children are killed.
 
-    ``early``, a dump command, is started before ``main`` begins (see ``start_early``).
+    ``early`` runs to completion first, on the same event loop: it starts a dump that ``main``
+    takes over (see ``start_early``).
     """
 
     async def runner() -> int:
@@ -218,7 +332,7 @@ def run_cancellable(main: Coroutine[Any, Any, int], early: Command | None = None
 
     with asyncio.Runner() as loop:
         if early is not None:
-            loop.run(start_early(early))
+            loop.run(early)
         return loop.run(runner())
 
 
@@ -229,10 +343,13 @@ def all_secrets(settings: Settings) -> list[str]:
     return hidden
 
 
-def first_dump(settings: Settings) -> Command | None:
+async def start_first_dump(settings: Settings) -> None:
+    """Start ``backupd once``'s first dump, when the configuration alone says which it is."""
     from backupd.prestart import first_dump
 
-    return first_dump(settings)
+    command = await first_dump(settings)
+    if command is not None:
+        await start_early(command)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -255,12 +372,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
         "run": _run,
         "list": _list,
         "restore": _restore,
+        "prune": _prune,
         "healthcheck": _healthcheck,
     }
     status = EXIT_FAILED
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            early = first_dump(settings) if args.command == "once" else None
+            early = start_first_dump(settings) if args.command == "once" else None
             status = run_cancellable(commands[args.command](settings, args), early)
     except UsageError as error:
         print(f"backupd: {error}", file=sys.stderr)

@@ -7,6 +7,7 @@ and never reads ``os.environ``. Secrets are ``SecretStr`` and print as ``*******
 from __future__ import annotations
 
 import enum
+import socket
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -20,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 
+from backupd.retention import Policy, duration_problem
 from backupd.schedule import cron_problem
 
 MIB = 1024 * 1024
@@ -52,6 +54,11 @@ class Compression(enum.StrEnum):
     NONE = "none"
     GZIP = "gzip"
     ZSTD = "zstd"
+
+
+class ObjectLockMode(enum.StrEnum):
+    GOVERNANCE = "GOVERNANCE"
+    COMPLIANCE = "COMPLIANCE"
 
 
 class StorageType(enum.StrEnum):
@@ -156,6 +163,19 @@ class S3Config(BaseModel):
         le=64,
         description="Parts uploaded at once; memory is about part size x (this + 1)",
     )
+    object_lock_days: int | None = Field(
+        None,
+        alias="STORAGE_OBJECT_LOCK_DAYS",
+        ge=1,
+        le=36500,
+        description="Write every backup and manifest under Object Lock for N days "
+        "(the bucket must have Object Lock enabled)",
+    )
+    object_lock_mode: ObjectLockMode = Field(
+        ObjectLockMode.GOVERNANCE,
+        alias="STORAGE_OBJECT_LOCK_MODE",
+        description="GOVERNANCE or COMPLIANCE (COMPLIANCE cannot be lifted, even by root)",
+    )
 
     @property
     def is_aws(self) -> bool:
@@ -167,6 +187,11 @@ class S3Config(BaseModel):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
+
+    @field_validator("object_lock_mode", mode="before")
+    @classmethod
+    def _upper_mode(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("part_size")
     @classmethod
@@ -227,6 +252,68 @@ class LayoutConfig(BaseModel):
         return ZoneInfo(self.timezone)
 
 
+def _count(what: str) -> str:
+    return f"Keep the newest backup of each of the last N {what} that have one"
+
+
+class RetentionConfig(BaseModel):
+    """Which backups pruning keeps; unset, nothing is ever deleted. Applies per database."""
+
+    model_config = _FROZEN
+
+    keep_last: int | None = Field(
+        None, alias="RETENTION_KEEP_LAST", ge=0, description="Keep the N newest complete backups"
+    )
+    keep_hourly: int | None = Field(
+        None, alias="RETENTION_KEEP_HOURLY", ge=0, description=_count("hours")
+    )
+    keep_daily: int | None = Field(
+        None, alias="RETENTION_KEEP_DAILY", ge=0, description=_count("days")
+    )
+    keep_weekly: int | None = Field(
+        None, alias="RETENTION_KEEP_WEEKLY", ge=0, description=_count("ISO weeks")
+    )
+    keep_monthly: int | None = Field(
+        None, alias="RETENTION_KEEP_MONTHLY", ge=0, description=_count("months")
+    )
+    keep_yearly: int | None = Field(
+        None, alias="RETENTION_KEEP_YEARLY", ge=0, description=_count("years")
+    )
+    keep_within: str | None = Field(
+        None,
+        alias="RETENTION_KEEP_WITHIN",
+        description="Keep every backup newer than this: 36h, 30d, 6w, 6m, 1y",
+    )
+    abort_uploads_after: str = Field(
+        "24h",
+        alias="RETENTION_ABORT_UPLOADS_AFTER",
+        description="With a policy: abort multipart uploads and delete objects without a "
+        "manifest older than this",
+    )
+
+    @field_validator("keep_within", "abort_uploads_after")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = duration_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value.strip().lower()
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(
+            last=self.keep_last or 0,
+            hourly=self.keep_hourly or 0,
+            daily=self.keep_daily or 0,
+            weekly=self.keep_weekly or 0,
+            monthly=self.keep_monthly or 0,
+            yearly=self.keep_yearly or 0,
+            within=self.keep_within,
+        )
+
+
 class ScheduleConfig(BaseModel):
     """When a target runs under ``backupd run``."""
 
@@ -278,6 +365,51 @@ class DaemonConfig(BaseModel):
     http_host: str = Field(
         "0.0.0.0", alias="HTTP_HOST", description="Address /healthz and /metrics listen on"
     )
+
+
+class Coordination(enum.StrEnum):
+    NONE = "none"
+    STORAGE = "storage"
+
+
+def _host_name() -> str:
+    return socket.gethostname() or "backupd"
+
+
+class CoordinationConfig(BaseModel):
+    """How several replicas of ``backupd run`` share one schedule (see ``coordination.py``)."""
+
+    model_config = _FROZEN
+
+    mode: Coordination = Field(
+        Coordination.NONE,
+        alias="COORDINATION",
+        description="none, or storage: replicas claim each slot in the bucket, so it runs once",
+    )
+    replica_id: str = Field(
+        default_factory=_host_name,
+        alias="REPLICA_ID",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.@:-]+$",
+        description="This replica's name in claims",
+    )
+    lease: float = Field(
+        60,
+        alias="COORDINATION_LEASE",
+        ge=2,
+        le=3600,
+        description="Seconds a claim holds without renewal (renewed every third), e.g. 60s",
+    )
+
+    @field_validator("lease", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        return value.strip().removesuffix("s") if isinstance(value, str) else value
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is Coordination.STORAGE
 
 
 class EmailTLS(enum.StrEnum):
@@ -413,6 +545,19 @@ class MSSQLConfig(BaseModel):
         return self.local_dir if self.local_dir is not None else Path(self.backup_dir)
 
 
+class LimitsConfig(BaseModel):
+    """Bounds on how long a child may go without progress."""
+
+    model_config = _FROZEN
+
+    stall_timeout: float = Field(
+        600,
+        alias="RESTORE_STALL_TIMEOUT",
+        ge=0,
+        description="Seconds a dump or restore may move no data before it is stopped; 0: never",
+    )
+
+
 class TargetConfig(BaseModel):
     """Everything needed to back up one target's databases."""
 
@@ -428,6 +573,8 @@ class TargetConfig(BaseModel):
     email: EmailConfig = Field(default_factory=lambda: EmailConfig.model_validate({}))
     hooks: HooksConfig = Field(default_factory=lambda: HooksConfig.model_validate({}))
     mssql: MSSQLConfig = Field(default_factory=lambda: MSSQLConfig.model_validate({}))
+    retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig.model_validate({}))
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig.model_validate({}))
 
     @property
     def key_prefix(self) -> str:
@@ -440,4 +587,7 @@ class Settings(BaseModel):
 
     targets: tuple[TargetConfig, ...]
     daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig.model_validate({}))
+    coordination: CoordinationConfig = Field(
+        default_factory=lambda: CoordinationConfig.model_validate({})
+    )
     logs: LogConfig = Field(default_factory=lambda: LogConfig.model_validate({}))

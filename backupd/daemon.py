@@ -8,21 +8,33 @@ nothing it does stops the others.
 Signals are handled here and only here: the first SIGTERM/SIGINT stops scheduling and gives
 running backups ``SHUTDOWN_TIMEOUT`` seconds; then they are cancelled (children killed,
 uploads aborted). A second signal cancels at once. Either way the process exits 0.
+
+With ``COORDINATION=storage`` several replicas share the schedule: each run first claims its
+(target, slot) in the target's bucket (``claims.claimed``) and runs only if it holds the claim; a
+slot claimed by another replica is watched and taken over if that replica stops renewing. The
+start-up run stands for the latest slot at or before the start, so a restart does not repeat a
+slot another replica (or this one, before it restarted) already ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from backupd.config import Settings, TargetConfig
+from backupd.claims import Claims, Observed, claimed, self_test
+from backupd.config import S3Config, Settings, TargetConfig
+from backupd.coordination import Kind
+from backupd.errors import BackupdError, ClaimLost
 from backupd.metrics import Metrics, serve
+from backupd.prune import prune_after_run
 from backupd.report import backup_and_report
-from backupd.schedule import Schedule, following_slot, next_fire, sleep_step
+from backupd.schedule import Schedule, following_slot, next_fire, previous_fire, sleep_step
+from backupd.storage import ClaimStore, open_claim_store
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +43,19 @@ def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def _label(slot: datetime, schedule: Schedule) -> str:
+    return f"{slot.astimezone(schedule.tz):%Y-%m-%d %H:%M:%S %Z}"
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self._slots = asyncio.Semaphore(settings.daemon.max_concurrent)
-        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active: dict[asyncio.Task[None], str] = {}
+        """Run tasks that are backing a target up now (not waiting on another replica)."""
+        self._claims: dict[str, Claims] = {}
         self._schedulers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
@@ -47,6 +66,34 @@ class Daemon:
         return alive and not self._stopping.is_set()
 
     async def run(self) -> int:
+        """Serve until a signal; 0. Raises CoordinationUnsupported (a store ignores conditional
+        writes) or StorageError (it cannot be reached) before anything starts."""
+        async with contextlib.AsyncExitStack() as stores:
+            if self.settings.coordination.enabled:
+                await self._open_claims(stores)
+            return await self._serve()
+
+    async def _open_claims(self, stack: contextlib.AsyncExitStack) -> None:
+        """One claim store per distinct storage, each self-tested once."""
+        coordination = self.settings.coordination
+        stores: dict[S3Config, ClaimStore] = {}
+        for target in self.settings.targets:
+            config = target.storage
+            assert isinstance(config, S3Config), "environment.py refuses local storage"
+            if config not in stores:
+                store = await stack.enter_async_context(open_claim_store(config))
+                await self_test(store, target.layout.folder, coordination.replica_id)
+                stores[config] = store
+            self._claims[target.name] = Claims(
+                stores[config], target.layout.folder, coordination.replica_id, coordination.lease
+            )
+        log.info(
+            "replica %s: every slot is claimed in storage first (lease %.0fs)",
+            coordination.replica_id,
+            coordination.lease,
+        )
+
+    async def _serve(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -94,7 +141,11 @@ class Daemon:
 
     async def _drain(self) -> None:
         """Give running backups the timeout (a second signal cuts it short), then cancel them."""
-        running = [task for task in self._runs.values() if not task.done()]
+        waiting = [task for task in self._tasks if task not in self._active]
+        for task in waiting:
+            task.cancel()  # still claiming or watching another replica's claim
+        await asyncio.gather(*waiting, return_exceptions=True)
+        running = [task for task in self._active if not task.done()]
         if not running:
             return
         everything: asyncio.Future[Any] = asyncio.gather(*running, return_exceptions=True)
@@ -117,13 +168,18 @@ class Daemon:
     async def _schedule(self, target: TargetConfig) -> None:
         schedule = Schedule(target.schedule.cron, target.layout.timezone)
         if target.schedule.run_on_startup:
-            self._start(target, "start-up")
+            now = wall_clock()
+            if self._claims:  # it stands for the latest slot, which one replica runs
+                latest = previous_fire(schedule, now)
+                self._start(target, latest, f"start-up ({_label(latest, schedule)})")
+            else:
+                self._start(target, now, "start-up")
         slot = next_fire(schedule, wall_clock())
         while not self._stopping.is_set():
             self.metrics.next_run.labels(target.name).set(slot.timestamp())
             if await self._sleep_until(slot):
                 return
-            self._start(target, f"{slot.astimezone(schedule.tz):%Y-%m-%d %H:%M:%S %Z}")
+            self._start(target, slot, _label(slot, schedule))
             slot, missed = following_slot(schedule, slot, wall_clock())
             if missed:
                 log.warning(
@@ -145,29 +201,85 @@ class Daemon:
             stopping.cancel()
         return self._stopping.is_set()
 
-    def _start(self, target: TargetConfig, slot: str) -> None:
-        running = self._runs.get(target.name)
-        if running is not None and not running.done():
-            log.warning("%s: still running at its %s slot; skipping this slot", target.name, slot)
+    def _start(self, target: TargetConfig, slot: datetime, label: str) -> None:
+        if target.name in self._active.values():
+            log.warning("%s: still running at its %s slot; skipping this slot", target.name, label)
             self.metrics.runs.labels(target.name, "skipped").inc()
             return
-        log.info("%s: starting the %s run", target.name, slot)
-        self._runs[target.name] = asyncio.create_task(
-            self._run(target), name=f"backup-{target.name}"
+        coordinated = target.name in self._claims
+        log.log(
+            logging.DEBUG if coordinated else logging.INFO,
+            "%s: %s the %s run",
+            target.name,
+            "claiming" if coordinated else "starting",
+            label,
         )
+        task = asyncio.create_task(self._run(target, slot, label), name=f"backup-{target.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if not coordinated:
+            self._active[task] = target.name
+            task.add_done_callback(self._forget)
 
-    async def _run(self, target: TargetConfig) -> None:
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._active.pop(task, None)
+
+    async def _run(self, target: TargetConfig, slot: datetime, label: str) -> None:
+        claims = self._claims.get(target.name)
+        if claims is None:
+            async with self._slots:
+                await self._backup(target)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        finished = False
+        try:
+            async with claimed(
+                claims,
+                target.name,
+                Kind.BACKUP,
+                slot,
+                gate=self._slots,
+                on_elsewhere=lambda observed: self._elsewhere(target, observed),
+            ) as lease:
+                if lease is None:
+                    return
+                log.info("%s: starting the %s run (claim %s)", target.name, label, lease.key)
+                self._active[task] = target.name
+                try:
+                    await self._backup(target)
+                    finished = True
+                finally:
+                    self._forget(task)
+        except ClaimLost as error:
+            log.warning("%s: %s", target.name, error)
+            if not finished:
+                self.metrics.runs.labels(target.name, "failure").inc()
+        except BackupdError as error:
+            log.error("%s: the %s run did not happen: %s", target.name, label, error)
+            self.metrics.runs.labels(target.name, "failure").inc()
+
+    def _elsewhere(self, target: TargetConfig, observed: Observed) -> None:
+        log.debug("%s: %s is held by replica %s", target.name, observed.key, observed.claim.replica)
+        self.metrics.claimed_elsewhere.labels(target.name, Kind.BACKUP.value).inc()
+
+    async def _backup(self, target: TargetConfig) -> None:
         name = target.name
-        async with self._slots:
-            self.metrics.in_progress.labels(name).set(1)
-            started = time.monotonic()
-            try:
-                reports = await backup_and_report(target)
-            finally:
-                self.metrics.in_progress.labels(name).set(0)
-                self.metrics.last_duration.labels(name).set(time.monotonic() - started)
+        self.metrics.in_progress.labels(name).set(1)
+        started = time.monotonic()
+        try:
+            reports = await backup_and_report(target)
+        finally:
+            self.metrics.in_progress.labels(name).set(0)
+            self.metrics.last_duration.labels(name).set(time.monotonic() - started)
         ok = bool(reports) and all(report.ok for report in reports)
         self.metrics.runs.labels(name, "success" if ok else "failure").inc()
         self.metrics.last_bytes.labels(name).set(sum(report.size for report in reports))
         if ok:
             self.metrics.last_success.labels(name).set(time.time())
+        if ok and target.retention.policy.enabled:
+            pruned = await prune_after_run(target)
+            if pruned is not None:
+                self.metrics.pruned.labels(name).inc(len(pruned.deleted))
+                self.metrics.stored_backups.labels(name).set(pruned.stored_backups)
+                self.metrics.stored_bytes.labels(name).set(pruned.stored_bytes)

@@ -16,14 +16,17 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from backupd.config import (
+    CoordinationConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
     HooksConfig,
     LayoutConfig,
+    LimitsConfig,
     LocalConfig,
     LogConfig,
     MSSQLConfig,
+    RetentionConfig,
     S3Config,
     ScheduleConfig,
     Settings,
@@ -53,6 +56,8 @@ ECHOED_NAMES = frozenset(
         "EMAIL_TLS",
         "EMAIL_ON",
         "LOG_FORMAT",
+        "STORAGE_OBJECT_LOCK_MODE",
+        "COORDINATION",
     }
 )
 
@@ -161,6 +166,12 @@ def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
         reader.problems.append(f"{var}: must be one of s3, r2, local (got {raw_kind!r})")
         return None
     if kind is StorageType.LOCAL:
+        for name in ("STORAGE_OBJECT_LOCK_DAYS", "STORAGE_OBJECT_LOCK_MODE"):
+            if reader.get(name) is not None:
+                reader.problems.append(
+                    f"{reader.source[name]}: Object Lock needs an S3 bucket; "
+                    "STORAGE_TYPE=local cannot lock files"
+                )
         config: S3Config | LocalConfig | None = reader.validate(LocalConfig)
         return config
     reader.problems.extend(_storage_problems(kind, reader))
@@ -183,6 +194,8 @@ def load_target(
     email = reader.validate(EmailConfig)
     hooks = reader.validate(HooksConfig)
     mssql = reader.validate(MSSQLConfig)
+    retention = reader.validate(RetentionConfig)
+    limits = reader.validate(LimitsConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
     if reader.problems or storage is None:
@@ -197,6 +210,8 @@ def load_target(
         email=email,
         hooks=hooks,
         mssql=mssql,
+        retention=retention,
+        limits=limits,
     )
 
 
@@ -253,10 +268,29 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     reader = _Reader(env)
     daemon = reader.validate(DaemonConfig)
     logs = reader.validate(LogConfig)
+    coordination = reader.validate(CoordinationConfig)
     problems += reader.problems
+    if coordination is not None and coordination.enabled:
+        problems += coordination_problems(targets)
     if problems:
         raise ConfigError(problems)
-    return Settings(targets=tuple(targets), daemon=daemon, logs=logs)
+    return Settings(targets=tuple(targets), daemon=daemon, logs=logs, coordination=coordination)
+
+
+def coordination_problems(targets: list[TargetConfig]) -> list[str]:
+    """COORDINATION=storage needs every target in an object store with conditional writes.
+
+    A local folder is refused rather than emulated: replicas on several hosts would share it
+    over a network file system, where exclusive creates and locks are not reliably atomic, and
+    replicas on one host gain nothing from coordinating.
+    """
+    return [
+        f"{'' if not target.named else target.name.upper() + '_'}STORAGE_TYPE: "
+        "COORDINATION=storage needs s3 or r2 (conditional writes); a local folder cannot be "
+        "shared safely between replicas: run one replica with COORDINATION=none"
+        for target in targets
+        if isinstance(target.storage, LocalConfig)
+    ]
 
 
 def read_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, str]:

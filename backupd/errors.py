@@ -39,3 +39,23 @@ class StorageError(BackupdError):
     """The bucket or folder refused a read or write."""
 
     step = "upload"
+
+
+class QueryError(BackupdError):
+    """A statement sent to the database server failed (the login itself worked)."""
+
+    step = "query"
+
+
+class CoordinationError(BackupdError):
+    """A claim on a slot could not be made, read or kept (``COORDINATION=storage``)."""
+
+    step = "claim"
+
+
+class ClaimLost(CoordinationError):
+    """Another replica took this run's slot over: the run is cancelled before it publishes."""
+
+
+class CoordinationUnsupported(CoordinationError):
+    """The store ignores conditional writes, so replicas cannot share a schedule through it."""

@@ -56,12 +56,39 @@ class Metrics:
             ["target"],
             registry=self.registry,
         )
+        self.claimed_elsewhere = Counter(
+            "backupd_slots_claimed_elsewhere",
+            "Slots another replica claimed first (COORDINATION=storage), by kind",
+            ["target", "kind"],
+            registry=self.registry,
+        )
+
+        self.pruned = Counter(
+            "backupd_pruned_backups",
+            "Complete backups deleted by retention",
+            ["target"],
+            registry=self.registry,
+        )
+        self.stored_backups = Gauge(
+            "backupd_stored_backups",
+            "Complete backups in storage, counted at the last prune",
+            ["target"],
+            registry=self.registry,
+        )
+        self.stored_bytes = Gauge(
+            "backupd_stored_bytes",
+            "Bytes of the complete backups in storage, counted at the last prune",
+            ["target"],
+            registry=self.registry,
+        )
 
     def declare(self, target: str) -> None:
         """Make every series of ``target`` visible at zero before its first run."""
         for result in ("success", "failure", "skipped"):
             self.runs.labels(target, result)
+        self.claimed_elsewhere.labels(target, "backup")
         self.in_progress.labels(target).set(0)
+        self.pruned.labels(target)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -51,6 +51,8 @@ class PipeReader:
         with contextlib.suppress(OSError):  # a larger pipe absorbs our brief pauses
             fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
         self.fd = fd
+        self.transferred = 0
+        """Bytes read from the pipe so far (by the reading thread: a progress signal)."""
         self._limit = read_ahead
         self._changed = threading.Condition()
         self._ahead: deque[tuple[bytearray, int, int]] = deque()  # chunk, start, end
@@ -133,6 +135,7 @@ class PipeReader:
             count = _read_batched(self.fd, memoryview(chunk))
         except OSError as error:
             count, self._error = 0, error  # raised by the fill that reaches it
+        self.transferred += count
         with self._changed:
             if count:
                 self._ahead.append((chunk, 0, count))
@@ -160,6 +163,7 @@ class PipeReader:
             if self._eof:
                 return 0
         count = _read_batched(self.fd, view)
+        self.transferred += count
         if count == 0:
             with self._changed:
                 self._eof = True

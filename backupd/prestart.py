@@ -9,14 +9,16 @@ stopped unused.
 from __future__ import annotations
 
 from backupd.config import Settings
+from backupd.errors import BackupdError
 from backupd.process import Command
 from backupd.sources import FileSource, source_for
 from backupd.stream import plan_compression
 
 
-def first_dump(settings: Settings) -> Command | None:
-    """The first target's first dump command; None when it depends on the server (``*``) or
-    the engine writes a file instead of a stream (SQL Server)."""
+async def first_dump(settings: Settings) -> Command | None:
+    """The first target's first dump command; None when it depends on the server (``*``),
+    the engine writes a file instead of a stream (SQL Server), or it cannot be built yet
+    (the real backup then reports why)."""
     target = settings.targets[0]
     if target.database.all_databases:
         return None
@@ -26,4 +28,7 @@ def first_dump(settings: Settings) -> Command | None:
     native, _ = plan_compression(
         target.layout.compression, target.database.engine, source.can_compress
     )
-    return source.dump_command(target.database.databases[0], native)
+    try:
+        return await source.dump_command(target.database.databases[0], native)
+    except BackupdError:
+        return None

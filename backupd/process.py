@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from backupd.errors import BackupdError, DumpError
@@ -22,6 +22,10 @@ from backupd.pipe import PipeReader
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 20
+STDERR_LINE_CHARS = 2000
+"""Of a longer stderr line (the mysql client echoes a whole failed statement) only the head is
+kept: the error message comes first."""
+STDERR_READ = 65536
 KILL_GRACE_SECONDS = 5.0
 # Variables a dump tool may need from our own environment. Everything else, notably the
 # storage and mail secrets backupd holds, stays out of the child's environment.
@@ -72,6 +76,40 @@ def mask(text: str, secrets: list[str]) -> str:
     return text
 
 
+class StderrTail:
+    """The last lines a child wrote to stderr, each cut to its first ``STDERR_LINE_CHARS``:
+    memory stays bounded whatever the child writes, and however long a line is."""
+
+    def __init__(self, lines: int = STDERR_TAIL_LINES, chars: int = STDERR_LINE_CHARS) -> None:
+        self.lines: deque[str] = deque(maxlen=lines)
+        self._chars = chars
+        self._current = bytearray()
+        self._dropped = 0
+
+    def feed(self, data: bytes) -> list[str]:
+        """Take a chunk; return the lines it completed."""
+        done = []
+        for index, piece in enumerate(data.split(b"\n")):
+            if index:
+                done.append(self._finish_line())
+            room = self._chars * 4 - len(self._current)  # bytes; up to 4 per character
+            self._current += piece[: max(room, 0)]
+            self._dropped += max(len(piece) - max(room, 0), 0)
+        return done
+
+    def close(self) -> None:
+        if self._current or self._dropped:
+            self._finish_line()
+
+    def _finish_line(self) -> str:
+        text = self._current.decode("utf-8", "replace").rstrip()
+        if len(text) > self._chars or self._dropped:
+            text = f"{text[: self._chars]}… ({len(self._current) + self._dropped:,} bytes)"
+        self._current, self._dropped = bytearray(), 0
+        self.lines.append(text)
+        return text
+
+
 class Child:
     """A running child process whose stderr is drained concurrently into a tail buffer."""
 
@@ -79,7 +117,7 @@ class Child:
         self.name = name
         self.process = process
         self.stdout = stdout
-        self.tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.tail = StderrTail()
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"{name}-stderr")
 
     @property
@@ -88,16 +126,18 @@ class Child:
         return self.process.stdin
 
     def stderr_text(self) -> str:
-        return " | ".join(line for line in self.tail if line)
+        return " | ".join(line for line in self.tail.lines if line)
 
     async def _drain_stderr(self) -> None:
+        """Read stderr to its end in bounded chunks: never by line, which a line longer than
+        the reader's limit would kill, leaving the child blocked on a full pipe."""
         stream = self.process.stderr
         if stream is None:
             return
-        while line := await stream.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            self.tail.append(text)
-            log.debug("%s: %s", self.name, text)
+        while chunk := await stream.read(STDERR_READ):
+            for text in self.tail.feed(chunk):
+                log.debug("%s: %s", self.name, text)
+        self.tail.close()
 
     async def wait(self) -> int:
         """Wait for exit and for stderr to be fully read; return the exit status."""
@@ -120,6 +160,53 @@ class Child:
         with contextlib.suppress(asyncio.CancelledError):
             await self._stderr_task
         self.stdout.close()
+
+
+class StallError(BackupdError):
+    """A child moved no bytes for longer than ``RESTORE_STALL_TIMEOUT``."""
+
+    step = "stall"
+
+
+@contextlib.asynccontextmanager
+async def stall_guard(
+    progress: Callable[[], int], timeout: float, what: str
+) -> AsyncIterator[None]:
+    """Fail the block with StallError when ``progress()`` (a byte count) stops growing for
+    ``timeout`` seconds: the block is cancelled, so its children are killed and its upload
+    aborted like on any failure. ``timeout`` 0 turns the guard off."""
+    if timeout <= 0:
+        yield
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    stalled = False
+
+    async def watch() -> None:
+        nonlocal stalled
+        loop = asyncio.get_running_loop()
+        last, since = progress(), loop.time()
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            if (now := progress()) != last:
+                last, since = now, loop.time()
+            elif loop.time() - since >= timeout:
+                stalled = True
+                task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch(), name=f"stall-guard {what}")
+    try:
+        yield
+    except asyncio.CancelledError:
+        if stalled and task.uncancel() == 0:
+            raise StallError(
+                f"{what} moved no data for {timeout:.0f}s (RESTORE_STALL_TIMEOUT); gave up"
+            ) from None
+        raise
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 def describe_status(code: int) -> str:

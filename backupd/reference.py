@@ -10,14 +10,17 @@ import enum
 from pydantic import BaseModel, ByteSize, SecretStr
 
 from backupd.config import (
+    CoordinationConfig,
     DaemonConfig,
     DatabaseConfig,
     EmailConfig,
     HooksConfig,
     LayoutConfig,
+    LimitsConfig,
     LocalConfig,
     LogConfig,
     MSSQLConfig,
+    RetentionConfig,
     S3Config,
     ScheduleConfig,
 )
@@ -28,10 +31,13 @@ MODELS: tuple[type[BaseModel], ...] = (
     LocalConfig,
     LayoutConfig,
     ScheduleConfig,
+    RetentionConfig,
     EmailConfig,
     HooksConfig,
     MSSQLConfig,
+    LimitsConfig,
     DaemonConfig,
+    CoordinationConfig,
     LogConfig,
 )
 # Read by the loader itself rather than by a model field.
@@ -57,6 +63,8 @@ DEFAULTS = {
     "EMAIL_FROM": "required for mail",
     "EMAIL_TO": "required for mail",
     "MSSQL_LOCAL_DIR": "MSSQL_BACKUP_DIR",
+    "REPLICA_ID": "host name",
+    "COORDINATION_LEASE": "`60s`",
 }
 
 

@@ -84,6 +84,18 @@ def next_fire(schedule: Schedule, after: datetime) -> datetime:
             return instant
 
 
+def previous_fire(schedule: Schedule, at: datetime) -> datetime:
+    """The last scheduled instant at or before ``at`` (an aware datetime): the slot a run that
+    starts at ``at`` without a slot of its own (``RUN_ON_STARTUP``) stands for."""
+    tz = schedule.tz
+    local = (at + timedelta(seconds=1)).astimezone(tz).replace(tzinfo=None)
+    walls = croniter(schedule.expression, local, second_at_beginning=schedule.seconds_first)
+    while True:
+        instant = on_timeline(walls.get_prev(datetime), tz)
+        if instant <= at:
+            return instant
+
+
 def following_slot(schedule: Schedule, scheduled: datetime, now: datetime) -> tuple[datetime, int]:
     """The slot after ``scheduled`` that is still ahead of ``now``, and how many were missed."""
     slot = next_fire(schedule, scheduled)

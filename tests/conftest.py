@@ -14,7 +14,13 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.servers import FaultProxy, MariaDBServer, PostgresServer, moto_endpoint
+from tests.servers import (
+    FaultProxy,
+    MariaDBServer,
+    PostgresServer,
+    atomic_moto_endpoint,
+    moto_endpoint,
+)
 
 AMBIENT_PREFIXES = (
     "AWS_",
@@ -96,6 +102,21 @@ def mariadb() -> Iterator[MariaDBServer]:
 def moto_url() -> Iterator[str]:
     with moto_endpoint() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def atomic_moto_url(moto_url: str) -> Iterator[str]:
+    """The same S3 (same buckets) with atomic conditional writes, as AWS S3, R2 and MinIO."""
+    with atomic_moto_endpoint() as url:
+        yield url
+
+
+@pytest.fixture
+def atomic_proxy(atomic_moto_url: str) -> Iterator[FaultProxy]:
+    """A fault proxy in front of ``atomic_moto_url``."""
+    fault_proxy = FaultProxy(int(atomic_moto_url.rsplit(":", 1)[1]))
+    yield fault_proxy
+    fault_proxy.close()
 
 
 @pytest.fixture

@@ -35,3 +35,24 @@ def dump_processes(database: str) -> list[int]:
         if database in argv or environ(pid).get("PGDATABASE") == database:
             pids.append(pid)
     return pids
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid from ``/proc/PID/stat`` (the field after the command in parentheses)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether ``pid`` is ``ancestor`` or one of its descendants (while both are alive)."""
+    seen = set()
+    current: int | None = pid
+    while current is not None and current > 1 and current not in seen:
+        if current == ancestor:
+            return True
+        seen.add(current)
+        current = parent_of(current)
+    return False

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 PG_PASSWORD = 'pg "s3cr3t" p@ss\\word #1'
@@ -229,6 +230,7 @@ class MariaDBServer:
                 f"--user={os_user}",
                 f"--pid-file={self.root / 'pid'}",
                 "--innodb-flush-log-at-trx-commit=0",
+                "--max-allowed-packet=64M",
                 "--skip-name-resolve",
                 f"--log-error={self.root / 'log'}",
             ],
@@ -293,23 +295,43 @@ class MariaDBServer:
         # Comments name the database; everything else must match.
         return "\n".join(line for line in result.stdout.splitlines() if not line.startswith("--"))
 
+    def dump_with_databases(self, database: str) -> bytes:
+        """A dump as backupd made them before manifest format 2: ``--databases``, so the SQL
+        names the database in CREATE DATABASE and USE statements."""
+        return subprocess.run(
+            [
+                "mariadb-dump",
+                f"--socket={self.socket}",
+                "-uroot",
+                "--single-transaction",
+                "--quick",
+                "--routines",
+                "--events",
+                "--triggers",
+                "--hex-blob",
+                "--default-character-set=utf8mb4",
+                "--databases",
+                database,
+            ],
+            check=True,
+            capture_output=True,
+        ).stdout
+
     def restore(self, dump: bytes, database: str) -> None:
-        """Load a ``--databases`` dump under another name, without its CREATE DATABASE and USE."""
+        """Load a backupd dump with the stock client: its SQL names no database, so it loads
+        into whichever one the client is given, unchanged."""
         self.create_database(database)
-        lines = [
-            line
-            for line in dump.split(b"\n")
-            if not line.startswith((b"CREATE DATABASE", b"USE `"))
-        ]
         subprocess.run(
             [
                 "mariadb",
                 f"--socket={self.socket}",
                 "-uroot",
                 "--default-character-set=utf8mb4",
+                "--binary-mode",
+                "--max-allowed-packet=1G",
                 database,
             ],
-            input=b"\n".join(lines),
+            input=dump,
             check=True,
             capture_output=True,
         )
@@ -324,11 +346,23 @@ class MariaDBServer:
                 self.process.wait()
 
 
+_DENIED_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>refused by the test proxy</Message></Error>"
+)
+ACCESS_DENIED = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_DENIED_BODY)}\r\n\r\n".encode()
+    + _DENIED_BODY
+)
+
+
 class FaultProxy:
     """A TCP proxy in front of an HTTP server.
 
     It records each request's method, target and body size and, once ``break_uploads`` is set,
-    drops any connection that sends a multipart UploadPart.
+    drops any connection that sends a multipart UploadPart. Headers named in ``strip_headers``
+    (lower case) are removed from every request, like a store that ignores them.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -336,6 +370,9 @@ class FaultProxy:
         self.requests: list[tuple[str, str, int]] = []
         self.break_uploads = threading.Event()
         self.part_delay = 0.0
+        self.strip_headers: set[str] = set()
+        self.refuse_puts_ending: str | None = None
+        """PUTs of keys ending so are answered 403 AccessDenied, without reaching upstream."""
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
@@ -382,7 +419,17 @@ class FaultProxy:
                     return
                 if is_part and self.part_delay:
                     time.sleep(self.part_delay)
-                upstream.sendall(head)
+                path = target.split("?", 1)[0]
+                if (
+                    method == "PUT"
+                    and self.refuse_puts_ending
+                    and path.endswith(self.refuse_puts_ending)
+                ):
+                    # Answered before the body (the client may be waiting for 100 Continue),
+                    # and the connection closed, so no body is left to misread as a request.
+                    client.sendall(ACCESS_DENIED)
+                    return
+                upstream.sendall(self._strip(head))
                 buffer = self._forward_body(client, upstream, length, buffer)
         except OSError:
             return
@@ -390,6 +437,17 @@ class FaultProxy:
             for sock in (client, upstream):
                 with contextlib.suppress(OSError):
                     sock.close()
+
+    def _strip(self, head: bytes) -> bytes:
+        if not self.strip_headers:
+            return head
+        lines = head.split(b"\r\n")
+        kept = [
+            line
+            for line in lines
+            if line.partition(b":")[0].strip().lower().decode() not in self.strip_headers
+        ]
+        return b"\r\n".join(kept)
 
     @staticmethod
     def _read_head(
@@ -446,3 +504,43 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+class _OneWriteAtATime:
+    """WSGI middleware: write requests one at a time.
+
+    AWS S3 applies a conditional write atomically; moto checks the condition and then writes,
+    unlocked, so two concurrent ``If-None-Match: *`` writes can both succeed. Serialising the
+    writes gives moto S3's semantics for tests of what relies on them.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") in {"GET", "HEAD"}:
+            return self.app(environ, start_response)
+        with self.lock:
+            return list(self.app(environ, start_response))
+
+
+@contextlib.contextmanager
+def atomic_moto_endpoint() -> Iterator[str]:
+    """moto's S3 with atomic conditional writes, sharing the buckets of ``moto_endpoint``'s."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = _OneWriteAtATime(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from backupd.process import Command
 
@@ -43,8 +43,18 @@ class Source(Protocol):
         """For ``DB_DATABASE=*``: a dump of server-wide objects (roles, ...), if any."""
         ...
 
-    def dump_command(self, database: str, native_compression: bool) -> Command:
-        """The dump tool's command: the dump goes to stdout, secrets never into argv."""
+    async def dump_command(self, database: str, native_compression: bool) -> Command:
+        """The dump tool's command: the dump goes to stdout, secrets never into argv.
+
+        Async because the argv depends on the installed tool's flavour (Oracle's mysqldump
+        takes options MariaDB's rejects): it is built only once ``--version`` has answered.
+        """
+        ...
+
+    async def database_properties(self, database: str) -> dict[str, Any]:
+        """Database-level settings the dump does not carry into another name (encoding,
+        locale, defaults, comment), as JSON data for the manifest. Raise DumpError when the
+        database does not exist."""
         ...
 
     def explain_failure(self, stderr: str) -> str | None:
@@ -57,7 +67,16 @@ class Source(Protocol):
         """``"missing"``, ``"empty"`` or ``"in use"`` (holds tables, views or routines)."""
         ...
 
-    async def create_database(self, database: str) -> None: ...
+    async def create_database(self, database: str, properties: dict[str, Any]) -> list[str]:
+        """Create ``database`` with the recorded ``properties`` that must exist from the start
+        (encoding, locale, character set). Return one line per property the server could not
+        take (the database is then created without it)."""
+        ...
+
+    async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
+        """After the restore: the recorded defaults and comment. Return one line per property
+        that could not be applied."""
+        ...
 
     async def drop_database(self, database: str) -> None: ...
 

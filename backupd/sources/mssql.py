@@ -17,9 +17,9 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+from backupd.catalogue import safe_name
 from backupd.config import MSSQLConfig, TargetConfig
 from backupd.errors import ConnectError, DumpError
-from backupd.layout import safe_name
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import ServerInfo
 

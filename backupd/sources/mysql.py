@@ -7,11 +7,14 @@ The password travels in a ``[client]`` option file that exists only as an inheri
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
+from dataclasses import dataclass
+from typing import Any
 
 from backupd.config import DatabaseConfig, Engine
-from backupd.errors import BackupdError, ConnectError, DumpError
+from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import ServerInfo
 
@@ -36,9 +39,13 @@ _CONNECT_FAILURES = (
     "Access denied",
     "Can't connect",
     "Unknown MySQL server host",
-    "Unknown database",
     "Got error: 2",
 )
+_UNKNOWN_DATABASE = re.compile(r"Unknown database '(.*)'")
+# The largest packet a client accepts (MySQL's and MariaDB's limit): a row the server took is
+# never refused on the way back in.
+MAX_ALLOWED_PACKET = 1024 * 1024 * 1024
+_NAME = re.compile(r"^\w+$", re.ASCII)
 
 
 def sql_literal(text: str) -> str:
@@ -55,8 +62,38 @@ def restore_argv(tool: str, config: DatabaseConfig, database: str) -> tuple[str,
         *connection_args(config),
         "--default-character-set=utf8mb4",
         "--binary-mode",
+        f"--max-allowed-packet={MAX_ALLOWED_PACKET}",
         f"--database={database}",
     )
+
+
+def missing_database(config: DatabaseConfig, database: str) -> str:
+    return f"database {database} does not exist on {config.host}:{config.effective_port}"
+
+
+def properties_query(database: str, with_comment: bool) -> str:
+    """The database's defaults as one JSON line (SCHEMA_COMMENT: MariaDB 10.5+ only)."""
+    comment = ", 'comment', SCHEMA_COMMENT" if with_comment else ""
+    return (
+        "SELECT JSON_OBJECT('character_set', DEFAULT_CHARACTER_SET_NAME, "
+        f"'collation', DEFAULT_COLLATION_NAME{comment}) FROM information_schema.SCHEMATA "
+        f"WHERE SCHEMA_NAME = {sql_literal(database)}"
+    )
+
+
+def create_database_sql(database: str, properties: dict[str, Any]) -> str:
+    """``CREATE DATABASE`` with the recorded character set, collation and comment."""
+    clauses = []
+    charset, collation = properties.get("character_set"), properties.get("collation")
+    if isinstance(charset, str) and _NAME.match(charset):
+        clauses.append(f"CHARACTER SET {charset}")
+    if isinstance(collation, str) and _NAME.match(collation):
+        clauses.append(f"COLLATE {collation}")
+    if properties.get("comment"):
+        clauses.append(f"COMMENT {sql_literal(properties['comment'])}")
+    if not clauses:
+        clauses.append("CHARACTER SET utf8mb4")
+    return f"CREATE DATABASE {sql_identifier(database)} {' '.join(clauses)}"
 
 
 def option_file(password: str | None) -> bytes:
@@ -76,11 +113,23 @@ def connection_args(config: DatabaseConfig) -> tuple[str, ...]:
     return (f"--host={config.host}", f"--port={config.effective_port}", f"--user={config.user}")
 
 
-def dump_argv(
-    tool: str, config: DatabaseConfig, database: str, mariadb_tool: bool
-) -> tuple[str, ...]:
-    extra = () if mariadb_tool else ORACLE_ONLY_OPTIONS
-    return (tool, *connection_args(config), *DUMP_OPTIONS, *extra, "--databases", database)
+@dataclass(frozen=True)
+class Tool:
+    """The dump tool on PATH, as its ``--version`` describes it."""
+
+    program: str
+    version_output: str
+
+    @property
+    def is_mariadb(self) -> bool:
+        return is_mariadb_tool(self.version_output)
+
+
+def dump_argv(tool: Tool, config: DatabaseConfig, database: str) -> tuple[str, ...]:
+    """One database, without ``--databases``: the SQL names no database, so it loads into
+    whichever database the client names, and nothing in it needs rewriting."""
+    extra = () if tool.is_mariadb else ORACLE_ONLY_OPTIONS
+    return (tool.program, *connection_args(config), *DUMP_OPTIONS, *extra, "--", database)
 
 
 def client_argv(tool: str, config: DatabaseConfig, sql: str) -> tuple[str, ...]:
@@ -89,6 +138,7 @@ def client_argv(tool: str, config: DatabaseConfig, sql: str) -> tuple[str, ...]:
         *connection_args(config),
         "--connect-timeout=10",
         "--batch",
+        "--raw",
         "--skip-column-names",
         "-e",
         sql,
@@ -112,7 +162,7 @@ class MySQLSource:
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
-        self._mariadb_tool = True
+        self._tool: asyncio.Future[Tool] | None = None
 
     def _command(self, argv: tuple[str, ...]) -> Command:
         password = (
@@ -131,21 +181,32 @@ class MySQLSource:
         code, out, err = await run_captured(
             client, self._command(client_argv(client, self.config, sql))
         )
-        if code != 0:
+        if code != 0 and any(marker in err for marker in _CONNECT_FAILURES):
             where = f"{self._label()} at {self._where()}"
-            raise ConnectError(f"cannot log in to {where}: {err or f'{client} exited {code}'}")
+            raise ConnectError(f"cannot log in to {where}: {err}")
+        if code != 0:
+            raise QueryError(err or f"{client} exited {code}")
         return [line for line in out.splitlines() if line]
 
+    async def tool(self) -> Tool:
+        """The dump tool and its flavour, asked once per source."""
+        if self._tool is None:
+            self._tool = asyncio.ensure_future(self._ask_tool())
+        return await asyncio.shield(self._tool)
+
+    async def _ask_tool(self) -> Tool:
+        program = pick_tool(self.config.engine, "dump")
+        version = Command((program, "--version"), child_environment({}))
+        code, out, err = await run_captured(program, version)
+        if code != 0:
+            raise DumpError(f"{program} --version failed: {err}")
+        return Tool(program, out)
+
     async def probe(self) -> ServerInfo:
-        tool = pick_tool(self.config.engine, "dump")
-        version = Command((tool, "--version"), child_environment({}))
-        rows, (tool_code, tool_out, tool_err) = await asyncio.gather(
-            self._query("SELECT VERSION()"), run_captured(tool, version)
+        rows, tool = await asyncio.gather(self._query("SELECT VERSION()"), self.tool())
+        return ServerInfo(
+            server_version=rows[0].strip(), tool_version=short_version(tool.version_output)
         )
-        if tool_code != 0:
-            raise DumpError(f"{tool} --version failed: {tool_err}")
-        self._mariadb_tool = is_mariadb_tool(tool_out)
-        return ServerInfo(server_version=rows[0].strip(), tool_version=short_version(tool_out))
 
     async def list_databases(self) -> list[str]:
         return await self._query(LIST_DATABASES)
@@ -165,11 +226,22 @@ class MySQLSource:
     def globals_command(self, info: ServerInfo) -> None:
         return None
 
-    def dump_command(self, database: str, native_compression: bool) -> Command:
-        tool = pick_tool(self.config.engine, "dump")
-        return self._command(dump_argv(tool, self.config, database, self._mariadb_tool))
+    async def dump_command(self, database: str, native_compression: bool) -> Command:
+        return self._command(dump_argv(await self.tool(), self.config, database))
+
+    async def database_properties(self, database: str) -> dict[str, Any]:
+        try:
+            rows = await self._query(properties_query(database, with_comment=True))
+        except QueryError:  # MySQL has no SCHEMA_COMMENT
+            rows = await self._query(properties_query(database, with_comment=False))
+        if not rows:
+            raise DumpError(missing_database(self.config, database))
+        properties: dict[str, Any] = json.loads(rows[0])
+        return properties
 
     def explain_failure(self, stderr: str) -> str | None:
+        if (unknown := _UNKNOWN_DATABASE.search(stderr)) is not None:
+            return missing_database(self.config, unknown.group(1))
         if any(marker in stderr for marker in _CONNECT_FAILURES):
             return f"cannot log in to {self._label()} at {self._where()}"
         return None
@@ -193,8 +265,18 @@ class MySQLSource:
         )
         return "empty" if used == ["0"] else "in use"
 
-    async def create_database(self, database: str) -> None:
-        await self._query(f"CREATE DATABASE {sql_identifier(database)} CHARACTER SET utf8mb4")
+    async def create_database(self, database: str, properties: dict[str, Any]) -> list[str]:
+        try:
+            await self._query(create_database_sql(database, properties))
+        except QueryError as error:
+            if not properties:
+                raise
+            await self._query(create_database_sql(database, {}))
+            return [f"created {database} with utf8mb4 instead of the recorded defaults: {error}"]
+        return []
+
+    async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
+        return []  # character set, collation and comment were given at creation
 
     async def drop_database(self, database: str) -> None:
         await self._query(f"DROP DATABASE IF EXISTS {sql_identifier(database)}")

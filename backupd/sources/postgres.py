@@ -8,15 +8,47 @@ mistaken for a connection string.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+from typing import Any
 
 from backupd.config import DatabaseConfig
-from backupd.errors import BackupdError, ConnectError, DumpError
+from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import ServerInfo
 
 _VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
 _MISMATCH = re.compile(r"server version: ([\d.]+)[^;]*; pg_dump version: ([\d.]+)")
+PSQL_CONNECTION_FAILED = 2
+_MISSING = re.compile(r'database "((?:[^"]|"")*)" does not exist')
+# Settings whose value is a list of quoted items (pg_dump's variable_is_guc_list_quote).
+LIST_SETTINGS = frozenset(
+    {
+        "local_preload_libraries",
+        "search_path",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "temp_tablespaces",
+        "unix_socket_directories",
+    }
+)
+PROPERTIES_QUERY = """
+SELECT json_build_object(
+    'encoding', pg_encoding_to_char(d.encoding),
+    'row', to_jsonb(d) - 'datacl' - 'datfrozenxid' - 'datminmxid',
+    'comment', shobj_description(d.oid, 'pg_database'),
+    'settings', coalesce((
+        SELECT json_agg(item ORDER BY ordinality) FROM pg_db_role_setting s,
+        unnest(s.setconfig) WITH ORDINALITY AS item
+        WHERE s.setdatabase = d.oid AND s.setrole = 0), '[]'::json),
+    'role_settings', coalesce((
+        SELECT json_agg(json_build_object('role', r.rolname, 'setting', item)
+                        ORDER BY r.rolname, ordinality)
+        FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole,
+        unnest(s.setconfig) WITH ORDINALITY AS item
+        WHERE s.setdatabase = d.oid), '[]'::json)
+)::text FROM pg_database d WHERE d.datname = current_database()
+"""
 _CONNECT_FAILURES = (
     "password authentication failed",
     "could not connect",
@@ -86,6 +118,103 @@ def pg_dumpall_globals_argv(superuser: bool) -> tuple[str, ...]:
     return tuple(argv)
 
 
+def missing_database(config: DatabaseConfig, database: str) -> str:
+    return f"database {database} does not exist on {config.host}:{config.effective_port}"
+
+
+def split_setting(setting: str) -> tuple[str, str]:
+    """``'search_path=app, public'`` (a ``pg_db_role_setting`` item) → (name, value)."""
+    name, _, value = setting.partition("=")
+    return name, value
+
+
+def split_list_value(value: str) -> list[str]:
+    """The items of a list setting as the server stores it: comma-separated, each optionally
+    double-quoted with ``""`` inside (PostgreSQL's SplitGUCList)."""
+    items: list[str] = []
+    current: list[str] = []
+    quoted = was_quoted = False
+    index = 0
+    while index < len(value):
+        char = value[index]
+        if quoted:
+            if char == '"' and value[index + 1 : index + 2] == '"':
+                current.append('"')
+                index += 1
+            elif char == '"':
+                quoted = False
+            else:
+                current.append(char)
+        elif char == '"':
+            quoted = was_quoted = True
+        elif char == ",":
+            items.append("".join(current) if was_quoted else "".join(current).strip())
+            current, was_quoted = [], False
+        elif not (char.isspace() and not current):
+            current.append(char)
+        index += 1
+    if current or was_quoted or items:
+        items.append("".join(current) if was_quoted else "".join(current).strip())
+    return items
+
+
+def set_clause(setting: str) -> str:
+    """``SET name TO ...`` for one stored setting, quoted as pg_dump quotes it."""
+    name, value = split_setting(setting)
+    if name.lower() in LIST_SETTINGS:
+        rendered = ", ".join(pg_literal(item) for item in split_list_value(value)) or "''"
+    else:
+        rendered = pg_literal(value)
+    return f"SET {pg_identifier(name)} TO {rendered}"
+
+
+def create_database_sql(database: str, properties: dict[str, Any]) -> str:
+    """``CREATE DATABASE`` with the recorded encoding and locale (template0, so any locale)."""
+    row = properties.get("row") or {}
+    clauses = ["TEMPLATE template0"]
+    if properties.get("encoding"):
+        clauses.append(f"ENCODING {pg_literal(properties['encoding'])}")
+    provider = row.get("datlocprovider", "c")
+    if provider == "i":
+        clauses.append("LOCALE_PROVIDER icu")
+        icu = row.get("datlocale") or row.get("daticulocale")
+        if icu:
+            clauses.append(f"ICU_LOCALE {pg_literal(icu)}")
+    elif provider == "b":
+        clauses.append("LOCALE_PROVIDER builtin")
+        if row.get("datlocale"):
+            clauses.append(f"BUILTIN_LOCALE {pg_literal(row['datlocale'])}")
+    for key, clause in (("datcollate", "LC_COLLATE"), ("datctype", "LC_CTYPE")):
+        if row.get(key):
+            clauses.append(f"{clause} {pg_literal(row[key])}")
+    return f"CREATE DATABASE {pg_identifier(database)} {' '.join(clauses)}"
+
+
+def property_statements(database: str, properties: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, SQL) for each recorded default and the comment, applied after the restore."""
+    name = pg_identifier(database)
+    statements = [
+        (f"setting {split_setting(item)[0]}", f"ALTER DATABASE {name} {set_clause(item)}")
+        for item in properties.get("settings") or []
+    ]
+    for entry in properties.get("role_settings") or []:
+        role, setting = entry["role"], entry["setting"]
+        statements.append(
+            (
+                f"setting {split_setting(setting)[0]} of role {role}",
+                f"ALTER ROLE {pg_identifier(role)} IN DATABASE {name} {set_clause(setting)}",
+            )
+        )
+    limit = (properties.get("row") or {}).get("datconnlimit")
+    if isinstance(limit, int) and limit != -1:
+        statements.append(("connection limit", f"ALTER DATABASE {name} CONNECTION LIMIT {limit}"))
+    if properties.get("comment") is not None:
+        statements.append(
+            ("comment", f"COMMENT ON DATABASE {name} IS {pg_literal(properties['comment'])}")
+        )
+    return statements
+
+
 def major_version(version: str) -> int:
     """``'15.19 (Debian ...)'`` → 15; ``'9.6.24'`` → 9 (the old scheme has two-part majors)."""
     match = _VERSION.search(version)
@@ -121,14 +250,20 @@ class PostgresSource:
         return (self.config.databases or ("postgres",))[0]
 
     async def _query(self, sql: str, database: str | None = None) -> list[str]:
-        """Rows of a one-column query, as text; raise ConnectError when the login fails."""
+        """Rows of a one-column query, as text.
+
+        Raise DumpError naming the database when it does not exist, ConnectError when the login
+        fails (psql exits 2), QueryError when the statement fails.
+        """
         argv = ("psql", "--no-psqlrc", "--no-password", "-At", "--record-separator-zero", "-c", sql)
         where = database if database is not None else self._login_database
         code, out, err = await run_captured("psql", Command(argv, self._env(where)))
+        if code != 0 and (missing := _MISSING.search(err)) and missing.group(1) == where:
+            raise DumpError(missing_database(self.config, where))
+        if code == PSQL_CONNECTION_FAILED:
+            raise ConnectError(f"cannot log in to PostgreSQL at {self._where()}: {err}")
         if code != 0:
-            raise ConnectError(
-                f"cannot log in to PostgreSQL at {self._where()}: {err or f'psql exited {code}'}"
-            )
+            raise QueryError(err or f"psql exited {code}")
         return [row for row in out.split("\0") if row]
 
     async def probe(self) -> ServerInfo:
@@ -167,13 +302,20 @@ class PostgresSource:
     def globals_command(self, info: ServerInfo) -> Command:
         return Command(pg_dumpall_globals_argv(info.superuser), self._env("postgres"))
 
-    def dump_command(self, database: str, native_compression: bool) -> Command:
+    async def dump_command(self, database: str, native_compression: bool) -> Command:
         return Command(pg_dump_argv(native_compression), self._env(database))
+
+    async def database_properties(self, database: str) -> dict[str, Any]:
+        rows = await self._query(PROPERTIES_QUERY, database)
+        properties: dict[str, Any] = json.loads(rows[0])
+        return properties
 
     def explain_failure(self, stderr: str) -> str | None:
         mismatch = _MISMATCH.search(stderr)
         if mismatch is not None:
             return version_problem(mismatch.group(1), mismatch.group(2))
+        if (missing := _MISSING.search(stderr)) is not None:
+            return missing_database(self.config, missing.group(1).replace('""', '"'))
         if any(marker in stderr for marker in _CONNECT_FAILURES):
             return f"cannot log in to PostgreSQL at {self._where()}"
         return None
@@ -195,8 +337,25 @@ class PostgresSource:
         )
         return "empty" if objects == ["0"] else "in use"
 
-    async def create_database(self, database: str) -> None:
-        await self._query(f"CREATE DATABASE {pg_identifier(database)}", "postgres")
+    async def create_database(self, database: str, properties: dict[str, Any]) -> list[str]:
+        try:
+            await self._query(create_database_sql(database, properties), "postgres")
+        except QueryError as error:
+            if not properties:
+                raise
+            # e.g. a locale this server lacks: say so, and keep the database's own defaults.
+            await self._query(f"CREATE DATABASE {pg_identifier(database)}", "postgres")
+            return [f"created {database} with this server's default encoding and locale: {error}"]
+        return []
+
+    async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
+        problems = []
+        for what, statement in property_statements(database, properties):
+            try:
+                await self._query(statement, "postgres")
+            except QueryError as error:
+                problems.append(f"could not restore the database's {what}: {error}")
+        return problems
 
     async def drop_database(self, database: str) -> None:
         await self._query(

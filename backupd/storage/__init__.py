@@ -6,11 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from backupd.config import LocalConfig, S3Config
-from backupd.storage.base import Storage, Upload
+from backupd.storage.base import ClaimStore, Storage, Upload
 from backupd.storage.local import LocalStorage
 from backupd.storage.s3 import S3Storage
 
-__all__ = ["Storage", "Upload", "open_storage"]
+__all__ = ["ClaimStore", "Storage", "Upload", "open_claim_store", "open_storage"]
 
 
 @contextlib.asynccontextmanager
@@ -19,5 +19,12 @@ async def open_storage(config: S3Config | LocalConfig) -> AsyncIterator[Storage]
     if isinstance(config, LocalConfig):
         yield LocalStorage(config)
         return
+    async with S3Storage.connect(config) as storage:
+        yield storage
+
+
+@contextlib.asynccontextmanager
+async def open_claim_store(config: S3Config) -> AsyncIterator[ClaimStore]:
+    """The store that holds claims for ``COORDINATION=storage`` (object stores only)."""
     async with S3Storage.connect(config) as storage:
         yield storage

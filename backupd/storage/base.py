@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -40,6 +41,40 @@ class StoredObject:
     modified: datetime
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload (or, in a folder, a temporary file) that was started, never finished."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True)
+class Lock:
+    """An object's Object Lock retention as the store reports it (all None: not locked)."""
+
+    mode: str | None = None
+    until: datetime | None = None
+    version_id: str | None = None
+
+    def holds(self, now: datetime) -> bool:
+        """Whether the object cannot be deleted at ``now`` (aware)."""
+        return self.until is not None and self.until > now
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One object to delete: its key, and on a versioned bucket the version to remove."""
+
+    key: str
+    version_id: str | None = None
+
+
+MAX_DELETE_BATCH = 1_000
+"""S3's DeleteObjects takes at most this many keys a request."""
+
+
 class Storage(Protocol):
     """A bucket or folder that holds backups."""
 
@@ -50,14 +85,23 @@ class Storage(Protocol):
         ...
 
     def upload(
-        self, key: str, metadata: dict[str, str], estimate: Estimate | None = None
+        self,
+        key: str,
+        metadata: dict[str, str],
+        *,
+        locked: bool = False,
+        estimate: Estimate | None = None,
     ) -> AbstractAsyncContextManager[Upload]:
-        """Start writing ``key``; see ``Upload``. A store whose parts cannot grow (R2) may call
-        ``estimate`` (the database's rough size in bytes, or None) to choose large enough parts."""
+        """Start writing ``key``; see ``Upload``. ``locked``: under the configured Object Lock
+        (backups and their manifests; never probes, claims or other bookkeeping). A store whose
+        parts cannot grow (R2) may call ``estimate`` (the database's rough size in bytes, or
+        None) to choose large enough parts."""
         ...
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        """Write a small object in one request; never overwrite."""
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, locked: bool = False
+    ) -> None:
+        """Write a small object in one request; never overwrite. ``locked`` as in ``upload``."""
         ...
 
     async def delete(self, key: str) -> None:
@@ -75,3 +119,92 @@ class Storage(Protocol):
     def download(self, key: str) -> AsyncIterator[bytes]:
         """An object's bytes in chunks of bounded size, in order."""
         ...
+
+    async def delete_many(self, objects: Sequence[Removal]) -> dict[str, str]:
+        """Delete ``objects``, in requests of at most ``MAX_DELETE_BATCH`` keys.
+
+        Returns the keys that could not be deleted with the store's reason; a key that is
+        already gone counts as deleted. Raises StorageError when a whole request fails.
+        """
+        ...
+
+    def list_uploads(self, prefix: str) -> AsyncIterator[PendingUpload]:
+        """Uploads started under ``prefix`` and neither completed nor aborted."""
+        ...
+
+    async def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort ``upload`` and free its parts; no error when it is already gone."""
+        ...
+
+    async def object_lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock enabled (a folder never has)."""
+        ...
+
+    async def lock_of(self, key: str) -> Lock:
+        """``key``'s Object Lock retention and version (``Lock()`` when it has none)."""
+        ...
+
+
+class ClaimStore(Protocol):
+    """What coordinating replicas need of a store: atomic conditional writes (S3, R2, MinIO).
+
+    ETags are passed as the store returns them (quoted). A write whose condition fails returns
+    None; every other failure raises StorageError.
+    """
+
+    description: str
+
+    async def create(self, key: str, data: bytes) -> str | None:
+        """Write ``key`` only if it does not exist (``If-None-Match: *``); its ETag, or None."""
+        ...
+
+    async def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        """Overwrite ``key`` only if its ETag is still ``etag`` (``If-Match``); the new ETag,
+        or None when the object changed or is gone."""
+        ...
+
+    async def read(self, key: str) -> tuple[bytes, str] | None:
+        """A small object and its ETag; None when there is no such key."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; no error when it is already gone."""
+        ...
+
+    def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object whose key starts with ``prefix``."""
+        ...
+
+    async def abort_uploads(self, key: str) -> int:
+        """Abort every open multipart upload of exactly ``key``; how many there were."""
+        ...
+
+
+class Fence(Protocol):
+    """The run's hold on its slot, checked by a storage before it makes anything visible."""
+
+    async def writing(self, key: str) -> None:
+        """Note that an upload of ``key`` starts (a replica taking over aborts it)."""
+        ...
+
+    async def check(self, key: str) -> None:
+        """Raise ClaimLost unless this run still holds its slot; extends the hold."""
+        ...
+
+
+publish_fence: ContextVar[Fence | None] = ContextVar("publish_fence", default=None)
+"""The current run's fence, or None (no coordination). Set by ``claims.Lease`` for the run."""
+
+
+async def check_fence(key: str) -> None:
+    """Call before publishing ``key`` (complete, single put, manifest)."""
+    fence = publish_fence.get()
+    if fence is not None:
+        await fence.check(key)
+
+
+async def note_writing(key: str) -> None:
+    """Call before starting a multipart upload of ``key``."""
+    fence = publish_fence.get()
+    if fence is not None:
+        await fence.writing(key)

@@ -11,7 +11,7 @@ import contextlib
 import io
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -19,9 +19,10 @@ from typing import BinaryIO
 from backupd.config import LocalConfig
 from backupd.errors import StorageError
 from backupd.parts import Part
-from backupd.storage.base import Estimate, StoredObject
+from backupd.storage.base import Estimate, Lock, PendingUpload, Removal, StoredObject
 
 DOWNLOAD_CHUNK = 1024 * 1024
+PARTIAL = ".partial"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,7 +48,7 @@ class LocalUpload:
     def __init__(self, final: Path, part_size: int) -> None:
         self._final = final
         self._part_size = part_size
-        self._temporary = final.with_name(f".{final.name}.{secrets.token_hex(4)}.partial")
+        self._temporary = final.with_name(f".{final.name}.{secrets.token_hex(4)}{PARTIAL}")
         self._file: BinaryIO | None = None
         self.committed = False
 
@@ -110,7 +111,12 @@ class LocalStorage:
 
     @contextlib.asynccontextmanager
     async def upload(
-        self, key: str, metadata: dict[str, str], estimate: Estimate | None = None
+        self,
+        key: str,
+        metadata: dict[str, str],
+        *,
+        locked: bool = False,
+        estimate: Estimate | None = None,
     ) -> AsyncIterator[LocalUpload]:
         upload = LocalUpload(self.path_for(key), self.config.part_size)
         try:
@@ -124,7 +130,9 @@ class LocalStorage:
             if not upload.committed:
                 upload.discard()
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, locked: bool = False
+    ) -> None:
         async with self.upload(key, {}) as upload:
             await upload.write(Part(io.BytesIO(data), len(data)))
             await upload.commit()
@@ -137,7 +145,7 @@ class LocalStorage:
             found = []
             for path in self.root.rglob("*"):
                 key = path.relative_to(self.root).as_posix()
-                if path.is_file() and key.startswith(prefix) and not path.name.endswith(".partial"):
+                if path.is_file() and key.startswith(prefix) and not path.name.endswith(PARTIAL):
                     stat = path.stat()
                     found.append(
                         StoredObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
@@ -167,3 +175,41 @@ class LocalStorage:
                 yield chunk
         finally:
             handle.close()
+
+    async def delete_many(self, objects: Sequence[Removal]) -> dict[str, str]:
+        def remove() -> dict[str, str]:
+            failed = {}
+            for item in objects:
+                try:
+                    self.path_for(item.key).unlink(missing_ok=True)
+                except OSError as error:
+                    failed[item.key] = str(error.strerror or error)
+            return failed
+
+        return await asyncio.to_thread(remove)
+
+    async def list_uploads(self, prefix: str) -> AsyncIterator[PendingUpload]:
+        """The temporary files of writes that never finished (``.{name}.{random}.partial``)."""
+
+        def walk() -> list[PendingUpload]:
+            found = []
+            for path in self.root.rglob(f".*{PARTIAL}"):
+                name = path.name[1:].removesuffix(PARTIAL).rsplit(".", 1)[0]
+                key = path.with_name(name).relative_to(self.root).as_posix()
+                if path.is_file() and key.startswith(prefix):
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                    found.append(PendingUpload(key, path.name, modified))
+            return sorted(found, key=lambda u: u.key)
+
+        for item in await asyncio.to_thread(walk):
+            yield item
+
+    async def abort_upload(self, upload: PendingUpload) -> None:
+        temporary = self.path_for(upload.key).with_name(upload.upload_id)
+        await asyncio.to_thread(temporary.unlink, missing_ok=True)
+
+    async def object_lock_enabled(self) -> bool:
+        return False
+
+    async def lock_of(self, key: str) -> Lock:
+        return Lock()

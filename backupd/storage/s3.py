@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import (
@@ -25,7 +26,16 @@ from botocore.exceptions import (
 from backupd.config import MAX_PART_SIZE, MIB, S3Config, StorageType
 from backupd.errors import StorageError
 from backupd.parts import Part, PartBody
-from backupd.storage.base import Estimate, StoredObject
+from backupd.storage.base import (
+    MAX_DELETE_BATCH,
+    Estimate,
+    Lock,
+    PendingUpload,
+    Removal,
+    StoredObject,
+    check_fence,
+    note_writing,
+)
 
 if TYPE_CHECKING:
     from aiobotocore.config import AioConfig
@@ -38,6 +48,10 @@ MAX_PARTS = 10_000
 SEND_SLICE = 256 * 1024
 DOWNLOAD_CHUNK = 1024 * 1024
 GROWTH_BLOCK = 1_000
+# A conditional write that did not happen: the condition failed, or (409) a concurrent
+# conditional write to the same key won.
+_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_MISSING = {"NoSuchKey", "404"}
 _CREDENTIAL_ERRORS = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -125,11 +139,23 @@ def client_config(config: S3Config) -> AioConfig:
         # the manifest's sha256, checked on restore, covers it end to end.
         "s3": {"payload_signing_enabled": False},
     }
-    if not config.is_aws:
-        # R2, B2 and others reject botocore's default aws-chunked CRC32 trailers.
+    if not config.is_aws and config.object_lock_days is None:
+        # R2, B2 and others reject botocore's default aws-chunked CRC32 trailers. A write under
+        # Object Lock must carry a checksum, so with a lock botocore's default stays.
         options["request_checksum_calculation"] = "when_required"
         options["response_checksum_validation"] = "when_required"
     return AioConfig(**options)
+
+
+def lock_arguments(config: S3Config, now: datetime, locked: bool = True) -> dict[str, Any]:
+    """ObjectLockMode and ObjectLockRetainUntilDate for a ``locked`` write at ``now``, or
+    nothing (no STORAGE_OBJECT_LOCK_DAYS, or a write that must stay deletable)."""
+    if config.object_lock_days is None or not locked:
+        return {}
+    return {
+        "ObjectLockMode": config.object_lock_mode.value,
+        "ObjectLockRetainUntilDate": now + timedelta(days=config.object_lock_days),
+    }
 
 
 def explain(error: Exception, config: S3Config, action: str) -> str:
@@ -167,6 +193,16 @@ def storage_errors(config: S3Config, action: str) -> Iterator[None]:
         raise StorageError(f"{action}: {error}") from error
 
 
+@contextlib.contextmanager
+def tolerating(*codes: str) -> Iterator[None]:
+    """Swallow a ClientError whose code is one of ``codes`` (an expected answer, not a fault)."""
+    try:
+        yield
+    except ClientError as error:
+        if str(error.response.get("Error", {}).get("Code")) not in codes:
+            raise
+
+
 class ByteBudget:
     """Backpressure: bytes held may not exceed ``limit`` (a bigger part takes it all).
 
@@ -198,9 +234,11 @@ class S3Upload:
         storage: S3Storage,
         key: str,
         metadata: dict[str, str],
+        locked: bool = False,
         estimated_size: int | None = None,
     ) -> None:
         self._storage = storage
+        self._locked = locked
         config = self._config = storage.config
         self._key = key
         self._metadata = metadata
@@ -236,6 +274,7 @@ class S3Upload:
 
     async def commit(self) -> None:
         if self._upload_id is None:
+            await check_fence(self._key)
             client = await self._storage.client()
             with storage_errors(self._config, f"upload {self._key}"):
                 await client.put_object(
@@ -244,6 +283,7 @@ class S3Upload:
                     Body=self._held.body if self._held else b"",
                     Metadata=self._metadata,
                     IfNoneMatch="*",
+                    **lock_arguments(self._config, datetime.now(UTC), self._locked),
                 )
             self.committed = True
             if self._held is not None:
@@ -253,6 +293,7 @@ class S3Upload:
             await asyncio.wait(self._tasks)
         self._raise_failure()
         parts = sorted(self._done, key=lambda p: p["PartNumber"])
+        await check_fence(self._key)
         client = await self._storage.client()
         with storage_errors(self._config, f"complete {self._key}"):
             await client.complete_multipart_upload(
@@ -282,10 +323,14 @@ class S3Upload:
             log.info("aborted multipart upload of %s", self._key)
 
     async def _create(self) -> None:
+        await note_writing(self._key)
         client = await self._storage.client()
         with storage_errors(self._config, f"start upload of {self._key}"):
             response = await client.create_multipart_upload(
-                Bucket=self._config.bucket, Key=self._key, Metadata=self._metadata
+                Bucket=self._config.bucket,
+                Key=self._key,
+                Metadata=self._metadata,
+                **lock_arguments(self._config, datetime.now(UTC), self._locked),
             )
         self._upload_id = response["UploadId"]
 
@@ -427,21 +472,29 @@ class S3Storage:
 
     @contextlib.asynccontextmanager
     async def upload(
-        self, key: str, metadata: dict[str, str], estimate: Estimate | None = None
+        self,
+        key: str,
+        metadata: dict[str, str],
+        *,
+        locked: bool = False,
+        estimate: Estimate | None = None,
     ) -> AsyncIterator[S3Upload]:
         # Only R2 with the default part size needs to know (see ``base_part_size``).
         asks = (
             self.config.kind is StorageType.R2 and "part_size" not in self.config.model_fields_set
         )
         estimated_size = await estimate() if asks and estimate is not None else None
-        upload = S3Upload(self, key, metadata, estimated_size)
+        upload = S3Upload(self, key, metadata, locked, estimated_size)
         try:
             yield upload
         finally:
             if not upload.committed:
                 await asyncio.shield(upload.abort())
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, locked: bool = False
+    ) -> None:
+        await check_fence(key)
         client = await self.client()
         with storage_errors(self.config, f"write {key}"):
             await client.put_object(
@@ -450,6 +503,7 @@ class S3Storage:
                 Body=data,
                 ContentType=content_type,
                 IfNoneMatch="*",
+                **lock_arguments(self.config, datetime.now(UTC), locked),
             )
 
     async def delete(self, key: str) -> None:
@@ -481,3 +535,119 @@ class S3Storage:
             async with response["Body"] as body:
                 while chunk := await body.read(DOWNLOAD_CHUNK):
                     yield bytes(chunk)
+
+    async def delete_many(self, objects: Sequence[Removal]) -> dict[str, str]:
+        client = await self.client()
+        failed: dict[str, str] = {}
+        for start in range(0, len(objects), MAX_DELETE_BATCH):
+            batch = objects[start : start + MAX_DELETE_BATCH]
+            entries: list[Any] = [
+                {"Key": o.key, **({"VersionId": o.version_id} if o.version_id else {})}
+                for o in batch
+            ]
+            with storage_errors(self.config, f"delete {len(batch)} objects"):
+                response = await client.delete_objects(
+                    Bucket=self.config.bucket, Delete={"Objects": entries, "Quiet": True}
+                )
+            for error in response.get("Errors", []):
+                failed[error.get("Key", "?")] = f"{error.get('Code')}: {error.get('Message')}"
+        return failed
+
+    async def list_uploads(self, prefix: str) -> AsyncIterator[PendingUpload]:
+        client = await self.client()
+        pages = client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.config.bucket, Prefix=prefix
+        )
+        with storage_errors(self.config, f"list uploads under {prefix or '/'}"):
+            async for page in pages:
+                for item in page.get("Uploads", []):
+                    yield PendingUpload(item["Key"], item["UploadId"], item["Initiated"])
+
+    async def abort_upload(self, upload: PendingUpload) -> None:
+        client = await self.client()
+        action = f"abort upload of {upload.key}"
+        with storage_errors(self.config, action), tolerating("NoSuchUpload"):
+            await client.abort_multipart_upload(
+                Bucket=self.config.bucket, Key=upload.key, UploadId=upload.upload_id
+            )
+
+    async def object_lock_enabled(self) -> bool:
+        client = await self.client()
+        response = None
+        action = "read the bucket's Object Lock configuration"
+        # No configuration, or a store that does not implement Object Lock (R2, ...): unlocked.
+        unlocked = ("ObjectLockConfigurationNotFoundError", "NotImplemented", "501")
+        with storage_errors(self.config, action), tolerating(*unlocked):
+            response = await client.get_object_lock_configuration(Bucket=self.config.bucket)
+        if response is None:
+            return False
+        return response.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+    async def lock_of(self, key: str) -> Lock:
+        client = await self.client()
+        head = None
+        with storage_errors(self.config, f"read {key}'s retention"), tolerating("404", "NoSuchKey"):
+            head = await client.head_object(Bucket=self.config.bucket, Key=key)
+        if head is None:
+            return Lock()
+        return Lock(
+            head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate"), head.get("VersionId")
+        )
+
+    async def create(self, key: str, data: bytes) -> str | None:
+        return await self._conditional_put(key, data, {"IfNoneMatch": "*"})
+
+    async def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        return await self._conditional_put(key, data, {"IfMatch": etag})
+
+    async def _conditional_put(
+        self, key: str, data: bytes, condition: dict[str, str]
+    ) -> str | None:
+        client = await self.client()
+        try:
+            with storage_errors(self.config, f"write {key}"):
+                response = await client.put_object(
+                    Bucket=self.config.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType="application/json",
+                    **condition,  # type: ignore[arg-type]
+                )
+        except StorageError as error:
+            if _error_code(error) in _CONDITION_FAILED | _MISSING:
+                return None
+            raise
+        return str(response["ETag"])
+
+    async def read(self, key: str) -> tuple[bytes, str] | None:
+        client = await self.client()
+        try:
+            with storage_errors(self.config, f"read {key}"):
+                response = await client.get_object(Bucket=self.config.bucket, Key=key)
+                async with response["Body"] as body:
+                    return bytes(await body.read()), str(response["ETag"])
+        except StorageError as error:
+            if _error_code(error) in _MISSING:
+                return None
+            raise
+
+    async def abort_uploads(self, key: str) -> int:
+        client = await self.client()
+        aborted = 0
+        with storage_errors(self.config, f"abort uploads of {key}"):
+            listing = await client.list_multipart_uploads(Bucket=self.config.bucket, Prefix=key)
+            for upload in listing.get("Uploads", []):
+                if upload.get("Key") == key and "UploadId" in upload:
+                    await client.abort_multipart_upload(
+                        Bucket=self.config.bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
+
+def _error_code(error: StorageError) -> str:
+    """The S3 error code behind a StorageError, or ""."""
+    cause = error.__cause__
+    if isinstance(cause, ClientError):
+        return str(cause.response.get("Error", {}).get("Code", ""))
+    return ""

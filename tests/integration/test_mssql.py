@@ -73,7 +73,7 @@ def test_bak_is_streamed_byte_identical_then_deleted(
     keys, uploads = bucket_state(s3, bucket)
     assert uploads == []
     (key,) = [k for k in keys if not k.endswith(".json")]
-    assert key.endswith(".bak") and "/backup_shop_2_" in key
+    assert key.endswith(".bak") and "/backup_shop_2~" in key
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert body == random.Random(7).randbytes(SIZE)
     assert list(sqlcmd["shared"].iterdir()) == []
@@ -81,7 +81,7 @@ def test_bak_is_streamed_byte_identical_then_deleted(
     (backup,) = backups
     statement = backup["argv"][backup["argv"].index("-Q") + 1]
     assert statement.startswith(
-        "BACKUP DATABASE [shop]]2] TO DISK = N'/var/opt/mssql/backup/backup_shop_2_"
+        "BACKUP DATABASE [shop]]2] TO DISK = N'/var/opt/mssql/backup/backup_shop_2~"
     )
     assert statement.endswith(".bak' WITH COPY_ONLY, CHECKSUM, INIT, FORMAT, COMPRESSION")
     assert all(c["password"] == PASSWORD for c in calls(sqlcmd) if "-Q" in c["argv"])

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from backupd.catalogue import Manifest, manifest_key, object_key
 from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
 from tests.servers import MariaDBServer, PostgresServer, wait_until
 
@@ -89,7 +91,9 @@ def test_at_picks_the_newest_backup_at_or_before_the_time(
         "restore", "--at", "2001-01-01T00:00", "--into", unique("none"), env=env
     )
     assert too_early.returncode == 1
-    assert "no complete backup at or before 2001-01-01" in too_early.stdout
+    assert (
+        f"no complete backup of database '{database}' at or before 2001-01-01" in too_early.stdout
+    )
 
 
 def test_a_tampered_object_fails_on_its_checksum_and_leaves_no_database(
@@ -186,11 +190,12 @@ def test_to_file_writes_a_dump_the_stock_tools_accept(
 
 def test_list_reads_past_the_first_thousand_objects(moto_url: str, s3: Any, bucket: str) -> None:
     for n in range(1_050):
-        stamp = f"{n // 3600:02d}{n // 60 % 60:02d}{n % 60:02d}"
-        key = f"backups/20260101/backup_app_20260101_{stamp}.dump"
+        started = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n)
+        key = object_key("backups", "app", ".dump", started, f"{n:08x}")
         s3.put_object(Bucket=bucket, Key=key, Body=b"x")
         if n % 2 == 0:
-            s3.put_object(Bucket=bucket, Key=f"{key}.manifest.json", Body=b"{}")
+            manifest = Manifest(key, "00", 1, started, started, 0.0, "default", "app", "postgres")
+            s3.put_object(Bucket=bucket, Key=manifest_key(key), Body=manifest.to_bytes())
     env = {
         **storage_env(moto_url, bucket),
         "DB_HOST": "unused",
@@ -205,7 +210,8 @@ def test_list_reads_past_the_first_thousand_objects(moto_url: str, s3: Any, buck
     entries = json.loads(listing.stdout)
     assert len(entries) == 1_050
     assert sum(entry["complete"] for entry in entries) == 525
-    assert entries[0]["key"].endswith("_001729.dump")  # newest first
+    complete = [entry["key"] for entry in entries if entry["complete"]]
+    assert complete[0].endswith("_001728_00000418.dump")  # newest first
     assert table.stdout.splitlines()[-1] == "1050 backup(s), 525 complete"
     assert "INCOMPLETE" in table.stdout
 

@@ -17,7 +17,7 @@ from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, stora
 from tests.servers import MariaDBServer, PostgresServer
 
 DATA = Path(__file__).parent.parent / "data"
-KEY = re.compile(r"^backups/(\d{8})/backup_(\w+)_(\d{8})_\d{6}(\.\w+(?:\.\w+)?)$")
+KEY = re.compile(r"^backups/(\d{8})/backup_(\w+)_(\d{8})_\d{6}_[0-9a-f]{8}(\.\w+(?:\.\w+)?)$")
 # About 13 MB of rows: with 5 MiB parts, a dump of three parts.
 PG_BULK = (
     "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS payload"

@@ -19,19 +19,21 @@ from tests.conftest import (
     run_backupd,
     storage_env,
 )
-from tests.procs import cmdlines, environ
+from tests.procs import cmdlines, descends_from, environ
 from tests.servers import FaultProxy, MariaDBServer, PostgresServer
 
 DUMP_TOOLS = {"pg_dump", "mariadb-dump", "mysqldump", "psql", "mariadb", "mysql"}
 
 
 class ProcessWatcher:
-    """Scans every process's argv, over and over, while a backup runs."""
+    """Scans every process's argv, over and over, while a backup runs; reads the environment
+    only of the backupd process's own descendants (``root``), never of unrelated processes."""
 
     def __init__(self) -> None:
         # (pid, argv) pairs: a new pid shows its parent's argv until it execs.
         self.seen: set[tuple[int, tuple[str, ...]]] = set()
         self.environments: dict[int, dict[str, str]] = {}
+        self.root: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._scan, daemon=True)
 
@@ -47,7 +49,13 @@ class ProcessWatcher:
         while not self._stop.is_set():
             for pid, argv in cmdlines().items():
                 self.seen.add((pid, tuple(argv)))
-                if argv and Path(argv[0]).name in DUMP_TOOLS and pid not in self.environments:
+                if (
+                    argv
+                    and Path(argv[0]).name in DUMP_TOOLS
+                    and pid not in self.environments
+                    and self.root is not None
+                    and descends_from(pid, self.root)
+                ):
                     self.environments[pid] = environ(pid)
 
     def argvs(self) -> list[tuple[str, ...]]:
@@ -57,7 +65,9 @@ class ProcessWatcher:
         return [argv for argv in self.argvs() if argv and Path(argv[0]).name in DUMP_TOOLS]
 
 
-def slow_backup(config: dict[str, str], proxy: FaultProxy) -> subprocess.CompletedProcess[str]:
+def slow_backup(
+    config: dict[str, str], proxy: FaultProxy, watcher: ProcessWatcher
+) -> subprocess.CompletedProcess[str]:
     """A backup held back by ``proxy``, so that the dump lives long enough to be seen."""
     proxy.part_delay = 0.3
     env = {
@@ -66,14 +76,16 @@ def slow_backup(config: dict[str, str], proxy: FaultProxy) -> subprocess.Complet
         "STORAGE_PART_SIZE": "5MiB",
         "STORAGE_UPLOAD_CONCURRENCY": "1",
     }
-    return subprocess.run(
+    with subprocess.Popen(
         backupd_command("once"),
         env=child_env(env),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
-    )
+    ) as process:
+        watcher.root = process.pid
+        stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_postgres_password_never_in_argv_and_storage_secret_never_in_child_env(
@@ -86,10 +98,13 @@ def test_postgres_password_never_in_argv_and_storage_secret_never_in_child_env(
     )
 
     with ProcessWatcher() as watcher:
-        result = slow_backup({**pg_env(pg, database), **storage_env(proxy.url, bucket)}, proxy)
+        result = slow_backup(
+            {**pg_env(pg, database), **storage_env(proxy.url, bucket)}, proxy, watcher
+        )
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert any(Path(a[0]).name == "pg_dump" and "--format=custom" in a for a in watcher.tools())
+    assert watcher.environments, "no child of backupd was seen"
     for argv in watcher.argvs():
         assert not any(pg.password in arg for arg in argv), argv
     for env in watcher.environments.values():
@@ -110,12 +125,12 @@ def test_mariadb_password_travels_by_pipe_not_argv_or_disk(
 
     with ProcessWatcher() as watcher:
         result = slow_backup(
-            {**mariadb_env(mariadb, database), **storage_env(proxy.url, bucket)}, proxy
+            {**mariadb_env(mariadb, database), **storage_env(proxy.url, bucket)}, proxy, watcher
         )
 
     assert result.returncode == 0, result.stdout + result.stderr
     dump_tools = {"mariadb-dump", "mysqldump"}
-    dumps = [a for a in watcher.tools() if Path(a[0]).name in dump_tools and "--databases" in a]
+    dumps = [a for a in watcher.tools() if Path(a[0]).name in dump_tools and database in a]
     assert dumps, "the dump process was never seen"
     assert dumps[0][1].startswith("--defaults-extra-file=/dev/fd/")
     for argv in watcher.argvs():

@@ -65,6 +65,30 @@ def test_kubernetes_config_uses_only_known_variables() -> None:
         assert [v for v in values if not known(v, [])] == []
 
 
+def test_kubernetes_deployments_set_only_known_variables() -> None:
+    for name in ("deployment.yaml", "replicas.yaml"):
+        for document in yaml.safe_load_all((ROOT / "deploy" / "k8s" / name).read_text()):
+            if document["kind"] != "Deployment":
+                continue
+            (container,) = document["spec"]["template"]["spec"]["containers"]
+            names = [variable["name"] for variable in container.get("env", [])]
+            assert [v for v in names if not known(v, [])] == []
+
+
+def test_the_replicated_deployment_coordinates_and_spreads_over_nodes() -> None:
+    documents = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "replicas.yaml").read_text()))
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    (budget,) = [d for d in documents if d["kind"] == "PodDisruptionBudget"]
+    spec = deployment["spec"]["template"]["spec"]
+    env = {v["name"]: v.get("value") for v in spec["containers"][0]["env"]}
+    anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+
+    assert deployment["spec"]["replicas"] == 3
+    assert env["COORDINATION"] == "storage"
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+
+
 def test_dockerfile_passes_hadolint_at_warning_level() -> None:
     beside_python = Path(sys.executable).parent / "hadolint"
     hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")

@@ -10,6 +10,7 @@ from backupd.process import Command, child_environment, mask
 from backupd.sources.mysql import (
     DUMP_OPTIONS,
     ORACLE_ONLY_OPTIONS,
+    Tool,
     dump_argv,
     is_mariadb_tool,
     option_file,
@@ -58,8 +59,8 @@ def test_libpq_env_carries_the_login_and_a_database_name_with_equals_signs() -> 
     assert env["PGPASSWORD"] == PASSWORD
 
 
-def test_dump_command_keeps_the_password_out_of_argv() -> None:
-    command = PostgresSource(database()).dump_command("app", native_compression=True)
+async def test_dump_command_keeps_the_password_out_of_argv() -> None:
+    command = await PostgresSource(database()).dump_command("app", native_compression=True)
     assert all(PASSWORD not in arg for arg in command.argv)
     assert PASSWORD not in repr(command)
 
@@ -128,20 +129,28 @@ def test_option_file_without_password_has_only_the_group() -> None:
     assert option_file(None) == b"[client]\n"
 
 
-@pytest.mark.parametrize(("mariadb_tool", "extra"), [(True, ()), (False, ORACLE_ONLY_OPTIONS)])
+@pytest.mark.parametrize(
+    ("version", "extra"),
+    [
+        ("mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu", ()),
+        ("mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)", None),
+    ],
+)
 def test_mysql_dump_argv_uses_the_documented_options(
-    mariadb_tool: bool, extra: tuple[str, ...]
+    version: str, extra: tuple[str, ...] | None
 ) -> None:
-    argv = dump_argv("mysqldump", database(Engine.MYSQL), "shop", mariadb_tool)
+    argv = dump_argv(Tool("mysqldump", version), database(Engine.MYSQL), "-shop")
     assert argv == (
         "mysqldump",
         "--host=db",
         "--port=3306",
         "--user=u",
         *DUMP_OPTIONS,
-        *extra,
-        "--databases",
-        "shop",
+        *(ORACLE_ONLY_OPTIONS if extra is None else extra),
+        # One database, named after `--` (a name may start with a dash), without --databases:
+        # the SQL names no database and loads under any name without rewriting.
+        "--",
+        "-shop",
     )
     assert all(PASSWORD not in arg for arg in argv)
 

@@ -1,0 +1,344 @@
+"""What backupd writes, and reading it back: keys, manifests, listing and choosing a backup.
+
+This is the one module that knows the key format and the manifest schema; restore, list,
+retention and verify all read storage through it.
+
+A backup is two objects side by side:
+
+- the dump, ``{prefix}/{YYYYMMDD}/{stem}_{YYYYMMDD_HHMMSS}_{run}{extension}``, where the stamp
+  is the start time in the target's TIMEZONE (for people: the instant comes from the manifest),
+  ``run`` is 8 random hex digits that no other run produces, and ``stem`` is
+  ``backup_{safe name}`` (plus ``~{hash}`` of the real name when the name had to be changed to
+  be safe) or ``globals``;
+- its manifest, ``<key>.manifest.json``, written only after the dump is complete. Its presence
+  is what makes a backup complete.
+
+Keys written before run ids existed (``..._{YYYYMMDD_HHMMSS}{extension}``) parse too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from backupd import __version__
+from backupd.errors import BackupdError
+from backupd.storage.base import Storage, StoredObject
+
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_FORMAT = 2
+GLOBALS = "globals"
+"""The database name under which ``DB_DATABASE=*`` stores PostgreSQL's server globals."""
+INTERNAL_FOLDER = ".backupd"
+"""Objects backupd keeps for itself under a target's folder (claims, probes): never backups."""
+MANIFEST_READS_AT_ONCE = 16
+
+_UNSAFE = re.compile(r"[^\w.-]+")
+_NAME = re.compile(
+    r"^(?P<stem>.+)_(?P<stamp>\d{8}_\d{6})(?:_(?P<run>[0-9a-f]{8}))?"
+    r"(?P<extension>\.(?:dump|sql|bak)(?:\.(?:gz|zst))?(?:\.age)?)$"
+)
+
+
+class CatalogueError(BackupdError):
+    """Something under a target's prefix is not what backupd wrote (a malformed manifest)."""
+
+    step = "catalogue"
+
+
+def safe_name(database: str) -> str:
+    """A database name fit for a key segment: runs of other characters become ``_``."""
+    return _UNSAFE.sub("_", database).strip("_") or "_"
+
+
+def stem_for(database: str) -> str:
+    """``backup_{safe name}``; when the name had to change, ``~`` and 8 hex digits of its
+    SHA-256 follow, so that ``q a``, ``q_a`` and ``q/a`` never share a key."""
+    if database == GLOBALS:
+        return GLOBALS
+    safe = safe_name(database)
+    if safe == database:
+        return f"backup_{safe}"
+    return f"backup_{safe}~{hashlib.sha256(database.encode()).hexdigest()[:8]}"
+
+
+def new_run_id() -> str:
+    """8 random hex digits: two runs, even in the same second, never produce the same key."""
+    return secrets.token_hex(4)
+
+
+def object_key(prefix: str, database: str, extension: str, started: datetime, run_id: str) -> str:
+    """``{prefix}/{YYYYMMDD}/{stem}_{YYYYMMDD_HHMMSS}_{run_id}{extension}``, dated in
+    ``started``'s zone (the target's TIMEZONE)."""
+    name = f"{stem_for(database)}_{started:%Y%m%d_%H%M%S}_{run_id}{extension}"
+    return "/".join(part for part in (prefix, f"{started:%Y%m%d}", name) if part)
+
+
+def manifest_key(key: str) -> str:
+    return key + MANIFEST_SUFFIX
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    key: str
+    stem: str
+    stamp: str
+    """``YYYYMMDD_HHMMSS`` in the zone the backup was made in (unknown from the key alone)."""
+    run_id: str | None
+    extension: str
+
+    @property
+    def is_globals(self) -> bool:
+        return self.stem == GLOBALS
+
+
+def parse_key(key: str, prefix: str) -> ParsedKey | None:
+    """The parts of a backupd object key directly under ``prefix``, else None.
+
+    None for manifests, for anything in a sibling folder that merely starts with the same text
+    (``backups/app2`` for ``backups/app``), deeper or shallower keys, and backupd's own
+    internal objects.
+    """
+    if prefix:
+        if not key.startswith(prefix + "/"):
+            return None
+        key_rest = key[len(prefix) + 1 :]
+    else:
+        key_rest = key
+    segments = key_rest.split("/")
+    if len(segments) != 2:
+        return None
+    folder, name = segments
+    match = _NAME.match(name)
+    if match is None or not folder.isdigit() or match["stamp"][:8] != folder:
+        return None
+    stem = match["stem"]
+    if stem != GLOBALS and not stem.startswith("backup_"):
+        return None
+    return ParsedKey(key, stem, match["stamp"], match["run"], match["extension"])
+
+
+def object_metadata(engine: str, database: str, when: datetime, timezone: str) -> dict[str, str]:
+    """User metadata fixed at upload start. S3 metadata is ASCII: other characters are %-encoded."""
+    return {
+        "backup-type": engine,
+        "database": quote(database, safe=""),
+        "upload-timestamp": when.isoformat(timespec="seconds"),
+        "timezone": timezone,
+        "uploaded-by": f"backupd/{__version__}",
+    }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The sidecar of a complete backup (``<key>.manifest.json``, JSON).
+
+    ``size`` and ``sha256`` are of the stored bytes. ``started``/``finished`` are aware
+    datetimes; their instant is the backup's time. ``properties`` holds the database-level
+    settings recorded at backup time (engine-specific; see the source modules).
+    ``names_database`` is True for MySQL/MariaDB dumps whose SQL names the database
+    (``CREATE DATABASE``/``USE``; backupd wrote those before manifest format 2).
+    Unknown fields of newer manifests are kept in ``extra`` and written back unchanged.
+    """
+
+    key: str
+    sha256: str
+    size: int
+    started: datetime
+    finished: datetime
+    duration_s: float
+    target: str
+    database: str
+    engine: str
+    server_version: str = ""
+    tool_version: str = ""
+    compression: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    names_database: bool = False
+    format: int = MANIFEST_FORMAT
+    backupd_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        document = {k: v for k, v in asdict(self).items() if k != "extra"}
+        document.update(self.extra)
+        document["started"] = self.started.isoformat()
+        document["finished"] = self.finished.isoformat()
+        return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str) -> Manifest:
+        """Parse a manifest; raise CatalogueError naming ``key`` when it is not one."""
+        try:
+            document = json.loads(data)
+            if not isinstance(document, dict):
+                raise TypeError("not a JSON object")
+            known = {f.name for f in fields(cls)} - {"extra"}
+            values = {k: v for k, v in document.items() if k in known}
+            values["started"] = _instant(values["started"])
+            values["finished"] = _instant(values["finished"])
+            if document.get("format", 1) < MANIFEST_FORMAT:
+                # Format 1 dumps of MySQL/MariaDB were made with --databases.
+                values["names_database"] = document.get("engine") in {"mysql", "mariadb"}
+            extra = {k: v for k, v in document.items() if k not in known}
+            manifest = cls(**values, extra=extra)
+        except (ValueError, TypeError, KeyError) as error:
+            raise CatalogueError(
+                f"{manifest_key(key)} is not a backupd manifest ({error})"
+            ) from None
+        if manifest.key != key or not isinstance(manifest.size, int):
+            raise CatalogueError(f"{manifest_key(key)} does not describe {key}")
+        return manifest
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest as plain JSON data (``list --json``)."""
+        data: dict[str, Any] = json.loads(self.to_bytes())
+        return data
+
+
+def _instant(text: Any) -> datetime:
+    moment = datetime.fromisoformat(str(text))
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} has no UTC offset")
+    return moment
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One backup object under a target's prefix, and its manifest when it has one."""
+
+    key: str
+    size: int
+    modified: datetime
+    """When storage last wrote the object (aware)."""
+    parsed: ParsedKey
+    manifest: Manifest | None = None
+    problem: str | None = None
+    """Why a manifest that exists could not be read (the backup then counts as incomplete)."""
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None
+
+    @property
+    def database(self) -> str | None:
+        """The database's real name (from the manifest); None when there is no manifest."""
+        return self.manifest.database if self.manifest is not None else None
+
+    @property
+    def engine(self) -> str | None:
+        return self.manifest.engine if self.manifest is not None else None
+
+    @property
+    def taken(self) -> datetime:
+        """When the backup started (the manifest's instant; else when storage wrote it)."""
+        return self.manifest.started if self.manifest is not None else self.modified
+
+    @property
+    def is_globals(self) -> bool:
+        return self.parsed.is_globals
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "database": self.database,
+            "engine": self.engine,
+            "taken": self.taken.isoformat(),
+            "size": self.size,
+            "complete": self.complete,
+            **({"problem": self.problem} if self.problem else {}),
+            **({"manifest": self.manifest.summary()} if self.manifest else {}),
+        }
+
+
+def backups_among(
+    objects: Iterable[StoredObject], prefix: str
+) -> tuple[list[tuple[ParsedKey, StoredObject]], set[str]]:
+    """The backupd objects directly under ``prefix`` and the set of manifest keys present."""
+    found: list[tuple[ParsedKey, StoredObject]] = []
+    manifests: set[str] = set()
+    for item in objects:
+        if item.key.endswith(MANIFEST_SUFFIX):
+            manifests.add(item.key)
+        elif (parsed := parse_key(item.key, prefix)) is not None:
+            found.append((parsed, item))
+    return found, manifests
+
+
+def newest_first(backups: Iterable[Backup]) -> list[Backup]:
+    return sorted(backups, key=lambda b: (b.taken.astimezone(UTC), b.key), reverse=True)
+
+
+async def read_manifest(storage: Storage, key: str) -> Manifest:
+    """The manifest of ``key``; raise StorageError if missing, CatalogueError if malformed."""
+    return Manifest.from_bytes(await storage.get_bytes(manifest_key(key)), key)
+
+
+async def scan(storage: Storage, prefix: str) -> list[Backup]:
+    """Every backupd backup directly under ``prefix``, newest first, manifests read.
+
+    Lists the prefix once (paginated by the storage), then reads the manifests, a few at a
+    time. A manifest that cannot be parsed leaves its backup incomplete, with the reason in
+    ``Backup.problem``; a storage failure raises StorageError.
+    """
+    listing = [item async for item in storage.list_objects(f"{prefix}/" if prefix else "")]
+    found, manifests = backups_among(listing, prefix)
+    gate = asyncio.Semaphore(MANIFEST_READS_AT_ONCE)
+
+    async def load(parsed: ParsedKey, item: StoredObject) -> Backup:
+        if manifest_key(item.key) not in manifests:
+            return Backup(item.key, item.size, item.modified, parsed)
+        async with gate:
+            try:
+                manifest = await read_manifest(storage, item.key)
+            except CatalogueError as error:
+                return Backup(item.key, item.size, item.modified, parsed, problem=str(error))
+        return Backup(item.key, item.size, item.modified, parsed, manifest)
+
+    return newest_first(await asyncio.gather(*(load(p, i) for p, i in found)))
+
+
+class ChoiceError(BackupdError):
+    step = "restore"
+
+
+def choose(
+    backups: list[Backup],
+    *,
+    database: str | None,
+    key: str | None = None,
+    at: datetime | None = None,
+    force: bool = False,
+) -> Backup:
+    """The backup to restore: the one named by ``key``, else the newest complete backup of
+    ``database`` taken at or before the instant ``at`` (or the newest).
+
+    Raise ChoiceError when there is none, or when ``key`` names an incomplete backup and
+    ``force`` is not set.
+    """
+    if key is not None:
+        named = [b for b in backups if b.key == key]
+        if not named:
+            raise ChoiceError(f"no backup with key {key!r}; `backupd list` shows the keys")
+        if not named[0].complete and not force:
+            reason = named[0].problem or "it has no manifest (an incomplete backup)"
+            raise ChoiceError(f"{key}: {reason}; add --force to restore it anyway")
+        return named[0]
+    candidates = [b for b in backups if b.complete and b.database == database]
+    if at is not None:
+        candidates = [b for b in candidates if b.taken <= at]
+    if not candidates:
+        when = f" at or before {at.isoformat()}" if at else ""
+        raise ChoiceError(
+            f"no complete backup of database {database!r}{when}; `backupd list` shows what there is"
+        )
+    return newest_first(candidates)[0]

@@ -1,0 +1,222 @@
+"""Several replicas, one schedule: the claim on a slot, as data. Pure functions, no I/O.
+
+Before a replica starts a (target, kind, slot) it creates that slot's claim object with
+``If-None-Match: *``; the replica whose write succeeds runs the slot. Every replica computes the
+same slot times from the same schedule, so the claim names agree. The holder renews its claim
+every lease/3 with ``If-Match`` on the ETag it last saw; a replica that finds a claim whose lease
+has expired takes it over with the same kind of conditional write and a fencing token one higher.
+``claims.py`` does the I/O; this module decides names, contents and times (clock injected).
+
+The scheme is the one Terraform's S3 state lock and delta-rs rely on: the object store's atomic
+conditional writes are the only distributed primitive, so no lock service is needed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from backupd.catalogue import INTERNAL_FOLDER
+from backupd.errors import CoordinationError
+
+CLAIMS_FOLDER = f"{INTERNAL_FOLDER}/claims"
+STALE_AFTER = timedelta(days=1)
+"""Claims not written for this long are deleted by retention (``claims.delete_stale_claims``)."""
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class Kind(enum.StrEnum):
+    """What a slot runs; each kind has its own claims, so a prune never blocks a backup."""
+
+    BACKUP = "backup"
+    PRUNE = "prune"
+    VERIFY = "verify"
+
+
+class State(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    """The holder finished the slot (whatever the result): nobody takes it over."""
+
+
+def claims_prefix(folder: str) -> str:
+    """``{folder}/.backupd/claims/``: where a storage's claims live (``folder`` may be empty)."""
+    return "/".join(part for part in (folder.strip("/"), CLAIMS_FOLDER) if part) + "/"
+
+
+def claim_key(folder: str, target: str, kind: Kind, slot: datetime) -> str:
+    """``{folder}/.backupd/claims/{target}/{kind}/{YYYYMMDDTHHMMSSZ}.json``, the slot in UTC.
+
+    ``slot`` is the scheduled instant (aware; whole seconds, as cron gives them). Raises
+    ValueError for a naive ``slot`` or a target name that is not a plain key segment.
+    """
+    if slot.tzinfo is None:
+        raise ValueError("a slot must be an aware datetime")
+    if not _NAME.match(target):
+        raise ValueError(f"target name {target!r} is not a plain key segment")
+    moment = slot.astimezone(UTC)
+    return f"{claims_prefix(folder)}{target}/{kind.value}/{moment:%Y%m%dT%H%M%SZ}.json"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One replica's hold on one slot, as stored (JSON) in the claim object.
+
+    ``token`` is the fencing token: 1 when the claim is created, one higher at every takeover.
+    ``nonce`` is random per attempt, so a replica recognises its own write when a retried request
+    answers 412. ``writing`` is the key the holder is uploading, so that a replica taking the slot
+    over can abort the dead holder's multipart upload. Times are UTC.
+    """
+
+    target: str
+    kind: Kind
+    slot: datetime
+    replica: str
+    nonce: str
+    token: int
+    expires: datetime
+    state: State = State.RUNNING
+    writing: str | None = None
+
+    def to_bytes(self) -> bytes:
+        document = {
+            "format": 1,
+            "target": self.target,
+            "kind": self.kind.value,
+            "slot": _iso(self.slot),
+            "replica": self.replica,
+            "nonce": self.nonce,
+            "token": self.token,
+            "expires": _iso(self.expires),
+            "state": self.state.value,
+            "writing": self.writing,
+        }
+        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def parse_claim(data: bytes, key: str) -> Claim:
+    """The claim stored at ``key``; raises CoordinationError naming ``key`` when malformed."""
+    try:
+        document: Any = json.loads(data)
+        if not isinstance(document, dict):
+            raise TypeError("not a JSON object")
+        writing = document.get("writing")
+        return Claim(
+            target=_text(document, "target"),
+            kind=Kind(document["kind"]),
+            slot=_moment(document, "slot"),
+            replica=_text(document, "replica"),
+            nonce=_text(document, "nonce"),
+            token=_count(document, "token"),
+            expires=_moment(document, "expires"),
+            state=State(document["state"]),
+            writing=writing if isinstance(writing, str) and writing else None,
+        )
+    except (ValueError, TypeError, KeyError) as error:
+        raise CoordinationError(
+            f"claim {key} is malformed ({type(error).__name__}: {error}); the slot is not run "
+            "by this replica: delete the object to let a replica claim it afresh"
+        ) from None
+
+
+def _text(document: dict[str, Any], name: str) -> str:
+    value = document[name]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def _count(document: dict[str, Any], name: str) -> int:
+    value = document[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer")
+    return value
+
+
+def _moment(document: dict[str, Any], name: str) -> datetime:
+    value = datetime.fromisoformat(_text(document, name))
+    if value.tzinfo is None:
+        raise ValueError(f"{name} has no UTC offset")
+    return value.astimezone(UTC)
+
+
+def new_claim(
+    target: str, kind: Kind, slot: datetime, replica: str, nonce: str, now: datetime, lease: float
+) -> Claim:
+    """A fresh claim (token 1) held by ``replica`` until ``now`` + ``lease`` seconds."""
+    return Claim(
+        target=target,
+        kind=kind,
+        slot=slot.astimezone(UTC),
+        replica=replica,
+        nonce=nonce,
+        token=1,
+        expires=expiry(now, lease),
+    )
+
+
+def expiry(now: datetime, lease: float) -> datetime:
+    return (now + timedelta(seconds=lease)).astimezone(UTC)
+
+
+def renewed(claim: Claim, now: datetime, lease: float, writing: str | None = None) -> Claim:
+    """``claim`` held for another full lease from ``now``; ``writing`` replaces the key noted."""
+    return replace(claim, expires=expiry(now, lease), writing=writing or claim.writing)
+
+
+def taken_over(claim: Claim, replica: str, nonce: str, now: datetime, lease: float) -> Claim:
+    """``claim`` after ``replica`` takes it over: a new holder, the next fencing token."""
+    return replace(
+        claim,
+        replica=replica,
+        nonce=nonce,
+        token=claim.token + 1,
+        expires=expiry(now, lease),
+        state=State.RUNNING,
+        writing=None,
+    )
+
+
+def finished(claim: Claim) -> Claim:
+    return replace(claim, state=State.DONE)
+
+
+def released(claim: Claim, now: datetime) -> Claim:
+    """Handed back unfinished (shutdown): the lease ends now, so another replica takes over."""
+    return replace(claim, expires=now.astimezone(UTC))
+
+
+def may_take_over(claim: Claim, now: datetime) -> bool:
+    """True when ``claim`` is unfinished and its lease has run out on ``now``'s clock."""
+    return claim.state is State.RUNNING and now >= claim.expires
+
+
+def renew_every(lease: float) -> float:
+    """Seconds between renewals: a third of the lease, so two renewals may fail in a row."""
+    return lease / 3
+
+
+def still_held(claim: Claim, now: datetime, lease: float) -> bool:
+    """Whether the holder may go on without a fresh renewal: more than lease/3 must be left,
+    the margin that absorbs clock skew between replicas (see the README's limits)."""
+    return now < claim.expires - timedelta(seconds=lease / 3)
+
+
+def watch_delay(claim: Claim, now: datetime, lease: float) -> float:
+    """How long a replica watching another's claim waits before reading it again: until the
+    lease runs out, but at most lease/3 so that a finished or released claim is seen soon."""
+    left = (claim.expires - now).total_seconds()
+    return max(0.0, min(left, renew_every(lease)))
+
+
+def is_stale(modified: datetime, now: datetime, max_age: timedelta = STALE_AFTER) -> bool:
+    """Whether a claim object last written at ``modified`` is old enough to delete."""
+    return now - modified > max_age

@@ -1,0 +1,309 @@
+"""Pruning: apply a target's retention policy to its own backups in storage.
+
+What may be deleted is decided here once, and narrowly:
+
+- only this target's own backups, as the catalogue reads them (keys under the target's prefix
+  that parse as backupd keys); a foreign object, a sibling folder sharing a prefix string,
+  another target's objects are never even seen;
+- a complete backup (object and manifest) only when the policy keeps it by no rule
+  (``retention.decide``); the object goes first and its manifest last, so an interrupted prune
+  leaves an incomplete object the next prune finishes, never a manifest without its object;
+- an object without a manifest, or a multipart upload, only once it is older than
+  ``RETENTION_ABORT_UPLOADS_AFTER`` (a ``kill -9`` mid-upload leaves no garbage forever, and
+  a backup still being written is never touched);
+- nothing under Object Lock: a locked object (or manifest) keeps its backup, with one info line.
+
+``prune_target`` is one coroutine per target, so a caller can wrap it (a claim, a lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, tzinfo
+
+from backupd import catalogue
+from backupd.catalogue import manifest_key
+from backupd.config import TargetConfig
+from backupd.errors import BackupdError
+from backupd.retention import Candidate, Decision, before, decide
+from backupd.storage import Storage, open_storage
+from backupd.storage.base import Lock, PendingUpload, Removal
+
+log = logging.getLogger(__name__)
+
+LOCK_QUERIES = 16
+"""Object Lock look-ups (HEAD requests) in flight at once."""
+
+
+class PruneError(BackupdError):
+    step = "prune"
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """An object without a manifest, or a multipart upload, and what prune does with it."""
+
+    key: str
+    since: datetime
+    size: int
+    kind: str  # "incomplete", "unreadable" or "upload"
+    delete: bool
+    upload: PendingUpload | None = None
+
+    def line(self) -> str:
+        verdict = ("ABORT" if self.kind == "upload" else "DELETE") if self.delete else "KEEP"
+        why = _LEFTOVER[self.kind]
+        if self.kind != "unreadable":
+            why += f", {'older' if self.delete else 'newer'} than the cleanup age"
+        label = f"({self.kind})"
+        return f"{verdict:<6}  {self.since:%Y-%m-%d %H:%M:%S %Z}  {label:<16}  {self.key}  {why}"
+
+
+_LEFTOVER = {
+    "upload": "multipart upload",
+    "incomplete": "no manifest",
+    "unreadable": "its manifest cannot be read; never deleted",
+}
+
+
+@dataclass
+class PruneResult:
+    target: str
+    dry_run: bool
+    decisions: list[Decision] = field(default_factory=list)
+    leftovers: list[Leftover] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    """Backups removed (object and manifest)."""
+    removed_leftovers: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def doomed(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.keep]
+
+    @property
+    def stored_backups(self) -> int:
+        """Complete backups left (all of them in a dry run)."""
+        return len(self.decisions) - (0 if self.dry_run else len(self.deleted))
+
+    @property
+    def stored_bytes(self) -> int:
+        gone = set() if self.dry_run else set(self.deleted)
+        return sum(size for key, size in self.sizes.items() if key not in gone)
+
+    def lines(self) -> list[str]:
+        """One line per backup (KEEP or DELETE and why) and per leftover, newest first."""
+        rows = [
+            f"{d.verdict:<6}  {d.candidate.taken:%Y-%m-%d %H:%M:%S %Z}  "
+            f"{d.candidate.database:<16}  {d.candidate.key}  {d.why}"
+            for d in self.decisions
+        ]
+        return rows + [item.line() for item in self.leftovers]
+
+    def summary(self) -> str:
+        locked = sum(any(r.startswith("locked") for r in d.reasons) for d in self.decisions)
+        doomed = len(self.doomed)
+        leftovers = sum(item.delete for item in self.leftovers)
+        if self.dry_run:
+            head = f"dry run: would delete {doomed} of {len(self.decisions)} backup(s)"
+            tail = f" and {leftovers} leftover(s)"
+        else:
+            head = f"deleted {len(self.deleted)} of {len(self.decisions)} backup(s)"
+            tail = f" and {len(self.removed_leftovers)} leftover(s)"
+        failed = f"; {len(self.failed)} could not be deleted" if self.failed else ""
+        held = f"; {locked} kept by Object Lock" if locked else ""
+        return f"{self.target}: {head}{tail}{held}{failed}"
+
+
+GLOBALS_GROUP = "(globals)"
+
+
+def group_of(backup: catalogue.Backup) -> str:
+    """The set a complete backup belongs to: its database's, or the server globals' own (even
+    when a database is named ``globals``)."""
+    return GLOBALS_GROUP if backup.is_globals else str(backup.database)
+
+
+def candidates(backups: list[catalogue.Backup], tz: tzinfo) -> list[Candidate]:
+    """The complete backups among ``backups``, as the keep decision sees them."""
+    return [Candidate(b.key, group_of(b), b.taken.astimezone(tz)) for b in backups if b.complete]
+
+
+def keep_column(
+    backups: list[catalogue.Backup], target: TargetConfig, now: datetime
+) -> dict[str, str]:
+    """What the policy says of each complete backup (``KEEP daily 2026-11-28``, ``DELETE``),
+    for ``backupd list``; Object Lock is not consulted there (no request per backup)."""
+    if not target.retention.policy.enabled:
+        return {}
+    decisions = decide(
+        candidates(backups, target.layout.tz), target.retention.policy, now, target.layout.tz
+    )
+    return {d.candidate.key: f"KEEP {d.why}" if d.keep else "DELETE" for d in decisions}
+
+
+async def _locks(storage: Storage, keys: list[str]) -> dict[str, Lock]:
+    """Each key's retention, when the bucket has Object Lock at all (one request otherwise)."""
+    if not keys or not await storage.object_lock_enabled():
+        return {}
+    slots = asyncio.Semaphore(LOCK_QUERIES)
+
+    async def one(key: str) -> Lock:
+        async with slots:
+            return await storage.lock_of(key)
+
+    found = await asyncio.gather(*(one(key) for key in keys))
+    return dict(zip(keys, found, strict=True))
+
+
+def _hold_locked(
+    decisions: list[Decision], locks: dict[str, Lock], now: datetime
+) -> list[Decision]:
+    """Backups to delete whose object or manifest is locked are kept, saying until when."""
+    held = []
+    for decision in decisions:
+        key = decision.candidate.key
+        until = [
+            lock.until
+            for lock in (locks.get(key), locks.get(manifest_key(key)))
+            if lock is not None and lock.until is not None and lock.holds(now)
+        ]
+        if decision.keep or not until:
+            held.append(decision)
+            continue
+        reason = f"locked until {max(until):%Y-%m-%d %H:%M %Z}"
+        held.append(Decision(decision.candidate, True, (reason,)))
+    return held
+
+
+async def plan(
+    storage: Storage,
+    target: TargetConfig,
+    now: datetime,
+    database: str | None = None,
+) -> tuple[PruneResult, dict[str, Lock]]:
+    """What a prune would do, without deleting anything."""
+    retention = target.retention
+    tz = target.layout.tz
+    backups = await catalogue.scan(storage, target.key_prefix)
+    result = PruneResult(target.name, dry_run=True)
+    complete = [b for b in backups if b.complete]
+    if database is not None:
+        complete = [b for b in complete if b.database == database]
+    result.sizes = {b.key: b.size for b in complete}
+    decisions = decide(candidates(complete, tz), retention.policy, now, tz)
+    if database is None:
+        cutoff = before(now, retention.abort_uploads_after, tz)
+        # A manifest that exists but cannot be read (a newer format?) is never a leftover.
+        result.leftovers = [
+            Leftover(
+                b.key,
+                b.modified.astimezone(tz),
+                b.size,
+                "unreadable" if b.problem else "incomplete",
+                b.problem is None and b.modified < cutoff,
+            )
+            for b in backups
+            if not b.complete
+        ]
+        result.leftovers += [
+            Leftover(u.key, u.initiated.astimezone(tz), 0, "upload", u.initiated < cutoff, u)
+            async for u in storage.list_uploads(target.key_prefix + "/")
+            if catalogue.parse_key(u.key, target.key_prefix) is not None
+        ]
+    doomed = [d.candidate.key for d in decisions if not d.keep]
+    doomed += [item.key for item in result.leftovers if item.delete and item.kind != "upload"]
+    locks = await _locks(storage, doomed + [manifest_key(key) for key in doomed])
+    result.decisions = _hold_locked(decisions, locks, now)
+    result.leftovers = [
+        replace(item, delete=False)
+        if item.delete and locks.get(item.key, Lock()).holds(now)
+        else item
+        for item in result.leftovers
+    ]
+    return result, locks
+
+
+def _removal(key: str, locks: dict[str, Lock]) -> Removal:
+    # On a versioned (Object Lock) bucket, deleting the version removes the bytes; a plain
+    # delete would only hide them behind a delete marker.
+    return Removal(key, locks[key].version_id if key in locks else None)
+
+
+async def _delete(storage: Storage, result: PruneResult, locks: dict[str, Lock]) -> None:
+    """Objects first, then the manifests of the backups whose object is gone."""
+    doomed = [d.candidate.key for d in result.doomed]
+    leftovers = [i.key for i in result.leftovers if i.delete and i.kind == "incomplete"]
+    failed = await storage.delete_many([_removal(key, locks) for key in doomed + leftovers])
+    gone = [key for key in doomed if key not in failed]
+    failed |= await storage.delete_many([_removal(manifest_key(key), locks) for key in gone])
+    result.deleted = [key for key in gone if manifest_key(key) not in failed]
+    result.removed_leftovers = [key for key in leftovers if key not in failed]
+    for item in result.leftovers:
+        if item.delete and item.upload is not None:
+            await storage.abort_upload(item.upload)
+            result.removed_leftovers.append(item.key)
+    result.failed = failed
+
+
+async def prune(
+    storage: Storage,
+    target: TargetConfig,
+    *,
+    database: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> PruneResult:
+    """Apply ``target``'s policy to its backups in ``storage``; see the module's rules.
+
+    Raises PruneError when the target has no policy, StorageError when the store fails.
+    A key that could not be deleted is in ``failed`` with the store's reason.
+    """
+    if not target.retention.policy.enabled:
+        raise PruneError(
+            f"target {target.name} has no retention policy (RETENTION_KEEP_*): nothing to prune"
+        )
+    result, locks = await plan(storage, target, now or datetime.now(UTC), database)
+    locked = [d for d in result.decisions if any(r.startswith("locked") for r in d.reasons)]
+    if locked:
+        log.info(
+            "%s: %d backup(s) past retention stay under Object Lock (%s ...)",
+            target.name,
+            len(locked),
+            locked[0].why,
+        )
+    if dry_run:
+        return result
+    result.dry_run = False
+    await _delete(storage, result, locks)
+    for key, reason in result.failed.items():
+        log.warning("%s: could not delete %s: %s", target.name, key, reason)
+    log.info("%s", result.summary())
+    return result
+
+
+async def prune_target(
+    target: TargetConfig,
+    *,
+    database: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> PruneResult:
+    """``prune`` with the target's own storage opened and closed around it."""
+    async with open_storage(target.storage) as storage:
+        return await prune(storage, target, database=database, dry_run=dry_run, now=now)
+
+
+async def prune_after_run(target: TargetConfig) -> PruneResult | None:
+    """Prune after a successful run; a failure is logged (never raised) and gives None."""
+    try:
+        return await prune_target(target)
+    except BackupdError as error:
+        log.error("%s: pruning FAILED: %s", target.name, error)
+    except Exception as error:  # isolation: a failed prune never takes the service down
+        log.debug("details", exc_info=True)
+        log.error("%s: pruning FAILED: unexpected error: %r", target.name, error)
+    return None

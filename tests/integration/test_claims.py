@@ -1,0 +1,273 @@
+"""Claims against the suite's S3 server: create, watch, take over, fence, finish, clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from backupd.claims import Claims, Lease, Observed, claimed, delete_stale_claims, self_test
+from backupd.config import S3Config
+from backupd.coordination import Kind, State, claim_key, parse_claim
+from backupd.errors import ClaimLost, CoordinationError, CoordinationUnsupported
+from backupd.parts import Part
+from backupd.storage.s3 import S3Storage
+from tests.conftest import S3_KEY_ID, S3_SECRET
+from tests.servers import FaultProxy
+
+SLOT = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+LEASE = 1.5
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def config(endpoint: str, bucket: str) -> S3Config:
+    return S3Config.model_validate(
+        {
+            "STORAGE_ENDPOINT_URL": endpoint,
+            "STORAGE_ACCESS_KEY_ID": S3_KEY_ID,
+            "STORAGE_SECRET_ACCESS_KEY": S3_SECRET,
+            "STORAGE_BUCKET_NAME": bucket,
+            "STORAGE_PART_SIZE": "5MiB",
+        }
+    )
+
+
+@pytest.fixture
+async def store(atomic_moto_url: str, bucket: str) -> AsyncIterator[S3Storage]:
+    async with S3Storage.connect(config(atomic_moto_url, bucket)) as storage:
+        yield storage
+
+
+def replica(store: S3Storage, name: str, clock: Callable[[], datetime]) -> Claims:
+    return Claims(store, "backups", name, LEASE, clock)
+
+
+async def test_one_replica_holds_a_slot_and_the_other_sees_who(store: S3Storage) -> None:
+    clock = Clock()
+    first = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    second = await replica(store, "b", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    other_kind = await replica(store, "b", clock).try_claim("orders", Kind.PRUNE, SLOT)
+
+    assert isinstance(first, Lease)
+    assert first.token == 1
+    assert isinstance(second, Observed)
+    assert second.claim.replica == "a"
+    assert second.key == "backups/.backupd/claims/orders/backup/20261129T020000Z.json"
+    assert isinstance(other_kind, Lease)
+
+
+async def test_of_many_replicas_claiming_at_once_exactly_one_wins(store: S3Storage) -> None:
+    clock = Clock()
+    outcomes = await asyncio.gather(
+        *(replica(store, f"r{i}", clock).try_claim("orders", Kind.BACKUP, SLOT) for i in range(12))
+    )
+
+    winners = [o for o in outcomes if isinstance(o, Lease)]
+    assert len(winners) == 1
+    holder = winners[0].claim.replica
+    assert {o.claim.replica for o in outcomes if isinstance(o, Observed)} == {holder}
+
+
+async def test_an_expired_claim_is_taken_over_and_its_upload_aborted(
+    store: S3Storage, s3: Any, bucket: str
+) -> None:
+    clock = Clock()
+    dead = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(dead, Lease)
+    key = "backups/orders/20261129/backup_orders_20261129_020000.dump"
+    await dead.writing(key)
+    s3.create_multipart_upload(Bucket=bucket, Key=key)
+    later = Clock()
+    later.advance(LEASE + 0.1)
+
+    taker = await replica(store, "b", later).try_claim("orders", Kind.BACKUP, SLOT)
+
+    assert isinstance(taker, Lease)
+    assert taker.token == 2
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    with pytest.raises(ClaimLost, match="replica b took it over"):
+        await dead.renew()
+
+
+async def test_a_live_claim_is_not_taken_over(store: S3Storage) -> None:
+    clock = Clock()
+    holder = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(holder, Lease)
+    clock.advance(LEASE - 0.5)
+    await holder.renew()
+    clock.advance(1.0)  # past the first expiry, not the renewed one
+
+    other = await replica(store, "b", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(other, Observed)
+
+
+async def test_a_lost_lease_fences_publishing_and_cancels_the_run(store: S3Storage) -> None:
+    clock = Clock()
+    holder = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(holder, Lease)
+    clock.advance(LEASE + 0.1)
+    taker = await replica(store, "b", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(taker, Lease)
+
+    with pytest.raises(ClaimLost):
+        async with holder:
+            await store.put_bytes("backups/x.manifest.json", b"{}", "application/json")
+    with pytest.raises(ClaimLost, match="cancelled before it publishes"):
+        async with holder:
+            await asyncio.sleep(LEASE)  # the keeper's renewal finds the claim taken
+
+    assert [o.key async for o in store.list_objects("backups/x")] == []
+
+
+async def test_the_block_runs_once_and_the_claim_ends_done(store: S3Storage) -> None:
+    clock = Clock()
+    seen: list[Observed] = []
+    runs = 0
+    async with claimed(replica(store, "a", clock), "orders", Kind.BACKUP, SLOT) as lease:
+        assert lease is not None
+        runs += 1
+    async with claimed(
+        replica(store, "b", clock), "orders", Kind.BACKUP, SLOT, on_elsewhere=seen.append
+    ) as lease:
+        assert lease is None
+
+    found = await store.read(claim_key("backups", "orders", Kind.BACKUP, SLOT))
+    assert found is not None
+    assert parse_claim(found[0], "k").state is State.DONE
+    assert runs == 1
+    assert [observed.claim.replica for observed in seen] == ["a"]
+
+
+async def test_a_cancelled_run_hands_its_slot_to_a_waiting_replica(store: S3Storage) -> None:
+    started = asyncio.Event()
+    taken: list[tuple[str, int]] = []
+
+    def clock() -> datetime:
+        return datetime.now(UTC)
+
+    async def run_until_cancelled() -> None:
+        async with claimed(replica(store, "a", clock), "orders", Kind.BACKUP, SLOT):
+            started.set()
+            await asyncio.Event().wait()
+
+    async def wait_and_take_over() -> None:
+        async with claimed(replica(store, "b", clock), "orders", Kind.BACKUP, SLOT) as lease:
+            assert lease is not None
+            taken.append((lease.claim.replica, lease.token))
+
+    holder = asyncio.create_task(run_until_cancelled())
+    await started.wait()
+    waiter = asyncio.create_task(wait_and_take_over())
+    await asyncio.sleep(0.2)
+    holder.cancel()
+    await asyncio.gather(holder, return_exceptions=True)
+
+    async with asyncio.timeout(LEASE):
+        await waiter
+    assert taken == [("b", 2)]
+
+
+async def test_malformed_claims_are_errors_naming_the_key(store: S3Storage) -> None:
+    key = claim_key("backups", "orders", Kind.BACKUP, SLOT)
+    await store.put_bytes(key, b'{"target": "orders"', "application/json")
+
+    with pytest.raises(CoordinationError, match=f"claim {key} is malformed"):
+        await replica(store, "a", Clock()).try_claim("orders", Kind.BACKUP, SLOT)
+
+
+async def test_claims_older_than_a_day_are_deleted(store: S3Storage) -> None:
+    clock = Clock()
+    await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    await store.put_bytes("backups/orders/keep.dump", b"x", "application/octet-stream")
+    now = datetime.now(UTC)
+
+    assert await delete_stale_claims(store, "backups", now) == []
+    deleted = await delete_stale_claims(store, "backups", now + timedelta(days=1, minutes=1))
+
+    assert deleted == [claim_key("backups", "orders", Kind.BACKUP, SLOT)]
+    assert [o.key async for o in store.list_objects("backups/")] == ["backups/orders/keep.dump"]
+
+
+async def test_self_test_passes_on_a_store_with_conditional_writes(store: S3Storage) -> None:
+    await self_test(store, "backups", "a")
+    assert [o.key async for o in store.list_objects("")] == []
+
+
+async def test_self_test_refuses_a_store_that_ignores_if_none_match(
+    proxy: FaultProxy, bucket: str
+) -> None:
+    proxy.strip_headers = {"if-none-match"}
+    async with S3Storage.connect(config(proxy.url, bucket)) as stripped:
+        with pytest.raises(CoordinationUnsupported, match=f"bucket {bucket} .*If-None-Match"):
+            await self_test(stripped, "backups", "a")
+
+
+async def test_a_multipart_upload_notes_its_key_in_the_claim(store: S3Storage) -> None:
+    lease = await replica(store, "a", Clock()).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(lease, Lease)
+    key = "backups/orders/big.dump"
+    async with lease, store.upload(key, {}) as upload:
+        for _ in range(2):
+            await upload.write(Part(io.BytesIO(b"x" * upload.part_size(1)), upload.part_size(1)))
+        assert lease.claim.writing == key
+        await upload.commit()
+    assert lease.claim.state is State.DONE
+
+
+async def test_a_taken_over_upload_is_never_completed(
+    store: S3Storage, s3: Any, bucket: str
+) -> None:
+    clock = Clock()
+    lease = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(lease, Lease)
+    key = "backups/orders/big.dump"
+    with pytest.raises(ClaimLost):
+        async with lease, store.upload(key, {}) as upload:
+            for _ in range(2):
+                size = upload.part_size(1)
+                await upload.write(Part(io.BytesIO(b"x" * size), size))
+            clock.advance(LEASE + 0.1)
+            taker = await replica(store, "b", clock).try_claim("orders", Kind.BACKUP, SLOT)
+            assert isinstance(taker, Lease)
+            await upload.commit()
+
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="backups/orders/").get("Contents", []) == []
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_a_deleted_claim_is_claimed_afresh_by_a_watching_replica(store: S3Storage) -> None:
+    def clock() -> datetime:
+        return datetime.now(UTC)
+
+    holder = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(holder, Lease)
+    taken: list[tuple[str, int]] = []
+
+    async def watch_and_run() -> None:
+        async with claimed(replica(store, "b", clock), "orders", Kind.BACKUP, SLOT) as lease:
+            assert lease is not None
+            taken.append((lease.claim.replica, lease.token))
+
+    waiter = asyncio.create_task(watch_and_run())
+    await asyncio.sleep(0.1)
+    await store.delete(holder.key)  # by hand, to free a stuck slot
+
+    async with asyncio.timeout(LEASE):
+        await waiter
+    assert taken == [("b", 1)]

@@ -1,0 +1,451 @@
+"""Restores are exact: what comes back is the database that was backed up, completely.
+
+Each engine gets a "torture" database in the suite's own servers, is backed up, restored with
+``--into`` under another name, and compared whole: a full schema dump (routine bodies byte for
+byte), row data by checksum, and the database-level properties. The tests after those each
+specify one way a restore once went wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
+from tests.servers import MariaDBServer, PostgresServer
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def ok(*args: str, env: dict[str, str]) -> str:
+    result = run_backupd(*args, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+PG_TORTURE = r"""
+CREATE EXTENSION citext;
+CREATE SCHEMA app;
+CREATE TYPE app.mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN app.positive AS integer CHECK (VALUE > 0);
+CREATE TYPE app.pair AS (a int, b text);
+CREATE TABLE app.users (
+    id bigserial PRIMARY KEY,
+    name citext NOT NULL,
+    mood app.mood,
+    rank app.positive,
+    tags text[],
+    doc jsonb,
+    photo bytea,
+    pair app.pair,
+    shout text GENERATED ALWAYS AS (upper(name::text)) STORED
+);
+COMMENT ON TABLE app.users IS 'people; USE `x`; CREATE DATABASE y;';
+INSERT INTO app.users (name, mood, rank, tags, doc, photo, pair) VALUES
+    ('Zoë 😀 𝄞', 'happy', 1, ARRAY['a', 'b,c', NULL], '{"k": [1, "😀"]}', '\x00ff0a0d27',
+     ROW(1, 'x')),
+    ('nul', NULL, NULL, NULL, NULL, NULL, NULL),
+    (E'line1\nCREATE DATABASE nope;\nUSE `elsewhere`;', 'sad', 7, '{}', 'null', '\x',
+     ROW(NULL, NULL));
+SELECT setval('app.users_id_seq', 1000);
+CREATE SEQUENCE app.invoice_no START 5000 INCREMENT 7;
+SELECT nextval('app.invoice_no'), nextval('app.invoice_no');
+CREATE TABLE app.events (id int, at date NOT NULL, payload text) PARTITION BY RANGE (at);
+CREATE TABLE app.events_2025 PARTITION OF app.events
+    FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE app.events_2026 PARTITION OF app.events
+    FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO app.events SELECT g, DATE '2025-06-01' + g, md5(g::text) FROM generate_series(1, 400) g;
+CREATE VIEW app.v_users AS SELECT id, name, mood FROM app.users;
+CREATE VIEW app.v_happy AS SELECT * FROM app.v_users WHERE mood = 'happy';
+CREATE MATERIALIZED VIEW app.mood_counts AS SELECT mood, count(*) AS n FROM app.users GROUP BY mood;
+CREATE FUNCTION app.greet(who text) RETURNS text LANGUAGE plpgsql AS $body$
+DECLARE
+    -- a body holding text that looks like statements:
+    sql text := 'CREATE DATABASE archive_db;
+USE `elsewhere`;';
+BEGIN
+    RETURN 'hello, ' || who || '   ' || sql;   -- odd   spacing kept
+END
+$body$;
+CREATE PROCEDURE app.touch() LANGUAGE sql AS $$ UPDATE app.users SET rank = rank WHERE false $$;
+CREATE FUNCTION app.stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.payload := coalesce(NEW.payload, 'none'); RETURN NEW; END $$;
+CREATE TRIGGER events_stamp BEFORE INSERT ON app.events_2026
+    FOR EACH ROW EXECUTE FUNCTION app.stamp();
+SELECT lo_from_bytea(0, '\x00010203ff'::bytea);
+"""
+
+
+def pg_properties(pg: PostgresServer, database: str) -> dict[str, Any]:
+    """The database-level properties, with the database's own name taken out."""
+    row = pg.psql(
+        "SELECT json_build_object("
+        "'encoding', pg_encoding_to_char(encoding), 'collate', datcollate, 'ctype', datctype,"
+        "'provider', datlocprovider, 'limit', datconnlimit,"
+        "'comment', shobj_description(oid, 'pg_database'),"
+        "'settings', (SELECT json_agg(json_build_object('role', r.rolname, 'config', s.setconfig)"
+        "  ORDER BY r.rolname NULLS FIRST) FROM pg_db_role_setting s"
+        "  LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid))"
+        f" FROM pg_database d WHERE datname = '{database}'"
+    )
+    properties: dict[str, Any] = json.loads(row)
+    return properties
+
+
+def test_postgres_torture_database_comes_back_exactly(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    database = unique("shop")
+    pg.psql(f"CREATE DATABASE {database} TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    pg.run_sql_file(PG_TORTURE, database)
+    for statement in (
+        "SET search_path = app, public",
+        "SET work_mem = '8MB'",
+        "CONNECTION LIMIT 50",
+    ):
+        pg.psql(f"ALTER DATABASE {database} {statement}")
+    pg.psql(f"COMMENT ON DATABASE {database} IS 'the shop ☃; USE x;'")
+    pg.psql(f"ALTER ROLE {pg.user} IN DATABASE {database} SET statement_timeout = '1min'")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+
+    copy = unique("copy")
+    ok("restore", "--into", copy, env=env)
+
+    assert pg.plain_dump(copy) == pg.plain_dump(database)
+    original, restored = pg_properties(pg, database), pg_properties(pg, copy)
+    assert restored == original
+    assert original["collate"] == "C"  # differs from the server's default (C.UTF-8)
+    assert original["comment"] == "the shop ☃; USE x;"
+    # The database default makes unqualified names work on the copy as on the original.
+    assert pg.psql("SELECT count(*) FROM users", copy) == pg.psql(
+        "SELECT count(*) FROM users", database
+    )
+    assert (
+        pg.psql("SELECT lo_get(oid) FROM pg_largeobject_metadata", copy).strip() == "\\x00010203ff"
+    )
+    (entry,) = json.loads(run_backupd("list", "--json", env=env).stdout)
+    assert entry["manifest"]["properties"]["comment"] == "the shop ☃; USE x;"
+
+
+MARIADB_TABLES = r"""
+SET sql_mode = '';
+CREATE TABLE t (
+    id INT PRIMARY KEY AUTO_INCREMENT,
+    name VARCHAR(100),
+    d DATE,
+    dt DATETIME,
+    b BLOB,
+    j JSON,
+    price DECIMAL(10,2),
+    twice DECIMAL(12,2) AS (price * 2) VIRTUAL,
+    thrice DECIMAL(12,2) AS (price * 3) STORED,
+    e ENUM('a','b'),
+    s SET('x','y')
+) ENGINE=InnoDB COMMENT 'USE `elsewhere`;';
+INSERT INTO t (name, d, dt, b, j, price, e, s) VALUES
+    ('Zoë 😀 𝄞', '0000-00-00', '0000-00-00 00:00:00', 0x00FF0A0D275C, '{"k": "😀"}', 1.50,
+     'a', 'x,y'),
+    (NULL, NULL, NULL, NULL, NULL, NULL, NULL, ''),
+    ('line1\nCREATE DATABASE nope;\nUSE `elsewhere`;', '2026-02-28', '2026-11-29 05:00:00', '',
+     '[]', 0, 'b', 'y');
+CREATE VIEW v1 AS SELECT id, name FROM t;
+CREATE VIEW v2 AS SELECT * FROM v1 WHERE id > 1;
+"""
+# A 9 MB row: its INSERT in a --hex-blob dump is an 18 MB statement, more than the mariadb
+# client's default max_allowed_packet (16 MiB) but less than this server's (64 MiB).
+MARIADB_WIDE = """
+CREATE TABLE wide (id INT PRIMARY KEY, payload LONGBLOB);
+INSERT INTO wide VALUES (1, REPEAT(0xAB01, 4500000));
+"""
+MARIADB_ROUTINES = r"""
+DELIMITER ;;
+CREATE PROCEDURE archive()
+BEGIN
+  -- the next line is a statement of this body, not of the dump
+CREATE DATABASE IF NOT EXISTS archive_db;
+END ;;
+CREATE PROCEDURE note(OUT message TEXT)
+BEGIN
+  SET message = 'first line
+USE `elsewhere`;
+last line';
+END ;;
+CREATE FUNCTION twice(x INT) RETURNS INT DETERMINISTIC RETURN x * 2 ;;
+CREATE TRIGGER trim_name BEFORE INSERT ON t FOR EACH ROW SET NEW.name = TRIM(NEW.name) ;;
+CREATE EVENT purge_old ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM t WHERE id < 0 ;;
+DELIMITER ;
+"""
+
+
+def mariadb_properties(mariadb: MariaDBServer, database: str) -> str:
+    return mariadb.root_sql(
+        "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME, SCHEMA_COMMENT"
+        f" FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{database}'"
+    )
+
+
+def mariadb_checksums(mariadb: MariaDBServer, database: str, *tables: str) -> list[str]:
+    names = ", ".join(f"`{database}`.{table}" for table in tables)
+    rows = mariadb.root_sql(f"CHECKSUM TABLE {names} EXTENDED")
+    return [line.split("\t", 1)[1] for line in rows.splitlines()]
+
+
+def make_mariadb_database(mariadb: MariaDBServer, *parts: str) -> str:
+    database = unique("shop")
+    mariadb.root_sql(
+        f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        " COMMENT 'the shop ☃'"
+    )
+    mariadb.root_sql("".join(parts), database)
+    return database
+
+
+def test_mariadb_torture_database_comes_back_exactly(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    database = make_mariadb_database(mariadb, MARIADB_TABLES, MARIADB_WIDE, MARIADB_ROUTINES)
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+
+    copy = unique("copy")
+    ok("restore", "--into", copy, env=env)
+
+    assert mariadb.plain_dump(copy) == mariadb.plain_dump(database)
+    tables = ("t", "wide")
+    assert mariadb_checksums(mariadb, copy, *tables) == mariadb_checksums(
+        mariadb, database, *tables
+    )
+    assert mariadb_properties(mariadb, copy) == mariadb_properties(mariadb, database)
+    assert "utf8mb4_unicode_ci" in mariadb_properties(mariadb, copy)
+
+
+def test_routine_bodies_keep_lines_that_look_like_database_statements(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    database = make_mariadb_database(mariadb, MARIADB_TABLES, MARIADB_ROUTINES)
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    copy = unique("copy")
+
+    ok("restore", "--into", copy, env=env)
+
+    body = (
+        "SELECT ROUTINE_DEFINITION FROM information_schema.ROUTINES"
+        " WHERE ROUTINE_SCHEMA = '{}' ORDER BY ROUTINE_NAME"
+    )
+    assert mariadb.root_sql(body.format(copy)) == mariadb.root_sql(body.format(database))
+    assert "CREATE DATABASE IF NOT EXISTS archive_db;" in mariadb.root_sql(body.format(copy))
+    assert "USE `elsewhere`;" in mariadb.root_sql(body.format(copy))
+
+
+def test_an_object_made_with_databases_by_an_older_release_restores_under_a_new_name(
+    mariadb: MariaDBServer, s3: Any, moto_url: str, bucket: str
+) -> None:
+    """Older releases dumped with --databases (CREATE DATABASE and USE at the top level);
+    restore drops exactly those statements, found by reading statements, not lines."""
+    database = make_mariadb_database(mariadb, MARIADB_TABLES, MARIADB_ROUTINES)
+    dump = mariadb.dump_with_databases(database)
+    assert b"CREATE DATABASE" in dump and b"USE `" in dump
+    started = datetime.now(UTC)
+    key = f"backups/{started:%Y%m%d}/backup_{database}_{started:%Y%m%d_%H%M%S}.sql"
+    manifest = {
+        "format": 1,
+        "key": key,
+        "sha256": hashlib.sha256(dump).hexdigest(),
+        "size": len(dump),
+        "started": started.isoformat(),
+        "finished": started.isoformat(),
+        "duration_s": 1.0,
+        "target": "default",
+        "database": database,
+        "engine": "mariadb",
+        "compression": {"setting": "none", "tool": False, "stream": "none"},
+    }
+    s3.put_object(Bucket=bucket, Key=key, Body=dump)
+    s3.put_object(Bucket=bucket, Key=key + ".manifest.json", Body=json.dumps(manifest).encode())
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    copy = unique("copy")
+
+    ok("restore", "--into", copy, env=env)
+
+    assert mariadb.plain_dump(copy) == mariadb.plain_dump(database)
+    assert mariadb_checksums(mariadb, copy, "t") == mariadb_checksums(mariadb, database, "t")
+    assert not mariadb.root_sql("SHOW DATABASES LIKE 'archive_db'")
+
+
+def test_a_wide_row_restores_and_a_failing_client_never_hangs(
+    mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = make_mariadb_database(mariadb, MARIADB_WIDE)
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    mariadb.root_sql("SET GLOBAL max_allowed_packet = 16 * 1024 * 1024")
+    try:
+        # The server now refuses the 18 MB statement; the client says so, echoing all of it
+        # on one stderr line. The restore must end with that error, quickly.
+        refused = unique("refused")
+        failed = run_backupd("restore", "--into", refused, env=env, timeout=90)
+    finally:
+        mariadb.root_sql("SET GLOBAL max_allowed_packet = 64 * 1024 * 1024")
+    output = failed.stdout + failed.stderr
+
+    assert failed.returncode == 1, output
+    assert "max_allowed_packet" in output
+    assert len(output) < 20_000  # the tail is cut, not the whole statement
+    assert "Traceback" not in output
+    assert not mariadb.root_sql(f"SHOW DATABASES LIKE '{refused}'")
+    copy = unique("copy")
+    ok("restore", "--into", copy, env=env)
+    assert mariadb_checksums(mariadb, copy, "wide") == mariadb_checksums(mariadb, database, "wide")
+
+
+def test_restore_chooses_only_among_the_requested_databases_backups(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    first, second = unique("a"), unique("b")
+    pg.create_database(first, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    pg.create_database(second, "CREATE TABLE t (n int); INSERT INTO t VALUES (2);")
+    both = {**pg_env(pg, f"{first},{second}"), **storage_env(moto_url, bucket)}
+    ok("once", env=both)  # the second database's backup is the newest object
+    only_first = {**both, "DB_DATABASE": first}
+
+    ambiguous = run_backupd("restore", "--into", unique("x"), env=both)
+    implied = unique("implied")
+    ok("restore", "--into", implied, env=only_first)
+    chosen = unique("chosen")
+    ok("restore", "--database", second, "--into", chosen, env=both)
+    table = run_backupd("list", env=both).stdout
+    filtered = json.loads(run_backupd("list", "--database", first, "--json", env=both).stdout)
+
+    assert ambiguous.returncode == 2
+    assert "--database" in ambiguous.stderr and "--key" in ambiguous.stderr
+    assert pg.psql("SELECT n FROM t", implied).strip() == "1"
+    assert pg.psql("SELECT n FROM t", chosen).strip() == "2"
+    header = table.splitlines()[0].split()
+    assert header[:3] == ["TIME", "DATABASE", "ENGINE"]
+    assert any(first in line and "postgres" in line for line in table.splitlines()[1:])
+    assert [entry["database"] for entry in filtered] == [first]
+
+
+def test_the_time_of_a_backup_is_its_manifests_instant_whatever_the_timezone(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    database = unique("timeline")
+    pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env={**env, "TIMEZONE": "UTC"})
+    pg.psql("UPDATE t SET n = 2", database)
+    before_second = datetime.now(UTC)
+    ok("once", env={**env, "TIMEZONE": "America/Los_Angeles"})
+    after_second = datetime.now(UTC)
+
+    listing = json.loads(run_backupd("list", "--json", env={**env, "TIMEZONE": "UTC"}).stdout)
+    taken = [datetime.fromisoformat(entry["taken"]) for entry in listing]
+    table = run_backupd("list", env={**env, "TIMEZONE": "Asia/Kolkata"}).stdout
+    restored = unique("restored")
+    ok(
+        "restore",
+        "--at",
+        after_second.isoformat(),
+        "--into",
+        restored,
+        env={**env, "TIMEZONE": "UTC"},
+    )
+
+    assert before_second <= taken[0] <= after_second  # the Los Angeles backup, newest first
+    assert taken[1] < before_second
+    assert "+0530" in table  # shown in TIMEZONE, with the offset
+    assert pg.psql("SELECT n FROM t", restored).strip() == "2"
+
+
+def test_distinct_databases_never_share_a_key(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    names = ["q a", "q_a", "q/a"]
+    for number, name in enumerate(names):
+        pg.psql(f'CREATE DATABASE "{name}"')
+        pg.psql(f"CREATE TABLE t (n int); INSERT INTO t VALUES ({number})", name)
+    env = {**pg_env(pg, ",".join(names)), **storage_env(moto_url, bucket)}
+    try:
+        ok("once", env=env)
+        for number, name in enumerate(names):
+            restored = unique("restored")
+            ok("restore", "--database", name, "--into", restored, env=env)
+            assert pg.psql("SELECT n FROM t", restored).strip() == str(number)
+    finally:
+        for name in names:
+            pg.psql(f'DROP DATABASE "{name}"')
+    keys = [k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json")]
+    assert len(keys) == 3
+    assert len({k.rsplit("/", 1)[1].rsplit("_", 3)[0] for k in keys}) == 3
+
+
+def test_a_missing_database_is_named_as_missing_not_as_a_login_failure(
+    pg: PostgresServer, mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    present = unique("present")
+    pg.create_database(present, "CREATE TABLE t (n int);")
+    mariadb.create_database(present, "CREATE TABLE t (n INT);")
+    storage = storage_env(moto_url, bucket)
+
+    for env, port in (
+        ({**pg_env(pg, "nope"), **storage}, pg.port),
+        ({**pg_env(pg, f"{present},nope"), **storage}, pg.port),
+        ({**mariadb_env(mariadb, "nope"), **storage}, mariadb.port),
+        ({**mariadb_env(mariadb, f"{present},nope"), **storage}, mariadb.port),
+    ):
+        result = run_backupd("once", env=env)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert f"database nope does not exist on 127.0.0.1:{port}" in output
+        assert "cannot log in" not in output
+
+
+ORACLE_MYSQLDUMP = """#!{python}
+import os, sys
+if sys.argv[1:] == ["--version"]:
+    print("mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)")
+    sys.exit(0)
+with open({log!r}, "a") as log:
+    log.write(repr(sys.argv[1:]) + "\\n")
+oracle_only = {{"--set-gtid-purged=OFF", "--column-statistics=0"}}
+args = [a for a in sys.argv[1:] if a not in oracle_only]
+os.execvp("mariadb-dump", ["mariadb-dump", *args])
+"""
+
+
+def test_an_oracle_mysqldump_gets_its_own_options_from_the_first_dump_on(
+    mariadb: MariaDBServer, moto_url: str, bucket: str, tmp_path: Path
+) -> None:
+    bin_dir, log = tmp_path / "bin", tmp_path / "argv.log"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "mysqldump"
+    stand_in.write_text(ORACLE_MYSQLDUMP.format(python=sys.executable, log=str(log)))
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
+    first, second = unique("first"), unique("second")
+    for name in (first, second):
+        mariadb.create_database(name, "CREATE TABLE t (n INT);")
+    env = {
+        **mariadb_env(mariadb, f"{first},{second}", DB_TYPE="mysql"),
+        **storage_env(moto_url, bucket),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+
+    ok("once", env=env)
+
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2
+    for call in calls:
+        assert "--set-gtid-purged=OFF" in call and "--column-statistics=0" in call

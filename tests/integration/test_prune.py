@@ -1,0 +1,401 @@
+"""Retention against the suite's S3 server: exact kept sets, what is never touched, leftovers,
+Object Lock, and thousands of objects. Backups "of other dates" are written through the
+catalogue's own API, or made by `backupd once` under a shifted clock (libfaketime)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from backupd import catalogue
+from backupd.environment import load_target
+from backupd.prune import prune
+from backupd.storage.local import LocalStorage
+from tests.conftest import backupd_command, child_env, pg_env, storage_env
+from tests.integration.test_daemon import fetch, metric, start_daemon, stop
+from tests.servers import FaultProxy, PostgresServer, free_port, wait_until
+
+BERLIN = ZoneInfo("Europe/Berlin")
+FOLDER = "backups/app"
+NOW = "2026-11-29 02:30:00"  # UTC, for libfaketime
+
+
+def manifest_for(key: str, body: bytes, database: str, started: datetime) -> bytes:
+    return catalogue.Manifest(
+        key=key,
+        sha256=hashlib.sha256(body).hexdigest(),
+        size=len(body),
+        started=started,
+        finished=started + timedelta(seconds=1),
+        duration_s=1.0,
+        target="default",
+        database=database,
+        engine="postgres",
+        run_id=key.rsplit("_", 1)[-1].split(".")[0],
+    ).to_bytes()
+
+
+def put_backup(
+    s3: Any,
+    bucket: str,
+    database: str,
+    started: datetime,
+    *,
+    prefix: str = FOLDER,
+    complete: bool = True,
+    key: str | None = None,
+    **extra: Any,
+) -> str:
+    """One backup as backupd writes it: the object, then its manifest."""
+    key = key or catalogue.object_key(prefix, database, ".dump", started, catalogue.new_run_id())
+    body = f"{database} {started.isoformat()}".encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    if complete:
+        manifest = manifest_for(key, body, database, started)
+        s3.put_object(Bucket=bucket, Key=catalogue.manifest_key(key), Body=manifest, **extra)
+    return key
+
+
+def daily(first: datetime, days: int) -> list[datetime]:
+    return [first + timedelta(days=n) for n in range(days)]  # wall-clock days in first's zone
+
+
+def run_at(now: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``backupd`` with its clock (and its children's) at ``now`` UTC, or shifted by ``+2d``."""
+    return subprocess.run(
+        [
+            "faketime",
+            "-f",
+            now if now.startswith(("+", "-")) else f"@{now}",
+            *backupd_command(*args),
+        ],
+        env=child_env({**env, "TZ": "UTC"}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def keys_of(s3: Any, bucket: str) -> set[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+
+def with_manifests(keys: list[str]) -> set[str]:
+    return {*keys, *(catalogue.manifest_key(key) for key in keys)}
+
+
+def policy_env(endpoint: str, bucket: str, **extra: str) -> dict[str, str]:
+    return {
+        "DB_HOST": "127.0.0.1",
+        "DB_USER": "nobody",
+        "DB_DATABASE": "*",
+        "TIMEZONE": "Europe/Berlin",
+        "STORAGE_DESTINATION_FOLDER": FOLDER,
+        **storage_env(endpoint, bucket),
+        **extra,
+    }
+
+
+def verdicts(output: str) -> dict[str, tuple[str, str]]:
+    """key -> (KEEP/DELETE/ABORT, why) from the lines of ``backupd prune``."""
+    found = {}
+    for line in output.splitlines():
+        fields = re.split(r"\s{2,}", line.strip())
+        if len(fields) == 5 and fields[0] in {"KEEP", "DELETE", "ABORT"}:
+            found[fields[3]] = (fields[0], fields[4])
+    return found
+
+
+def test_prune_keeps_exactly_the_policy_and_touches_nothing_else(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    october = daily(datetime(2026, 10, 1, 2, tzinfo=BERLIN), 60)  # to Sunday Nov 29
+    with ThreadPoolExecutor(8) as pool:
+        app = list(pool.map(lambda t: put_backup(s3, bucket, "app", t), october))
+        roles = list(pool.map(lambda t: put_backup(s3, bucket, "globals", t), october[-10:]))
+        # a database that stopped being backed up on Oct 23: it keeps everything
+        quiet = list(pool.map(lambda t: put_backup(s3, bucket, "quiet", t), october[0:24:2]))
+    old_form = f"{FOLDER}/20261002/backup_app_20261002_023000.dump"
+    put_backup(s3, bucket, "app", datetime(2026, 10, 2, 2, 30, tzinfo=BERLIN), key=old_form)
+    young = put_backup(s3, bucket, "app", october[0] + timedelta(hours=1), complete=False)
+    foreign = [f"{FOLDER}/notes.txt", f"{FOLDER}/20261001/backup_app_20261001_020000_0123abcd.tmp"]
+    for key in foreign:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"not a backup")
+    elsewhere = [
+        put_backup(s3, bucket, "app", t, prefix=prefix)
+        for prefix in ("backups/app2", f"{FOLDER}/orders", "backups")
+        for t in october[:3]
+    ]
+    stale = f"{FOLDER}/20261128/backup_app_20261128_020000_cafebabe.dump"
+    sibling = "backups/app2/20261128/backup_app_20261128_020000_cafebabe.dump"
+    for key in (stale, sibling):
+        s3.create_multipart_upload(Bucket=bucket, Key=key)
+    before = keys_of(s3, bucket)
+    env = policy_env(
+        moto_url,
+        bucket,
+        RETENTION_KEEP_DAILY="7",
+        RETENTION_KEEP_WEEKLY="4",
+        RETENTION_KEEP_MONTHLY="3",
+    )
+
+    dry = run_at(NOW, "prune", "--dry-run", env=env)
+
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert keys_of(s3, bucket) == before
+    seen = verdicts(dry.stdout)
+    assert seen[app[-1]] == ("KEEP", "newest, daily 2026-11-29, weekly 2026-W48, monthly 2026-11")
+    assert seen[app[-8]] == ("KEEP", "weekly 2026-W47")
+    assert seen[app[30]] == ("KEEP", "monthly 2026-10")
+    assert seen[app[0]] == ("DELETE", "no rule keeps it")
+    assert seen[old_form] == ("DELETE", "no rule keeps it")
+    assert seen[roles[0]] == ("DELETE", "no rule keeps it")
+    assert seen[quiet[-1]][1].startswith("newest, daily 2026-10-23")
+    assert seen[quiet[0]] == ("KEEP", "held: the newest backup is older than 1d")
+    assert seen[young] == ("KEEP", "no manifest, newer than the cleanup age")
+    assert seen[stale] == ("ABORT", "multipart upload, older than the cleanup age")
+    assert not set(seen) & {*foreign, *elsewhere, sibling}
+    assert "default: dry run: would delete 52 of 83 backup(s)" in dry.stdout
+
+    real = run_at(NOW, "prune", env=env)
+
+    assert real.returncode == 0, real.stdout + real.stderr
+    kept = [app[-1 - n] for n in range(7)] + [app[-8], app[-15], app[-22], app[30]]
+    kept += roles[-8:] + quiet
+    untouched = {young, *foreign, *with_manifests(elsewhere)}
+    assert keys_of(s3, bucket) == with_manifests(kept) | untouched
+    uploads = [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert uploads == [sibling]
+    assert "default: deleted 52 of 83 backup(s) and 1 leftover(s)" in real.stdout
+
+    listed = run_at(NOW, "list", env=env)
+
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[-2:] == ["KEY", "RETENTION"]
+    column = {re.split(r"\s{2,}", line)[5]: re.split(r"\s{2,}", line)[-1] for line in lines[1:-1]}
+    assert column[app[-1]] == "KEEP newest, daily 2026-11-29, weekly 2026-W48, monthly 2026-11"
+    assert column[quiet[0]] == "KEEP held: the newest backup is older than 1d"
+    assert column[young] == "-"
+
+
+def test_old_leftovers_are_removed_and_a_stalled_target_keeps_its_backups(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    week = daily(datetime(2026, 11, 20, 2, tzinfo=BERLIN), 10)
+    backups = [put_backup(s3, bucket, "app", t) for t in week]
+    leftover = put_backup(s3, bucket, "app", week[0] + timedelta(hours=1), complete=False)
+    unreadable = put_backup(s3, bucket, "app", week[1] + timedelta(hours=1), complete=False)
+    s3.put_object(Bucket=bucket, Key=catalogue.manifest_key(unreadable), Body=b"{not json")
+    env = policy_env(moto_url, bucket, RETENTION_KEEP_LAST="2")
+
+    # two days on (by the objects' own clock), with a policy whose only rule is a count
+    result = run_at("+2d", "prune", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert keys_of(s3, bucket) == with_manifests([*backups[-2:], unreadable])
+    seen = verdicts(result.stdout)
+    assert seen[leftover] == ("DELETE", "no manifest, older than the cleanup age")
+    assert seen[unreadable] == ("KEEP", "its manifest cannot be read; never deleted")
+
+    # a daily rule, though, holds everything once the newest backup is more than a day old
+    stalled = run_at("+2d", "prune", env={**env, "RETENTION_KEEP_DAILY": "1"})
+
+    assert stalled.returncode == 0, stalled.stdout + stalled.stderr
+    assert "deleted 0 of 2 backup(s)" in stalled.stdout
+    assert keys_of(s3, bucket) == with_manifests([*backups[-2:], unreadable])
+
+
+@pytest.fixture
+def locked_bucket(s3: Any) -> str:
+    name = f"l-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
+
+
+def test_object_lock_keeps_a_locked_backup_and_says_so(
+    moto_url: str, s3: Any, locked_bucket: str
+) -> None:
+    week = daily(datetime(2026, 11, 20, 2, tzinfo=BERLIN), 10)
+    until = datetime.now(UTC) + timedelta(days=1)
+    lock = {
+        "ObjectLockMode": "GOVERNANCE",
+        "ObjectLockRetainUntilDate": until,
+        "ChecksumAlgorithm": "CRC32",
+    }
+    backups = [
+        put_backup(s3, locked_bucket, "app", t, **(lock if n == 1 else {}))
+        for n, t in enumerate(week)
+    ]
+    env = policy_env(moto_url, locked_bucket, RETENTION_KEEP_LAST="2")
+
+    result = run_at(NOW, "prune", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    kept = [backups[1], *backups[-2:]]
+    assert keys_of(s3, locked_bucket) == with_manifests(kept)
+    verdict, why = verdicts(result.stdout)[backups[1]]
+    assert verdict == "KEEP" and why.startswith("locked until ")
+    assert "1 backup(s) past retention stay under Object Lock" in result.stdout
+    assert "ERROR" not in result.stdout + result.stderr
+    # the versions themselves are gone, not hidden behind delete markers
+    versions = s3.list_object_versions(Bucket=locked_bucket)
+    assert versions.get("DeleteMarkers", []) == []
+    assert {v["Key"] for v in versions["Versions"]} == with_manifests(kept)
+
+
+def test_thousands_of_backups_are_listed_in_pages_and_deleted_in_batches(
+    proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    hours = [datetime(2026, 10, 1, tzinfo=UTC) + timedelta(hours=n) for n in range(1_050)]
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda t: put_backup(s3, bucket, "app", t), hours))
+    env = policy_env(proxy.url, bucket, RETENTION_KEEP_LAST="10")
+
+    result = run_at(NOW, "prune", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert keys_of(s3, bucket) == with_manifests(keys[-10:])
+    listings = [t for m, t, _ in proxy.requests if m == "GET" and "list-type=2" in t]
+    deletes = [t for m, t, _ in proxy.requests if m == "POST" and "delete" in t]
+    assert len(listings) == 3  # 2,100 objects, 1,000 a page
+    assert len(deletes) == 4  # 1,040 objects, then their 1,040 manifests, 1,000 a request
+
+
+def test_backupd_once_prunes_after_a_successful_run_only(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = f"ret_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS n;")
+    earlier = [
+        put_backup(s3, bucket, database, datetime(2026, 11, day, 2, tzinfo=UTC), prefix="backups")
+        for day in (26, 27)
+    ]
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket), "RETENTION_KEEP_DAILY": "2"}
+
+    done = run_at("2026-11-28 02:00:00", "once", env=env)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    dumps = sorted(k for k in keys_of(s3, bucket) if k.endswith(".dump"))
+    assert dumps[0] == earlier[1]
+    assert [k.split("/")[1] for k in dumps] == ["20261127", "20261128"]
+
+    failing = {**env, "DB_DATABASE": f"{database},no_such_database", "RETENTION_KEEP_LAST": "1"}
+    failed = run_at("2026-11-29 02:00:00", "once", env=failing)
+
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    dumps = sorted(k for k in keys_of(s3, bucket) if k.endswith(".dump"))
+    assert [k.split("/")[1] for k in dumps] == ["20261127", "20261128", "20261129"]
+    assert "default: deleted" not in failed.stdout + failed.stderr
+
+
+async def test_prune_in_a_folder(tmp_path: Path) -> None:
+    target = load_target(
+        {
+            "DB_HOST": "h",
+            "DB_USER": "u",
+            "DB_DATABASE": "app",
+            "STORAGE_TYPE": "local",
+            "STORAGE_LOCAL_PATH": str(tmp_path),
+            "RETENTION_KEEP_LAST": "1",
+        }
+    )
+    storage = LocalStorage(target.storage)  # type: ignore[arg-type]
+    now = datetime(2026, 11, 29, 3, tzinfo=UTC)
+    keys = []
+    for started in (now - timedelta(days=2), now - timedelta(days=1)):
+        key = catalogue.object_key("backups", "app", ".dump", started, catalogue.new_run_id())
+        await storage.put_bytes(key, b"dump", "application/octet-stream")
+        manifest = manifest_for(key, b"dump", "app", started)
+        await storage.put_bytes(catalogue.manifest_key(key), manifest, "application/json")
+        keys.append(key)
+    partial = (
+        tmp_path / Path(keys[1]).parent / ".backup_app_20261128_030000_0a1b2c3d.dump.1234.partial"
+    )
+    partial.write_bytes(b"half")
+    old = (now - timedelta(days=3)).timestamp()
+    os.utime(partial, (old, old))
+
+    result = await prune(storage, target, now=now)
+
+    assert result.deleted == [keys[0]]
+    assert not await asyncio.to_thread(partial.exists)
+    assert {o.key async for o in storage.list_objects("")} == with_manifests([keys[1]])
+
+
+@pytest.fixture
+def services() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_the_service_prunes_after_each_run_and_counts_it(
+    pg: PostgresServer,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    services: list[subprocess.Popen[str]],
+) -> None:
+    database = f"svc_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS n;")
+    earlier = datetime.now(UTC) - timedelta(days=3)
+    for hour in range(3):
+        put_backup(s3, bucket, database, earlier + timedelta(hours=hour), prefix="backups")
+    port = free_port()
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "CRON_SCHEDULE": "0 0 1 1 *",  # the run at start-up only
+        "RETENTION_KEEP_LAST": "2",
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    process = start_daemon(env, services)
+
+    def pruned_twice() -> bool:
+        _, text = fetch(port, "/metrics")
+        return metric(text, "backupd_pruned_backups_total", target="default") >= 2
+
+    wait_until(pruned_twice, 60, "two backups pruned after the start-up run")
+    _, text = fetch(port, "/metrics")
+    output = stop(process)
+
+    assert process.returncode == 0, output
+    assert metric(text, "backupd_stored_backups", target="default") == 2
+    assert metric(text, "backupd_stored_bytes", target="default") > 0
+    assert len([k for k in keys_of(s3, bucket) if k.endswith(".dump")]) == 2
+    assert "Traceback" not in output
+
+
+def test_prune_without_a_policy_is_a_usage_error(moto_url: str, bucket: str) -> None:
+    env = policy_env(moto_url, bucket)
+    result = subprocess.run(
+        backupd_command("prune", "--dry-run"),
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "backupd: no target has a retention policy; set RETENTION_KEEP_* first"
+    )

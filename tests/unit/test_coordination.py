@@ -1,0 +1,279 @@
+"""Claim naming, claim contents and lease arithmetic: pure, the clock passed in."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from backupd.catalogue import parse_key
+from backupd.coordination import (
+    Claim,
+    Kind,
+    State,
+    claim_key,
+    claims_prefix,
+    finished,
+    is_stale,
+    may_take_over,
+    new_claim,
+    parse_claim,
+    released,
+    renew_every,
+    renewed,
+    still_held,
+    taken_over,
+    watch_delay,
+)
+from backupd.environment import load_settings
+from backupd.errors import ConfigError, CoordinationError
+from backupd.schedule import Schedule, previous_fire
+
+BERLIN = ZoneInfo("Europe/Berlin")
+T0 = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+LEASE = 60.0
+
+
+def later(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+CLAIM = new_claim("orders", Kind.BACKUP, T0, "replica-a", "n1", T0, LEASE)
+
+
+@pytest.mark.parametrize(
+    ("folder", "target", "kind", "slot", "expected"),
+    [
+        (
+            "backups",
+            "orders",
+            Kind.BACKUP,
+            T0,
+            "backups/.backupd/claims/orders/backup/20261129T020000Z.json",
+        ),
+        ("", "default", Kind.PRUNE, T0, ".backupd/claims/default/prune/20261129T020000Z.json"),
+        (
+            "a/b/",
+            "x_1",
+            Kind.VERIFY,
+            T0,
+            "a/b/.backupd/claims/x_1/verify/20261129T020000Z.json",
+        ),
+        # the slot is named in UTC whatever the zone it was computed in
+        (
+            "backups",
+            "orders",
+            Kind.BACKUP,
+            datetime(2026, 7, 1, 2, 30, tzinfo=BERLIN),
+            "backups/.backupd/claims/orders/backup/20260701T003000Z.json",
+        ),
+        # the two 02:30 of the night clocks go back are two slots with two names
+        (
+            "backups",
+            "orders",
+            Kind.BACKUP,
+            datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN, fold=1),
+            "backups/.backupd/claims/orders/backup/20261025T013000Z.json",
+        ),
+        (
+            "backups",
+            "orders",
+            Kind.BACKUP,
+            datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN, fold=0),
+            "backups/.backupd/claims/orders/backup/20261025T003000Z.json",
+        ),
+    ],
+)
+def test_claim_names_agree_between_replicas(
+    folder: str, target: str, kind: Kind, slot: datetime, expected: str
+) -> None:
+    assert claim_key(folder, target, kind, slot) == expected
+    assert expected.startswith(claims_prefix(folder))
+
+
+@pytest.mark.parametrize(
+    ("target", "slot"),
+    [("orders", datetime(2026, 11, 29, 2, 0)), ("../x", T0), ("a/b", T0), ("", T0)],
+)
+def test_claim_names_refuse_naive_slots_and_odd_targets(target: str, slot: datetime) -> None:
+    with pytest.raises(ValueError):
+        claim_key("backups", target, Kind.BACKUP, slot)
+
+
+def test_a_claim_survives_its_round_trip() -> None:
+    claim = replace(renewed(CLAIM, later(5), LEASE, writing="backups/x.dump"), state=State.DONE)
+    assert parse_claim(claim.to_bytes(), "k") == claim
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"", "JSONDecodeError"),
+        (b"[]", "not a JSON object"),
+        (b'{"target": "orders"}', "KeyError"),
+        (CLAIM.to_bytes().replace(b'"backup"', b'"dance"'), "ValueError"),
+        (CLAIM.to_bytes().replace(b'"token": 1', b'"token": 0'), "token must be"),
+        (CLAIM.to_bytes().replace(b'"token": 1', b'"token": "1"'), "token must be"),
+        (CLAIM.to_bytes().replace(b"+00:00", b""), "no UTC offset"),
+        (CLAIM.to_bytes().replace(b'"replica-a"', b'""'), "replica must be"),
+        (b'{"a": "\x80"}', "UnicodeDecodeError"),
+    ],
+)
+def test_malformed_claims_are_errors_naming_the_key(data: bytes, why: str) -> None:
+    key = "backups/.backupd/claims/orders/backup/20261129T020000Z.json"
+    with pytest.raises(CoordinationError, match=why) as caught:
+        parse_claim(data, key)
+    assert str(caught.value).startswith(f"claim {key} is malformed")
+
+
+def test_a_takeover_raises_the_fencing_token_and_forgets_the_upload() -> None:
+    held = renewed(CLAIM, later(10), LEASE, writing="backups/x.dump")
+    taken = taken_over(held, "replica-b", "n2", later(80), LEASE)
+    again = taken_over(taken, "replica-c", "n3", later(200), LEASE)
+
+    assert (taken.replica, taken.token, taken.writing) == ("replica-b", 2, None)
+    assert taken.expires == later(140)
+    assert again.token == 3
+    assert renewed(held, later(20), LEASE).writing == "backups/x.dump"
+
+
+@pytest.mark.parametrize(
+    ("claim", "now", "expected"),
+    [
+        (CLAIM, later(0), False),
+        (CLAIM, later(59.999), False),
+        (CLAIM, later(60), True),
+        (CLAIM, later(3600), True),
+        (finished(CLAIM), later(3600), False),  # a finished slot is never run again
+        (released(CLAIM, later(5)), later(5), True),  # handed back at shutdown
+        (renewed(CLAIM, later(50), LEASE), later(60), False),
+    ],
+)
+def test_who_may_take_a_slot_over(claim: Claim, now: datetime, expected: bool) -> None:
+    assert may_take_over(claim, now) is expected
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [(later(0), True), (later(39.9), True), (later(40), False), (later(61), False)],
+)
+def test_a_holder_stops_trusting_its_claim_a_third_of_a_lease_early(
+    now: datetime, expected: bool
+) -> None:
+    assert still_held(CLAIM, now, LEASE) is expected
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [(later(0), 20.0), (later(50), 10.0), (later(60), 0.0), (later(90), 0.0)],
+)
+def test_a_watcher_reads_again_at_expiry_or_every_third_of_a_lease(
+    now: datetime, expected: float
+) -> None:
+    assert watch_delay(CLAIM, now, LEASE) == expected
+
+
+@pytest.mark.parametrize(("lease", "every"), [(60, 20), (3, 1), (2, 2 / 3)])
+def test_renewals_come_every_third_of_a_lease(lease: float, every: float) -> None:
+    assert renew_every(lease) == pytest.approx(every)
+
+
+@pytest.mark.parametrize(
+    ("modified", "expected"),
+    [(later(0), False), (later(-86400), False), (later(-86401), True), (later(-(10**6)), True)],
+)
+def test_claims_not_written_for_a_day_are_stale(modified: datetime, expected: bool) -> None:
+    assert is_stale(modified, T0) is expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "zone", "at", "expected"),
+    [
+        ("*/3 * * * * *", "UTC", later(4.5), later(3)),
+        ("*/3 * * * * *", "UTC", later(3), later(3)),
+        ("*/3 * * * * *", "UTC", later(2.999), later(0)),
+        ("0 2 * * *", "UTC", later(-1), datetime(2026, 11, 28, 2, 0, tzinfo=UTC)),
+        # clocks forward in Berlin: 02:30 did not exist and ran at 03:00
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            datetime(2026, 3, 29, 12, 0, tzinfo=UTC),
+            datetime(2026, 3, 29, 3, 0, tzinfo=BERLIN),
+        ),
+    ],
+)
+def test_the_start_up_run_stands_for_the_latest_slot(
+    expression: str, zone: str, at: datetime, expected: datetime
+) -> None:
+    assert previous_fire(Schedule(expression, zone), at) == expected
+
+
+STORAGE = {
+    "DB_HOST": "db",
+    "DB_USER": "u",
+    "DB_DATABASE": "app",
+    "STORAGE_BUCKET_NAME": "backups",
+}
+
+
+@pytest.mark.parametrize(
+    ("env", "mode", "replica", "lease"),
+    [
+        ({}, "none", socket.gethostname(), 60.0),
+        ({"COORDINATION": "storage", "COORDINATION_LEASE": "30s"}, "storage", None, 30.0),
+        (
+            {"COORDINATION": "storage", "REPLICA_ID": "pod-1", "COORDINATION_LEASE": "5"},
+            "storage",
+            "pod-1",
+            5.0,
+        ),
+    ],
+)
+def test_coordination_settings(
+    env: dict[str, str], mode: str, replica: str | None, lease: float
+) -> None:
+    coordination = load_settings({**STORAGE, **env}).coordination
+    assert coordination.mode.value == mode
+    assert coordination.replica_id == (replica or socket.gethostname())
+    assert coordination.lease == lease
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"COORDINATION": "raft"}, "COORDINATION: must be 'none' or 'storage' (got 'raft')"),
+        ({"COORDINATION_LEASE": "1s"}, "COORDINATION_LEASE: must be greater than or equal to 2"),
+        ({"REPLICA_ID": "a b"}, "REPLICA_ID: String should match pattern"),
+        (
+            {
+                "COORDINATION": "storage",
+                "STORAGE_TYPE": "local",
+                "STORAGE_LOCAL_PATH": "/backups",
+            },
+            "STORAGE_TYPE: COORDINATION=storage needs s3 or r2",
+        ),
+        (
+            {
+                "COORDINATION": "storage",
+                "BACKUPD_TARGETS": "orders",
+                "ORDERS_STORAGE_TYPE": "local",
+                "STORAGE_LOCAL_PATH": "/backups",
+            },
+            "ORDERS_STORAGE_TYPE: COORDINATION=storage needs s3 or r2",
+        ),
+    ],
+)
+def test_coordination_settings_refused(env: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**STORAGE, **env})
+    assert [p for p in caught.value.problems if p.startswith(problem)], caught.value.problems
+
+
+@pytest.mark.parametrize("prefix", ["backups", "backups/default", ""])
+def test_claims_are_never_taken_for_backups(prefix: str) -> None:
+    folder = prefix.split("/")[0]
+    for kind in Kind:
+        assert parse_key(claim_key(folder, "default", kind, T0), prefix) is None
