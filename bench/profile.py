@@ -121,12 +121,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--before", type=Path, help="another backupd source tree")
     parser.add_argument("--before-part-mib", type=int, default=16)
+    parser.add_argument("--before-label", default="before", help="its column's title")
     parser.add_argument("--out", type=Path, default=RESULTS / "profile.md")
     args = parser.parse_args()
     here = Path(__file__).resolve().parent.parent
     trees = {"this tree": (str(here), 8 * MIB)}
     if args.before is not None:
-        trees["before"] = (f"{args.before}:{here}", args.before_part_mib * MIB)
+        trees[args.before_label] = (f"{args.before}:{here}", args.before_part_mib * MIB)
     with scene(with_mariadb=False) as stage:
         stage.fill_postgres("profiled", args.size_mib)
         size = stream_size(["pg_dump", "-Fc", "-Z0", "--no-password"], stage.pg_env("profiled"))

@@ -277,8 +277,11 @@ def main() -> None:
     parser.add_argument("--many-targets", type=int, default=50)
     parser.add_argument("--many-seconds", type=float, default=180)
     parser.add_argument("--before", type=Path, help="another backupd source tree to compare with")
+    parser.add_argument("--before-label", default="before", help="how the tables name it")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.md")
     args = parser.parse_args()
+    global BEFORE
+    BEFORE = f"backupd once ({args.before_label})"
     args.sizes = [int(s) for s in ("100" if args.quick else args.sizes_mib).split(",") if s]
     args.mariadb_sizes = [
         int(s) for s in ("100" if args.quick else args.mariadb_sizes_mib).split(",") if s
