@@ -34,6 +34,7 @@ from backupd.sources import BackupSource, ServerInfo, source_for
 from backupd.sources.session import DumpSession, no_session
 from backupd.stages import Stage, choose_stages, key_suffix, plan_compression
 from backupd.storage import Storage, Upload, open_storage
+from backupd.storage.base import Estimate
 from backupd.stream import Digest, fixed_parts
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class Dump:
     """Database-level settings to record in the manifest (read alongside the dump)."""
     session: Callable[[], AbstractAsyncContextManager[DumpSession]] = no_session
     """Open for the whole dump: a shared snapshot and the tables' row counts, if any."""
+    estimate: Estimate | None = None
+    """The database's rough size in bytes, asked only by storage that needs it (R2's parts)."""
 
 
 async def _nothing_recorded() -> dict[str, Any]:
@@ -141,7 +144,7 @@ async def _store(
         properties = asyncio.ensure_future(dump.properties())
         tables = asyncio.ensure_future(session.count())
         try:
-            async with storage.upload(key, metadata, locked=True) as upload:
+            async with storage.upload(key, metadata, locked=True, estimate=dump.estimate) as upload:
                 async with contextlib.AsyncExitStack() as stack:
                     source = await stack.enter_async_context(dump.open(native, session.snapshot))
                     reader = source
@@ -380,6 +383,7 @@ def _database_dump(source: BackupSource, database: str) -> Dump:
         tool_compresses=source.can_compress,
         properties=lambda: source.database_properties(database),
         session=lambda: source.dump_session(database),
+        estimate=lambda: source.estimated_size(database),
     )
 
 

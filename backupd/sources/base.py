@@ -43,6 +43,10 @@ class BackupSource(Protocol):
         """Every database worth backing up (``DB_DATABASE=*``): no templates or system schemas."""
         ...
 
+    async def estimated_size(self, database: str) -> int | None:
+        """About how many bytes ``database`` holds, or None if unknown (sizes R2's parts)."""
+        ...
+
     def open_dump(
         self, database: str, native_compression: bool, snapshot: str | None = None
     ) -> AbstractAsyncContextManager[Readable]:

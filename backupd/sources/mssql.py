@@ -193,6 +193,10 @@ class MSSQLSource:
         )
         await self._sqlcmd(statement, timeout=24 * 3600)
 
+    async def estimated_size(self, database: str) -> int | None:
+        """Not asked of SQL Server: its ``.bak`` is a file of known size once written."""
+        return None
+
     def dump_session(self, database: str) -> contextlib.AbstractAsyncContextManager[DumpSession]:
         """SQL Server's backups record no row counts."""
         return no_session()

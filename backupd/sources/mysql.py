@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backupd.config import DatabaseConfig, Engine
-from backupd.errors import ConnectError, DumpError, QueryError
+from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
 from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import ServerInfo, command_output
@@ -219,6 +219,18 @@ class MySQLSource:
 
     async def list_databases(self) -> list[str]:
         return await self._query(LIST_DATABASES)
+
+    async def estimated_size(self, database: str) -> int | None:
+        """Data and index length of the schema's tables in bytes (``information_schema``, an
+        estimate for InnoDB); None when it cannot be read."""
+        try:
+            rows = await self._query(
+                "SELECT COALESCE(SUM(data_length + index_length), 0)"
+                f" FROM information_schema.tables WHERE table_schema = {sql_literal(database)}"
+            )
+        except BackupdError:
+            return None
+        return int(rows[0]) if rows and rows[0].isdigit() else None
 
     def globals_command(self, info: ServerInfo) -> None:
         return None

@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from backupd.config import DatabaseConfig
-from backupd.errors import ConnectError, DumpError, QueryError
+from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
 from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import ServerInfo, command_output
@@ -325,6 +325,15 @@ class PostgresSource:
             "SELECT datname FROM pg_database"
             " WHERE datallowconn AND NOT datistemplate ORDER BY datname"
         )
+
+    async def estimated_size(self, database: str) -> int | None:
+        """``pg_database_size`` in bytes: tables, indexes and free space, so a dump is usually
+        smaller; None when it cannot be read (no CONNECT privilege, ...)."""
+        try:
+            rows = await self._query(f"SELECT pg_database_size({pg_literal(database)})", "postgres")
+        except BackupdError:
+            return None
+        return int(rows[0]) if rows and rows[0].isdigit() else None
 
     def globals_command(self, info: ServerInfo) -> Command:
         return Command(pg_dumpall_globals_argv(info.superuser), self._env("postgres"))
