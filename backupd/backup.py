@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_ATTEMPTS = 3
 MANIFEST_RETRY_DELAY_S = 1.0
+# A dump shorter than this never asks the server for a size estimate (one query saved).
+ESTIMATE_AFTER = 2.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class Dump:
     session: Callable[[], AbstractAsyncContextManager[DumpSession]] = no_session
     """Open for the whole dump: a shared snapshot and the tables' row counts, if any."""
     estimate: Estimate | None = None
-    """The database's rough size in bytes, asked only by storage that needs it (R2's parts)."""
+    """About how many bytes the database holds: for progress, and for storage whose parts
+    cannot grow (R2's), to size them."""
 
 
 async def _nothing_recorded() -> dict[str, Any]:
@@ -153,7 +156,13 @@ async def _store(
                     moved = _moved(source, stages, digest)
                     what = f"the backup of {dump.database}"
                     async with stall_guard(moved, target.limits.stall_timeout, what):
-                        await _copy(target, reader, upload, digest, key, clock, progress)
+                        # An estimate compares with the bytes read only when the tool does not
+                        # compress; the bytes read are those entering backupd's first stage.
+                        estimate = dump.estimate if not native else None
+                        raw = _raw(stages, digest)
+                        await _copy(
+                            target, reader, upload, digest, key, clock, progress, raw, estimate
+                        )
                 if (stages[0].size if stages else digest.size) == 0:
                     raise DumpError(
                         f"the backup of {dump.database} is empty; refusing to store an empty backup"
@@ -209,6 +218,30 @@ async def _counted(
         return None
 
 
+def _expect(
+    progress: Progress,
+    key: str,
+    estimate: Estimate | None,
+) -> asyncio.Future[int | None] | None:
+    """Ask for the size estimate alongside the dump; tell ``progress`` when it arrives."""
+    if estimate is None:
+        return None
+    task = asyncio.ensure_future(estimate())
+
+    def tell(done: asyncio.Future[int | None]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            progress.expect(key, done.result())
+
+    task.add_done_callback(tell)
+    return task
+
+
+def _raw(stages: Sequence[Stage], digest: Digest) -> Callable[[], int]:
+    """The bytes read from the dump so far: what entered backupd's first stage, or what was
+    stored when there is none."""
+    return lambda: stages[0].size if stages else digest.size
+
+
 async def _copy(
     target: TargetConfig,
     source: Readable,
@@ -217,12 +250,26 @@ async def _copy(
     key: str,
     clock: float,
     progress: Progress,
+    raw: Callable[[], int] | None = None,
+    estimate: Estimate | None = None,
 ) -> None:
-    """Every byte of ``source`` into ``upload``, in parts, hashed on the way."""
+    """Every byte of ``source`` into ``upload``, in parts, hashed on the way. Progress counts
+    ``raw()`` (the bytes read from the dump, before backupd's stages) against ``estimate``,
+    asked alongside once the copy has run ``ESTIMATE_AFTER`` seconds."""
     pool = BufferPool(keep=target.storage.upload_concurrency + 2)
-    async for part in fixed_parts(source, upload.part_size, digest, pool):
-        await upload.write(part)
-        progress.update(key, digest.size, time.monotonic() - clock)
+    count = raw if raw is not None else (lambda: digest.size)
+    expected: asyncio.Future[int | None] | None = None
+    try:
+        async for part in fixed_parts(source, upload.part_size, digest, pool):
+            await upload.write(part)
+            elapsed = time.monotonic() - clock
+            if expected is None and elapsed >= ESTIMATE_AFTER:
+                expected = _expect(progress, key, estimate)
+            progress.update(key, count(), elapsed)
+    finally:
+        await digest.settle()
+        if expected is not None:
+            await _settle(expected)
 
 
 async def _record(

@@ -376,6 +376,10 @@ def choose(
         if not named[0].complete and not force:
             reason = named[0].problem or "it has no manifest (an incomplete backup)"
             raise ChoiceError(f"{key}: {reason}; add --force to restore it anyway")
+        if database is not None and named[0].database not in (None, database):
+            raise ChoiceError(
+                f"{key} is a backup of database {named[0].database!r}, not {database!r}"
+            )
         return named[0]
     candidates = [b for b in backups if b.complete and b.database == database]
     if at is not None:

@@ -13,10 +13,11 @@ from backupd import encryption
 from backupd.claims import self_test
 from backupd.config import CoordinationConfig, Engine, S3Config, TargetConfig
 from backupd.errors import BackupdError
+from backupd.notify.check import notification_findings
 from backupd.process import mask
 from backupd.report import secrets_of
 from backupd.schedule import Schedule, next_fire
-from backupd.sources import source_for
+from backupd.sources import FileSource, Source, source_for
 from backupd.storage import Storage, open_claim_store, open_storage
 
 
@@ -68,6 +69,37 @@ async def _shared_volume(
     return finding(True, "shared volume", f"MSSQL_LOCAL_DIR {folder} is writable")
 
 
+async def _databases(
+    target: TargetConfig,
+    source: Source | FileSource,
+    finding: Callable[[bool, str, str], Finding],
+    logged_in: bool,
+) -> list[Finding]:
+    """Each database named in DB_DATABASE must exist on the server."""
+    db = target.database
+    where = f"{db.host}:{db.effective_port}"
+    findings = []
+    for name in db.databases:
+        try:
+            if isinstance(source, FileSource):
+                exists = await source.database_state(name) != "missing"
+            else:
+                exists = await source.database_exists(name)
+        except BackupdError as error:
+            if not logged_in:
+                return []  # the login itself failed, and says so in its own line
+            return [finding(False, "database", f"cannot tell whether {name} exists: {error}")]
+        if exists:
+            findings.append(finding(True, "database", f"{name} exists on {where}"))
+        else:
+            findings.append(
+                finding(
+                    False, "database", f"database {name} does not exist on {where} (DB_DATABASE)"
+                )
+            )
+    return findings
+
+
 async def _object_lock(
     config: S3Config, storage: Storage, finding: Callable[[bool, str, str], Finding]
 ) -> Finding:
@@ -87,7 +119,9 @@ async def _object_lock(
     )
 
 
-async def check_target(target: TargetConfig) -> list[Finding]:
+async def check_target(target: TargetConfig, send_test: bool = False) -> list[Finding]:
+    """Findings about everything a run of ``target`` touches; ``send_test`` also sends one of
+    each notification it has configured."""
     hidden = secrets_of(target)
 
     def finding(ok: bool, what: str, detail: str) -> Finding:
@@ -97,8 +131,8 @@ async def check_target(target: TargetConfig) -> list[Finding]:
     if target.retention.policy.enabled:
         findings.append(finding(True, "retention", target.retention.policy.describe()))
     db = target.database
+    source = source_for(target)
     try:
-        source = source_for(target)
         info = await source.probe()
         findings.append(
             finding(
@@ -110,6 +144,8 @@ async def check_target(target: TargetConfig) -> list[Finding]:
         findings.append(finding(True, "dump tool", info.tool_version))
     except BackupdError as error:
         findings.append(finding(False, error.step, str(error)))
+    logged_in = all(f.ok for f in findings)
+    findings += await _databases(target, source, finding, logged_in)
     if db.engine is Engine.MSSQL:
         findings.append(await _shared_volume(target, finding))
     if target.encryption.enabled:
@@ -135,6 +171,7 @@ async def check_target(target: TargetConfig) -> list[Finding]:
                 findings.append(await _object_lock(target.storage, storage, finding))
     except BackupdError as error:
         findings.append(finding(False, "storage", str(error)))
+    findings += await notification_findings(target, finding, send_test)
     return findings
 
 

@@ -27,11 +27,14 @@ from backupd.daemon import Daemon
 from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
 from backupd.logs import setup_logging
+from backupd.notify.check import seq_finding
 from backupd.process import mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.prune import keep_column, prune_after_run, prune_target
 from backupd.report import backup_and_report, secrets_of
 from backupd.restore import Request, list_backups, restore
+from backupd.units import human_size
+from backupd.variables import unknown_variables
 from backupd.verify import Selection
 from backupd.verify_run import verify_and_report
 
@@ -39,13 +42,49 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("backupd")
 
 
+VARIABLES_HINT = (
+    "Settings come from environment variables (and --env-file): see the variable table in\n"
+    "the README's Configuration section, or run `python -m backupd.reference`."
+)
+EXAMPLES = {
+    "once": "examples:\n  backupd once\n  backupd once --target orders --database shop",
+    "run": "example:\n  backupd --env-file /etc/backupd.env run",
+    "check": "examples:\n  backupd check\n  backupd check --send-test   # one mail, Seq event, "
+    "webhook POST and ping",
+    "healthcheck": "example (Dockerfile):\n  HEALTHCHECK CMD backupd healthcheck",
+    "list": "examples:\n  backupd list\n  backupd list --target orders --json",
+    "prune": "examples:\n  backupd prune --dry-run\n"
+    "  backupd prune --target orders --database shop",
+    "restore": "examples:\n  backupd restore --into app_restored\n"
+    "  backupd restore --at 2026-11-28T02:00 --into app --clean\n"
+    "  backupd restore --to-file - | pg_restore --list",
+}
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text[0].upper() + help_text[1:] + ".",
+        epilog=f"{EXAMPLES[name]}\n\n{VARIABLES_HINT}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="backupd", description="Stream database backups into object storage."
+        prog="backupd",
+        description="Stream database backups into object storage.",
+        epilog=VARIABLES_HINT,
     )
     parser.add_argument("--version", action="version", version=f"backupd {__version__}")
     parser.add_argument(
-        "--env-file", type=Path, default=Path(".env"), help="read variables from this file too"
+        "--env-file",
+        type=Path,
+        default=None,
+        help="read variables from this file too (default: ./.env when it exists)",
     )
     parser.add_argument(
         "--log-level",
@@ -54,25 +93,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="overrides LOG_LEVEL",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("once", help="back up every target now, then exit")
-    commands.add_parser("run", help="run as a service: every target on its schedule, until SIGTERM")
-    commands.add_parser(
-        "check", help="validate the configuration and probe database, dump tool and storage"
+    once = _command(commands, "once", "back up every target now, then exit")
+    once.add_argument("--target", help="only this target")
+    once.add_argument("--database", help="only this database of the target")
+    _command(commands, "run", "run as a service: every target on its schedule, until SIGTERM")
+    check = _command(
+        commands, "check", "validate the configuration and probe everything a run will touch"
     )
-    commands.add_parser(
-        "healthcheck", help="exit 0 if a local `backupd run` answers /healthz (for HEALTHCHECK)"
+    check.add_argument(
+        "--send-test",
+        action="store_true",
+        help="also send one test mail, Seq event, webhook POST and ping",
     )
-    listing = commands.add_parser("list", help="show a target's backups, newest first")
+    _command(
+        commands,
+        "healthcheck",
+        "exit 0 if a local `backupd run` answers /healthz (for HEALTHCHECK)",
+    )
+    listing = _command(commands, "list", "show a target's backups, newest first")
     listing.add_argument("--target", help="the target (required when several are configured)")
     listing.add_argument("--database", help="only this database's backups")
     listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
-    pruning = commands.add_parser("prune", help="apply the retention policy now")
+    pruning = _command(commands, "prune", "apply the retention policy now")
     pruning.add_argument("--target", help="only this target (default: every one with a policy)")
     pruning.add_argument("--database", help="only this database's backups")
     pruning.add_argument(
         "--dry-run", action="store_true", help="print KEEP/DELETE and why; delete nothing"
     )
-    restoring = commands.add_parser("restore", help="restore a backup into a database or a file")
+    restoring = _command(commands, "restore", "restore a backup into a database or a file")
     restoring.add_argument("--target", help="the target (required when several are configured)")
     restoring.add_argument(
         "--database",
@@ -83,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--at", help="the newest backup taken at or before this time (ISO 8601)")
     where = restoring.add_mutually_exclusive_group(required=True)
     where.add_argument("--into", metavar="DATABASE", help="restore into this database")
-    where.add_argument("--to-file", type=Path, metavar="PATH", help="write the verified dump here")
+    where.add_argument(
+        "--to-file", type=Path, metavar="PATH", help="write the verified dump here; - for stdout"
+    )
     restoring.add_argument("--clean", action="store_true", help="replace a non-empty database")
     restoring.add_argument(
         "--force", action="store_true", help="with --key: allow an incomplete backup"
@@ -110,18 +160,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace) -> Settings:
-    return load_settings(read_environment(os.environ, args.env_file))
+def load(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    """The settings, and a warning per variable that looks like backupd's but is not read.
+
+    Raise ConfigError with the warnings appended (a misspelt name often explains a problem).
+    """
+    path = args.env_file if args.env_file is not None else Path(".env")
+    env = read_environment(os.environ, path, required=args.env_file is not None)
+    warnings = unknown_variables(env, from_file=set(env) - set(os.environ))
+    try:
+        return load_settings(env), warnings
+    except ConfigError as error:
+        raise ConfigError(error.problems + [f"warning: {w}" for w in warnings]) from None
 
 
 class UsageError(Exception):
     """A command line that cannot be carried out as given (exit 2)."""
 
 
+def only(target: TargetConfig, database: str) -> TargetConfig:
+    """``target`` narrowed to one database (``once --database``)."""
+    if (
+        not database.strip()
+        or "," in database
+        or database.strip() == "*"
+        or not database.isprintable()
+    ):
+        raise UsageError(f"--database {database!r}: name one database")
+    narrowed = target.database.model_copy(update={"database": database.strip()})
+    return target.model_copy(update={"database": narrowed})
+
+
 async def _once(settings: Settings, args: argparse.Namespace) -> int:
     progress = TerminalProgress() if sys.stdout.isatty() else None
+    targets = list(settings.targets)
+    if args.target is not None or args.database is not None:
+        chosen = pick_target(settings, args.target)
+        targets = [only(chosen, args.database) if args.database is not None else chosen]
     ok = True
-    for target in settings.targets:
+    for target in targets:
         reports = await backup_and_report(target, progress)
         ok = ok and all(report.ok for report in reports)
         if all(report.ok for report in reports) and target.retention.policy.enabled:
@@ -132,9 +209,10 @@ async def _once(settings: Settings, args: argparse.Namespace) -> int:
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         return await Daemon(settings).run()
-    except BackupdError as error:  # COORDINATION=storage could not be set up: nothing started
+    except BackupdError as error:  # COORDINATION=storage or HTTP_PORT unusable: nothing started
         print(f"backupd: {mask(str(error), all_secrets(settings))}", file=sys.stderr)
-        return EXIT_CONFIG if isinstance(error, CoordinationUnsupported) else EXIT_FAILED
+        unusable = isinstance(error, CoordinationUnsupported | ConfigError)
+        return EXIT_CONFIG if unusable else EXIT_FAILED
 
 
 def pick_target(settings: Settings, name: str | None) -> TargetConfig:
@@ -222,14 +300,14 @@ def listing_lines(
             f"{backup.taken.astimezone(target.layout.tz):%Y-%m-%d %H:%M:%S%z}",
             backup.database if backup.database is not None else "?",
             backup.engine or "?",
-            f"{backup.size:,}",
+            human_size(backup.size),
             "complete" if backup.complete else "INCOMPLETE",
             backup.key,
             *([keep.get(backup.key, "-")] if keep is not None else []),
         )
         for backup in backups
     ]
-    header: tuple[str, ...] = ("TIME", "DATABASE", "ENGINE", "BYTES", "STATE", "KEY")
+    header: tuple[str, ...] = ("TIME", "DATABASE", "ENGINE", "SIZE", "STATE", "KEY")
     header += ("RETENTION",) if keep is not None else ()
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     lines = []
@@ -275,6 +353,8 @@ async def _prune(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _restore(settings: Settings, args: argparse.Namespace) -> int:
     target = pick_target(settings, args.target)
+    if str(args.to_file) == "-" and sys.stdout.isatty():
+        raise UsageError("--to-file - writes the dump to stdout: pipe it into a tool or a file")
     request = Request(
         database=restore_database(target, args.database, args.key),
         key=args.key,
@@ -284,14 +364,17 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
         clean=args.clean,
         force=args.force,
         identity=args.identity or target.encryption.identity_file,
-        progress=TerminalProgress() if sys.stdout.isatty() else LogProgress(),
+        progress=TerminalProgress()
+        if sys.stdout.isatty() and str(args.to_file) != "-"
+        else LogProgress(),
     )
     try:
         chosen = await restore(target, request)
     except BackupdError as error:
         log.error("restore FAILED: %s", mask(str(error), secrets_of(target)))
         return EXIT_FAILED
-    destination = f"database {args.into}" if args.into else str(args.to_file)
+    written = "stdout" if str(args.to_file) == "-" else str(args.to_file)
+    destination = f"database {args.into}" if args.into else written
     log.info("restored %s into %s; checksum verified", chosen.key, destination)
     return EXIT_OK
 
@@ -308,14 +391,20 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
+    for warning in args.warnings:
+        print(f"warn configuration: {warning}", flush=True)
     ok = True
     for target in settings.targets:
-        findings = await check_target(target)
+        findings = await check_target(target, args.send_test)
         if settings.coordination.enabled:
             findings.append(await check_coordination(target, settings.coordination))
         for finding in findings:
             print(finding.line(), flush=True)
             ok = ok and finding.ok
+    seq = await seq_finding(settings.logs, args.send_test)
+    if seq is not None:
+        print(f"{'ok  ' if seq[0] else 'FAIL'} seq: {seq[1]}", flush=True)
+        ok = ok and seq[0]
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -361,20 +450,29 @@ def limit_malloc_arenas() -> None:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
+def _print_config_error(error: ConfigError) -> None:
+    print("backupd: invalid configuration:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     limit_malloc_arenas()
     try:
-        settings = load(args)
+        settings, args.warnings = load(args)
     except ConfigError as error:
-        print("backupd: invalid configuration:", file=sys.stderr)
-        for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _print_config_error(error)
         sys.exit(EXIT_CONFIG)
     log_config = settings.logs
     if args.log_level:
         log_config = log_config.model_copy(update={"level": args.log_level.upper()})
-    logs = setup_logging(log_config, all_secrets(settings))
+    # With the dump going to stdout, everything else goes to stderr.
+    to_stdout = args.command == "restore" and str(args.to_file) == "-"
+    logs = setup_logging(log_config, all_secrets(settings), sys.stderr if to_stdout else sys.stdout)
+    if args.command not in {"check", "healthcheck"}:  # check lists them; a probe stays quiet
+        for warning in args.warnings:
+            log.warning("%s", warning)
     commands = {
         "once": _once,
         "check": _check,
@@ -392,6 +490,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except UsageError as error:
         print(f"backupd: {error}", file=sys.stderr)
         status = EXIT_CONFIG
+    except ConfigError as error:
+        _print_config_error(error)
+        status = EXIT_CONFIG
     finally:
+        # The work is done or aborted: a late second signal must not turn a clean exit into
+        # a KeyboardInterrupt while logs are flushed.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         logs.close()
     sys.exit(status)

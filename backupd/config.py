@@ -222,7 +222,7 @@ class LayoutConfig(BaseModel):
 
     folder: str = Field("backups/", alias="STORAGE_DESTINATION_FOLDER", description="Key prefix")
     timezone: str = Field(
-        "UTC", alias="TIMEZONE", description="IANA zone for keys, mails and schedules"
+        "UTC", alias="TIMEZONE", description="IANA zone for keys, mails, schedules and logs"
     )
     compression: Compression = Field(
         Compression.AUTO, alias="COMPRESSION", description="auto, none, gzip or zstd"
@@ -441,7 +441,7 @@ class EmailConfig(BaseModel):
     tls: EmailTLS | None = Field(
         None,
         alias="EMAIL_TLS",
-        description="starttls, ssl or none (ssl on port 465, else starttls)",
+        description="starttls, ssl or none (forced); unset: STARTTLS demanded with credentials",
     )
     on: EmailOn = Field(EmailOn.ALWAYS, alias="EMAIL_ON", description="always or failure")
 
@@ -505,6 +505,16 @@ class LogConfig(BaseModel):
     environment: str = Field(
         "production", alias="APP_ENV", description="Environment property in Seq"
     )
+    timezone: str = Field("UTC", alias="TIMEZONE", description="Zone of log timestamps")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return LayoutConfig._known_zone(value)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @field_validator("level")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from backupd import envfile
 from backupd.config import (
     AnomalyConfig,
     CoordinationConfig,
@@ -162,6 +163,19 @@ def _storage_problems(kind: StorageType, reader: _Reader) -> list[str]:
     return problems
 
 
+def local_path_problem(path: Path) -> str | None:
+    """What is wrong with a STORAGE_LOCAL_PATH: a file in the way, or a missing parent folder
+    (backupd creates the last level only, so a typo is not silently created), else None."""
+    if path.exists():
+        return None if path.is_dir() else f"{path} is a file, not a folder"
+    if not path.parent.is_dir():
+        return (
+            f"{path}: its parent folder {path.parent} does not exist "
+            "(backupd creates only the last level)"
+        )
+    return None
+
+
 def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
     raw_kind = (reader.get("STORAGE_TYPE") or "s3").lower()
     try:
@@ -178,6 +192,11 @@ def _load_storage(reader: _Reader) -> S3Config | LocalConfig | None:
                     "STORAGE_TYPE=local cannot lock files"
                 )
         config: S3Config | LocalConfig | None = reader.validate(LocalConfig)
+        if isinstance(config, LocalConfig):
+            problem = local_path_problem(config.path)
+            if problem is not None:
+                var = reader.source.get("STORAGE_LOCAL_PATH", "STORAGE_LOCAL_PATH")
+                reader.problems.append(f"{var}: {problem}")
         return config
     reader.problems.extend(_storage_problems(kind, reader))
     extra: dict[str, Any] = {"kind": kind}
@@ -310,7 +329,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if coordination is not None and coordination.enabled:
         problems += coordination_problems(targets)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))  # TIMEZONE is read twice
     return Settings(targets=tuple(targets), daemon=daemon, logs=logs, coordination=coordination)
 
 
@@ -330,12 +349,22 @@ def coordination_problems(targets: list[TargetConfig]) -> list[str]:
     ]
 
 
-def read_environment(environ: Mapping[str, str], dotenv: Path | None) -> dict[str, str]:
-    """The process environment over an optional ``.env`` file: real variables win."""
-    merged: dict[str, str] = {}
-    if dotenv is not None and dotenv.is_file():
-        from dotenv import dotenv_values
+def read_environment(
+    environ: Mapping[str, str], dotenv: Path | None, required: bool = False
+) -> dict[str, str]:
+    """The process environment over an optional ``.env`` file: real variables win.
 
-        merged.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    The file is read literally (``envfile``); a malformed line is a ConfigError. ``required``
+    (an explicit ``--env-file``) makes a missing file a ConfigError too; otherwise a missing
+    file is no file.
+    """
+    merged: dict[str, str] = {}
+    if dotenv is not None and (required or dotenv.exists()):
+        if not dotenv.exists():
+            raise ConfigError([f"--env-file {dotenv}: no such file"])
+        parsed = envfile.read(dotenv)
+        if parsed.problems:
+            raise ConfigError(parsed.problems)
+        merged.update(parsed.values)
     merged.update(environ)
     return merged

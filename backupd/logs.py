@@ -15,8 +15,8 @@ import logging.handlers
 import queue
 import sys
 import time
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, tzinfo
+from typing import Any, TextIO
 
 from backupd.config import LogConfig, LogFormat
 from backupd.process import mask
@@ -28,9 +28,17 @@ QUIET = ("botocore", "aiobotocore", "urllib3", "asyncio", "aiohttp.access", "seq
 
 
 class MaskingFormatter(logging.Formatter):
-    def __init__(self, secrets: list[str], fmt: str | None = None) -> None:
-        super().__init__(fmt, "%Y-%m-%dT%H:%M:%S%z")
+    """Masks every secret; timestamps are ISO 8601 in ``tz`` with the offset (TIMEZONE)."""
+
+    def __init__(
+        self, secrets: list[str], fmt: str | None = None, tz: tzinfo | None = None
+    ) -> None:
+        super().__init__(fmt)
         self.secrets = secrets
+        self.tz = tz if tz is not None else UTC
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, self.tz).isoformat(timespec="seconds")
 
     def format(self, record: logging.LogRecord) -> str:
         return mask(super().format(record), self.secrets)
@@ -41,7 +49,9 @@ class JsonFormatter(MaskingFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, self.tz).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -121,18 +131,24 @@ class Logging:
         if self.listener is not None:
             self.listener.stop()
             for handler in self.listener.handlers:
+                handler.flush()  # seqlog's close drops a batch not yet sent
                 handler.close()
             self.listener = None
 
 
-def setup_logging(config: LogConfig | None = None, secrets: list[str] | None = None) -> Logging:
+def setup_logging(
+    config: LogConfig | None = None, secrets: list[str] | None = None, stream: TextIO | None = None
+) -> Logging:
+    """Console lines to ``stream`` (stdout by default), Seq when configured."""
     config = config if config is not None else LogConfig.model_validate({})
     hidden = secrets or []
-    console = logging.StreamHandler(sys.stdout)
+    console = logging.StreamHandler(stream if stream is not None else sys.stdout)
     if config.format is LogFormat.JSON:
-        console.setFormatter(JsonFormatter(hidden))
+        console.setFormatter(JsonFormatter(hidden, tz=config.tz))
     else:
-        console.setFormatter(MaskingFormatter(hidden, "%(asctime)s %(levelname)-7s %(message)s"))
+        console.setFormatter(
+            MaskingFormatter(hidden, "%(asctime)s %(levelname)-7s %(message)s", config.tz)
+        )
     handlers: list[logging.Handler] = [console]
     listener = None
     if config.seq_url:

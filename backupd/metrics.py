@@ -6,12 +6,15 @@ The registry is the daemon's own (no process-global state), served by a small ai
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from backupd.errors import ConfigError
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -124,7 +127,11 @@ class Metrics:
 async def serve(
     metrics: Metrics, healthy: Callable[[], bool], host: str, port: int
 ) -> web.AppRunner:
-    """Start the HTTP endpoint; the caller cleans up the returned runner."""
+    """Start the HTTP endpoint; the caller cleans up the returned runner.
+
+    Raise ConfigError naming HTTP_PORT/HTTP_HOST when the address cannot be bound (in use,
+    a privileged port, an address this host does not have).
+    """
     from aiohttp import web
 
     async def healthz(_: web.Request) -> web.Response:
@@ -143,6 +150,16 @@ async def serve(
     app.router.add_get("/metrics", metrics_page)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as error:
+        await runner.cleanup()
+        reason = "is already in use" if error.errno == errno.EADDRINUSE else "cannot be used"
+        raise ConfigError(
+            [
+                f"HTTP_PORT: port {port} on {host} {reason} ({error.strerror or error}); "
+                "choose another HTTP_PORT, or 0 to turn /healthz and /metrics off"
+            ]
+        ) from None
     log.info("serving /healthz and /metrics on %s:%d", host, port)
     return runner

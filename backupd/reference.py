@@ -65,7 +65,7 @@ DEFAULTS = {
     "STORAGE_ACCESS_KEY_ID": "AWS chain (s3)",
     "STORAGE_SECRET_ACCESS_KEY": "AWS chain (s3)",
     "EMAIL_PORT": "465 for ssl, else 587",
-    "EMAIL_TLS": "ssl on 465, else starttls",
+    "EMAIL_TLS": "ssl on 465, else STARTTLS if offered",
     "EMAIL_FROM": "required for mail",
     "EMAIL_TO": "required for mail",
     "MSSQL_LOCAL_DIR": "MSSQL_BACKUP_DIR",

@@ -14,6 +14,7 @@ from backupd.errors import BackupdError
 from backupd.notify import Report, State
 from backupd.process import mask
 from backupd.progress import Progress
+from backupd.units import human_rate, human_size
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,13 @@ def log_reports(reports: list[Report]) -> bool:
         extra = {"report": report.properties()}
         if report.ok:
             log.info(
-                "backup of %s %s succeeded: %s, %d bytes in %.1fs (%.1f MB/s), sha256 %s",
+                "backup of %s %s succeeded: %s, %s in %.1fs (%s), sha256 %s",
                 report.target,
                 report.database,
                 report.key,
-                report.size,
+                human_size(report.size),
                 report.duration_s,
-                report.throughput / 1e6,
+                human_rate(report.size, report.duration_s),
                 report.sha256,
                 extra=extra,
             )

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import secrets
+import sys
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -133,7 +134,9 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
             await check_identity(storage.download(chosen.key), identity, chosen.key)
         request = replace(request, identity=identity)
         log.info("restoring %s (%s)", chosen.key, chosen.taken.astimezone(target.layout.tz))
-        if request.to_file is not None:
+        if request.to_file is not None and str(request.to_file) == "-":
+            await _to_stdout(storage, chosen, request.progress, identity)
+        elif request.to_file is not None:
             await _to_file(storage, chosen, request.to_file, request.progress, identity)
         else:
             assert request.into is not None
@@ -220,6 +223,29 @@ async def _to_file(
         temporary.unlink(missing_ok=True)
 
 
+async def _to_stdout(
+    storage: Storage, backup: Backup, progress: Progress, identity: Path | None
+) -> None:
+    """Download, verify, decrypt and decompress to stdout (``--to-file -``), for a pipe.
+
+    The last chunk is held back until the checksum matches: on a mismatch the reader sees the
+    stream cut short, never a complete-looking dump, and backupd exits 1.
+    """
+    out = sys.stdout.buffer
+    held = b""
+    try:
+        download = _Download(storage, backup, progress, identity)
+        async for chunk in download.chunks():
+            if held:
+                await asyncio.to_thread(out.write, held)
+            held = chunk
+        download.verifier.check()
+        await asyncio.to_thread(out.write, held)
+        await asyncio.to_thread(out.flush)
+    except (BrokenPipeError, ValueError) as error:
+        raise RestoreError(f"stdout closed before the whole dump was written: {error}") from None
+
+
 async def _into_database(
     storage: Storage, target: TargetConfig, backup: Backup, request: Request
 ) -> None:
@@ -228,6 +254,8 @@ async def _into_database(
     if backup.is_globals:
         raise RestoreError(f"{backup.key} holds server globals (roles): use --to-file and psql -f")
     _check_engine(target, backup.manifest)
+    if (problem := name_problem(target.database.engine, into)) is not None:
+        raise RestoreError(problem)
     source = source_for(target)
     if into == backup.database and not request.clean:
         raise RestoreError(
@@ -247,6 +275,10 @@ async def _into_database(
             backup.key,
             into,
         )
+    if state != "missing" and (request.clean or not source.restores_atomically):
+        # Nothing of an existing database is dropped or written before the object is known
+        # to be intact: read it back once against its manifest (a second download, no disk).
+        await _verify_stored(storage, backup, request.progress)
     if state != "missing" and request.clean:
         await source.drop_database(into)
     created = state == "missing" or request.clean
@@ -259,6 +291,15 @@ async def _into_database(
         if created:
             await asyncio.shield(source.drop_database(into))
         raise
+
+
+async def _verify_stored(storage: Storage, backup: Backup, progress: Progress) -> None:
+    """Stream the stored object through SHA-256 and compare it with its manifest; raise
+    RestoreError on a mismatch. Touches no database."""
+    if backup.manifest is None:
+        return  # --force: nothing to compare with, as the restore itself will say
+    log.info("checking %s against its manifest before changing an existing database", backup.key)
+    await _Download(storage, backup, progress).drain()
 
 
 async def restore_into(
@@ -299,6 +340,19 @@ def _check_engine(target: TargetConfig, manifest: Manifest | None) -> None:
         raise RestoreError(
             f"this is a {stored} backup; the target's DB_TYPE is {target.database.engine}"
         )
+
+
+def name_problem(engine: Engine, name: str) -> str | None:
+    """Why ``name`` cannot be a database name on ``engine``, or None. PostgreSQL silently
+    truncates names to 63 bytes (NAMEDATALEN - 1); MySQL and MariaDB refuse more than 64
+    characters."""
+    if engine is Engine.POSTGRES and len(name.encode()) > 63:
+        return f"--into {name!r} is longer than PostgreSQL's 63 bytes for a database name"
+    if engine in (Engine.MYSQL, Engine.MARIADB) and len(name) > 64:
+        return f"--into {name!r} is longer than the 64 characters MySQL allows a database name"
+    if not name or any(ord(c) < 32 for c in name):
+        return "--into needs a database name without control characters"
+    return None
 
 
 def names_database(backup: Backup, engine: Engine) -> bool:

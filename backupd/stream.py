@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 from collections.abc import AsyncIterator, Callable
 
 from backupd.parts import BufferPool, Part, Readable
@@ -35,11 +36,23 @@ class Digest:
         self._pending = asyncio.ensure_future(self._hash(part))
 
     async def _hash(self, part: Part) -> None:
+        # A thread cannot be stopped: when this task is cancelled (a failed dump, shutdown),
+        # the part is released only once the thread is done reading it.
+        work = asyncio.ensure_future(asyncio.to_thread(self._update, part.body))
         try:
-            with part.body.getbuffer() as view:
-                await asyncio.to_thread(self._sha.update, view)
+            await asyncio.shield(work)
         finally:
+            await asyncio.wait([work])
             part.release()
+
+    def _update(self, body: io.BytesIO) -> None:
+        with body.getbuffer() as view:
+            self._sha.update(view)
+
+    async def settle(self) -> None:
+        """Wait for the part being hashed, if any, whatever its outcome (after a failure)."""
+        if self._pending is not None:
+            await asyncio.gather(self._pending, return_exceptions=True)
 
     async def hexdigest(self) -> str:
         if self._pending is not None:

@@ -258,6 +258,7 @@ class MariaDBServer:
                 f"--socket={self.socket}",
                 "-uroot",
                 "--default-character-set=utf8mb4",
+                "--comments",  # kept in routine bodies, as users' own clients may keep them
                 "--batch",
                 "--skip-column-names",
                 *([database] if database else []),

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from backupd.errors import BackupdError
+
+
+class NotifyError(BackupdError):
+    """A notification could not be delivered; the message names the setting to look at."""
+
+    step = "notify"
+
 
 class State(enum.StrEnum):
     SUCCEEDED = "succeeded"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import ssl
 from email.message import EmailMessage
 
 import aiosmtplib
 
 from backupd.config import EmailConfig, EmailOn, EmailTLS
-from backupd.notify.base import Report, State
+from backupd.notify.base import NotifyError, Report, State
+from backupd.units import human_rate, human_size
 
 SEND_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
 
 
 def wanted(config: EmailConfig, report: Report) -> bool:
@@ -36,9 +40,9 @@ def body(report: Report) -> str:
             f"The backup of {report.database} ({report.engine}, target {report.target}) succeeded.",
             "",
             f"Object:     {report.key}",
-            f"Size:       {report.size:,} bytes",
+            f"Size:       {human_size(report.size)} ({report.size:,} bytes)",
             f"Duration:   {report.duration_s:.1f} s",
-            f"Throughput: {report.throughput / 1e6:.1f} MB/s",
+            f"Throughput: {human_rate(report.size, report.duration_s)}",
             f"SHA-256:    {report.sha256}",
             f"Finished:   {when}",
         ]
@@ -60,33 +64,124 @@ def body(report: Report) -> str:
 
 
 def compose(config: EmailConfig, report: Report) -> EmailMessage:
+    return _message(config, subject(report), body(report))
+
+
+def _message(config: EmailConfig, subject_line: str, text: str) -> EmailMessage:
+    """A plain-text mail with the headers receiving servers expect: Date and Message-ID."""
     message = EmailMessage()
     message["From"] = config.sender or ""
     message["To"] = ", ".join(config.recipients)
-    message["Subject"] = subject(report)
-    message.set_content(body(report))
+    message["Subject"] = subject_line
+    message["Date"] = email.utils.formatdate(localtime=True)
+    domain = (config.sender or "").rpartition("@")[2] or None
+    message["Message-ID"] = email.utils.make_msgid("backupd", domain=domain)
+    message.set_content(text)
     return message
 
 
-def tls_options(config: EmailConfig) -> tuple[bool, bool]:
-    """(use_tls, start_tls): ``ssl`` is implicit TLS; ``starttls`` is demanded, not merely
-    tried (aiosmtplib's default would go on in plain text); ``none`` is plain text."""
+def check_message(config: EmailConfig, target: str) -> EmailMessage:
+    """What ``backupd check --send-test`` sends."""
+    return _message(
+        config,
+        f"[backupd] {target}: test mail",
+        f"This is a test mail from `backupd check --send-test` for target {target}.\n"
+        "Mail about backups will arrive the same way.\n",
+    )
+
+
+def tls_options(config: EmailConfig) -> tuple[bool, bool | None]:
+    """(use_tls, start_tls) for aiosmtplib, where ``start_tls=None`` upgrades only if offered.
+
+    ``EMAIL_TLS=ssl`` (or port 465): implicit TLS. ``EMAIL_TLS=starttls``: STARTTLS demanded.
+    ``EMAIL_TLS=none``: plain text, even with credentials. Unset on another port: STARTTLS is
+    demanded when credentials are sent, and used when the relay offers it otherwise (a plain
+    relay on a private network still gets mail).
+    """
     tls = config.effective_tls
-    return tls is EmailTLS.SSL, tls is EmailTLS.STARTTLS
+    if tls is EmailTLS.SSL:
+        return True, False
+    if tls is EmailTLS.NONE:
+        return False, False
+    if config.tls is EmailTLS.STARTTLS or config.user is not None:
+        return False, True
+    return False, None
+
+
+def _starttls_missing(config: EmailConfig) -> str:
+    rule = (
+        "EMAIL_TLS=starttls"
+        if config.tls is EmailTLS.STARTTLS
+        else "demanded when credentials are sent"
+    )
+    return (
+        f"EMAIL_SMTP {config.smtp}:{config.effective_port} does not offer STARTTLS ({rule}): "
+        "enable TLS on the relay, set EMAIL_TLS=ssl for implicit TLS, or EMAIL_TLS=none to "
+        "send in plain text"
+    )
+
+
+def _why(config: EmailConfig, error: BaseException) -> str:
+    """One line for a failed SMTP conversation, naming EMAIL_TLS when TLS is the cause."""
+    where = f"EMAIL_SMTP {config.smtp}:{config.effective_port}"
+    text = str(error) or type(error).__name__
+    if isinstance(error, ssl.SSLError) or "SSL" in text or "TLS" in text:
+        mode = "implicit TLS" if tls_options(config)[0] else "STARTTLS"
+        return f"{where}: {mode} failed (EMAIL_TLS={config.effective_tls}): {text}"
+    if isinstance(error, TimeoutError | aiosmtplib.SMTPTimeoutError) and not tls_options(config)[0]:
+        return f"{where}: {text} (no greeting: a port for implicit TLS? then set EMAIL_TLS=ssl)"
+    return f"{where}: {text}"
+
+
+async def _deliver(config: EmailConfig, message: EmailMessage | None) -> list[str]:
+    """Connect, EHLO, STARTTLS/TLS and login as configured; send ``message`` if given.
+
+    Return the steps taken (``["STARTTLS", "login"]``); raise NotifyError with one line.
+    """
+    use_tls, start_tls = tls_options(config)
+    password = config.password.get_secret_value() if config.password is not None else ""
+    client = aiosmtplib.SMTP(
+        hostname=config.smtp,
+        port=config.effective_port,
+        timeout=CONNECT_TIMEOUT,
+        use_tls=use_tls,
+        start_tls=False,
+    )
+    steps = ["implicit TLS"] if use_tls else []
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await client.connect()
+            try:
+                await client.ehlo()
+                if start_tls is not False and client.supports_extension("starttls"):
+                    await client.starttls()
+                    steps.append("STARTTLS")
+                elif start_tls:
+                    raise NotifyError(_starttls_missing(config))
+                elif not use_tls:
+                    steps.append("no TLS")
+                if config.user is not None:
+                    await client.login(config.user, password)
+                    steps.append(f"login as {config.user}")
+                if message is not None:
+                    await client.send_message(message)
+                    steps.append(f"sent to {len(config.recipients)} recipient(s)")
+                await client.quit()
+            finally:
+                client.close()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as error:
+        raise NotifyError(_why(config, error)) from None
+    return steps
+
+
+async def verify(config: EmailConfig) -> list[str]:
+    """What ``backupd check`` does: the whole conversation up to login, sending nothing."""
+    return await _deliver(config, None)
 
 
 async def send(config: EmailConfig, report: Report) -> None:
-    message = compose(config, report)
-    password = config.password.get_secret_value() if config.password is not None else None
-    use_tls, start_tls = tls_options(config)
-    async with asyncio.timeout(SEND_TIMEOUT):
-        await aiosmtplib.send(
-            message,
-            hostname=config.smtp,
-            port=config.effective_port,
-            username=config.user,
-            password=password,
-            timeout=10,
-            use_tls=use_tls,
-            start_tls=start_tls,
-        )
+    await _deliver(config, compose(config, report))
+
+
+async def send_test(config: EmailConfig, target: str) -> list[str]:
+    return await _deliver(config, check_message(config, target))

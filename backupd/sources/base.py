@@ -35,6 +35,10 @@ class BackupSource(Protocol):
     can_compress: bool
     """Whether the dump tool compresses by itself (pg_dump's custom format does)."""
 
+    restores_atomically: bool
+    """Whether a failed restore leaves the database as it was (pg_restore in one transaction);
+    where not, an existing database is touched only after the object was verified whole."""
+
     async def probe(self) -> ServerInfo:
         """Log in, read the server version, check the dump tool. Raise ConnectError/DumpError."""
         ...
@@ -44,7 +48,8 @@ class BackupSource(Protocol):
         ...
 
     async def estimated_size(self, database: str) -> int | None:
-        """About how many bytes ``database`` holds, or None if unknown (sizes R2's parts)."""
+        """About how many bytes ``database`` holds (for progress, and R2's part size), or None
+        if unknown."""
         ...
 
     def open_dump(
@@ -77,6 +82,10 @@ class BackupSource(Protocol):
 
 class Source(BackupSource, Protocol):
     """One database engine that dumps to a pipe: how to log in, dump and restore."""
+
+    async def database_exists(self, database: str) -> bool:
+        """Whether the server has ``database``. Raise ConnectError when the login fails."""
+        ...
 
     def globals_command(self, info: ServerInfo) -> Command | None:
         """For ``DB_DATABASE=*``: a dump of server-wide objects (roles, ...), if any."""

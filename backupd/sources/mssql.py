@@ -27,6 +27,7 @@ from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
 from backupd.sources.base import FileReader, ServerInfo
 from backupd.sources.session import DumpSession, no_session
+from backupd.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def explain(output: str, config: MSSQLConfig) -> str | None:
 class MSSQLSource:
     extension = ".bak"
     can_compress = True
+    restores_atomically = True  # the .bak is verified whole before the server reads it
 
     def __init__(self, target: TargetConfig) -> None:
         self.target = target
@@ -179,8 +181,9 @@ class MSSQLSource:
             ).free
             if free < needed:
                 raise DumpError(
-                    f"{self.config.effective_local_dir} has {free:,} bytes free; the backup of "
-                    f"{database} needs about {needed:,} (data files of {size:,} bytes)"
+                    f"{self.config.effective_local_dir} has {human_size(free)} free; the backup "
+                    f"of {database} needs about {human_size(needed)} (data files of "
+                    f"{human_size(size)})"
                 )
 
     async def backup_to_file(
@@ -192,10 +195,6 @@ class MSSQLSource:
             database, server_path, native_compression and self.config.compression
         )
         await self._sqlcmd(statement, timeout=24 * 3600)
-
-    async def estimated_size(self, database: str) -> int | None:
-        """Not asked of SQL Server: its ``.bak`` is a file of known size once written."""
-        return None
 
     def dump_session(self, database: str) -> contextlib.AbstractAsyncContextManager[DumpSession]:
         """SQL Server's backups record no row counts."""
@@ -230,6 +229,10 @@ class MSSQLSource:
         return {}  # a .bak carries the database's settings itself
 
     # --- restore -------------------------------------------------------------------------
+
+    async def estimated_size(self, database: str) -> int | None:
+        """Not estimated: the server writes the backup file itself."""
+        return None
 
     async def database_state(self, database: str) -> str:
         rows = await self._sqlcmd(

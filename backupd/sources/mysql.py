@@ -25,6 +25,10 @@ from backupd.sources.session import DumpSession, client_session, parse_counts
 
 log = logging.getLogger(__name__)
 
+# The largest packet a client accepts (MySQL's and MariaDB's limit): a row the server took is
+# never refused by the dump tool on the way out (its default is 24 MiB) nor by the client on
+# the way back in (16 MiB).
+MAX_ALLOWED_PACKET = 1024 * 1024 * 1024
 DUMP_OPTIONS = (
     "--single-transaction",
     "--quick",
@@ -33,6 +37,7 @@ DUMP_OPTIONS = (
     "--triggers",
     "--hex-blob",
     "--default-character-set=utf8mb4",
+    f"--max-allowed-packet={MAX_ALLOWED_PACKET}",
 )
 # Oracle's mysqldump only: MariaDB's rejects these.
 ORACLE_ONLY_OPTIONS = ("--set-gtid-purged=OFF", "--column-statistics=0")
@@ -49,11 +54,8 @@ _CONNECT_FAILURES = (
     "Got error: 2",
 )
 # ERROR 1153, or the connection closed on an oversized packet (ERROR 2006/2013).
-_PACKET_REFUSED = ("max_allowed_packet", "server has gone away", "Lost connection to")
+_PACKET_REFUSED = ("max_allowed_packet", "server has gone away", "lost connection to")
 _UNKNOWN_DATABASE = re.compile(r"Unknown database '(.*)'")
-# The largest packet a client accepts (MySQL's and MariaDB's limit): a row the server took is
-# never refused on the way back in.
-MAX_ALLOWED_PACKET = 1024 * 1024 * 1024
 _NAME = re.compile(r"^\w+$", re.ASCII)
 
 
@@ -71,6 +73,8 @@ def restore_argv(tool: str, config: DatabaseConfig, database: str) -> tuple[str,
         *connection_args(config),
         "--default-character-set=utf8mb4",
         "--binary-mode",
+        # Keep comments: the client strips them by default, also inside routine bodies.
+        "--comments",
         f"--max-allowed-packet={MAX_ALLOWED_PACKET}",
         f"--database={database}",
     )
@@ -90,19 +94,32 @@ def properties_query(database: str, with_comment: bool) -> str:
     )
 
 
-def create_database_sql(database: str, properties: dict[str, Any]) -> str:
-    """``CREATE DATABASE`` with the recorded character set, collation and comment."""
+def database_clauses(properties: dict[str, Any], empty_comment: bool) -> list[str]:
+    """The recorded character set, collation and comment as CREATE/ALTER DATABASE clauses
+    (names checked to be plain words, the comment quoted)."""
     clauses = []
     charset, collation = properties.get("character_set"), properties.get("collation")
     if isinstance(charset, str) and _NAME.match(charset):
         clauses.append(f"CHARACTER SET {charset}")
     if isinstance(collation, str) and _NAME.match(collation):
         clauses.append(f"COLLATE {collation}")
-    if properties.get("comment"):
-        clauses.append(f"COMMENT {sql_literal(properties['comment'])}")
-    if not clauses:
-        clauses.append("CHARACTER SET utf8mb4")
+    comment = properties.get("comment")
+    if isinstance(comment, str) and (comment or empty_comment):
+        clauses.append(f"COMMENT {sql_literal(comment)}")
+    return clauses
+
+
+def create_database_sql(database: str, properties: dict[str, Any]) -> str:
+    """``CREATE DATABASE`` with the recorded character set, collation and comment."""
+    clauses = database_clauses(properties, empty_comment=False) or ["CHARACTER SET utf8mb4"]
     return f"CREATE DATABASE {sql_identifier(database)} {' '.join(clauses)}"
+
+
+def alter_database_sql(database: str, properties: dict[str, Any]) -> str | None:
+    """``ALTER DATABASE`` to the recorded defaults (an empty comment clears one), or None when
+    nothing was recorded."""
+    clauses = database_clauses(properties, empty_comment=True)
+    return f"ALTER DATABASE {sql_identifier(database)} {' '.join(clauses)}" if clauses else None
 
 
 def option_file(password: str | None) -> bytes:
@@ -168,6 +185,7 @@ def pick_tool(engine: Engine, kind: str) -> str:
 class MySQLSource:
     extension = ".sql"
     can_compress = False
+    restores_atomically = False  # the client commits statement by statement
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
@@ -220,6 +238,14 @@ class MySQLSource:
     async def list_databases(self) -> list[str]:
         return await self._query(LIST_DATABASES)
 
+    async def database_exists(self, database: str) -> bool:
+        """Whether the server has the schema ``database``."""
+        found = await self._query(
+            "SELECT COUNT(*) FROM information_schema.schemata"
+            f" WHERE schema_name = {sql_literal(database)}"
+        )
+        return found != ["0"]
+
     async def estimated_size(self, database: str) -> int | None:
         """Data and index length of the schema's tables in bytes (``information_schema``, an
         estimate for InnoDB); None when it cannot be read."""
@@ -262,7 +288,7 @@ class MySQLSource:
         return None
 
     def explain_failure(self, stderr: str) -> str | None:
-        if any(marker in stderr for marker in _PACKET_REFUSED):
+        if any(marker in stderr.lower() for marker in _PACKET_REFUSED):
             return (
                 "the server refused a statement larger than its max_allowed_packet (a wide "
                 "row; the client allows 1 GiB): raise max_allowed_packet on the server"
@@ -303,7 +329,16 @@ class MySQLSource:
         return []
 
     async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
-        return []  # character set, collation and comment were given at creation
+        """The recorded defaults again: a database that existed before the restore gets them
+        too (they are defaults for new tables; the dump's tables name their own)."""
+        statement = alter_database_sql(database, properties)
+        if statement is None:
+            return []
+        try:
+            await self._query(statement)
+        except QueryError as error:
+            return [f"could not restore the database's character set and comment: {error}"]
+        return []
 
     async def drop_database(self, database: str) -> None:
         await self._query(f"DROP DATABASE IF EXISTS {sql_identifier(database)}")

@@ -273,6 +273,7 @@ def version_problem(server_version: str, tool_version: str) -> str | None:
 class PostgresSource:
     extension = ".dump"
     can_compress = True
+    restores_atomically = True  # pg_restore --single-transaction
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
@@ -326,11 +327,21 @@ class PostgresSource:
             " WHERE datallowconn AND NOT datistemplate ORDER BY datname"
         )
 
+    async def database_exists(self, database: str) -> bool:
+        """Whether the server has ``database``: asked where the probe logs in, or in the
+        maintenance database when that is the missing one."""
+        sql = f"SELECT 1 FROM pg_database WHERE datname = {pg_literal(database)}"
+        try:
+            found = await self._query(sql)
+        except ConnectError:
+            found = await self._query(sql, "postgres")
+        return bool(found)
+
     async def estimated_size(self, database: str) -> int | None:
         """``pg_database_size`` in bytes: tables, indexes and free space, so a dump is usually
         smaller; None when it cannot be read (no CONNECT privilege, ...)."""
         try:
-            rows = await self._query(f"SELECT pg_database_size({pg_literal(database)})", "postgres")
+            rows = await self._query(f"SELECT pg_database_size({pg_literal(database)})", database)
         except BackupdError:
             return None
         return int(rows[0]) if rows and rows[0].isdigit() else None
@@ -398,13 +409,33 @@ class PostgresSource:
         return []
 
     async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
-        problems = []
+        problems = await self._fixed_at_creation(database, properties)
         for what, statement in property_statements(database, properties):
             try:
                 await self._query(statement, "postgres")
             except QueryError as error:
                 problems.append(f"could not restore the database's {what}: {error}")
         return problems
+
+    async def _fixed_at_creation(self, database: str, properties: dict[str, Any]) -> list[str]:
+        """Encoding and locale cannot change after CREATE DATABASE: say so where a database
+        that already existed differs from the recorded ones."""
+        if not properties:
+            return []
+        rows = await self._query(
+            "SELECT json_build_object('encoding', pg_encoding_to_char(encoding),"
+            " 'datcollate', datcollate, 'datctype', datctype)::text"
+            f" FROM pg_database WHERE datname = {pg_literal(database)}",
+            "postgres",
+        )
+        actual = json.loads(rows[0]) if rows else {}
+        recorded = {"encoding": properties.get("encoding"), **(properties.get("row") or {})}
+        return [
+            f"{database} keeps its {name} {actual[name]!r}; the backup recorded {recorded[name]!r}"
+            " (fixed when a database is created: restore with --clean to re-create it)"
+            for name in ("encoding", "datcollate", "datctype")
+            if recorded.get(name) is not None and actual.get(name) != recorded[name]
+        ]
 
     async def drop_database(self, database: str) -> None:
         await self._query(

@@ -91,7 +91,8 @@ class LocalUpload:
     def discard(self) -> None:
         if self._file is not None:
             self._file.close()
-        self._temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never created, or its folder is not one
+            self._temporary.unlink()
 
 
 class LocalStorage:
@@ -102,6 +103,20 @@ class LocalStorage:
 
     async def warm_up(self) -> None:
         return None
+
+    def _ensure_root(self) -> None:
+        """Create STORAGE_LOCAL_PATH itself if needed, never its parents (a typo stays a typo)."""
+        try:
+            self.root.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            raise StorageError(
+                f"STORAGE_LOCAL_PATH {self.root}: its parent folder does not exist "
+                "(backupd creates only the last level)"
+            ) from None
+        except (FileExistsError, NotADirectoryError):
+            raise StorageError(
+                f"STORAGE_LOCAL_PATH {self.root} is not a folder (a file is in the way)"
+            ) from None
 
     def path_for(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -120,6 +135,7 @@ class LocalStorage:
     ) -> AsyncIterator[LocalUpload]:
         upload = LocalUpload(self.path_for(key), self.config.part_size)
         try:
+            await asyncio.to_thread(self._ensure_root)
             await upload.open()
             yield upload
         except OSError as error:

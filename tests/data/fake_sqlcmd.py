@@ -57,5 +57,6 @@ elif query.startswith("RESTORE DATABASE"):
     (HERE / "restored.bak").write_bytes(restored)
     print("RESTORE DATABASE successfully processed 1538 pages.")
 elif "sys.databases WHERE name" in query:
-    print("0")
+    name = re.search(r"WHERE name = N'((?:[^']|'')*)'", query).group(1).replace("''", "'")
+    print("1" if name in config.get("databases", []) else "0")
 sys.exit(0)

@@ -169,12 +169,21 @@ MARIADB_WIDE = """
 CREATE TABLE wide (id INT PRIMARY KEY, payload LONGBLOB);
 INSERT INTO wide VALUES (1, REPEAT(0xAB01, 4500000));
 """
+# A 26 MB row: more than mariadb-dump's default max_allowed_packet (24 MiB) on the way out; its
+# 52 MB statement still fits this server's 64 MiB on the way back in.
+MARIADB_WIDER = """
+CREATE TABLE wide (id INT PRIMARY KEY, payload LONGBLOB);
+INSERT INTO wide VALUES (1, REPEAT(0xAB01, 13000000));
+"""
 MARIADB_ROUTINES = r"""
 DELIMITER ;;
 CREATE PROCEDURE archive()
 BEGIN
   -- the next line is a statement of this body, not of the dump
 CREATE DATABASE IF NOT EXISTS archive_db;
+  /* a comment block in the body
+USE `other`;
+  */
 END ;;
 CREATE PROCEDURE note(OUT message TEXT)
 BEGIN
@@ -247,6 +256,7 @@ def test_routine_bodies_keep_lines_that_look_like_database_statements(
     )
     assert mariadb.root_sql(body.format(copy)) == mariadb.root_sql(body.format(database))
     assert "CREATE DATABASE IF NOT EXISTS archive_db;" in mariadb.root_sql(body.format(copy))
+    assert "/* a comment block in the body" in mariadb.root_sql(body.format(copy))
     assert "USE `elsewhere`;" in mariadb.root_sql(body.format(copy))
 
 
@@ -288,7 +298,7 @@ def test_an_object_made_with_databases_by_an_older_release_restores_under_a_new_
 def test_a_wide_row_restores_and_a_failing_client_never_hangs(
     mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str
 ) -> None:
-    database = make_mariadb_database(mariadb, MARIADB_WIDE)
+    database = make_mariadb_database(mariadb, MARIADB_WIDER)
     env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
     ok("once", env=env)
     mariadb.root_sql("SET GLOBAL max_allowed_packet = 16 * 1024 * 1024")
@@ -449,3 +459,71 @@ def test_an_oracle_mysqldump_gets_its_own_options_from_the_first_dump_on(
     assert len(calls) == 2
     for call in calls:
         assert "--set-gtid-purged=OFF" in call and "--column-statistics=0" in call
+
+
+def test_a_damaged_object_never_touches_an_existing_database(
+    pg: PostgresServer, mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    """--clean drops nothing, and a restore into an existing empty MariaDB database (whose
+    client commits as it goes) writes nothing, before the object is verified whole."""
+    storage = storage_env(moto_url, bucket, COMPRESSION="none")
+    source = unique("source")
+    pg.create_database(source, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    mariadb.create_database(source, "CREATE TABLE t (n INT); INSERT INTO t VALUES (1);")
+    pg_config = {**pg_env(pg, source), **storage, "STORAGE_DESTINATION_FOLDER": "pg"}
+    my_config = {**mariadb_env(mariadb, source), **storage, "STORAGE_DESTINATION_FOLDER": "my"}
+    for config in (pg_config, my_config):
+        ok("once", env=config)
+    for key in bucket_state(s3, bucket)[0]:
+        if not key.endswith(".manifest.json"):  # damage the end: the data is long gone by then
+            body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            body[-10] ^= 0xFF
+            s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    kept = unique("kept")
+    pg.create_database(kept, "CREATE TABLE precious (n int); INSERT INTO precious VALUES (42);")
+    empty = unique("empty")
+    mariadb.create_database(empty)
+
+    clean = run_backupd("restore", "--into", kept, "--clean", env=pg_config)
+    into_empty = run_backupd("restore", "--into", empty, env=my_config)
+
+    for result in (clean, into_empty):
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "checksum mismatch" in result.stdout
+    assert pg.psql("SELECT n FROM precious", kept).strip() == "42"
+    assert (
+        mariadb.root_sql(
+            f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{empty}'"
+        ).strip()
+        == "0"
+    )
+
+
+def test_an_existing_empty_mariadb_database_gets_the_recorded_defaults(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    database = make_mariadb_database(mariadb, "CREATE TABLE t (n INT);")
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    existing = unique("existing")
+    mariadb.root_sql(f"CREATE DATABASE `{existing}` CHARACTER SET latin1 COMMENT 'old'")
+
+    ok("restore", "--into", existing, env=env)
+
+    assert mariadb_properties(mariadb, existing) == mariadb_properties(mariadb, database)
+
+
+def test_an_existing_postgres_database_with_another_locale_is_named_in_a_warning(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    database = unique("c_locale")
+    pg.psql(f"CREATE DATABASE {database} TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    pg.psql("CREATE TABLE t (n int)", database)
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    existing = unique("existing")
+    pg.create_database(existing)  # the server's default locale, C.UTF-8
+
+    output = ok("restore", "--into", existing, env=env)
+
+    assert f"{existing} keeps its datcollate 'C.UTF-8'; the backup recorded 'C'" in output

@@ -35,6 +35,7 @@ def sqlcmd(tmp_path: Path) -> dict[str, Any]:
         "local_dir": str(shared),
         "mode": "ok",
         "size": SIZE,
+        "databases": ["shop]2"],
     }
     (bin_dir / "fake_sqlcmd.json").write_text(json.dumps({**config, "password": PASSWORD}))
     return {"bin": bin_dir, "shared": shared, "config": config}
@@ -148,6 +149,7 @@ def test_check_probes_sqlcmd_login_and_the_shared_volume(
     assert good.returncode == 0, good.stdout + good.stderr
     assert "ok   default database: mssql Microsoft SQL Server 2022" in good.stdout
     assert "ok   default shared volume: MSSQL_LOCAL_DIR" in good.stdout
+    assert "ok   default database: shop]2 exists on sqlserver.internal:1433" in good.stdout
     assert missing.returncode == 1
     assert "FAIL default shared volume" in missing.stdout
 

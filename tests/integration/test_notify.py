@@ -154,7 +154,7 @@ def test_success_and_failure_mails(
         "Size:",
         "bytes",
         "Duration:",
-        "MB/s",
+        "/s",
         "SHA-256:",
     ):
         assert fragment in text

@@ -24,6 +24,8 @@ from backupd.catalogue import (
     safe_name,
     stem_for,
 )
+from backupd.config import Engine
+from backupd.restore import name_problem
 from backupd.storage.base import StoredObject
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -267,6 +269,7 @@ def test_choose(
         (None, "nope", None, "no backup with key 'nope'"),
         ("a", None, at(0), "no complete backup of database 'a' at or before"),
         ("c", None, None, "no complete backup of database 'c'"),
+        ("b", key_for("a", 3), None, "is a backup of database 'a', not 'b'"),
     ],
 )
 def test_choose_refuses_with_a_reason(
@@ -291,3 +294,20 @@ def test_only_backupd_keys_directly_under_the_prefix_are_backups() -> None:
     )
     assert [parsed.key for parsed, _ in found] == [key_for("a", 1)]
     assert manifests == {manifest_key(key_for("a", 1))}
+
+
+@pytest.mark.parametrize(
+    ("engine", "name", "refused"),
+    [
+        (Engine.POSTGRES, "x" * 63, False),
+        (Engine.POSTGRES, "x" * 64, True),
+        (Engine.POSTGRES, "é" * 32, True),  # 64 bytes
+        (Engine.MARIADB, "é" * 64, False),
+        (Engine.MARIADB, "x" * 65, True),
+        (Engine.MYSQL, "a\nb", True),
+    ],
+)
+def test_restore_refuses_a_name_the_server_would_truncate_or_refuse(
+    engine: Engine, name: str, refused: bool
+) -> None:
+    assert (name_problem(engine, name) is not None) is refused

@@ -326,10 +326,28 @@ def test_email_needs_sender_recipients_and_whole_credentials() -> None:
     assert [p.split(":")[0] for p in problems] == ["EMAIL_FROM", "EMAIL_TO", "EMAIL_PASSWORD"]
 
 
-def test_starttls_is_demanded_not_tried() -> None:
+@pytest.mark.parametrize(
+    ("extra", "options"),
+    [
+        # TLS demanded when credentials are sent...
+        ({"EMAIL_USER": "u", "EMAIL_PASSWORD": "p"}, (False, True)),
+        # ...used when offered otherwise (a plain relay still gets mail)
+        ({}, (False, None)),
+        ({"EMAIL_PORT": "25"}, (False, None)),
+        # EMAIL_TLS forces
+        ({"EMAIL_TLS": "starttls"}, (False, True)),
+        ({"EMAIL_TLS": "ssl"}, (True, False)),
+        ({"EMAIL_PORT": "465"}, (True, False)),
+        ({"EMAIL_TLS": "none"}, (False, False)),
+        ({"EMAIL_TLS": "none", "EMAIL_USER": "u", "EMAIL_PASSWORD": "p"}, (False, False)),
+        ({"EMAIL_TLS": "ssl", "EMAIL_USER": "u", "EMAIL_PASSWORD": "p"}, (True, False)),
+    ],
+)
+def test_tls_is_demanded_with_credentials_and_opportunistic_without(
+    extra: dict[str, str], options: tuple[bool, bool | None]
+) -> None:
+    """(use_tls, start_tls) for aiosmtplib; start_tls None: upgrade only if offered."""
     from backupd.notify.email import tls_options
 
-    env = {**MINIMAL, "EMAIL_SMTP": "mail", "EMAIL_FROM": "a@b", "EMAIL_TO": "c@d"}
-    assert tls_options(load_target(env).email) == (False, True)
-    assert tls_options(load_target({**env, "EMAIL_TLS": "ssl"}).email) == (True, False)
-    assert tls_options(load_target({**env, "EMAIL_TLS": "none"}).email) == (False, False)
+    env = {**MINIMAL, "EMAIL_SMTP": "mail", "EMAIL_FROM": "a@b", "EMAIL_TO": "c@d", **extra}
+    assert tls_options(load_target(env).email) == options

@@ -11,16 +11,16 @@ from pathlib import Path
 import yaml
 
 from backupd.reference import rows, table
+from backupd.variables import known_names
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 KNOWN = {name for name, *_ in rows()}
 
 
 def known(variable: str, targets: list[str]) -> bool:
-    """A variable backupd reads: a setting, its _FILE form, or a target-prefixed setting."""
-    for target in targets:
-        variable = variable.removeprefix(f"{target.upper()}_")
-    return variable in KNOWN or variable.removesuffix("_FILE") in KNOWN
+    """A variable backupd reads (and would not warn about): a setting, a secret's _FILE form,
+    or a named target's prefixed form of a per-target setting."""
+    return variable in known_names(targets)
 
 
 def test_readme_table_is_the_generated_one() -> None:

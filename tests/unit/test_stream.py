@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import hashlib
@@ -177,3 +178,20 @@ async def test_a_part_is_free_only_once_hashed_and_sent() -> None:
     part.when_free(lambda: freed.append("late"))  # already free: at once
     assert freed == ["first", "late"]
     assert pool.take(1000) is part.body, "the free buffer is reused"
+
+
+async def test_cancelling_a_digest_mid_hash_leaves_its_buffer_usable() -> None:
+    """A failed dump cancels the hasher while a worker thread still reads the part: no
+    BufferError, and the buffer can be resized once the digest settled."""
+    body = io.BytesIO(bytes(64 * 1024 * 1024))
+    digest = Digest()
+    await digest.update(Part(body, 64 * 1024 * 1024))
+    pending = digest._pending
+    assert pending is not None
+    await asyncio.sleep(0.001)
+
+    pending.cancel()
+    await digest.settle()
+
+    body.truncate(10)
+    assert body.getvalue() == bytes(10)

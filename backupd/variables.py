@@ -1,0 +1,136 @@
+"""Which variables backupd reads, and a warning for each one it would silently ignore.
+
+The known names come from the configuration models themselves (every field's alias, found by
+walking ``TargetConfig`` and ``Settings``), so a setting added as a model field is known at once.
+Added to them: what the loader reads by hand (``STORAGE_TYPE``, ``BACKUPD_TARGETS``),
+``<NAME>_FILE`` for every secret, and with ``BACKUPD_TARGETS`` each target's
+``<TARGET>_<NAME>`` form of every per-target setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterable, Iterator, Mapping
+
+from pydantic import BaseModel
+
+from backupd.config import Settings, TargetConfig
+from backupd.environment import SECRET_NAMES, TARGET_NAME
+
+# Names with these prefixes are backupd's: one it does not read is a mistake worth a warning.
+PREFIXES = (
+    "BACKUPD_",
+    "DB_",
+    "STORAGE_",
+    "EMAIL_",
+    "SEQ_",
+    "CRON_",
+    "MSSQL_",
+    "RETENTION_",
+    "ENCRYPTION_",
+    "VERIFY_",
+)
+READ_BY_LOADER = frozenset({"STORAGE_TYPE", "BACKUPD_TARGETS"})
+# Kubernetes injects these for every Service (a Service named "db" gives DB_SERVICE_HOST,
+# DB_PORT_5432_TCP_ADDR, ...): not settings anybody wrote, so never warned about.
+KUBERNETES_SERVICE = re.compile(
+    r".+_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)"
+)
+SUGGESTION_CUTOFF = 0.6
+# A name without a backupd prefix, written in the .env file, is named only when this close to one.
+CLOSE_CUTOFF = 0.85
+
+
+def _models(annotation: object) -> Iterator[type[BaseModel]]:
+    """Every model class inside an annotation (``A | B``, ``Optional[A]``, ``tuple[A, ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for argument in typing.get_args(annotation):
+            yield from _models(argument)
+
+
+def aliases(model: type[BaseModel]) -> set[str]:
+    """The variable names a model and the models inside it read (their fields' aliases)."""
+    names: set[str] = set()
+    for field in model.model_fields.values():
+        if field.alias is not None:
+            names.add(field.alias)
+        for inner in _models(field.annotation):
+            if inner is not model:
+                names |= aliases(inner)
+    return names
+
+
+def target_settings() -> frozenset[str]:
+    """Settings a target reads, each also as ``<TARGET>_<NAME>``."""
+    names = aliases(TargetConfig) | {"STORAGE_TYPE"}
+    return frozenset(names | {f"{name}_FILE" for name in names & SECRET_NAMES})
+
+
+def known_names(targets: Iterable[str] = ()) -> frozenset[str]:
+    """Every variable backupd reads, given the target names of ``BACKUPD_TARGETS``."""
+    per_target = target_settings()
+    names = set(per_target) | aliases(Settings) | READ_BY_LOADER
+    names |= {f"{name}_FILE" for name in names & SECRET_NAMES}
+    for target in targets:
+        names |= {f"{target.upper()}_{name}" for name in per_target}
+    return frozenset(names)
+
+
+def _targets(env: Mapping[str, str]) -> list[str]:
+    raw = env.get("BACKUPD_TARGETS", "")
+    return [name.strip() for name in raw.split(",") if TARGET_NAME.match(name.strip())]
+
+
+def _suggestion(name: str, known: frozenset[str], cutoff: float) -> str | None:
+    matches = difflib.get_close_matches(name, sorted(known), n=1, cutoff=cutoff)
+    return matches[0] if matches else None
+
+
+def _without_target(name: str, target_prefixes: tuple[str, ...]) -> str | None:
+    for prefix in target_prefixes:
+        if name.startswith(prefix):
+            return name.removeprefix(prefix)
+    return None
+
+
+def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> list[str]:
+    """One warning per variable that looks like backupd's but is not read, sorted by name.
+
+    Looked at: every name with a backupd prefix (``DB_``, ``STORAGE_``, ... or a target's
+    ``<TARGET>_``); names from the ``.env`` file (``from_file``) without such a prefix only
+    when they are very close to a known one (``TIMEZON``). E.g.
+    ``"DB_PASS is not a backupd setting; did you mean DB_PASSWORD?"``.
+    """
+    targets = _targets(env)
+    known = known_names(targets)
+    prefixes = PREFIXES + tuple(f"{target.upper()}_" for target in targets)
+    file_names = set(from_file)
+    warnings = []
+    process_wide = aliases(Settings) - target_settings()
+    for name in sorted(env):
+        if name in known or KUBERNETES_SERVICE.fullmatch(name):
+            continue
+        unprefixed = _without_target(name, prefixes[len(PREFIXES) :])
+        if unprefixed in process_wide:
+            warnings.append(
+                f"{name} is not a backupd setting; {unprefixed} applies to all targets: "
+                "set it without a target's prefix"
+            )
+            continue
+        if name.startswith(prefixes):
+            guess = _suggestion(name, known, SUGGESTION_CUTOFF)
+        elif name in file_names:
+            guess = _suggestion(name, known, CLOSE_CUTOFF)
+            if guess is None:
+                continue
+        else:
+            continue
+        hint = f"; did you mean {guess}?" if guess else ""
+        warnings.append(f"{name} is not a backupd setting{hint}")
+    return warnings

@@ -1,0 +1,69 @@
+"""Mail: headers receiving servers expect, and one line naming the setting when SMTP fails."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import aiosmtplib
+import pytest
+
+from backupd.config import EmailConfig
+from backupd.notify.base import Report, State
+from backupd.notify.email import _why, check_message, compose
+
+
+def mail_config(**extra: str) -> EmailConfig:
+    return EmailConfig.model_validate(
+        {
+            "EMAIL_SMTP": "relay.internal",
+            "EMAIL_FROM": "backupd@example.org",
+            "EMAIL_TO": "a@b",
+            **extra,
+        }
+    )
+
+
+def test_every_mail_has_a_date_and_a_unique_message_id() -> None:
+    report = Report("t", "app", "postgres", State.SUCCEEDED, datetime.now(UTC), size=2048)
+
+    first, second = compose(mail_config(), report), check_message(mail_config(), "t")
+
+    assert parsedate_to_datetime(first["Date"]).tzinfo is not None
+    assert first["Message-ID"].endswith("@example.org>")
+    assert first["Message-ID"] != second["Message-ID"]
+    assert "Size:       2.0 KiB (2,048 bytes)" in first.get_content()
+
+
+@pytest.mark.parametrize(
+    ("extra", "error", "line"),
+    [
+        (
+            {},
+            aiosmtplib.SMTPConnectError("Error connecting to relay.internal on port 587: refused"),
+            "EMAIL_SMTP relay.internal:587: "
+            "Error connecting to relay.internal on port 587: refused",
+        ),
+        (
+            {"EMAIL_TLS": "ssl"},
+            aiosmtplib.SMTPConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+            "EMAIL_SMTP relay.internal:465: implicit TLS failed (EMAIL_TLS=ssl): "
+            "[SSL: WRONG_VERSION_NUMBER] wrong version number",
+        ),
+        (
+            {"EMAIL_PORT": "465", "EMAIL_TLS": "starttls"},
+            aiosmtplib.SMTPConnectTimeoutError("Timed out connecting to relay.internal"),
+            "EMAIL_SMTP relay.internal:465: Timed out connecting to relay.internal (no greeting: "
+            "a port for implicit TLS? then set EMAIL_TLS=ssl)",
+        ),
+        (
+            {"EMAIL_USER": "u", "EMAIL_PASSWORD": "p"},
+            aiosmtplib.SMTPAuthenticationError(535, "5.7.8 Authentication credentials invalid"),
+            "EMAIL_SMTP relay.internal:587: (535, '5.7.8 Authentication credentials invalid')",
+        ),
+    ],
+)
+def test_a_failed_conversation_is_one_line_naming_the_setting(
+    extra: dict[str, str], error: Exception, line: str
+) -> None:
+    assert _why(mail_config(**extra), error) == line
