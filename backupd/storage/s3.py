@@ -371,11 +371,11 @@ _payload_registered = False
 
 
 def _register_part_payload() -> None:
-    """Teach aiohttp to send a part in 1 MiB slices of its buffer.
+    """Teach aiohttp to send a part in ``SEND_SLICE`` (256 KiB) slices of its buffer.
 
     Its stock BytesIO payload copies 64 KiB at a time and yields to the event loop after each:
-    for a 16 MiB part that is 256 turns holding the GIL, while the thread reading the dump's
-    pipe waits for it. Slices of a memoryview copy nothing and take 16 turns.
+    for an 8 MiB part that is 128 copies holding the GIL, while the thread reading the dump's
+    pipe waits for it. Slices of a memoryview copy nothing and take 32 turns.
     """
     global _payload_registered
     if _payload_registered:
