@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m deploy.demo
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(ARGS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

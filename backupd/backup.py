@@ -34,6 +34,7 @@ from backupd.sources import BackupSource, ServerInfo, source_for
 from backupd.sources.session import DumpSession, no_session
 from backupd.stages import Stage, choose_stages, key_suffix, plan_compression
 from backupd.storage import Storage, Upload, open_storage
+from backupd.storage.base import Estimate
 from backupd.stream import Digest, fixed_parts
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,9 @@ class Dump:
     """Database-level settings to record in the manifest (read alongside the dump)."""
     session: Callable[[], AbstractAsyncContextManager[DumpSession]] = no_session
     """Open for the whole dump: a shared snapshot and the tables' row counts, if any."""
-    estimate: Callable[[], Awaitable[int | None]] | None = None
-    """About how many bytes the database holds, for progress."""
+    estimate: Estimate | None = None
+    """About how many bytes the database holds: for progress, and for storage whose parts
+    cannot grow (R2's), to size them."""
 
 
 async def _nothing_recorded() -> dict[str, Any]:
@@ -145,7 +147,7 @@ async def _store(
         properties = asyncio.ensure_future(dump.properties())
         tables = asyncio.ensure_future(session.count())
         try:
-            async with storage.upload(key, metadata, locked=True) as upload:
+            async with storage.upload(key, metadata, locked=True, estimate=dump.estimate) as upload:
                 async with contextlib.AsyncExitStack() as stack:
                     source = await stack.enter_async_context(dump.open(native, session.snapshot))
                     reader = source
@@ -219,7 +221,7 @@ async def _counted(
 def _expect(
     progress: Progress,
     key: str,
-    estimate: Callable[[], Awaitable[int | None]] | None,
+    estimate: Estimate | None,
 ) -> asyncio.Future[int | None] | None:
     """Ask for the size estimate alongside the dump; tell ``progress`` when it arrives."""
     if estimate is None:
@@ -249,7 +251,7 @@ async def _copy(
     clock: float,
     progress: Progress,
     raw: Callable[[], int] | None = None,
-    estimate: Callable[[], Awaitable[int | None]] | None = None,
+    estimate: Estimate | None = None,
 ) -> None:
     """Every byte of ``source`` into ``upload``, in parts, hashed on the way. Progress counts
     ``raw()`` (the bytes read from the dump, before backupd's stages) against ``estimate``,

@@ -447,6 +447,23 @@ def all_secrets(settings: Settings) -> list[str]:
     return hidden
 
 
+M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> None:
+    """At most two glibc malloc arenas (as ``MALLOC_ARENA_MAX=2``), before any thread starts.
+
+    Each thread (pipe reads, hashing, zstd's workers) otherwise gets an arena of its own, and
+    buffers freed in one are not reused by another: several MiB of resident memory for nothing.
+    Elsewhere than glibc this does nothing.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
 def _print_config_error(error: ConfigError) -> None:
     print("backupd: invalid configuration:", file=sys.stderr)
     for problem in error.problems:
@@ -455,6 +472,7 @@ def _print_config_error(error: ConfigError) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
+    limit_malloc_arenas()
     try:
         settings, args.warnings = load(args)
     except ConfigError as error:

@@ -21,6 +21,10 @@ def _nothing() -> None:
     return None
 
 
+def _at_once(callback: Callable[[], None]) -> None:
+    callback()
+
+
 @dataclass(frozen=True)
 class Part:
     """One part, ready to send: ``body`` is positioned at 0 and holds ``size`` bytes.
@@ -34,6 +38,11 @@ class Part:
     body: io.BytesIO
     size: int
     release: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
+    when_free: Callable[[Callable[[], None]], None] = field(
+        default=_at_once, repr=False, compare=False
+    )
+    """Call a function once every reader has released the part (at once if none is tracked):
+    the storage counts a part against its memory budget until then, hashing included."""
 
 
 class PartBody(io.BytesIO):
@@ -80,10 +89,21 @@ class BufferPool:
     def part(self, body: io.BytesIO, size: int, readers: int = 2) -> Part:
         """A part whose buffer returns to the pool once all ``readers`` released it."""
         remaining = [readers]
+        waiting: list[Callable[[], None]] = []
 
         def release() -> None:
             remaining[0] -= 1
-            if remaining[0] == 0 and len(self._free) < self._keep:
+            if remaining[0] != 0:
+                return
+            if len(self._free) < self._keep:
                 self._free.append(body)
+            for callback in waiting:
+                callback()
 
-        return Part(body, size, release)
+        def when_free(callback: Callable[[], None]) -> None:
+            if remaining[0] <= 0:
+                callback()
+            else:
+                waiting.append(callback)
+
+        return Part(body, size, release, when_free)

@@ -24,6 +24,9 @@ from backupd.parts import Readable
 
 CHUNK = 1024 * 1024
 ZSTD_LEVEL = 3
+ZSTD_JOB_SIZE = 1024 * 1024
+"""Bytes each zstd worker thread takes at a time. zstd's default at level 3 (8 MiB) holds about
+40 MiB in the workers' buffers; 1 MiB holds about 8 MiB, for a ratio up to 5% worse."""
 GZIP_LEVEL = 6
 SUFFIXES = {Compression.NONE: "", Compression.GZIP: ".gz", Compression.ZSTD: ".zst"}
 
@@ -91,7 +94,10 @@ def _compressor(kind: Compression) -> Compressor:
     if kind is Compression.GZIP:
         return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     if kind is Compression.ZSTD:
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj()
+        params = zstandard.ZstdCompressionParameters.from_level(
+            ZSTD_LEVEL, threads=-1, job_size=ZSTD_JOB_SIZE
+        )
+        return zstandard.ZstdCompressor(compression_params=params).compressobj()
     raise ValueError(f"no stream compressor for {kind}")
 
 

@@ -1,246 +1,329 @@
-"""Benchmark: ``backupd once`` against the bare dump and against ``pg_dump | aws s3 cp -``.
+"""Benchmark: ``backupd`` side by side with the bare dump and with the shell pipes people use.
 
-It starts a throwaway PostgreSQL, fills a database of the requested size, starts a discarding
-S3 endpoint (``bench.s3sink``) so storage is never the bottleneck, and runs each contender
-under ``/usr/bin/time -v``, interleaved, several times. It reports wall time, CPU seconds, peak
-RSS and bytes written to local disk, then checks the targets. Run: ``make bench``.
+One run starts a throwaway PostgreSQL and MariaDB, fills databases of the requested sizes, and
+a discarding S3 endpoint (``bench.s3sink``) so storage is never the bottleneck. For each size
+it runs, interleaved (A, B, C, A, B, C, ...), ``--repeat`` times each:
+
+- PostgreSQL, ``COMPRESSION=none``: the bare ``pg_dump -Fc -Z0 > /dev/null``, ``backupd once``
+  and ``pg_dump | aws s3 cp -`` (skipped, with a note, without the ``aws`` CLI);
+- MariaDB text dumps with zstd: ``mariadb-dump | zstd -T0 -3 > /dev/null``, ``backupd once``
+  with ``COMPRESSION=zstd`` and ``mariadb-dump | zstd -T0 -3 | aws s3 cp -``;
+
+and then ``bench.many``: 50 targets in one ``backupd run`` for three minutes. It reports
+medians of wall time, the CPU seconds of the backupd process itself (per GiB of dump), the CPU
+of the whole process tree, peak RSS and bytes written to local disk, the machine's load while
+measuring, and checks the targets. ``--before DIR`` adds rows for another backupd source tree
+(``git archive`` of an older commit), measured in the same interleaving.
+
+Run: ``make bench`` (full, about half an hour) or ``make bench ARGS=--quick`` (100 MiB only,
+no many-target run).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import PostgresServer, free_port, wait_until
+from bench import many
+from bench.measure import GIB, MIB, Sample, load_average, measure, median
+from bench.scene import Scene, scene, stream_size
 
-MIB = 1024 * 1024
-ROW_BYTES = 103  # size of one generated row in a -Z0 custom-format dump
 RESULTS = Path(__file__).parent / "results"
-BARE, OURS, PEER = "bare pg_dump > /dev/null", "backupd once", "pg_dump | aws s3 cp -"
+OURS = "backupd once"
 ENCRYPTED = "backupd once, age-encrypted"
-ORDERS_SQL = (
-    "CREATE TABLE orders AS SELECT g AS id, (g % 100000)::bigint AS customer_id,"
-    " (random() * 10000)::numeric(12, 2) AS amount,"
-    " timestamptz '2026-01-01' - (g || ' seconds')::interval AS created_at,"
-    " (g % 7 = 0) AS refunded, md5(g::text) AS reference,"
-    " 'item-' || (g % 5000) || ' x' || (g % 9) AS description"
-    " FROM generate_series(1, {rows}) g"
+BEFORE = "backupd once (before)"
+PG_BARE, PG_PEER = "pg_dump -Fc -Z0 > /dev/null", "pg_dump -Fc -Z0 | aws s3 cp -"
+MY_BARE = "mariadb-dump | zstd -T0 -3 > /dev/null"
+MY_PEER = "mariadb-dump | zstd -T0 -3 | aws s3 cp -"
+MARIADB_DUMP_OPTIONS = (
+    "--single-transaction --quick --routines --events --triggers --hex-blob"
+    " --default-character-set=utf8mb4"
 )
+Runs = dict[str, tuple[list[str], dict[str, str]]]
 
 
 @dataclass
-class Sample:
-    wall: float
-    cpu: float
-    rss_mib: float
-    disk_bytes: int
+class Round:
+    engine: str
+    size: int
+    bare: str
+    samples: dict[str, list[Sample]]
+    load: str
 
 
-def measure(argv: list[str], env: dict[str, str]) -> Sample:
-    result = subprocess.run(
-        ["/usr/bin/time", "-v", *argv], env=env, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        output = result.stdout[-2000:] + result.stderr[-2000:]
-        raise RuntimeError(f"{argv[0]} failed ({result.returncode}): {output}")
-    report = result.stderr
-
-    def field(name: str) -> str:
-        match = re.search(rf"{re.escape(name)}: (.+)", report)
-        if match is None:
-            raise RuntimeError(f"no {name!r} in /usr/bin/time output")
-        return match.group(1).strip()
-
-    wall_parts = [float(p) for p in field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":")]
-    wall = sum(p * 60**i for i, p in enumerate(reversed(wall_parts)))
-    cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
-    rss = int(field("Maximum resident set size (kbytes)")) / 1024
-    disk = int(field("File system outputs")) * 512
-    return Sample(wall, cpu, rss, disk)
+def backupd_argv() -> list[str]:
+    return [sys.executable, "-m", "backupd", "once"]
 
 
-def fill_database(server: PostgresServer, name: str, size_mib: int) -> int:
-    """An orders table of mixed column types, like an application's: ~``size_mib`` of dump."""
-    rows = size_mib * MIB // ROW_BYTES
-    server.create_database(name)
-    server.psql(ORDERS_SQL.format(rows=rows), name)
-    server.psql("VACUUM ANALYZE orders", name)
-    return rows
-
-
-def dump_size(env: dict[str, str]) -> int:
-    with subprocess.Popen(
-        ["pg_dump", "-Fc", "-Z0", "--no-password"], env=env, stdout=subprocess.PIPE
-    ) as proc:
-        assert proc.stdout is not None
-        total = 0
-        while chunk := proc.stdout.read(MIB):
-            total += len(chunk)
-    return total
-
-
-def contenders(
-    server: PostgresServer, database: str, sink: str
-) -> dict[str, tuple[list[str], dict[str, str]]]:
-    base = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TMPDIR"}}
-    pg = {**base, **server.env(database)}
-    backupd_env = {
-        **base,
-        "DB_TYPE": "postgres",
-        "DB_HOST": "127.0.0.1",
-        "DB_PORT": str(server.port),
-        "DB_USER": server.user,
-        "DB_PASSWORD": server.password,
-        "DB_DATABASE": database,
-        "STORAGE_TYPE": "s3",
-        "STORAGE_ENDPOINT_URL": sink,
-        "STORAGE_BUCKET_NAME": "bench",
-        "STORAGE_ACCESS_KEY_ID": "bench",
-        "STORAGE_SECRET_ACCESS_KEY": "bench-secret",
-        "COMPRESSION": "none",
-        "LOG_LEVEL": "WARNING",
-    }
-    runs = {
-        BARE: (["sh", "-c", "pg_dump -Fc -Z0 --no-password > /dev/null"], pg),
-        OURS: ([sys.executable, "-m", "backupd", "once"], backupd_env),
-    }
+def pg_runs(stage: Scene, database: str, before: Path | None) -> Runs:
+    ours = stage.backupd_env("postgres", database, COMPRESSION="none")
+    pg = stage.pg_env(database)
+    runs: Runs = {PG_BARE: (["sh", "-c", "pg_dump -Fc -Z0 --no-password > /dev/null"], pg)}
+    runs[OURS] = (backupd_argv(), ours)
+    if before is not None:
+        runs[BEFORE] = (backupd_argv(), {**ours, "PYTHONPATH": str(before)})
     if shutil.which("age-keygen"):
-        identity = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True)
-        recipient = subprocess.run(
-            ["age-keygen", "-y"], input=identity.stdout, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        runs[ENCRYPTED] = (runs[OURS][0], {**backupd_env, "ENCRYPTION_RECIPIENTS": recipient})
+        runs[ENCRYPTED] = (backupd_argv(), {**ours, "ENCRYPTION_RECIPIENTS": age_recipient()})
     if shutil.which("aws"):
-        aws_env = {**pg, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
-        pipeline = f"pg_dump -Fc -Z0 --no-password | aws --endpoint-url {sink} s3 cp - s3://bench/peer.dump"
-        runs[PEER] = (["bash", "-o", "pipefail", "-c", pipeline], aws_env)
+        peer = f"pg_dump -Fc -Z0 --no-password | {aws_cp(stage, 'peer.dump')}"
+        runs[PG_PEER] = (["bash", "-o", "pipefail", "-c", peer], {**pg, **aws_env()})
     return runs
 
 
-def run_round(
-    runs: dict[str, tuple[list[str], dict[str, str]]], repeat: int
-) -> dict[str, list[Sample]]:
+def mariadb_runs(stage: Scene, database: str, before: Path | None) -> Runs:
+    ours = stage.backupd_env("mariadb", database, COMPRESSION="zstd")
+    dump = f"mariadb-dump --defaults-extra-file={stage.mariadb_defaults()} {MARIADB_DUMP_OPTIONS}"
+    dump += f" --databases {database}"
+    env = stage.pg_env("unused")  # PATH and friends
+    runs: Runs = {
+        MY_BARE: (["bash", "-o", "pipefail", "-c", f"{dump} | zstd -T0 -3 -q > /dev/null"], env)
+    }
+    runs[OURS] = (backupd_argv(), ours)
+    if before is not None:
+        runs[BEFORE] = (backupd_argv(), {**ours, "PYTHONPATH": str(before)})
+    if shutil.which("aws"):
+        peer = f"{dump} | zstd -T0 -3 -q | {aws_cp(stage, 'peer.sql.zst')}"
+        runs[MY_PEER] = (["bash", "-o", "pipefail", "-c", peer], {**env, **aws_env()})
+    return runs
+
+
+def age_recipient() -> str:
+    """A fresh age recipient whose identity is thrown away: the bench never decrypts."""
+    identity = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True)
+    return subprocess.run(
+        ["age-keygen", "-y"], input=identity.stdout, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def aws_cp(stage: Scene, key: str) -> str:
+    return f"aws --endpoint-url {stage.sink_url} s3 cp - s3://bench/{key}"
+
+
+def aws_env() -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def run_round(runs: Runs, repeat: int, cwd: Path) -> dict[str, list[Sample]]:
+    """Each contender ``repeat`` times, interleaved, so that load changes hit all alike.
+
+    From ``cwd``, a scratch folder: run from the repository, ``python -m backupd`` would import
+    this tree's backupd even for the rows of ``--before``.
+    """
     samples: dict[str, list[Sample]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, (argv, env) in runs.items():
-            samples[name].append(measure(argv, env))
+            watch = name in (OURS, BEFORE, ENCRYPTED)
+            samples[name].append(measure(argv, env, watch_pipe=watch, cwd=cwd))
     return samples
 
 
-def median(samples: list[Sample]) -> Sample:
-    return Sample(
-        wall=statistics.median(s.wall for s in samples),
-        cpu=statistics.median(s.cpu for s in samples),
-        rss_mib=max(s.rss_mib for s in samples),
-        disk_bytes=max(s.disk_bytes for s in samples),
-    )
-
-
-def table(title: str, size: int, samples: dict[str, list[Sample]]) -> list[str]:
-    bare = median(samples[BARE]).wall
+def table(result: Round) -> list[str]:
+    bare = median(result.samples[result.bare]).wall
+    gib = result.size / GIB
     lines = [
-        f"### {title}: dump of {size / MIB:.0f} MiB",
+        f"#### {result.engine}: dump of {result.size / MIB:.0f} MiB (load {result.load})",
         "",
-        "| contender | wall s (median) | x bare dump | CPU s | peak RSS MiB | local disk written |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| contender | wall s | x bare | backupd CPU s | per GiB | tree CPU s | peak RSS MiB"
+        " | dump blocked | disk written |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, runs in samples.items():
+    for name, runs in result.samples.items():
         m = median(runs)
+        ours = name in (OURS, BEFORE, ENCRYPTED)
+        own = f"{m.own_cpu:.2f} | {m.own_cpu / gib:.2f}" if ours else "n/a | n/a"
+        blocked = f"{m.blocked:.0%}" if ours else "n/a"
+        label = name.replace("|", "\\|")
         lines.append(
-            f"| {name} | {m.wall:.2f} | {m.wall / bare:.2f} | {m.cpu:.2f} | {m.rss_mib:.1f} | "
-            f"{m.disk_bytes / 1024:.0f} KiB |"
+            f"| {label} | {m.wall:.2f} | {m.wall / bare:.2f} | {own} | {m.cpu:.2f} | "
+            f"{m.rss_mib:.1f} | {blocked} | {m.disk_bytes / 1024:.0f} KiB |"
         )
     return [*lines, ""]
 
 
-def verdict(rounds: dict[int, dict[str, list[Sample]]]) -> list[str]:
-    """The targets, judged on every database of at least 500 MiB; RSS across all sizes."""
-    smallest = min(rounds)
-    lines = ["| target | dump size | result | measured |", "|---|---:|---|---|"]
+def verdict(rounds: list[Round], crowd: many.ManyResult | None) -> list[str]:
+    lines = ["| target | dump | result | measured |", "|---|---:|---|---|"]
 
-    def row(name: str, size: int, ok: bool, value: str) -> None:
-        lines.append(f"| {name} | {size / MIB:.0f} MiB | {'pass' if ok else 'FAIL'} | {value} |")
+    def row(name: str, size: str, ok: bool, value: str) -> None:
+        lines.append(f"| {name} | {size} | {'pass' if ok else 'FAIL'} | {value} |")
 
-    for size, samples in sorted(rounds.items()):
-        if size < 500 * MIB:
-            continue
-        bare, ours = median(samples[BARE]), median(samples[OURS])
+    for result in rounds:
+        size = f"{result.engine} {result.size / MIB:.0f} MiB"
+        bare, ours = median(result.samples[result.bare]), median(result.samples[OURS])
+        gib = result.size / GIB
         ratio = ours.wall / bare.wall
-        row("wall time ≤ 1.10 x bare dump", size, ratio <= 1.10, f"{ratio:.3f}x")
-        row("peak RSS ≤ 128 MiB", size, ours.rss_mib <= 128, f"{ours.rss_mib:.1f} MiB")
+        row("wall ≤ 1.05 x bare", size, ratio <= 1.05, f"{ratio:.2f}x")
+        peer_name = PG_PEER if result.engine == "postgres" else MY_PEER
+        if peer_name in result.samples:
+            peer = median(result.samples[peer_name])
+            row(
+                "wall ≤ aws-cli pipe",
+                size,
+                ours.wall <= peer.wall,
+                f"{ours.wall:.2f} s vs {peer.wall:.2f} s",
+            )
+        limit = 100 if result.engine == "postgres" else 130
+        row(f"peak RSS ≤ {limit} MiB", size, ours.rss_mib <= limit, f"{ours.rss_mib:.1f} MiB")
         row(
-            "< 4 MiB written to local disk",
+            "no dump on local disk",
             size,
-            ours.disk_bytes < 4 * MIB,
+            ours.disk_bytes < MIB,
             f"{ours.disk_bytes / 1024:.0f} KiB",
         )
-    low = median(rounds[smallest][OURS]).rss_mib
-    high = max(median(samples[OURS]).rss_mib for samples in rounds.values())
-    row(
-        "RSS flat as the database grows (within 10%)",
-        max(rounds),
-        high <= low * 1.10,
-        f"{low:.1f} → {high:.1f} MiB",
-    )
+        if BEFORE in result.samples:
+            then = median(result.samples[BEFORE])
+            row(
+                "backupd CPU per GiB ≤ half of before",
+                size,
+                ours.own_cpu <= then.own_cpu / 2,
+                f"{ours.own_cpu / gib:.2f} vs {then.own_cpu / gib:.2f} s/GiB",
+            )
+    for engine in sorted({r.engine for r in rounds}):
+        sized = sorted((r for r in rounds if r.engine == engine), key=lambda r: r.size)
+        if len(sized) > 1:
+            low, high = (
+                median(sized[0].samples[OURS]).rss_mib,
+                max(median(r.samples[OURS]).rss_mib for r in sized),
+            )
+            row(
+                "RSS flat across sizes (10%)",
+                engine,
+                high <= low * 1.10,
+                f"{low:.1f} → {high:.1f} MiB",
+            )
+    if crowd is not None:
+        row(
+            "many targets: every slot once",
+            f"{crowd.targets} targets",
+            not (crowd.missed or crowd.doubled),
+            f"{crowd.runs} runs, {len(crowd.missed)} missed, {len(crowd.doubled)} doubled",
+        )
+        row(
+            "many targets: every object stored",
+            f"{crowd.targets} targets",
+            not crowd.missing_objects and not crowd.failures,
+            f"{len(crowd.missing_objects)} missing, {crowd.failures} failed",
+        )
+        row(
+            "many targets: peak RSS ≤ 250 MiB",
+            f"{crowd.targets} targets",
+            crowd.peak_rss <= 250,
+            f"{crowd.peak_rss:.1f} MiB",
+        )
+        growth = crowd.growth_after_first_minute
+        row(
+            "many targets: RSS flat after 1 min (10%)",
+            f"{crowd.targets} targets",
+            growth <= 1.10,
+            f"x{growth:.2f}",
+        )
     return lines
 
 
+def crowd_summary(crowd: many.ManyResult, load: str) -> list[str]:
+    return [
+        f"#### {crowd.targets} targets in one `backupd run`, every {many.PERIOD} s, "
+        f"MAX_CONCURRENT_BACKUPS=4, {crowd.seconds:.0f} s (load {load})",
+        "",
+        f"{crowd.runs} runs for {crowd.slots_expected} expected slots; "
+        f"missed {len(crowd.missed)}, doubled {len(crowd.doubled)}, failed {crowd.failures}, "
+        f"objects missing {len(crowd.missing_objects)}; peak RSS {crowd.peak_rss:.1f} MiB "
+        f"(first minute {crowd.rss_between(0, 60):.1f}, "
+        f"after it {crowd.rss_between(60, crowd.seconds + 1):.1f}). CPU per run: backupd "
+        f"{crowd.cpu[0] / max(crowd.runs, 1) * 1000:.0f} ms, its children (probe, dump) "
+        f"{crowd.cpu[1] / max(crowd.runs, 1) * 1000:.0f} ms.",
+        "",
+    ]
+
+
+def measure_sizes(stage: Scene, args: argparse.Namespace) -> list[Round]:
+    rounds: list[Round] = []
+    for size in args.sizes:
+        name = f"bench_{size}"
+        print(f"filling PostgreSQL {name} (~{size} MiB)...", flush=True)
+        stage.fill_postgres(name, size)
+        actual = stream_size(["pg_dump", "-Fc", "-Z0", "--no-password"], stage.pg_env(name))
+        print(f"measuring PostgreSQL: dump of {actual / MIB:.0f} MiB", flush=True)
+        load = load_average()
+        samples = run_round(pg_runs(stage, name, args.before), args.repeat, stage.root)
+        rounds.append(Round("postgres", actual, PG_BARE, samples, f"{load} → {load_average()}"))
+        stage.pg.psql(f'DROP DATABASE "{name}"')
+    for size in args.mariadb_sizes:
+        name = f"bench_{size}"
+        print(f"filling MariaDB {name} (~{size} MiB)...", flush=True)
+        stage.fill_mariadb(name, size)
+        dump = [
+            "mariadb-dump",
+            f"--defaults-extra-file={stage.mariadb_defaults()}",
+            *MARIADB_DUMP_OPTIONS.split(),
+            "--databases",
+            name,
+        ]
+        actual = stream_size(dump, stage.pg_env("unused"))
+        print(f"measuring MariaDB: dump of {actual / MIB:.0f} MiB", flush=True)
+        load = load_average()
+        samples = run_round(mariadb_runs(stage, name, args.before), args.repeat, stage.root)
+        rounds.append(Round("mariadb zstd", actual, MY_BARE, samples, f"{load} → {load_average()}"))
+        assert stage.mariadb is not None
+        stage.mariadb.root_sql(f"DROP DATABASE `{name}`")
+    return rounds
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--sizes-mib", default="150,600,2000", help="dump sizes to measure, comma-separated"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--quick", action="store_true", help="100 MiB only, no many-target run")
+    parser.add_argument("--sizes-mib", default="100,600,2000", help="PostgreSQL dump sizes")
+    parser.add_argument("--mariadb-sizes-mib", default="100,600,2000", help="MariaDB dump sizes")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--many-targets", type=int, default=50)
+    parser.add_argument("--many-seconds", type=float, default=180)
+    parser.add_argument("--before", type=Path, help="another backupd source tree to compare with")
+    parser.add_argument("--before-label", default="before", help="how the tables name it")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.md")
     args = parser.parse_args()
-    sizes = [int(size) for size in args.sizes_mib.split(",")]
+    global BEFORE
+    BEFORE = f"backupd once ({args.before_label})"
+    args.sizes = [int(s) for s in ("100" if args.quick else args.sizes_mib).split(",") if s]
+    args.mariadb_sizes = [
+        int(s) for s in ("100" if args.quick else args.mariadb_sizes_mib).split(",") if s
+    ]
+    if args.quick:
+        args.many_targets = 0
 
-    root = Path(tempfile.mkdtemp(prefix="backupd-bench-"))
-    root.chmod(0o755)
-    server = PostgresServer(root / "pg")
-    sink_port = free_port()
-    sink = subprocess.Popen([sys.executable, "-m", "bench.s3sink", str(sink_port)])
-    try:
-        server.start()
-        wait_until(lambda: _listening(sink_port), 10, "the S3 sink")
-        sink_url = f"http://127.0.0.1:{sink_port}"
-        report = [f"# backupd benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores)", ""]
-        rounds: dict[int, dict[str, list[Sample]]] = {}
-        for size in sizes:
-            name = f"bench_{size}"
-            print(f"filling {name} (~{size} MiB)...", flush=True)
-            fill_database(server, name, size)
-            actual = dump_size({**os.environ, **server.env(name)})  # also warms the page cache
-            print(f"measuring {name}: dump is {actual / MIB:.0f} MiB", flush=True)
-            rounds[actual] = run_round(contenders(server, name, sink_url), args.repeat)
-            report += table(f"{size} MiB database", actual, rounds[actual])
-            server.psql(f'DROP DATABASE "{name}"')
-        report += ["### Targets (COMPRESSION=none, default part size and concurrency)", ""]
-        report += verdict(rounds)
-        text = "\n".join(report) + "\n"
-        print(text)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    finally:
-        sink.terminate()
-        sink.wait()
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    report = [
+        f"### backupd benchmark, {started}: {os.cpu_count()} cores, load {load_average()} at start",
+        "",
+    ]
+    if not shutil.which("aws"):
+        report += ["The `aws` CLI is not installed: the aws-cli rows are left out.", ""]
+    with scene(with_mariadb=bool(args.mariadb_sizes)) as stage:
+        rounds = measure_sizes(stage, args)
+        crowd = None
+        if args.many_targets:
+            print(f"{args.many_targets} targets for {args.many_seconds:.0f} s...", flush=True)
+            databases = many.prepare(stage, args.many_targets)
+            load = load_average()
+            crowd = many.run(stage, databases, args.many_seconds)
+            report += crowd_summary(crowd, f"{load} → {load_average()}")
+    for result in rounds:
+        report += table(result)
+    report += ["#### Targets", "", *verdict(rounds, crowd), ""]
+    text = "\n".join(report)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 It answers just the calls a streaming upload makes (PutObject, CreateMultipartUpload,
 UploadPart, CompleteMultipartUpload, AbortMultipartUpload) and costs almost no CPU, so the
-storage is never the bottleneck being measured. Run: ``python -m bench.s3sink PORT``.
+storage is never the bottleneck being measured. It remembers the keys of completed objects and
+lists them, one a line, at ``GET /_keys``. Run: ``python -m bench.s3sink PORT``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ _COMPLETE = (
     '<?xml version="1.0" encoding="UTF-8"?><CompleteMultipartUploadResult>'
     "<Bucket>{bucket}</Bucket><Key>{key}</Key><ETag>&quot;sink&quot;</ETag></CompleteMultipartUploadResult>"
 )
+
+
+STORED: list[str] = []
 
 
 class SinkProtocol(asyncio.BufferedProtocol):
@@ -85,10 +89,15 @@ class SinkProtocol(asyncio.BufferedProtocol):
         path, _, query = target.partition("?")
         bucket, _, key = path.lstrip("/").partition("/")
         body = ""
-        if method == "POST" and query.startswith("uploads"):
+        if method == "GET" and path == "/_keys":
+            body = "".join(f"{stored}\n" for stored in STORED)
+        elif method == "POST" and query.startswith("uploads"):
             body = _CREATE.format(bucket=bucket, key=key, upload=uuid.uuid4().hex)
         elif method == "POST" and "uploadId=" in query:
             body = _COMPLETE.format(bucket=bucket, key=key)
+            STORED.append(key)
+        elif method == "PUT" and "partNumber=" not in query:
+            STORED.append(key)
         elif method == "DELETE":
             self.transport.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
             self.request = None

@@ -48,7 +48,8 @@ class BackupSource(Protocol):
         ...
 
     async def estimated_size(self, database: str) -> int | None:
-        """About how many bytes ``database`` holds (for progress), or None if unknown."""
+        """About how many bytes ``database`` holds (for progress, and R2's part size), or None
+        if unknown."""
         ...
 
     def open_dump(

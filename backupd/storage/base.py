@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -10,6 +10,8 @@ from datetime import datetime
 from typing import Protocol
 
 from backupd.parts import Part
+
+Estimate = Callable[[], Awaitable[int | None]]
 
 
 class Upload(Protocol):
@@ -83,10 +85,17 @@ class Storage(Protocol):
         ...
 
     def upload(
-        self, key: str, metadata: dict[str, str], *, locked: bool = False
+        self,
+        key: str,
+        metadata: dict[str, str],
+        *,
+        locked: bool = False,
+        estimate: Estimate | None = None,
     ) -> AbstractAsyncContextManager[Upload]:
         """Start writing ``key``; see ``Upload``. ``locked``: under the configured Object Lock
-        (backups and their manifests; never probes, claims or other bookkeeping)."""
+        (backups and their manifests; never probes, claims or other bookkeeping). A store whose
+        parts cannot grow (R2) may call ``estimate`` (the database's rough size in bytes, or
+        None) to choose large enough parts."""
         ...
 
     async def put_bytes(

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from backupd.config import LocalConfig
 from backupd.errors import StorageError
 from backupd.parts import Part
-from backupd.storage.base import Lock, PendingUpload, Removal, StoredObject
+from backupd.storage.base import Estimate, Lock, PendingUpload, Removal, StoredObject
 
 DOWNLOAD_CHUNK = 1024 * 1024
 PARTIAL = ".partial"
@@ -126,7 +126,12 @@ class LocalStorage:
 
     @contextlib.asynccontextmanager
     async def upload(
-        self, key: str, metadata: dict[str, str], *, locked: bool = False
+        self,
+        key: str,
+        metadata: dict[str, str],
+        *,
+        locked: bool = False,
+        estimate: Estimate | None = None,
     ) -> AsyncIterator[LocalUpload]:
         upload = LocalUpload(self.path_for(key), self.config.part_size)
         try:

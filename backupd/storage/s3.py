@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,12 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 
-from backupd.config import MAX_PART_SIZE, S3Config, StorageType
+from backupd.config import MAX_PART_SIZE, MIB, S3Config, StorageType
 from backupd.errors import StorageError
 from backupd.parts import Part, PartBody
 from backupd.storage.base import (
     MAX_DELETE_BATCH,
+    Estimate,
     Lock,
     PendingUpload,
     Removal,
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PARTS = 10_000
-SEND_SLICE = 1024 * 1024
+SEND_SLICE = 256 * 1024
 DOWNLOAD_CHUNK = 1024 * 1024
 GROWTH_BLOCK = 1_000
 # A conditional write that did not happen: the condition failed, or (409) a concurrent
@@ -69,6 +71,30 @@ def part_size_for(number: int, base: int, may_grow: bool) -> int:
     return min(base << ((number - 1) // GROWTH_BLOCK), MAX_PART_SIZE)
 
 
+ESTIMATE_HEADROOM = 2
+"""On R2, parts are sized so that 10,000 of them hold this many times the database's estimated
+size: estimates are rough (PostgreSQL's counts free space and indexes, MySQL's is InnoDB's
+guess, and a text dump of binary columns is twice their size)."""
+
+
+def base_part_size(
+    configured: int, explicit: bool, may_grow: bool, estimated_size: int | None
+) -> int:
+    """The part size an upload starts with, in bytes.
+
+    ``configured`` (STORAGE_PART_SIZE or its default) stands whenever parts may grow (S3),
+    the user set it (``explicit``) or nothing is known of the database's size. Otherwise (R2,
+    default) it becomes large enough, in whole MiB, for 10,000 equal parts to hold
+    ``ESTIMATE_HEADROOM`` times ``estimated_size``: a bigger database costs more memory
+    (part size x (concurrency + 1)) instead of failing at part 10,001.
+    """
+    if may_grow or explicit or estimated_size is None:
+        return configured
+    needed = -(-ESTIMATE_HEADROOM * estimated_size // MAX_PARTS)
+    needed = -(-needed // MIB) * MIB
+    return min(max(configured, needed), MAX_PART_SIZE)
+
+
 def capacity(base: int, may_grow: bool) -> int:
     """The largest object 10,000 parts can hold."""
     if not may_grow:
@@ -87,12 +113,13 @@ def human_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
-def too_many_parts(config: S3Config) -> str:
-    limit = human_size(capacity(config.part_size, config.kind is StorageType.S3))
+def too_many_parts(config: S3Config, base: int | None = None) -> str:
+    size = config.part_size if base is None else base
+    limit = human_size(capacity(size, config.kind is StorageType.S3))
     if config.kind is StorageType.R2:
         return (
             f"the dump is larger than {limit}: 10,000 parts of "
-            f"STORAGE_PART_SIZE={human_size(config.part_size)} "
+            f"STORAGE_PART_SIZE={human_size(size)} "
             "(R2 needs equal parts); raise STORAGE_PART_SIZE"
         )
     return f"the dump is larger than {limit}, the most an S3 object can hold"
@@ -177,29 +204,38 @@ def tolerating(*codes: str) -> Iterator[None]:
 
 
 class ByteBudget:
-    """Backpressure: bytes in flight may not exceed ``limit`` (a bigger part takes it all)."""
+    """Backpressure: bytes held may not exceed ``limit`` (a bigger part takes it all).
+
+    A part is held from the moment it is accepted until its buffer is free again: sent *and*
+    hashed. With the part being filled, at most (concurrency + 1) part buffers exist.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
 
     async def acquire(self, size: int) -> int:
         amount = min(size, self.limit)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.used + amount <= self.limit)
-            self.used += amount
+        while self.used + amount > self.limit:
+            self._changed.clear()
+            await self._changed.wait()
+        self.used += amount
         return amount
 
-    async def release(self, amount: int) -> None:
-        async with self._changed:
-            self.used -= amount
-            self._changed.notify_all()
+    def release(self, amount: int) -> None:
+        self.used -= amount
+        self._changed.set()
 
 
 class S3Upload:
     def __init__(
-        self, storage: S3Storage, key: str, metadata: dict[str, str], locked: bool = False
+        self,
+        storage: S3Storage,
+        key: str,
+        metadata: dict[str, str],
+        locked: bool = False,
+        estimated_size: int | None = None,
     ) -> None:
         self._storage = storage
         self._locked = locked
@@ -207,7 +243,9 @@ class S3Upload:
         self._key = key
         self._metadata = metadata
         self._may_grow = config.kind is StorageType.S3
-        self._budget = ByteBudget(config.part_size * config.upload_concurrency)
+        explicit = "part_size" in config.model_fields_set
+        self._base = base_part_size(config.part_size, explicit, self._may_grow, estimated_size)
+        self._budget = ByteBudget(self._base * config.upload_concurrency)
         self._held: Part | None = None
         self._upload_id: str | None = None
         self._count = 0
@@ -217,13 +255,13 @@ class S3Upload:
         self.committed = False
 
     def part_size(self, number: int) -> int:
-        return part_size_for(number, self._config.part_size, self._may_grow)
+        return part_size_for(number, self._base, self._may_grow)
 
     async def write(self, part: Part) -> None:
         self._raise_failure()
         self._count += 1
         if self._count > MAX_PARTS:
-            raise StorageError(too_many_parts(self._config))
+            raise StorageError(too_many_parts(self._config, self._base))
         if self._count == 1:
             self._held = part  # one part only? then a single PutObject will do
             return
@@ -322,7 +360,7 @@ class S3Upload:
             self._failure = self._failure or error
         finally:
             part.release()
-            await self._budget.release(amount)
+            part.when_free(lambda: self._budget.release(amount))
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -333,11 +371,11 @@ _payload_registered = False
 
 
 def _register_part_payload() -> None:
-    """Teach aiohttp to send a part in 1 MiB slices of its buffer.
+    """Teach aiohttp to send a part in ``SEND_SLICE`` (256 KiB) slices of its buffer.
 
     Its stock BytesIO payload copies 64 KiB at a time and yields to the event loop after each:
-    for a 16 MiB part that is 256 turns holding the GIL, while the thread reading the dump's
-    pipe waits for it. Slices of a memoryview copy nothing and take 16 turns.
+    for an 8 MiB part that is 128 copies holding the GIL, while the thread reading the dump's
+    pipe waits for it. Slices of a memoryview copy nothing and take 32 turns.
     """
     global _payload_registered
     if _payload_registered:
@@ -358,6 +396,33 @@ def _register_part_payload() -> None:
 
     payload.PAYLOAD_REGISTRY.register(PartPayload, PartBody, order=payload.Order.try_first)
     _payload_registered = True
+
+
+_session: Any = None
+_session_lock = threading.Lock()
+
+
+def _prepared_session() -> Any:
+    """The process's aiobotocore session, its S3 model and endpoint data already parsed.
+
+    Importing aiobotocore and parsing botocore's JSON data (a few MB) is most of the cost of a
+    client: done once per process (``backupd run`` makes a client per run, every target, every
+    slot), and ahead of ``create_client``, which then finds it all cached.
+    """
+    global _session
+    with _session_lock:
+        if _session is None:
+            from aiobotocore.session import get_session
+
+            _register_part_payload()
+            session = get_session()
+            loader = session.get_component("data_loader")
+            for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
+                loader.load_data(name)
+            for kind in ("service-2", "endpoint-rule-set-1"):
+                loader.load_service_model("s3", kind)
+            _session = session
+        return _session
 
 
 class S3Storage:
@@ -385,13 +450,11 @@ class S3Storage:
         """
         async with self._lock:
             if self._client is None:
-                from aiobotocore.session import get_session
-
-                _register_part_payload()
-
+                # In a worker thread, so that the event loop keeps serving the dump meanwhile.
+                session = await asyncio.to_thread(_prepared_session)
                 key_id, secret = self.config.access_key_id, self.config.secret_access_key
-                self._client = await self._stack.enter_async_context(
-                    get_session().create_client(
+                client: S3Client = await self._stack.enter_async_context(
+                    session.create_client(
                         "s3",
                         endpoint_url=self.config.endpoint_url,
                         region_name=self.config.region,
@@ -401,6 +464,7 @@ class S3Storage:
                         aws_secret_access_key=secret.get_secret_value() if secret else None,
                     )
                 )
+                self._client = client
             return self._client
 
     async def warm_up(self) -> None:
@@ -408,9 +472,19 @@ class S3Storage:
 
     @contextlib.asynccontextmanager
     async def upload(
-        self, key: str, metadata: dict[str, str], *, locked: bool = False
+        self,
+        key: str,
+        metadata: dict[str, str],
+        *,
+        locked: bool = False,
+        estimate: Estimate | None = None,
     ) -> AsyncIterator[S3Upload]:
-        upload = S3Upload(self, key, metadata, locked)
+        # Only R2 with the default part size needs to know (see ``base_part_size``).
+        asks = (
+            self.config.kind is StorageType.R2 and "part_size" not in self.config.model_fields_set
+        )
+        estimated_size = await estimate() if asks and estimate is not None else None
+        upload = S3Upload(self, key, metadata, locked, estimated_size)
         try:
             yield upload
         finally:

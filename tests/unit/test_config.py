@@ -40,8 +40,8 @@ def test_seed_env_gives_postgres_to_s3_with_defaults() -> None:
     assert isinstance(target.storage, S3Config)
     assert target.storage.kind is StorageType.S3
     assert target.storage.region == "us-east-1"
-    assert target.storage.part_size == 16 * MIB
-    assert target.storage.upload_concurrency == 4
+    assert target.storage.part_size == 8 * MIB
+    assert target.storage.upload_concurrency == 2
     assert target.layout.folder == "backups"
     assert target.layout.timezone == "UTC"
     assert target.layout.compression is Compression.AUTO

@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from backupd.config import MAX_PART_SIZE, MIB, S3Config, StorageType
-from backupd.storage.s3 import MAX_PARTS, capacity, part_size_for, too_many_parts
+from backupd.storage.s3 import (
+    MAX_PARTS,
+    base_part_size,
+    capacity,
+    part_size_for,
+    too_many_parts,
+)
 
 TIB = 1024 * 1024 * MIB
 
@@ -53,3 +59,28 @@ def test_r2_capacity_is_fixed_by_the_part_size_and_the_error_names_the_setting(
     message = too_many_parts(config)
     assert limit in message
     assert "raise STORAGE_PART_SIZE" in message
+
+
+GIB = 1024 * MIB
+
+
+@pytest.mark.parametrize(
+    ("configured", "explicit", "may_grow", "estimated", "base"),
+    [
+        (8 * MIB, False, True, 10_000 * GIB, 8 * MIB),  # S3: parts grow, no estimate needed
+        (8 * MIB, True, False, 10_000 * GIB, 8 * MIB),  # R2, STORAGE_PART_SIZE set: as given
+        (8 * MIB, False, False, None, 8 * MIB),  # R2, size unknown: the default
+        (8 * MIB, False, False, 10 * GIB, 8 * MIB),  # small enough for the default
+        (8 * MIB, False, False, 39 * GIB, 8 * MIB),  # 2 x 39 GiB still fits 10,000 x 8 MiB
+        (8 * MIB, False, False, 40 * GIB, 9 * MIB),  # whole MiB, rounded up
+        (8 * MIB, False, False, 500 * GIB, 103 * MIB),
+        (8 * MIB, False, False, 100_000 * GIB, MAX_PART_SIZE),  # never past S3's limit
+    ],
+)
+def test_r2_parts_grow_with_the_estimate_only_when_the_part_size_is_not_set(
+    configured: int, explicit: bool, may_grow: bool, estimated: int | None, base: int
+) -> None:
+    chosen = base_part_size(configured, explicit, may_grow, estimated)
+    assert chosen == base
+    if not may_grow and not explicit and estimated is not None and chosen < MAX_PART_SIZE:
+        assert capacity(chosen, may_grow=False) >= 2 * estimated

@@ -165,6 +165,21 @@ def test_stages_compress_before_they_encrypt_and_name_the_key_suffix(
     assert bool(recipients) == (bool(stages) and stages[-1].suffix == ".age")  # encryption last
 
 
+async def test_a_part_is_free_only_once_hashed_and_sent() -> None:
+    pool = BufferPool(keep=2)
+    freed: list[str] = []
+    part = pool.part(pool.take(1000), 1000)
+
+    part.when_free(lambda: freed.append("first"))
+    part.release()  # sent
+    assert freed == []
+    part.release()  # hashed
+    assert freed == ["first"]
+    part.when_free(lambda: freed.append("late"))  # already free: at once
+    assert freed == ["first", "late"]
+    assert pool.take(1000) is part.body, "the free buffer is reused"
+
+
 async def test_cancelling_a_digest_mid_hash_leaves_its_buffer_usable() -> None:
     """A failed dump cancels the hasher while a worker thread still reads the part: no
     BufferError, and the buffer can be resized once the digest settled."""
