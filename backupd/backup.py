@@ -430,8 +430,21 @@ def _database_dump(source: BackupSource, database: str) -> Dump:
         tool_compresses=source.can_compress,
         properties=lambda: source.database_properties(database),
         session=lambda: source.dump_session(database),
-        estimate=lambda: source.estimated_size(database),
+        estimate=asked_once(lambda: source.estimated_size(database)),
     )
+
+
+def asked_once(estimate: Estimate) -> Estimate:
+    """``estimate``, asked of the server at most once: on R2 the storage sizes its parts from it
+    before the dump starts, and progress wants it again later."""
+    answer: list[int | None] = []
+
+    async def once() -> int | None:
+        if not answer:
+            answer.append(await estimate())
+        return answer[0]
+
+    return once
 
 
 async def _settle(task: asyncio.Future[Any]) -> None:

@@ -10,6 +10,7 @@ import random
 import pytest
 import zstandard
 
+from backupd.backup import asked_once
 from backupd.config import Compression, Engine
 from backupd.parts import BufferPool, Part, Readable
 from backupd.stages import choose_stages, key_suffix, plan_compression
@@ -195,3 +196,15 @@ async def test_cancelling_a_digest_mid_hash_leaves_its_buffer_usable() -> None:
 
     body.truncate(10)
     assert body.getvalue() == bytes(10)
+
+
+async def test_the_size_estimate_is_asked_of_the_server_once() -> None:
+    asked: list[int] = []
+
+    async def estimate() -> int | None:
+        asked.append(1)
+        return 123
+
+    once = asked_once(estimate)
+    assert [await once(), await once()] == [123, 123]
+    assert len(asked) == 1
