@@ -9,6 +9,7 @@ deleted. With fewer than ``MIN_HISTORY`` earlier backups there is no judgement.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from backupd.catalogue import Backup, recent
 from backupd.config import AnomalyConfig, TargetConfig
 from backupd.errors import BackupdError
-from backupd.storage import open_storage
+from backupd.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,18 @@ def figures(backup: Backup) -> Figures:
     return Figures(backup.size, rows)
 
 
-async def anomalies(target: TargetConfig, published: dict[str, str]) -> dict[str, list[str]]:
+async def anomalies(
+    target: TargetConfig, published: dict[str, str], storage: Storage | None = None
+) -> dict[str, list[str]]:
     """Judge each just-published backup (``{database: key}``) against its predecessors:
-    ``{key: findings}`` for the anomalous ones. One listing for all of them; a storage problem
-    is logged and means no judgement."""
+    ``{key: findings}`` for the anomalous ones. One listing for all of them, through
+    ``storage`` when given (the run's own, still open), else through a new connection; a
+    storage problem is logged and means no judgement."""
     rules = target.anomaly
     try:
-        async with open_storage(target.storage) as storage:
+        async with contextlib.AsyncExitStack() as stack:
+            if storage is None:
+                storage = await stack.enter_async_context(open_storage(target.storage))
             found = await recent(storage, target.key_prefix, published, rules.window + 1)
     except BackupdError as error:
         log.warning("%s: no anomaly check: %s", target.name, error)

@@ -364,9 +364,14 @@ async def _already_written(storage: Storage, key: str, data: bytes) -> bool:
         return False
 
 
-async def run_backup(target: TargetConfig, progress: Progress | None = None) -> TargetRun:
+async def run_backup(
+    target: TargetConfig, progress: Progress | None = None, storage: Storage | None = None
+) -> TargetRun:
     """Back up every database of ``target``, each as its own object; a failure of one database
-    is recorded and the others still run. Raise only when nothing can run at all (login)."""
+    is recorded and the others still run. Raise only when nothing can run at all (login).
+
+    ``storage``: the target's storage, already open (the caller reuses its connections after
+    the run); opened for the run when None."""
     source = source_for(target)
     reporter = progress if progress is not None else LogProgress()
     # Start everything at once: the login probe waits on child processes, the storage client
@@ -374,7 +379,9 @@ async def run_backup(target: TargetConfig, progress: Progress | None = None) -> 
     probe = asyncio.ensure_future(source.probe())
     run = TargetRun(target.name)
     try:
-        async with open_storage(target.storage) as storage:
+        async with contextlib.AsyncExitStack() as stack:
+            if storage is None:
+                storage = await stack.enter_async_context(open_storage(target.storage))
             warm_up = asyncio.ensure_future(storage.warm_up())
             try:
                 await _run_all(target, source, storage, probe, reporter, run)

@@ -14,6 +14,7 @@ from backupd.errors import BackupdError
 from backupd.notify import Report, State
 from backupd.process import mask
 from backupd.progress import Progress
+from backupd.storage import Storage, open_storage
 from backupd.units import human_rate, human_size
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,9 @@ def reports_of(
     return reports
 
 
-async def judged(target: TargetConfig, run: TargetRun, hidden: list[str]) -> list[Report]:
+async def judged(
+    target: TargetConfig, run: TargetRun, hidden: list[str], storage: Storage | None = None
+) -> list[Report]:
     """The run's reports, each successful backup compared with its predecessors: an anomalous
     one is reported as ``anomaly`` with what looks wrong (see ``anomaly.py``); it stays a
     successful backup."""
@@ -91,7 +94,7 @@ async def judged(target: TargetConfig, run: TargetRun, hidden: list[str]) -> lis
     if not run.results:
         return reports
     try:
-        findings = await anomalies(target, {r.database: r.key for r in run.results})
+        findings = await anomalies(target, {r.database: r.key for r in run.results}, storage)
     except Exception as error:  # an anomaly check never fails a backup
         log.warning("%s: no anomaly check: %s", target.name, mask(repr(error), hidden))
         return reports
@@ -137,7 +140,11 @@ async def backup_and_report(target: TargetConfig, progress: Progress | None = No
     hidden = secrets_of(target)
     await notify.run_started(target, hidden)
     try:
-        reports = await judged(target, await run_backup(target, progress), hidden)
+        # One storage connection for the run and the checks after it: a second client would
+        # cost its set-up again (botocore's models, a TLS context) in every run.
+        async with open_storage(target.storage) as storage:
+            run = await run_backup(target, progress, storage)
+            reports = await judged(target, run, hidden, storage)
     except Exception as error:  # isolation: report it, whatever it was
         log.debug("details", exc_info=True)
         reports = reports_of(target, None, error)
