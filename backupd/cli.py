@@ -21,22 +21,16 @@ from typing import Any, NoReturn
 
 from backupd import __version__
 from backupd.catalogue import Backup
-from backupd.check import check_coordination, check_target
 from backupd.config import Settings, TargetConfig
-from backupd.daemon import Daemon
 from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
 from backupd.logs import setup_logging
-from backupd.notify.check import seq_finding
 from backupd.process import mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.prune import keep_column, prune_after_run, prune_target
 from backupd.report import backup_and_report, secrets_of
-from backupd.restore import Request, list_backups, restore
 from backupd.units import human_size
 from backupd.variables import unknown_variables
-from backupd.verify import Selection
-from backupd.verify_run import verify_and_report
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("backupd")
@@ -207,6 +201,9 @@ async def _once(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported per command, so that ``once`` does not load what only other commands use.
+    from backupd.daemon import Daemon
+
     try:
         return await Daemon(settings).run()
     except BackupdError as error:  # COORDINATION=storage or HTTP_PORT unusable: nothing started
@@ -281,6 +278,8 @@ async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _list(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.restore import list_backups
+
     target = pick_target(settings, args.target)
     try:
         backups = await list_backups(target, args.database)
@@ -365,6 +364,8 @@ async def _prune(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _restore(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.restore import Request, restore
+
     target = pick_target(settings, args.target)
     if str(args.to_file) == "-" and sys.stdout.isatty():
         raise UsageError("--to-file - writes the dump to stdout: pipe it into a tool or a file")
@@ -394,6 +395,9 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.verify import Selection
+    from backupd.verify_run import verify_and_report
+
     targets = [pick_target(settings, args.target)] if args.target else list(settings.targets)
     selection = Selection(database=args.database, key=args.key, every=args.all, drill=args.drill)
     ok = True
@@ -404,6 +408,9 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.check import check_coordination, check_target
+    from backupd.notify.check import seq_finding
+
     print(f"ok   configuration: {len(settings.targets)} target(s)", flush=True)
     for warning in args.warnings:
         print(f"warn configuration: {warning}", flush=True)

@@ -102,8 +102,11 @@ WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                   AND d.objid = c.oid AND d.deptype = 'e')"""
 # The snapshot, and the tables locked as pg_dump locks them (ACCESS SHARE), so that no table
-# rewrite queued meanwhile can make a later count see other rows than the dump.
+# rewrite queued meanwhile can make a later count see other rows than the dump. The counts run
+# as this one backend, never with parallel workers: on a small host those would take the cores
+# the dump needs.
 EXPORT_SNAPSHOT = rf"""BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+SET LOCAL max_parallel_workers_per_gather = 0;
 SELECT pg_export_snapshot();
 SELECT 'LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', ')
     || ' IN ACCESS SHARE MODE'
