@@ -25,7 +25,7 @@ from backupd.catalogue import (
     object_key,
     object_metadata,
 )
-from backupd.config import Compression, TargetConfig
+from backupd.config import Compression, RowCounts, TargetConfig
 from backupd.errors import BackupdError, ClaimLost, DumpError
 from backupd.parts import BufferPool, Readable
 from backupd.process import stall_guard
@@ -420,23 +420,26 @@ async def _dumps(
     target: TargetConfig, source: BackupSource, probe: asyncio.Future[ServerInfo]
 ) -> list[Dump]:
     """The objects this run produces: one per database, plus server globals for ``*``."""
+    counts = target.verify.row_counts is RowCounts.EXACT
     if not target.database.all_databases:
-        return [_database_dump(source, name) for name in target.database.databases]
-    dumps = [_database_dump(source, name) for name in await _all_databases(source, probe)]
+        return [_database_dump(source, name, counts) for name in target.database.databases]
+    names = await _all_databases(source, probe)
+    dumps = [_database_dump(source, name, counts) for name in names]
     server_globals = source.open_globals(await probe)
     if server_globals is not None:
         dumps.append(Dump(GLOBALS, ".sql", lambda _, __: server_globals, False, _nothing_recorded))
     return dumps
 
 
-def _database_dump(source: BackupSource, database: str) -> Dump:
+def _database_dump(source: BackupSource, database: str, counts: bool) -> Dump:
+    """One database's dump; with ``counts``, beside a session that counts its tables' rows."""
     return Dump(
         database=database,
         extension=source.extension,
         open=lambda native, snapshot: source.open_dump(database, native, snapshot),
         tool_compresses=source.can_compress,
         properties=lambda: source.database_properties(database),
-        session=lambda: source.dump_session(database),
+        session=(lambda: source.dump_session(database)) if counts else no_session,
         estimate=asked_once(lambda: source.estimated_size(database)),
     )
 

@@ -603,10 +603,26 @@ class LimitsConfig(BaseModel):
     )
 
 
+class RowCounts(enum.StrEnum):
+    """Whether a backup records its tables' row counts (see ``Manifest.row_counts``)."""
+
+    EXACT = "exact"
+    OFF = "off"
+
+
 class VerifyConfig(BaseModel):
     """Proving that backups restore: read-back checks and restore drills (``backupd verify``)."""
 
     model_config = _FROZEN
+
+    row_counts: RowCounts = Field(
+        RowCounts.EXACT,
+        alias="VERIFY_ROW_COUNTS",
+        description=(
+            "exact: count every table's rows beside each dump, for drills and anomaly checks"
+            " (one more read of every table); off: record no counts"
+        ),
+    )
 
     schedule: str | None = Field(
         None,

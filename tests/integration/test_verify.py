@@ -392,3 +392,28 @@ def test_with_coordination_each_verify_slot_is_claimed_and_run_once(
         for k in verify_claims
     }
     assert "done" in states, states
+
+
+def test_with_row_counts_off_a_backup_records_none_and_a_drill_checks_the_restore(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    database = unique("uncounted")
+    pg.create_database(database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 500) g")
+    prefix = unique("drill").lower() + "_"
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "VERIFY_ROW_COUNTS": "off",
+        "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+    }
+    backup(env)
+    key = the_key(s3, bucket)
+
+    manifest = manifest_of(s3, bucket, key)
+    drilled = run_backupd("verify", "--drill", env=env)
+
+    assert manifest.tables is None
+    assert manifest.row_counts is None
+    assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+    assert "records no tables: the drill checked the restore only" in drilled.stdout
+    assert pg_scratch(pg, prefix) == []

@@ -9,6 +9,7 @@ from backupd.config import (
     Compression,
     Engine,
     LocalConfig,
+    RowCounts,
     S3Config,
     StorageType,
 )
@@ -351,3 +352,13 @@ def test_tls_is_demanded_with_credentials_and_opportunistic_without(
 
     env = {**MINIMAL, "EMAIL_SMTP": "mail", "EMAIL_FROM": "a@b", "EMAIL_TO": "c@d", **extra}
     assert tls_options(load_target(env).email) == options
+
+
+def test_row_counts_are_exact_unless_turned_off_and_nothing_else_is_accepted() -> None:
+    assert load_target(MINIMAL).verify.row_counts is RowCounts.EXACT
+    assert load_target({**MINIMAL, "VERIFY_ROW_COUNTS": "off"}).verify.row_counts is RowCounts.OFF
+
+    (problem,) = problems_of({**MINIMAL, "VERIFY_ROW_COUNTS": "estimate"})
+
+    assert "VERIFY_ROW_COUNTS" in problem
+    assert "exact" in problem and "off" in problem
