@@ -9,6 +9,9 @@ it runs, interleaved (A, B, C, A, B, C, ...), ``--repeat`` times each:
 - MariaDB text dumps with zstd: ``mariadb-dump | zstd -T0 -3 > /dev/null``, ``backupd once``
   with ``COMPRESSION=zstd`` and ``mariadb-dump | zstd -T0 -3 | aws s3 cp -``;
 
+and for both, ``backupd once`` again with ``VERIFY_ROW_COUNTS=off`` (what counting every table
+beside the dump costs), and for PostgreSQL once more age-encrypted;
+
 and then ``bench.many``: 50 targets in one ``backupd run`` for three minutes. It reports
 medians of wall time, the CPU seconds of the backupd process itself (per GiB of dump), the CPU
 of the whole process tree, peak RSS and bytes written to local disk, the machine's load while
@@ -37,6 +40,7 @@ from bench.scene import Scene, scene, stream_size
 RESULTS = Path(__file__).parent / "results"
 OURS = "backupd once"
 ENCRYPTED = "backupd once, age-encrypted"
+UNCOUNTED = "backupd once, VERIFY_ROW_COUNTS=off"
 BEFORE = "backupd once (before)"
 PG_BARE, PG_PEER = "pg_dump -Fc -Z0 > /dev/null", "pg_dump -Fc -Z0 | aws s3 cp -"
 MY_BARE = "mariadb-dump | zstd -T0 -3 > /dev/null"
@@ -57,6 +61,11 @@ class Round:
     load: str
 
 
+def own_rows() -> tuple[str, ...]:
+    """The rows that run backupd (``BEFORE`` is named at start-up)."""
+    return (OURS, BEFORE, ENCRYPTED, UNCOUNTED)
+
+
 def backupd_argv() -> list[str]:
     return [sys.executable, "-m", "backupd", "once"]
 
@@ -66,6 +75,7 @@ def pg_runs(stage: Scene, database: str, before: Path | None) -> Runs:
     pg = stage.pg_env(database)
     runs: Runs = {PG_BARE: (["sh", "-c", "pg_dump -Fc -Z0 --no-password > /dev/null"], pg)}
     runs[OURS] = (backupd_argv(), ours)
+    runs[UNCOUNTED] = (backupd_argv(), {**ours, "VERIFY_ROW_COUNTS": "off"})
     if before is not None:
         runs[BEFORE] = (backupd_argv(), {**ours, "PYTHONPATH": str(before)})
     if shutil.which("age-keygen"):
@@ -85,6 +95,7 @@ def mariadb_runs(stage: Scene, database: str, before: Path | None) -> Runs:
         MY_BARE: (["bash", "-o", "pipefail", "-c", f"{dump} | zstd -T0 -3 -q > /dev/null"], env)
     }
     runs[OURS] = (backupd_argv(), ours)
+    runs[UNCOUNTED] = (backupd_argv(), {**ours, "VERIFY_ROW_COUNTS": "off"})
     if before is not None:
         runs[BEFORE] = (backupd_argv(), {**ours, "PYTHONPATH": str(before)})
     if shutil.which("aws"):
@@ -122,7 +133,7 @@ def run_round(runs: Runs, repeat: int, cwd: Path) -> dict[str, list[Sample]]:
     samples: dict[str, list[Sample]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, (argv, env) in runs.items():
-            watch = name in (OURS, BEFORE, ENCRYPTED)
+            watch = name in own_rows()
             samples[name].append(measure(argv, env, watch_pipe=watch, cwd=cwd))
     return samples
 
@@ -139,7 +150,7 @@ def table(result: Round) -> list[str]:
     ]
     for name, runs in result.samples.items():
         m = median(runs)
-        ours = name in (OURS, BEFORE, ENCRYPTED)
+        ours = name in own_rows()
         own = f"{m.own_cpu:.2f} | {m.own_cpu / gib:.2f}" if ours else "n/a | n/a"
         blocked = f"{m.blocked:.0%}" if ours else "n/a"
         label = name.replace("|", "\\|")
