@@ -248,6 +248,9 @@ class S3Upload:
         self._budget = ByteBudget(self._base * config.upload_concurrency)
         self._held: Part | None = None
         self._upload_id: str | None = None
+        self._creating: asyncio.Future[None] | None = None
+        """CreateMultipartUpload, started with the second part: parts are accepted (within
+        the budget) while it runs, so that the dump keeps flowing while the client starts."""
         self._count = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: list[CompletedPartTypeDef] = []
@@ -265,15 +268,15 @@ class S3Upload:
         if self._count == 1:
             self._held = part  # one part only? then a single PutObject will do
             return
-        if self._upload_id is None:
-            await self._create()
+        if self._creating is None:
+            self._creating = asyncio.ensure_future(self._create())
             assert self._held is not None
             await self._start_part(1, self._held)
             self._held = None
         await self._start_part(self._count, part)
 
     async def commit(self) -> None:
-        if self._upload_id is None:
+        if self._creating is None:
             await check_fence(self._key)
             client = await self._storage.client()
             with storage_errors(self._config, f"upload {self._key}"):
@@ -292,6 +295,7 @@ class S3Upload:
         if self._tasks:
             await asyncio.wait(self._tasks)
         self._raise_failure()
+        assert self._upload_id is not None  # every part waited for it
         parts = sorted(self._done, key=lambda p: p["PartNumber"])
         await check_fence(self._key)
         client = await self._storage.client()
@@ -309,6 +313,12 @@ class S3Upload:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._creating is not None:
+            # Never cancelled: a CreateMultipartUpload the store already received would leave
+            # an upload open that nothing here could abort.
+            await asyncio.wait([self._creating])
+            if not self._creating.cancelled():
+                self._creating.exception()  # already reported through the parts
         if self._upload_id is None or self.committed:
             return
         client = await self._storage.client()
@@ -342,8 +352,10 @@ class S3Upload:
         task.add_done_callback(self._tasks.discard)
 
     async def _send_part(self, number: int, part: Part, amount: int) -> None:
-        assert self._upload_id is not None
+        assert self._creating is not None
         try:
+            await asyncio.shield(self._creating)  # its failure is each part's failure
+            assert self._upload_id is not None
             client = await self._storage.client()
             with storage_errors(self._config, f"upload part {number} of {self._key}"):
                 response = await client.upload_part(
