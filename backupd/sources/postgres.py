@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import os
 import re
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 from backupd.config import DatabaseConfig
@@ -67,6 +71,35 @@ _CONNECT_FAILURES = (
     "timeout expired",
     "pg_hba.conf",
 )
+
+
+PG_BINROOT = Path("/usr/lib/postgresql")
+"""Where Debian and Ubuntu (and the PGDG packages) install each major version's programs."""
+
+
+@functools.lru_cache(maxsize=64)
+def client_program(name: str, search_path: str | None, binroot: Path = PG_BINROOT) -> str:
+    """What to exec for the PostgreSQL program ``name`` found on ``search_path``.
+
+    On Debian and Ubuntu, ``psql``, ``pg_dump`` and friends on PATH are links to
+    postgresql-common's ``pg_wrapper``, a Perl script that chooses a version on every call and
+    costs 40-60 ms of CPU before the program even starts (a backup makes four or five such
+    calls). When ``PGHOST`` is set, as backupd always sets it, the wrapper runs the program of
+    the newest installed version (pg_wrapper(1): an explicit host skips the cluster lookup):
+    backupd runs that program itself. Any other ``name`` on PATH, or a wrapper with no version
+    installed, is run as it is. Looked up once per process.
+    """
+    found = shutil.which(name, path=search_path)
+    if found is None or Path(found).resolve().name != "pg_wrapper":
+        return name
+    versions: list[tuple[tuple[int, ...], Path]] = []
+    with contextlib.suppress(OSError):
+        for folder in binroot.iterdir():
+            program = folder / "bin" / name
+            numbers = folder.name.split(".")
+            if all(n.isdigit() for n in numbers) and os.access(program, os.X_OK):
+                versions.append((tuple(int(n) for n in numbers), program))
+    return str(max(versions)[1]) if versions else name
 
 
 def libpq_env(config: DatabaseConfig, database: str) -> dict[str, str]:
@@ -284,6 +317,11 @@ class PostgresSource:
     def _env(self, database: str) -> dict[str, str]:
         return child_environment(libpq_env(self.config, database))
 
+    def _command(self, argv: tuple[str, ...], database: str) -> Command:
+        """``argv`` run on ``database``, its program the one pg_wrapper would pick."""
+        env = self._env(database)
+        return Command((client_program(argv[0], env.get("PATH")), *argv[1:]), env)
+
     @property
     def _login_database(self) -> str:
         """Where the probe logs in: the first database named, or ``postgres`` for ``*``."""
@@ -297,7 +335,7 @@ class PostgresSource:
         """
         argv = ("psql", "--no-psqlrc", "--no-password", "-At", "--record-separator-zero", "-c", sql)
         where = database if database is not None else self._login_database
-        code, out, err = await run_captured("psql", Command(argv, self._env(where)))
+        code, out, err = await run_captured("psql", self._command(argv, where))
         if code != 0 and (missing := _MISSING.search(err)) and missing.group(1) == where:
             raise DumpError(missing_database(self.config, where))
         if code == PSQL_CONNECTION_FAILED:
@@ -311,7 +349,7 @@ class PostgresSource:
             "SELECT current_setting('server_version') || '|' || "
             "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)::text"
         )
-        version = Command(("pg_dump", "--version"), self._env(""))
+        version = self._command(("pg_dump", "--version"), "")
         rows, (tool_code, tool_out, tool_err) = await asyncio.gather(
             self._query(query), run_captured("pg_dump", version)
         )
@@ -350,12 +388,12 @@ class PostgresSource:
         return int(rows[0]) if rows and rows[0].isdigit() else None
 
     def globals_command(self, info: ServerInfo) -> Command:
-        return Command(pg_dumpall_globals_argv(info.superuser), self._env("postgres"))
+        return self._command(pg_dumpall_globals_argv(info.superuser), "postgres")
 
     async def dump_command(
         self, database: str, native_compression: bool, snapshot: str | None = None
     ) -> Command:
-        return Command(pg_dump_argv(native_compression, snapshot), self._env(database))
+        return self._command(pg_dump_argv(native_compression, snapshot), database)
 
     @contextlib.asynccontextmanager
     async def open_dump(
@@ -446,11 +484,11 @@ class PostgresSource:
         )
 
     def restore_command(self, database: str) -> Command:
-        return Command(pg_restore_argv(database), self._env(database))
+        return self._command(pg_restore_argv(database), database)
 
     def _session_command(self, database: str) -> Command:
         argv = ("psql", "--no-psqlrc", "--no-password", "--quiet", "-At", "-v", "ON_ERROR_STOP=1")
-        return Command(argv, self._env(database))
+        return self._command(argv, database)
 
     @contextlib.asynccontextmanager
     async def dump_session(self, database: str) -> AsyncIterator[DumpSession]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import configparser
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -18,6 +19,7 @@ from backupd.sources.mysql import (
 )
 from backupd.sources.postgres import (
     PostgresSource,
+    client_program,
     libpq_env,
     major_version,
     pg_dump_argv,
@@ -219,3 +221,38 @@ def test_secret_str_does_not_print() -> None:
 )
 def test_dump_tool_release_is_read_from_version_output(output: str, version: str) -> None:
     assert short_version(output) == version
+
+
+def executable(path: Path, text: str = "#!/bin/sh\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_a_debian_wrapper_is_skipped_for_the_newest_versions_program(tmp_path: Path) -> None:
+    binroot = tmp_path / "lib"
+    for version in ("9.6", "13", "15"):
+        executable(binroot / version / "bin" / "pg_dump")
+    (binroot / "16" / "bin").mkdir(parents=True)  # a newer server without this client program
+    (binroot / "notes").mkdir()
+    wrapper = executable(tmp_path / "share" / "pg_wrapper")
+    on_path = tmp_path / "bin"
+    on_path.mkdir()
+    (on_path / "pg_dump").symlink_to(wrapper)
+    (on_path / "psql").symlink_to(wrapper)
+
+    chosen = client_program("pg_dump", str(on_path), binroot)
+    without_versions = client_program("psql", str(on_path), binroot)
+
+    assert chosen == str(binroot / "15" / "bin" / "pg_dump")
+    assert without_versions == "psql"
+
+
+def test_a_program_that_is_not_the_wrapper_runs_as_found(tmp_path: Path) -> None:
+    binroot = tmp_path / "lib"
+    executable(binroot / "15" / "bin" / "pg_dump")
+    own = executable(tmp_path / "bin" / "pg_dump")
+
+    assert client_program("pg_dump", str(own.parent), binroot) == "pg_dump"
+    assert client_program("pg_dump", str(tmp_path / "empty"), binroot) == "pg_dump"
