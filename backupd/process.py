@@ -17,6 +17,7 @@ import signal
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from backupd.errors import BackupdError, DumpError
 from backupd.parts import fill
@@ -48,6 +49,11 @@ class Command:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     pipe_file: bytes | None = field(default=None, repr=False)
     pipe_file_flag: str = ""
+
+    @property
+    def program(self) -> str:
+        """The program's name as people know it (``pg_dump``), even when run by its path."""
+        return PurePath(self.argv[0]).name
 
     def final_argv(self, secret_fd: int | None) -> list[str]:
         if secret_fd is None:
@@ -294,7 +300,7 @@ async def spawn(
         )
     except BaseException as error:
         os.close(stdout_read)
-        program = command.argv[0]
+        program = command.program
         if isinstance(error, FileNotFoundError):
             raise DumpError(f"{program} not found on PATH: install it, or fix PATH") from None
         if isinstance(error, PermissionError):

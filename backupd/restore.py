@@ -376,7 +376,7 @@ async def _feed_restore_tool(
     command = source.restore_command(into)
     rewrite = DatabaseStatementFilter() if names_database(backup, target.database.engine) else None
     download = _Download(storage, backup, request.progress, request.identity)
-    async with spawn(command.argv[0], command, stdin=asyncio.subprocess.PIPE) as child:
+    async with spawn(command.program, command, stdin=asyncio.subprocess.PIPE) as child:
         output = asyncio.ensure_future(child.stdout.read_all())  # keep the tool's stdout drained
         try:
             async with stall_guard(

@@ -162,7 +162,7 @@ async def command_output(
 
     ``explain`` turns the tool's stderr into a hint for a known failure, if any.
     """
-    async with spawn(command.argv[0], command) as child:
+    async with spawn(command.program, command) as child:
         yield child.stdout
         code = await child.wait()
         if code != 0:

@@ -269,6 +269,7 @@ class S3Upload:
             self._held = part  # one part only? then a single PutObject will do
             return
         if self._creating is None:
+            await note_writing(self._key)  # before the upload exists, so a takeover can find it
             self._creating = asyncio.ensure_future(self._create())
             assert self._held is not None
             await self._start_part(1, self._held)
@@ -333,7 +334,6 @@ class S3Upload:
             log.info("aborted multipart upload of %s", self._key)
 
     async def _create(self) -> None:
-        await note_writing(self._key)
         client = await self._storage.client()
         with storage_errors(self._config, f"start upload of {self._key}"):
             response = await client.create_multipart_upload(
