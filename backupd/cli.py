@@ -478,13 +478,21 @@ def _print_config_error(error: ConfigError) -> None:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
+    """The ``backupd`` command: ``run_command``, then ``leave`` with its exit status."""
+    leave(run_command(argv))
+
+
+def run_command(argv: list[str] | None = None) -> int:
+    """Carry out one command line (``sys.argv[1:]`` when None) and return its exit status:
+    0 success, 1 a backup or check failed, 2 bad configuration or usage. Raises SystemExit
+    only for argparse's own exits (``--help``, a malformed command line)."""
     args = build_parser().parse_args(argv)
     limit_malloc_arenas()
     try:
         settings, args.warnings = load(args)
     except ConfigError as error:
         _print_config_error(error)
-        sys.exit(EXIT_CONFIG)
+        return EXIT_CONFIG
     log_config = settings.logs
     if args.log_level:
         log_config = log_config.model_copy(update={"level": args.log_level.upper()})
@@ -520,7 +528,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         logs.close()
-    leave(status)
+    return status
 
 
 def leave(status: int) -> NoReturn:

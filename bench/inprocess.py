@@ -95,13 +95,9 @@ def main() -> None:
     launched, out = float(sys.argv[1]), Path(sys.argv[2])
     MARKS["started"] = time.monotonic()
     install()
-    from backupd.cli import main as backupd_main
+    from backupd.cli import run_command
 
-    status = 0
-    try:
-        backupd_main(["once"])
-    except SystemExit as exit_:
-        status = int(exit_.code or 0)
+    status = run_command(["once"])  # not main(): that ends the process without returning
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "status": status,
