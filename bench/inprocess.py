@@ -95,9 +95,16 @@ def main() -> None:
     launched, out = float(sys.argv[1]), Path(sys.argv[2])
     MARKS["started"] = time.monotonic()
     install()
-    from backupd.cli import run_command
+    import backupd.cli
 
-    status = run_command(["once"])  # not main(): that ends the process without returning
+    run_command = getattr(backupd.cli, "run_command", None)
+    if run_command is not None:
+        status = int(run_command(["once"]))  # not main(): that ends the process at once
+    else:  # an older tree (``--before``), whose main() raised SystemExit
+        try:
+            backupd.cli.main(["once"])
+        except SystemExit as exit_:
+            status = int(exit_.code or 0)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "status": status,

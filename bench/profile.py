@@ -29,6 +29,7 @@ from bench.measure import GIB, MIB, load_average, measure
 from bench.scene import Scene, scene, stream_size
 
 RESULTS = Path(__file__).parent / "results"
+HARNESS = Path(__file__).with_name("inprocess.py")
 CATEGORIES = (
     ("start-up: imports", ("_find_and_load",)),
     (
@@ -43,13 +44,17 @@ CATEGORIES = (
 def inprocess(env: dict[str, str], cwd: Path) -> dict[str, float]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         launched = time.monotonic()
-        subprocess.run(
-            [sys.executable, "-m", "bench.inprocess", str(launched), out.name],
+        done = subprocess.run(
+            # By path, not ``-m``: a ``--before`` tree first on PYTHONPATH may have a bench
+            # package of its own, without this harness.
+            [sys.executable, str(HARNESS), str(launched), out.name],
             env=env,
-            check=True,
             capture_output=True,
+            text=True,
             cwd=cwd,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"bench.inprocess failed ({done.returncode}): {done.stderr[-3000:]}")
         result: dict[str, float] = json.loads(Path(out.name).read_text())
     return result
 
