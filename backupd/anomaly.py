@@ -9,7 +9,6 @@ deleted. With fewer than ``MIN_HISTORY`` earlier backups there is no judgement.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import statistics
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from backupd.catalogue import Backup, recent
 from backupd.config import AnomalyConfig, TargetConfig
 from backupd.errors import BackupdError
-from backupd.storage import Storage, open_storage
+from backupd.storage import Storage, reuse_or_open
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +74,8 @@ async def anomalies(
     storage problem is logged and means no judgement."""
     rules = target.anomaly
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            if storage is None:
-                storage = await stack.enter_async_context(open_storage(target.storage))
-            found = await recent(storage, target.key_prefix, published, rules.window + 1)
+        async with reuse_or_open(target.storage, storage) as opened:
+            found = await recent(opened, target.key_prefix, published, rules.window + 1)
     except BackupdError as error:
         log.warning("%s: no anomaly check: %s", target.name, error)
         return {}

@@ -33,7 +33,7 @@ from backupd.progress import LogProgress, Progress
 from backupd.sources import BackupSource, ServerInfo, source_for
 from backupd.sources.session import DumpSession, no_session
 from backupd.stages import Stage, choose_stages, key_suffix, plan_compression
-from backupd.storage import Storage, Upload, open_storage
+from backupd.storage import Storage, Upload, reuse_or_open
 from backupd.storage.base import Estimate
 from backupd.stream import Digest, fixed_parts
 
@@ -379,12 +379,10 @@ async def run_backup(
     probe = asyncio.ensure_future(source.probe())
     run = TargetRun(target.name)
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            if storage is None:
-                storage = await stack.enter_async_context(open_storage(target.storage))
-            warm_up = asyncio.ensure_future(storage.warm_up())
+        async with reuse_or_open(target.storage, storage) as opened:
+            warm_up = asyncio.ensure_future(opened.warm_up())
             try:
-                await _run_all(target, source, storage, probe, reporter, run)
+                await _run_all(target, source, opened, probe, reporter, run)
             finally:
                 await _settle(warm_up)
     finally:

@@ -10,7 +10,14 @@ from backupd.storage.base import ClaimStore, Storage, Upload
 from backupd.storage.local import LocalStorage
 from backupd.storage.s3 import S3Storage
 
-__all__ = ["ClaimStore", "Storage", "Upload", "open_claim_store", "open_storage"]
+__all__ = [
+    "ClaimStore",
+    "Storage",
+    "Upload",
+    "open_claim_store",
+    "open_storage",
+    "reuse_or_open",
+]
 
 
 @contextlib.asynccontextmanager
@@ -28,3 +35,16 @@ async def open_claim_store(config: S3Config) -> AsyncIterator[ClaimStore]:
     """The store that holds claims for ``COORDINATION=storage`` (object stores only)."""
     async with S3Storage.connect(config) as storage:
         yield storage
+
+
+@contextlib.asynccontextmanager
+async def reuse_or_open(
+    config: S3Config | LocalConfig, storage: Storage | None
+) -> AsyncIterator[Storage]:
+    """``storage`` when a caller already has it open (left open at the end), else a new one
+    for ``config``, closed at the end."""
+    if storage is not None:
+        yield storage
+        return
+    async with open_storage(config) as opened:
+        yield opened
