@@ -52,6 +52,11 @@ class ManyResult:
     def rss_between(self, start: float, end: float) -> float:
         return max((value for at, value in self.rss if start <= at < end), default=0.0)
 
+    def rss_windows(self, width: float = 30) -> list[float]:
+        """Peak RSS of each ``width`` seconds of the run, in order (MiB)."""
+        count = int(-(-self.seconds // width))
+        return [self.rss_between(index * width, (index + 1) * width) for index in range(count)]
+
     @property
     def growth_after_first_minute(self) -> float:
         """Peak RSS after 60 s over the peak of the 30 s before it (1.0 = flat)."""

@@ -253,6 +253,10 @@ def crowd_summary(crowd: many.ManyResult, load: str) -> list[str]:
         f"{crowd.cpu[0] / max(crowd.runs, 1) * 1000:.0f} ms, its children (probe, dump) "
         f"{crowd.cpu[1] / max(crowd.runs, 1) * 1000:.0f} ms.",
         "",
+        "Peak RSS of each 30 s, MiB: "
+        + ", ".join(f"{peak:.1f}" for peak in crowd.rss_windows(30))
+        + ".",
+        "",
     ]
 
 
