@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import http.client
 import json
 import logging
@@ -436,6 +437,7 @@ def run_cancellable(main: Coroutine[Any, Any, int]) -> int:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+        loop.call_later(START_UP_SECONDS, resume_collection)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         try:
@@ -482,10 +484,42 @@ def main(argv: list[str] | None = None) -> NoReturn:
     leave(run_command(argv))
 
 
+START_UP_SECONDS = 1.0
+"""How long a command runs with the cyclic garbage collector off, from its start.
+
+Start-up makes some 137,000 objects that live as long as the process (modules, pydantic's
+schemas, botocore's models) and almost no garbage: the collector walked them about 190 times,
+40 ms of CPU before the storage client was ready and the first part could be sent. Then
+``resume_collection`` freezes them (``gc.freeze``, so that later collections skip them) and
+turns the collector back on. The ~1,800 objects of start-up's own cycles (~0.4 MiB) are frozen
+with the rest and stay: collecting them first would take 57 ms. Measured in ``bench/`` (94 MiB
+PostgreSQL dump, 6 interleaved rounds): wall 1.03 s to 0.99 s, CPU 0.66 s to 0.60 s, peak RSS
+0.8 MiB more."""
+
+
+def resume_collection() -> None:
+    """Freeze every object made so far and turn the cyclic garbage collector back on; nothing
+    if it is already on."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def run_command(argv: list[str] | None = None) -> int:
     """Carry out one command line (``sys.argv[1:]`` when None) and return its exit status:
     0 success, 1 a backup or check failed, 2 bad configuration or usage. Raises SystemExit
-    only for argparse's own exits (``--help``, a malformed command line)."""
+    only for argparse's own exits (``--help``, a malformed command line).
+
+    The cyclic garbage collector is off for the first ``START_UP_SECONDS`` and on again when
+    this returns, however it returns."""
+    gc.disable()
+    try:
+        return _carry_out(argv)
+    finally:
+        resume_collection()
+
+
+def _carry_out(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     limit_malloc_arenas()
     try:

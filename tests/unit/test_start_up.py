@@ -1,0 +1,56 @@
+"""The cyclic garbage collector is off while a command starts, and on again afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backupd import cli
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_it_was() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+    gc.enable()
+
+
+def test_a_command_turns_collection_back_on_however_it_ends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = cli.run_command(["--env-file", str(tmp_path / "absent.env"), "once"])
+
+    assert status == cli.EXIT_CONFIG
+    assert "absent.env: no such file" in capsys.readouterr().err
+    assert gc.isenabled()
+    assert gc.get_freeze_count() > 0  # what start-up made is left out of later collections
+
+
+def test_collection_resumes_after_start_up_while_a_command_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cli, "START_UP_SECONDS", 0.05)
+    seen: list[bool] = []
+
+    async def command() -> int:
+        seen.append(gc.isenabled())
+        await asyncio.sleep(0.3)
+        seen.append(gc.isenabled())
+        return cli.EXIT_OK
+
+    gc.disable()
+    assert cli.run_cancellable(command()) == cli.EXIT_OK
+    assert seen == [False, True]
+
+
+def test_resuming_twice_changes_nothing() -> None:
+    gc.disable()
+    cli.resume_collection()
+    frozen = gc.get_freeze_count()
+    cli.resume_collection()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen
