@@ -16,13 +16,14 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 from backupd import __version__
 from backupd.catalogue import Backup
-from backupd.config import Settings, TargetConfig
+from backupd.config import MAX_CONCURRENT_LIMIT, Settings, TargetConfig
 from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
 from backupd.logs import setup_logging
@@ -431,12 +432,16 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_cancellable(main: Coroutine[Any, Any, int]) -> int:
-    """Run ``main``; SIGTERM or SIGINT cancels it, so uploads abort and children are killed."""
+    """Run ``main``; SIGTERM or SIGINT cancels it, so uploads abort and children are killed.
+
+    Blocking work (pipe reads, hashing, compression) runs on up to ``WORKER_THREADS`` threads.
+    """
 
     async def runner() -> int:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, "backupd"))
         loop.call_later(START_UP_SECONDS, resume_collection)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
@@ -482,6 +487,17 @@ def _print_config_error(error: ConfigError) -> None:
 def main(argv: list[str] | None = None) -> NoReturn:
     """The ``backupd`` command: ``run_command``, then ``leave`` with its exit status."""
     leave(run_command(argv))
+
+
+THREADS_PER_BACKUP = 4
+"""Worker threads one backup may keep blocked at once: reading the dump's pipe (or compressing
+it, or feeding age), reading age's output, hashing a part, and one to spare."""
+WORKER_THREADS = THREADS_PER_BACKUP * MAX_CONCURRENT_LIMIT + 8
+"""The event loop's worker threads, at most. asyncio's default is min(32, cores + 4): 6 on two
+cores. A backup keeps a thread blocked for as long as its dump writes nothing (and, encrypted,
+another for the whole dump), so a few backups at once could hold every thread and leave the
+others' reads and hashes, even the storage client's start, waiting behind them. Threads start
+only when every running one is busy: the bound costs nothing until used."""
 
 
 START_UP_SECONDS = 1.0

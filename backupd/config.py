@@ -32,6 +32,8 @@ MAX_PART_SIZE = 5 * GIB
 # under 100 MiB of memory: (2 + 1) parts of 8 MiB. Raise both on fast, distant links.
 DEFAULT_PART_SIZE = 8 * MIB
 DEFAULT_UPLOAD_CONCURRENCY = 2
+MAX_CONCURRENT_LIMIT = 64
+"""The most MAX_CONCURRENT_BACKUPS may be."""
 
 
 class Engine(enum.StrEnum):
@@ -349,7 +351,7 @@ class DaemonConfig(BaseModel):
         2,
         alias="MAX_CONCURRENT_BACKUPS",
         ge=1,
-        le=64,
+        le=MAX_CONCURRENT_LIMIT,
         description="Dumps running at once, all targets together",
     )
     shutdown_timeout: float = Field(
