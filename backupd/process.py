@@ -112,7 +112,7 @@ class PipeReader:
         self.transferred = 0
         """Bytes read so far (updated by the reading thread: a progress signal)."""
         self.reads = 0
-        """read system calls made so far."""
+        """Read system calls made so far (a statistic, updated by the reading thread)."""
         self._gather_below = gather_threshold(fd)
         self._closed = False
         self._reading: asyncio.Future[int] | None = None
