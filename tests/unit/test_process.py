@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import os
 import threading
 import time
@@ -13,7 +14,11 @@ import pytest
 
 from backupd.process import (
     F_SETPIPE_SZ,
+    FIRST_PROBE,
+    MOST_BETWEEN_PROBES,
+    PAUSES,
     PIPE_SIZE,
+    PausePlan,
     PipeReader,
     StallError,
     StderrTail,
@@ -118,3 +123,99 @@ def test_only_a_large_pipe_is_read_with_waits(tmp_path: Path) -> None:
         os.close(write_fd)
     with (tmp_path / "file").open("wb") as file:
         assert gather_threshold(file.fileno()) == 0
+
+
+SHORT, LONG = PAUSES
+
+
+def _epochs(plan: PausePlan, rates: dict[float, float], count: int) -> list[float]:
+    """Feed ``count`` epochs, each at the rate its wait gives; return the wait of each."""
+    waits = []
+    for _ in range(count):
+        waits.append(plan.pause())
+        plan.judge(rates[plan.pause()])
+    return waits
+
+
+def test_a_dump_bound_by_its_server_keeps_the_long_wait_and_tries_the_short_less_often() -> None:
+    plan = PausePlan()
+    waits = _epochs(plan, {SHORT: 100e6, LONG: 105e6}, 60)
+
+    assert waits[0] == LONG
+    trials = [index for index, wait in enumerate(waits) if wait == SHORT]
+    gaps = [later - earlier - 1 for earlier, later in itertools.pairwise(trials)]
+    # Epochs between trials double after each losing one, up to the most.
+    assert trials[0] == FIRST_PROBE
+    assert gaps[:3] == [FIRST_PROBE * 2, FIRST_PROBE * 4, FIRST_PROBE * 8]
+    assert max(gaps) == MOST_BETWEEN_PROBES
+    assert waits.count(LONG) > 50
+
+
+def test_a_writer_held_back_by_the_long_wait_moves_to_the_short_one_and_stays() -> None:
+    plan = PausePlan()
+    waits = _epochs(plan, {SHORT: 1.5e9, LONG: 0.4e9}, 40)
+
+    assert waits[: FIRST_PROBE + 1] == [LONG] * FIRST_PROBE + [SHORT]
+    assert all(wait == SHORT for wait in waits[FIRST_PROBE + 1 :] if wait != LONG)
+    assert waits[FIRST_PROBE + 1 :].count(SHORT) > 30  # later trials of the long wait lose
+
+
+def test_a_trial_must_win_clearly_to_replace_the_current_wait() -> None:
+    plan = PausePlan()
+    _epochs(plan, {SHORT: 104e6, LONG: 100e6}, FIRST_PROBE + 1)  # 4% faster: noise
+
+    assert plan.current == PAUSES.index(LONG)
+
+
+def test_the_plan_judges_epochs_by_bytes_over_time() -> None:
+    plan = PausePlan(epoch_bytes=1000)
+    for at in range(10):
+        plan.record(100, 10.0 + at * 0.1)  # 1,000 bytes over 0.9 s from the first read
+    assert plan.last_rate == pytest.approx(1000 / 0.9)
+    plan.record(500, 11.4)
+    assert plan.last_rate == pytest.approx(1000 / 0.9)  # the epoch is not full yet
+
+
+class _JudgedPlan(PausePlan):
+    def __init__(self, epoch_bytes: int) -> None:
+        super().__init__(epoch_bytes=epoch_bytes)
+        self.rates: list[float] = []
+        self.waits: list[float] = []
+
+    def judge(self, rate: float) -> None:
+        self.rates.append(rate)
+        super().judge(rate)
+
+    def pause(self) -> float:
+        self.waits.append(super().pause())
+        return self.waits[-1]
+
+
+async def test_the_reader_judges_every_epoch_and_waits_as_its_plan_says() -> None:
+    read_fd, write_fd = os.pipe()
+    reader = PipeReader(read_fd)
+    if gather_threshold(read_fd) == 0:
+        reader.close()
+        os.close(write_fd)
+        pytest.skip("this system does not grant a 1 MiB pipe")
+    plan = reader.plan = _JudgedPlan(epoch_bytes=2 << 20)
+    pieces = [bytes([n % 251]) * 8192 for n in range(4096)]  # 32 MiB, 8 KiB at a time
+    writer = threading.Thread(target=_write_slowly, args=(write_fd, pieces))
+    writer.start()
+    target = bytearray(8 << 20)
+    total = 0
+    try:
+        while count := await reader.fill(target):
+            total += count
+    finally:
+        writer.join()
+        reader.close()
+
+    assert total == 32 << 20
+    # An epoch closes at the read that takes it to 2 MiB; a read takes at most the pipe (1 MiB).
+    assert 32 // 3 <= len(plan.rates) <= 32 // 2 and all(rate > 0 for rate in plan.rates)
+    # A writer slower than the reader leaves short reads: the reader waited after them, each
+    # time as long as the plan said,
+    # the short wait during trials (the third epoch) and the long one otherwise.
+    assert plan.waits and set(plan.waits) <= set(PAUSES)
+    assert SHORT in plan.waits and LONG in plan.waits
