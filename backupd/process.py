@@ -34,28 +34,34 @@ KILL_GRACE_SECONDS = 5.0
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
 PIPE_SIZE = 1024 * 1024
+SHORT_WAIT, LONG_WAIT = 0, 1
 PAUSES = (0.001, 0.006)
-"""The two waits (seconds) a reader of a large pipe chooses between after a short read.
+"""The two waits (seconds) a reader of a large pipe chooses between after a short read, indexed
+by ``SHORT_WAIT`` and ``LONG_WAIT``.
 
 pg_dump writes 8 KiB at a time; a reader that is always waiting is woken for each write: some
 70,000 reads and as many thread switches, in both processes, for a 600 MiB dump. Waiting after
 a read of under a quarter of the pipe gathers those writes into ~2,800 reads of ~200 KiB.
 
-The short wait (1 ms) never holds the writer up below about 1.5 GiB/s with a 1 MiB pipe. The
-long one (6 ms) lets the pipe fill, so that the dump tool blocks on it for a while: pg_dump then
+With the short wait (1 ms) a reader of a 1 MiB pipe kept up with a writer of 8 KiB pieces from
+memory at 1.2-1.6 GiB/s (measured). The long one (6 ms) lets the pipe fill, so that a dump tool
+blocks on it for a while: pg_dump then
 finds the server's rows waiting in its socket and takes them in large batches instead of being
 woken for each message. On 2 cores that cut pg_dump's CPU by a quarter, and a 1.9 GiB dump took
-0.96x the time of ``pg_dump > /dev/null`` instead of 1.09x (``bench/``). But it holds a writer
-that could go faster to a few hundred MiB/s: ``PausePlan`` measures which wait moves more."""
+0.96x the time of ``pg_dump > /dev/null`` instead of 1.09x (``bench/``). But it held that
+writer from memory to about 0.6 GiB/s: ``PausePlan`` measures which wait moves more. Dump tools
+start on the long wait, every other child (age, a restore's tools) on the short one."""
 EPOCH_BYTES = 64 * 1024 * 1024
 """Bytes read with one wait before its rate is judged (a few tenths of a second of dump)."""
 FIRST_PROBE = 2
 """Epochs with the current wait before the other one is tried for an epoch; after a trial that
 loses, twice as many (up to ``MOST_BETWEEN_PROBES``)."""
 MOST_BETWEEN_PROBES = 16
+"""The most epochs read with the current wait between two trials."""
 SWITCH_GAIN = 1.10
-"""How much faster (rate ratio) a trial must be to replace the current wait: dumps vary in
-speed from table to table, and a tie keeps the wait that spares CPU."""
+"""How much faster (rate ratio) a trial must be than the mean of the epochs before it, since
+the last trial, to replace the current wait: dumps vary in speed from table to table, and a tie
+keeps the wait in use."""
 # Variables a dump tool may need from our own environment. Everything else, notably the
 # storage and mail secrets backupd holds, stays out of the child's environment.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER")
@@ -118,8 +124,8 @@ class PipeReader:
     A cancelled caller leaves the thread to finish at EOF, which killing the child brings.
     """
 
-    def __init__(self, fd: int) -> None:
-        with contextlib.suppress(OSError):  # a larger pipe absorbs our brief pauses
+    def __init__(self, fd: int, plan: PausePlan | None = None) -> None:
+        with contextlib.suppress(OSError):  # fewer, larger reads (see ``PAUSES``)
             fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
         self.fd = fd
         self.transferred = 0
@@ -127,7 +133,7 @@ class PipeReader:
         self.reads = 0
         """Read system calls made so far (a statistic, updated by the reading thread)."""
         self._gather_below = gather_threshold(fd)
-        self.plan = PausePlan()
+        self.plan = plan if plan is not None else PausePlan()
         """Which wait follows a short read; learnt while reading (see ``PAUSES``)."""
         self._closed = False
         self._reading: asyncio.Future[int] | None = None
@@ -170,8 +176,9 @@ class PipeReader:
 def gather_threshold(fd: int) -> int:
     """A read of fewer bytes than this from pipe ``fd`` is followed by a wait (``PAUSES``),
     when the caller's buffer has at least this much room left: a quarter of the pipe's capacity,
-    or 0 (never wait) for a pipe smaller than ``PIPE_SIZE``, which a writer could fill during
-    the wait, or for anything but a pipe."""
+    or 0 (never wait) for a pipe smaller than ``PIPE_SIZE`` (we could not enlarge it, and the
+    short wait's rate with a 1 MiB pipe is what ``PAUSES`` was measured with), or for anything
+    but a pipe."""
     try:
         capacity = fcntl.fcntl(fd, F_GETPIPE_SZ)
     except OSError:
@@ -183,23 +190,27 @@ def gather_threshold(fd: int) -> int:
 class PausePlan:
     """Which of ``PAUSES`` a pipe reader waits after a short read, chosen by measured rate.
 
-    It starts with the long wait. The stream is judged in epochs of ``epoch_bytes``: after
+    It starts with ``current``. The stream is judged in epochs of ``epoch_bytes``: after
     ``FIRST_PROBE`` epochs one epoch is read with the other wait (a trial), and if that epoch
-    moved bytes ``SWITCH_GAIN`` times faster, the trial's wait becomes the current one. A losing
-    trial doubles the epochs until the next. A writer held back by the long wait (a fast
-    source, an encrypting filter) is thus back on the short one after a few hundred MiB;
-    a dump bound by its server keeps the long one. ``record`` and ``pause`` are called by the
-    one thread reading the pipe at a time; times are ``time.monotonic()`` seconds.
+    moved bytes ``SWITCH_GAIN`` times faster than the mean of the epochs read since the last
+    trial, the trial's wait becomes the current one. A losing trial doubles the epochs until
+    the next. A dump held back by the long wait is thus on the short one after three epochs
+    (192 MiB), and a dump bound by its server keeps the long one. An epoch's time includes any
+    time the consumer spent elsewhere (sending, compressing): the same for both waits. ``record``
+    and ``pause`` are called by the one thread reading the pipe at a time; times are
+    ``time.monotonic()`` seconds.
     """
 
-    epoch_bytes: int = EPOCH_BYTES
-    current: int = len(PAUSES) - 1
+    current: int = LONG_WAIT
     """Index into ``PAUSES`` of the wait in use."""
+    epoch_bytes: int = EPOCH_BYTES
     trial: bool = False
     between: int = FIRST_PROBE
     until_trial: int = FIRST_PROBE
-    last_rate: float = 0.0
-    """Bytes per second of the last epoch read with the current wait."""
+    mean_rate: float = 0.0
+    """Bytes per second of the epochs read with the current wait since the last trial, on
+    average."""
+    _epochs: int = 0
     _bytes: int = 0
     _since: float | None = None
 
@@ -220,17 +231,19 @@ class PausePlan:
     def judge(self, rate: float) -> None:
         """Take the rate (bytes per second) of the epoch just read."""
         if not self.trial:
-            self.last_rate = rate
+            self._epochs += 1
+            self.mean_rate += (rate - self.mean_rate) / self._epochs
             self.until_trial -= 1
             self.trial = self.until_trial <= 0
             return
         self.trial = False
-        if rate > self.last_rate * SWITCH_GAIN:
+        if rate > self.mean_rate * SWITCH_GAIN:
             self.current = 1 - self.current
             self.between = FIRST_PROBE
         else:
             self.between = min(self.between * 2, MOST_BETWEEN_PROBES)
         self.until_trial = self.between
+        self.mean_rate, self._epochs = 0.0, 0
 
 
 class StderrTail:
@@ -384,8 +397,12 @@ async def spawn(
     command: Command,
     *,
     stdin: int | None = asyncio.subprocess.DEVNULL,
+    wait: int = SHORT_WAIT,
 ) -> AsyncIterator[Child]:
-    """Start ``command`` in its own session; kill and reap its group when the block ends."""
+    """Start ``command`` in its own session; kill and reap its group when the block ends.
+
+    ``wait``: which of ``PAUSES`` the reader of its stdout starts with (``LONG_WAIT`` for a
+    dump tool reading a database server)."""
     secret_fd = _secret_pipe(command.pipe_file) if command.pipe_file is not None else None
     stdout_read, stdout_write = os.pipe()
     try:
@@ -410,7 +427,7 @@ async def spawn(
         os.close(stdout_write)
         if secret_fd is not None:
             os.close(secret_fd)
-    child = Child(name, process, PipeReader(stdout_read))
+    child = Child(name, process, PipeReader(stdout_read, PausePlan(wait)))
     try:
         yield child
     finally:

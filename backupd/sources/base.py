@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from backupd.errors import DumpError
 from backupd.parts import Readable, fill
-from backupd.process import Command, describe_status, spawn
+from backupd.process import LONG_WAIT, Command, describe_status, spawn
 from backupd.sources.session import DumpSession
 
 
@@ -162,7 +162,8 @@ async def command_output(
 
     ``explain`` turns the tool's stderr into a hint for a known failure, if any.
     """
-    async with spawn(command.program, command) as child:
+    # A dump tool reads a server: letting it block on its pipe batches those reads (PAUSES).
+    async with spawn(command.program, command, wait=LONG_WAIT) as child:
         yield child.stdout
         code = await child.wait()
         if code != 0:

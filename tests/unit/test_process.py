@@ -15,16 +15,21 @@ import pytest
 from backupd.process import (
     F_SETPIPE_SZ,
     FIRST_PROBE,
+    LONG_WAIT,
     MOST_BETWEEN_PROBES,
     PAUSES,
     PIPE_SIZE,
+    SHORT_WAIT,
+    Command,
     PausePlan,
     PipeReader,
     StallError,
     StderrTail,
     gather_threshold,
+    spawn,
     stall_guard,
 )
+from backupd.sources.base import command_output
 
 
 def test_a_line_longer_than_any_buffer_keeps_only_its_head() -> None:
@@ -138,7 +143,7 @@ def _epochs(plan: PausePlan, rates: dict[float, float], count: int) -> list[floa
 
 
 def test_a_dump_bound_by_its_server_keeps_the_long_wait_and_tries_the_short_less_often() -> None:
-    plan = PausePlan()
+    plan = PausePlan(LONG_WAIT)
     waits = _epochs(plan, {SHORT: 100e6, LONG: 105e6}, 60)
 
     assert waits[0] == LONG
@@ -148,47 +153,73 @@ def test_a_dump_bound_by_its_server_keeps_the_long_wait_and_tries_the_short_less
     assert trials[0] == FIRST_PROBE
     assert gaps[:3] == [FIRST_PROBE * 2, FIRST_PROBE * 4, FIRST_PROBE * 8]
     assert max(gaps) == MOST_BETWEEN_PROBES
-    assert waits.count(LONG) > 50
+    assert plan.current == LONG_WAIT
 
 
 def test_a_writer_held_back_by_the_long_wait_moves_to_the_short_one_and_stays() -> None:
-    plan = PausePlan()
+    plan = PausePlan(LONG_WAIT)
     waits = _epochs(plan, {SHORT: 1.5e9, LONG: 0.4e9}, 40)
 
-    assert waits[: FIRST_PROBE + 1] == [LONG] * FIRST_PROBE + [SHORT]
-    assert all(wait == SHORT for wait in waits[FIRST_PROBE + 1 :] if wait != LONG)
-    assert waits[FIRST_PROBE + 1 :].count(SHORT) > 30  # later trials of the long wait lose
+    after = FIRST_PROBE + 1
+    assert waits[:after] == [LONG] * FIRST_PROBE + [SHORT]
+    # Now the long wait is the trial, after as many epochs as at the start, and it loses.
+    assert waits[after : after + FIRST_PROBE + 1] == [SHORT] * FIRST_PROBE + [LONG]
+    assert plan.current == SHORT_WAIT
+    assert waits[after:].count(LONG) == 4  # trials after 2, 4, 8 and 16 epochs: 33 of 37
+
+
+def test_a_child_that_is_not_a_dump_starts_on_the_short_wait_and_can_learn_the_long_one() -> None:
+    plan = PausePlan(SHORT_WAIT)
+    waits = _epochs(plan, {SHORT: 100e6, LONG: 130e6}, 10)
+
+    assert waits[: FIRST_PROBE + 1] == [SHORT] * FIRST_PROBE + [LONG]
+    assert plan.current == LONG_WAIT
 
 
 def test_a_trial_must_win_clearly_to_replace_the_current_wait() -> None:
-    plan = PausePlan()
+    plan = PausePlan(LONG_WAIT)
     _epochs(plan, {SHORT: 104e6, LONG: 100e6}, FIRST_PROBE + 1)  # 4% faster: noise
 
-    assert plan.current == PAUSES.index(LONG)
+    assert plan.current == LONG_WAIT
+
+
+def test_a_trial_is_measured_against_the_mean_of_the_epochs_before_it() -> None:
+    plan = PausePlan(LONG_WAIT)
+    plan.judge(120e6)
+    plan.judge(80e6)  # mean 100e6; against this last epoch alone, 105e6 would be a clear win
+    assert plan.trial
+    plan.judge(105e6)
+
+    assert plan.current == LONG_WAIT
 
 
 def test_the_plan_judges_epochs_by_bytes_over_time() -> None:
     plan = PausePlan(epoch_bytes=1000)
     for at in range(10):
         plan.record(100, 10.0 + at * 0.1)  # 1,000 bytes over 0.9 s from the first read
-    assert plan.last_rate == pytest.approx(1000 / 0.9)
+    assert plan.mean_rate == pytest.approx(1000 / 0.9)
     plan.record(500, 11.4)
-    assert plan.last_rate == pytest.approx(1000 / 0.9)  # the epoch is not full yet
+    assert plan.mean_rate == pytest.approx(1000 / 0.9)  # the epoch is not full yet
+    plan.record(500, 11.9)  # the second epoch: 1,000 bytes over 1.0 s
+    assert plan.mean_rate == pytest.approx((1000 / 0.9 + 1000 / 1.0) / 2)
 
 
 class _JudgedPlan(PausePlan):
+    """Records each judged epoch's rate, and each wait with the epoch it fell in."""
+
     def __init__(self, epoch_bytes: int) -> None:
-        super().__init__(epoch_bytes=epoch_bytes)
+        super().__init__(LONG_WAIT, epoch_bytes=epoch_bytes)
         self.rates: list[float] = []
-        self.waits: list[float] = []
+        self.waits: list[tuple[int, float]] = []
 
     def judge(self, rate: float) -> None:
         self.rates.append(rate)
         super().judge(rate)
 
     def pause(self) -> float:
-        self.waits.append(super().pause())
-        return self.waits[-1]
+        wait = super().pause()
+        self.waits.append((len(self.rates), wait))
+        return wait
 
 
 async def test_the_reader_judges_every_epoch_and_waits_as_its_plan_says() -> None:
@@ -213,9 +244,21 @@ async def test_the_reader_judges_every_epoch_and_waits_as_its_plan_says() -> Non
 
     assert total == 32 << 20
     # An epoch closes at the read that takes it to 2 MiB; a read takes at most the pipe (1 MiB).
-    assert 32 // 3 <= len(plan.rates) <= 32 // 2 and all(rate > 0 for rate in plan.rates)
-    # A writer slower than the reader leaves short reads: the reader waited after them, each
-    # time as long as the plan said,
-    # the short wait during trials (the third epoch) and the long one otherwise.
-    assert plan.waits and set(plan.waits) <= set(PAUSES)
-    assert SHORT in plan.waits and LONG in plan.waits
+    assert 32 // 3 <= len(plan.rates) <= 32 // 2
+    # A writer slower than the reader leaves short reads, each followed by the plan's wait:
+    # the long one in the first two epochs, the short one in the third (the first trial).
+    first = [wait for epoch, wait in plan.waits if epoch < FIRST_PROBE]
+    trial = [wait for epoch, wait in plan.waits if epoch == FIRST_PROBE]
+    assert first and set(first) == {LONG}
+    assert trial and set(trial) == {SHORT}
+
+
+async def test_a_dump_tool_starts_on_the_long_wait_any_other_child_on_the_short_one() -> None:
+    async with command_output(Command(("printf", "x")), lambda _: None) as dump:
+        assert isinstance(dump, PipeReader)
+        assert dump.plan.pause() == LONG
+        assert await dump.read_all() == b"x"
+    async with spawn("printf", Command(("printf", "y"))) as child:
+        assert child.stdout.plan.pause() == SHORT
+        assert await child.stdout.read_all() == b"y"
+        assert await child.wait() == 0
