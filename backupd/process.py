@@ -45,12 +45,12 @@ a read of under a quarter of the pipe gathers those writes into ~2,800 reads of 
 
 With the short wait (1 ms) a reader of a 1 MiB pipe kept up with a writer of 8 KiB pieces from
 memory at 1.2-1.6 GiB/s (measured). The long one (6 ms) lets the pipe fill, so that a dump tool
-blocks on it for a while: pg_dump then
-finds the server's rows waiting in its socket and takes them in large batches instead of being
-woken for each message. On 2 cores that cut pg_dump's CPU by a quarter, and a 1.9 GiB dump took
-0.96x the time of ``pg_dump > /dev/null`` instead of 1.09x (``bench/``). But it held that
-writer from memory to about 0.6 GiB/s: ``PausePlan`` measures which wait moves more. Dump tools
-start on the long wait, every other child (age, a restore's tools) on the short one."""
+blocks on it for a while: pg_dump then finds the server's rows waiting in its socket and takes
+them in large batches instead of being woken for each message. On 2 cores that cut pg_dump's
+CPU by a quarter, and a 1.9 GiB dump took 0.96x the time of ``pg_dump > /dev/null`` instead of
+1.09x (``bench/``). But it held that writer from memory to about 0.6 GiB/s: ``PausePlan``
+measures which wait moves more. Dump tools start on the long wait, every other child (age, a
+restore's tools) on the short one."""
 EPOCH_BYTES = 64 * 1024 * 1024
 """Bytes read with one wait before its rate is judged (a few tenths of a second of dump)."""
 FIRST_PROBE = 2
