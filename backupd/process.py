@@ -133,7 +133,7 @@ class PipeReader:
         self.reads = 0
         """Read system calls made so far (a statistic, updated by the reading thread)."""
         self._gather_below = gather_threshold(fd)
-        self.plan = plan if plan is not None else PausePlan()
+        self.plan = plan if plan is not None else PausePlan(SHORT_WAIT)
         """Which wait follows a short read; learnt while reading (see ``PAUSES``)."""
         self._closed = False
         self._reading: asyncio.Future[int] | None = None

@@ -94,13 +94,19 @@ def _write_slowly(fd: int, pieces: list[bytes]) -> None:
         os.close(fd)
 
 
-async def test_a_pipe_written_in_small_pieces_is_read_in_few_large_reads() -> None:
+def _large_pipe() -> tuple[PipeReader, int]:
+    """A reader of a 1 MiB pipe, and the pipe's write end; skips where that is not granted."""
     read_fd, write_fd = os.pipe()
     reader = PipeReader(read_fd)
     if gather_threshold(read_fd) == 0:
         reader.close()
         os.close(write_fd)
         pytest.skip("this system does not grant a 1 MiB pipe")
+    return reader, write_fd
+
+
+async def test_a_pipe_written_in_small_pieces_is_read_in_few_large_reads() -> None:
+    reader, write_fd = _large_pipe()
     pieces = [bytes([n % 251]) * 8192 for n in range(600)]
     writer = threading.Thread(target=_write_slowly, args=(write_fd, pieces))
     writer.start()
@@ -223,12 +229,7 @@ class _JudgedPlan(PausePlan):
 
 
 async def test_the_reader_judges_every_epoch_and_waits_as_its_plan_says() -> None:
-    read_fd, write_fd = os.pipe()
-    reader = PipeReader(read_fd)
-    if gather_threshold(read_fd) == 0:
-        reader.close()
-        os.close(write_fd)
-        pytest.skip("this system does not grant a 1 MiB pipe")
+    reader, write_fd = _large_pipe()
     plan = reader.plan = _JudgedPlan(epoch_bytes=2 << 20)
     pieces = [bytes([n % 251]) * 8192 for n in range(4096)]  # 32 MiB, 8 KiB at a time
     writer = threading.Thread(target=_write_slowly, args=(write_fd, pieces))
