@@ -131,9 +131,25 @@ class Logging:
         if self.listener is not None:
             self.listener.stop()
             for handler in self.listener.handlers:
+                _drain(handler)
                 handler.flush()  # seqlog's close drops a batch not yet sent
                 handler.close()
             self.listener = None
+
+
+def _drain(handler: logging.Handler) -> None:
+    """Wait, at most ``SEQ_TIMEOUT`` seconds plus one, until seqlog's consumer thread has taken
+    every record handed to ``handler`` into its batch.
+
+    seqlog queues each record for that thread, and its ``flush`` sends only the batch: without
+    this wait the last events of a run were lost one time in three (a post under way in the
+    thread can take up to ``SEQ_TIMEOUT``).
+    """
+    records = getattr(handler, "log_queue", None)
+    if not isinstance(records, queue.Queue):
+        return
+    with records.all_tasks_done:
+        records.all_tasks_done.wait_for(lambda: not records.unfinished_tasks, SEQ_TIMEOUT + 1)
 
 
 def setup_logging(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email
+import io
 import json
+import logging
 import threading
 import time
 import uuid
@@ -17,6 +19,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from backupd.config import LogConfig
+from backupd.logs import setup_logging
 from tests.conftest import S3_SECRET, pg_env, run_backupd, storage_env
 from tests.servers import PostgresServer, free_port
 
@@ -231,6 +235,30 @@ def test_seq_gets_structured_events(
     assert properties["Key"].endswith(".dump")
     assert properties["Bytes"] > 0
     assert properties["DurationSeconds"] > 0
+
+
+def test_the_last_events_reach_seq_when_logging_closes(
+    receiver: tuple[str, list[Received]],
+) -> None:
+    """A run ends by closing its logs: every event logged before that is sent, each time."""
+    url, seen = receiver
+    config = LogConfig.model_validate({"SEQ_URL": url, "SEQ_API_KEY": SEQ_KEY})
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    try:
+        for run in range(20):
+            seen.clear()
+            logs = setup_logging(config, [], io.StringIO())
+            for n in range(5):
+                logging.getLogger("backupd.test").warning("run %d event %d", run, n)
+            logs.close()
+            events = [e for r in seen for e in json.loads(r.body)["Events"]]
+            assert [e["MessageTemplate"] for e in events] == [
+                f"run {run} event {n}" for n in range(5)
+            ]
+    finally:
+        root.handlers[:], level = before
+        root.setLevel(level)
 
 
 def test_webhook_and_dead_mans_switch(
