@@ -304,12 +304,42 @@ async def read_manifest(storage: Storage, key: str) -> Manifest:
 async def scan(storage: Storage, prefix: str) -> list[Backup]:
     """Every backupd backup directly under ``prefix``, newest first, manifests read.
 
-    Lists the prefix once (paginated by the storage), then reads the manifests, a few at a
-    time. A manifest that cannot be parsed leaves its backup incomplete, with the reason in
-    ``Backup.problem``; a storage failure raises StorageError.
+    Lists the prefix once (paginated by the storage), then reads the manifests,
+    ``MANIFEST_READS_AT_ONCE`` at a time. A manifest that cannot be parsed leaves its backup
+    incomplete, with the reason in ``Backup.problem``; a storage failure raises StorageError.
     """
     listing = [item async for item in storage.list_objects(f"{prefix}/" if prefix else "")]
     found, manifests = backups_among(listing, prefix)
+    return newest_first(await _with_manifests(storage, found, manifests))
+
+
+async def recent(
+    storage: Storage, prefix: str, databases: Iterable[str], count: int
+) -> dict[str, list[Backup]]:
+    """The ``count`` newest backups of each of ``databases`` under ``prefix``, newest first,
+    manifests read: one listing, then only those backups' manifests, read as ``scan`` reads
+    them."""
+    listing = [item async for item in storage.list_objects(f"{prefix}/" if prefix else "")]
+    found, manifests = backups_among(listing, prefix)
+    chosen: dict[str, list[tuple[ParsedKey, StoredObject]]] = {}
+    for database in databases:
+        stem = stem_for(database)
+        mine = [(p, i) for p, i in found if p.stem == stem]
+        chosen[database] = sorted(mine, key=lambda pi: pi[1].modified)[-count:]
+    every = [pair for pairs in chosen.values() for pair in pairs]
+    read = {backup.key: backup for backup in await _with_manifests(storage, every, manifests)}
+    return {
+        database: newest_first([read[i.key] for _, i in pairs])
+        for database, pairs in chosen.items()
+    }
+
+
+async def _with_manifests(
+    storage: Storage, found: list[tuple[ParsedKey, StoredObject]], manifests: set[str]
+) -> list[Backup]:
+    """Each found object as a ``Backup``, in the same order, its manifest read when
+    ``manifests`` (the keys listed) holds one: ``MANIFEST_READS_AT_ONCE`` reads in flight, since
+    each costs a round trip to the store."""
     gate = asyncio.Semaphore(MANIFEST_READS_AT_ONCE)
 
     async def load(parsed: ParsedKey, item: StoredObject) -> Backup:
@@ -322,33 +352,7 @@ async def scan(storage: Storage, prefix: str) -> list[Backup]:
                 return Backup(item.key, item.size, item.modified, parsed, problem=str(error))
         return Backup(item.key, item.size, item.modified, parsed, manifest)
 
-    return newest_first(await asyncio.gather(*(load(p, i) for p, i in found)))
-
-
-async def recent(
-    storage: Storage, prefix: str, databases: Iterable[str], count: int
-) -> dict[str, list[Backup]]:
-    """The ``count`` newest backups of each of ``databases`` under ``prefix``, newest first,
-    manifests read: one listing, and only those backups' manifests."""
-    listing = [item async for item in storage.list_objects(f"{prefix}/" if prefix else "")]
-    found, manifests = backups_among(listing, prefix)
-    chosen: dict[str, list[Backup]] = {}
-    for database in databases:
-        stem = stem_for(database)
-        mine = sorted(((p, i) for p, i in found if p.stem == stem), key=lambda pi: pi[1].modified)[
-            -count:
-        ]
-        backups = []
-        for parsed, item in mine:
-            manifest, problem = None, None
-            if manifest_key(item.key) in manifests:
-                try:
-                    manifest = await read_manifest(storage, item.key)
-                except CatalogueError as error:
-                    problem = str(error)
-            backups.append(Backup(item.key, item.size, item.modified, parsed, manifest, problem))
-        chosen[database] = newest_first(backups)
-    return chosen
+    return list(await asyncio.gather(*(load(p, i) for p, i in found)))
 
 
 class ChoiceError(BackupdError):

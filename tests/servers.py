@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from backupd.catalogue import MANIFEST_SUFFIX
+
 PG_PASSWORD = 'pg "s3cr3t" p@ss\\word #1'
 MARIADB_PASSWORD = 'my "s3cr3t" p@ss\\word #2'
 
@@ -370,8 +372,12 @@ class FaultProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.requests: list[tuple[str, str, int]] = []
+        self.arrivals: list[tuple[float, str, str]] = []
+        """``(time.monotonic(), method, target)`` of each request as it arrived."""
         self.break_uploads = threading.Event()
         self.part_delay = 0.0
+        self.manifest_delay = 0.0
+        """Seconds each GET of a manifest is held before it goes upstream."""
         self.strip_headers: set[str] = set()
         self.refuse_puts_ending: str | None = None
         """PUTs of keys ending so are answered 403 AccessDenied, without reaching upstream."""
@@ -415,12 +421,19 @@ class FaultProxy:
             while (request := self._read_head(client, buffer)) is not None:
                 head, method, target, length, buffer = request
                 self.requests.append((method, target, length))
+                self.arrivals.append((time.monotonic(), method, target))
                 is_part = method == "PUT" and "partNumber=" in target
                 if is_part and self.break_uploads.is_set():
                     client.shutdown(socket.SHUT_RDWR)
                     return
                 if is_part and self.part_delay:
                     time.sleep(self.part_delay)
+                if (
+                    method == "GET"
+                    and self.manifest_delay
+                    and target.split("?")[0].endswith(MANIFEST_SUFFIX)
+                ):
+                    time.sleep(self.manifest_delay)
                 path = target.split("?", 1)[0]
                 if (
                     method == "PUT"

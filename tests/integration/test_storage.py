@@ -6,11 +6,13 @@ import asyncio
 import hashlib
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backupd import catalogue
 from backupd.config import MIB, LocalConfig, S3Config, StorageType
 from backupd.errors import StorageError
 from backupd.parts import Part
@@ -26,6 +28,7 @@ from tests.conftest import (
     run_backupd,
     storage_env,
 )
+from tests.integration.test_prune import FOLDER, put_backup
 from tests.servers import FaultProxy, PostgresServer
 
 
@@ -60,17 +63,21 @@ def test_r2_gets_equal_parts_from_an_irregular_compressed_stream(
     assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == sum(sizes)
 
 
-def r2_config(endpoint: str, bucket: str) -> S3Config:
+def s3_config(endpoint: str, bucket: str, **extra: Any) -> S3Config:
     return S3Config.model_validate(
         {
-            "kind": StorageType.R2,
             "STORAGE_ENDPOINT_URL": endpoint,
             "STORAGE_ACCESS_KEY_ID": S3_KEY_ID,
             "STORAGE_SECRET_ACCESS_KEY": S3_SECRET,
             "STORAGE_BUCKET_NAME": bucket,
-            "STORAGE_REGION": "auto",
-            "STORAGE_PART_SIZE": "5MiB",
+            **extra,
         }
+    )
+
+
+def r2_config(endpoint: str, bucket: str) -> S3Config:
+    return s3_config(
+        endpoint, bucket, kind=StorageType.R2, STORAGE_REGION="auto", STORAGE_PART_SIZE="5MiB"
     )
 
 
@@ -201,3 +208,27 @@ def test_check_probes_database_dump_tool_and_storage(
     assert len(failures) == 2
     assert "password authentication failed" in failures[0]
     assert "does not exist (STORAGE_BUCKET_NAME)" in failures[1]
+
+
+async def test_the_newest_backups_manifests_are_read_side_by_side(
+    proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """After each run the anomaly check reads the newest manifests of every database: with a
+    round trip per manifest, they are read side by side, not one after another."""
+    first = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+    keys = {
+        database: [put_backup(s3, bucket, database, first + timedelta(days=n)) for n in range(6)]
+        for database in ("app", "crm")
+    }
+    proxy.manifest_delay = 0.5  # a slow store: sequential reads would arrive 0.5 s apart
+
+    async with open_storage(s3_config(proxy.url, bucket)) as storage:
+        found = await catalogue.recent(storage, FOLDER, ["app", "crm"], 4)
+
+    for database in ("app", "crm"):
+        assert [b.key for b in found[database]] == keys[database][-4:][::-1]
+        assert all(b.complete and b.manifest is not None for b in found[database])
+        assert [b.manifest.database for b in found[database] if b.manifest] == [database] * 4
+    reads = sorted(t for t, m, target in proxy.arrivals if target.endswith(".manifest.json"))
+    assert len(reads) == 8
+    assert sum(1 for t in reads if t - reads[0] < proxy.manifest_delay) >= 4
