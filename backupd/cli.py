@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import http.client
 import json
 import logging
 import os
@@ -263,6 +262,8 @@ def parse_at(text: str, target: TargetConfig) -> datetime:
 
 
 async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    import http.client  # here, like the other commands' modules: ``once`` starts without it
+
     port = settings.daemon.http_port
     if port == 0:
         print("backupd: HTTP_PORT=0 turns /healthz off; nothing to check", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +58,17 @@ def test_resuming_twice_freezes_nothing_made_in_between() -> None:
     assert gc.isenabled()
     # Frozen objects leave the generations that gc.get_objects() lists.
     assert any(tracked is made_since for tracked in gc.get_objects())
+
+
+def test_what_a_backup_imports_before_its_dump_starts_leaves_out_the_heavy_clients() -> None:
+    """The storage client (aiobotocore, aiohttp) is imported while the dump already runs, and
+    mail, the health check's HTTP client and the other commands' modules only when used."""
+    later = ("aiobotocore", "aiohttp", "aiosmtplib", "http.client", "backupd.daemon")
+    code = (
+        "import sys, backupd.cli, backupd.backup; "
+        f"print(','.join(m for m in {later!r} if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert found.stdout.strip() == ""
