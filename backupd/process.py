@@ -139,7 +139,13 @@ class PipeReader:
         self._reading: asyncio.Future[int] | None = None
 
     async def fill(self, target: io.BytesIO | bytearray) -> int:
-        """Fill ``target``; return how many bytes were read (fewer only at end of stream)."""
+        """Fill ``target``; return how many bytes were read (fewer only at end of stream).
+
+        Raises RuntimeError while the read of a cancelled earlier call is still running: two
+        threads reading one pipe would split the stream between two buffers.
+        """
+        if self._reading is not None and not self._reading.done():
+            raise RuntimeError("the pipe is still being read for a cancelled caller")
         loop = asyncio.get_running_loop()
         self._reading = loop.run_in_executor(None, fill, target, self._read_into)
         # Shielded: a cancelled caller must not lose track of a thread still reading the fd.

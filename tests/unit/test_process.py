@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import os
@@ -103,6 +104,30 @@ def _large_pipe() -> tuple[PipeReader, int]:
         os.close(write_fd)
         pytest.skip("this system does not grant a 1 MiB pipe")
     return reader, write_fd
+
+
+async def test_a_cancelled_read_keeps_the_pipe_until_its_thread_ends() -> None:
+    read_fd, write_fd = os.pipe()
+    reader = PipeReader(read_fd)
+    waiting = asyncio.ensure_future(reader.fill(bytearray(16)))
+    await asyncio.sleep(0.05)  # the thread now blocks in its read
+    waiting.cancel()
+    try:
+        with pytest.raises(RuntimeError, match="still being read"):
+            async with asyncio.timeout(5):  # a second thread would wait for the bytes below
+                await reader.fill(bytearray(16))
+    finally:
+        os.write(write_fd, b"x" * 16)  # the first thread's read returns
+        os.close(write_fd)
+    await asyncio.gather(waiting, return_exceptions=True)
+    for _ in range(500):  # until the first thread has returned
+        with contextlib.suppress(RuntimeError):
+            count = await reader.fill(bytearray(16))
+            break
+        await asyncio.sleep(0.01)
+    reader.close()
+
+    assert count == 0  # the 16 bytes went to the cancelled caller's buffer, and the pipe ended
 
 
 async def test_a_pipe_written_in_small_pieces_is_read_in_few_large_reads() -> None:
