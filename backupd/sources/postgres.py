@@ -470,7 +470,8 @@ class PostgresSource:
             "postgres",
         )
         actual = json.loads(rows[0]) if rows else {}
-        recorded = {"encoding": properties.get("encoding"), **(properties.get("row") or {})}
+        # The row's own "encoding" is pg_database's number; the recorded name is compared.
+        recorded = {**(properties.get("row") or {}), "encoding": properties.get("encoding")}
         return [
             f"{database} keeps its {name} {actual[name]!r}; the backup recorded {recorded[name]!r}"
             " (fixed when a database is created: restore with --clean to re-create it)"
