@@ -82,6 +82,25 @@ def test_three_replicas_run_every_slot_of_six_targets_exactly_once(
     before = [fetch(port, "/metrics")[1] for port in ports]
     keys_then, _ = bucket_state(s3, bucket)
     after = [fetch(port, "/metrics")[1] for port in ports]
+    # A claim is stored before the replica that wrote it hears that it holds it, and only
+    # then counts it as running: a claim listed meanwhile is counted by the first reading
+    # taken after that answer, not necessarily by ``after``.
+    claims_then = {
+        name: [k for k in keys_then if f"/.backupd/claims/{name}/backup/" in k] for name in TARGETS
+    }
+    heard = after
+
+    def every_listed_claim_counted() -> bool:
+        nonlocal heard
+        heard = [fetch(port, "/metrics")[1] for port in ports]
+        return all(
+            len(claims_then[name])
+            <= sum(metric(t, "backupd_runs_total", target=name, result="success") for t in heard)
+            + sum(metric(t, "backupd_runs_in_progress", target=name) for t in heard)
+            for name in TARGETS
+        )
+
+    wait_until(every_listed_claim_counted, 10, "each listed claim counted by its replica")
     for process in replicas:
         process.send_signal(signal.SIGTERM)
     outputs = [process.communicate(timeout=60)[0] for process in replicas]
@@ -115,13 +134,15 @@ def test_three_replicas_run_every_slot_of_six_targets_exactly_once(
             return sum(metric(t, series, target=name, **labels) for t in texts)
 
         stored_then = complete_backups([k for k in keys_then if k.startswith(f"backups/{name}/")])
-        claimed_then = [k for k in keys_then if f"/.backupd/claims/{name}/backup/" in k]
+        claimed_then = claims_then[name]
         success_before = total(before, "backupd_runs_total", result="success")
         success_after = total(after, "backupd_runs_total", result="success")
         running_after = total(after, "backupd_runs_in_progress")
+        success_heard = total(heard, "backupd_runs_total", result="success")
+        running_heard = total(heard, "backupd_runs_in_progress")
         # the three replicas' metrics add up to what the bucket held between the two readings
         assert success_before <= len(stored_then) <= success_after + running_after
-        assert success_before <= len(claimed_then) <= success_after + running_after
+        assert success_before <= len(claimed_then) <= success_heard + running_heard
         assert total(after, "backupd_runs_total", result="failure") == 0
         assert total(after, "backupd_slots_claimed_elsewhere_total", kind="backup") > 0
         # every backup of this target was logged as a success by exactly one replica
