@@ -59,9 +59,8 @@ loses, twice as many (up to ``MOST_BETWEEN_PROBES``)."""
 MOST_BETWEEN_PROBES = 16
 """The most epochs read with the current wait between two trials."""
 SWITCH_GAIN = 1.10
-"""How much faster (rate ratio) a trial must be than the mean of the epochs before it, since
-the last trial, to replace the current wait: dumps vary in speed from table to table, and a tie
-keeps the wait in use."""
+"""How much faster (rate ratio) a trial must be than the current wait around it to replace it:
+dumps vary in speed from table to table, and a tie keeps the wait in use."""
 # Variables a dump tool may need from our own environment. Everything else, notably the
 # storage and mail secrets backupd holds, stays out of the child's environment.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER")
@@ -196,26 +195,35 @@ def gather_threshold(fd: int) -> int:
 class PausePlan:
     """Which of ``PAUSES`` a pipe reader waits after a short read, chosen by measured rate.
 
-    It starts with ``current``. The stream is judged in epochs of ``epoch_bytes``: after
-    ``FIRST_PROBE`` epochs one epoch is read with the other wait (a trial), and if that epoch
-    moved bytes ``SWITCH_GAIN`` times faster than the mean of the epochs read since the last
-    trial, the trial's wait becomes the current one. A losing trial doubles the epochs until
-    the next. A dump held back by the long wait is thus on the short one after three epochs
-    (192 MiB), and a dump bound by its server keeps the long one. An epoch's time includes any
-    time the consumer spent elsewhere (sending, compressing): the same for both waits. ``record``
-    and ``pause`` are called by the one thread reading the pipe at a time; times are
-    ``time.monotonic()`` seconds.
+    It starts with ``current``. The stream is judged in epochs of ``epoch_bytes``; the first
+    epoch is not judged (it holds the start of the dump, and of backupd beside it). After
+    ``FIRST_PROBE`` more, one epoch is read with the other wait (a trial) and the next with the
+    current one again. The trial's wait replaces the current one if its epoch moved bytes
+    ``SWITCH_GAIN`` times faster than the current wait did around it: the average of the mean
+    rate of the epochs since the last trial and the rate of the epoch after. Both sides cancel a
+    dump that speeds up or slows down meanwhile (a row count beside it ending, a larger table
+    starting): measured without the epoch after, such a drift switched a dump to the short wait
+    that then ran 4% slower than on the long one (``bench/``). A losing trial doubles the epochs
+    until the next. A writer held back by the long wait is thus on the short one after five
+    epochs (320 MiB), and a dump bound by its server keeps the long one. An epoch's time
+    includes any time the consumer spent elsewhere (sending, compressing): the same for both
+    waits. ``record`` and ``pause`` are called by the one thread reading the pipe at a time;
+    times are ``time.monotonic()`` seconds.
     """
 
     current: int = LONG_WAIT
     """Index into ``PAUSES`` of the wait in use."""
     epoch_bytes: int = EPOCH_BYTES
+    warming: bool = True
+    """The first epoch is still being read (it is not judged)."""
     trial: bool = False
     between: int = FIRST_PROBE
     until_trial: int = FIRST_PROBE
     mean_rate: float = 0.0
     """Bytes per second of the epochs read with the current wait since the last trial, on
     average."""
+    trial_rate: float | None = None
+    """The rate of the last trial, while the epoch after it is read."""
     _epochs: int = 0
     _bytes: int = 0
     _since: float | None = None
@@ -236,20 +244,25 @@ class PausePlan:
 
     def judge(self, rate: float) -> None:
         """Take the rate (bytes per second) of the epoch just read."""
-        if not self.trial:
-            self._epochs += 1
-            self.mean_rate += (rate - self.mean_rate) / self._epochs
-            self.until_trial -= 1
-            self.trial = self.until_trial <= 0
+        if self.warming:
+            self.warming = False
             return
-        self.trial = False
-        if rate > self.mean_rate * SWITCH_GAIN:
-            self.current = 1 - self.current
-            self.between = FIRST_PROBE
-        else:
-            self.between = min(self.between * 2, MOST_BETWEEN_PROBES)
-        self.until_trial = self.between
-        self.mean_rate, self._epochs = 0.0, 0
+        if self.trial:
+            self.trial, self.trial_rate = False, rate
+            return
+        if self.trial_rate is not None:
+            around = (self.mean_rate + rate) / 2
+            won = self.trial_rate > around * SWITCH_GAIN
+            self.trial_rate, self.mean_rate, self._epochs = None, 0.0, 0
+            if won:
+                self.current = 1 - self.current
+                self.between = self.until_trial = FIRST_PROBE
+                return  # this epoch was read with the wait just left
+            self.between = self.until_trial = min(self.between * 2, MOST_BETWEEN_PROBES)
+        self._epochs += 1
+        self.mean_rate += (rate - self.mean_rate) / self._epochs
+        self.until_trial -= 1
+        self.trial = self.until_trial <= 0
 
 
 class StderrTail:

@@ -175,13 +175,13 @@ def _epochs(plan: PausePlan, rates: dict[float, float], count: int) -> list[floa
 
 def test_a_dump_bound_by_its_server_keeps_the_long_wait_and_tries_the_short_less_often() -> None:
     plan = PausePlan(LONG_WAIT)
-    waits = _epochs(plan, {SHORT: 100e6, LONG: 105e6}, 60)
+    waits = _epochs(plan, {SHORT: 100e6, LONG: 105e6}, 80)
 
     assert waits[0] == LONG
     trials = [index for index, wait in enumerate(waits) if wait == SHORT]
     gaps = [later - earlier - 1 for earlier, later in itertools.pairwise(trials)]
-    # Epochs between trials double after each losing one, up to the most.
-    assert trials[0] == FIRST_PROBE
+    # The first epoch is not judged; epochs between trials double after each losing one.
+    assert trials[0] == 1 + FIRST_PROBE
     assert gaps[:3] == [FIRST_PROBE * 2, FIRST_PROBE * 4, FIRST_PROBE * 8]
     assert max(gaps) == MOST_BETWEEN_PROBES
     assert plan.current == LONG_WAIT
@@ -191,48 +191,72 @@ def test_a_writer_held_back_by_the_long_wait_moves_to_the_short_one_and_stays() 
     plan = PausePlan(LONG_WAIT)
     waits = _epochs(plan, {SHORT: 1.5e9, LONG: 0.4e9}, 40)
 
-    after = FIRST_PROBE + 1
-    assert waits[:after] == [LONG] * FIRST_PROBE + [SHORT]
+    # Warm-up, FIRST_PROBE epochs, the trial, the epoch after it: then the short wait.
+    switched = 1 + FIRST_PROBE + 2
+    assert waits[:switched] == [LONG] * (1 + FIRST_PROBE) + [SHORT, LONG]
     # Now the long wait is the trial, after as many epochs as at the start, and it loses.
-    assert waits[after : after + FIRST_PROBE + 1] == [SHORT] * FIRST_PROBE + [LONG]
+    assert waits[switched : switched + FIRST_PROBE + 2] == [SHORT] * FIRST_PROBE + [LONG, SHORT]
     assert plan.current == SHORT_WAIT
-    assert waits[after:].count(LONG) == 4  # trials after 2, 4, 8 and 16 epochs: 33 of 37
+    assert waits[switched:].count(LONG) == 4  # trials after 2, 4, 8 and 16 epochs: 31 of 35
 
 
 def test_a_child_that_is_not_a_dump_starts_on_the_short_wait_and_can_learn_the_long_one() -> None:
     plan = PausePlan(SHORT_WAIT)
     waits = _epochs(plan, {SHORT: 100e6, LONG: 130e6}, 10)
 
-    assert waits[: FIRST_PROBE + 1] == [SHORT] * FIRST_PROBE + [LONG]
+    assert waits[: FIRST_PROBE + 3] == [SHORT] * (FIRST_PROBE + 1) + [LONG, SHORT]
+    assert waits[FIRST_PROBE + 3 : 2 * FIRST_PROBE + 3] == [LONG] * FIRST_PROBE
     assert plan.current == LONG_WAIT
 
 
 def test_a_trial_must_win_clearly_to_replace_the_current_wait() -> None:
     plan = PausePlan(LONG_WAIT)
-    _epochs(plan, {SHORT: 104e6, LONG: 100e6}, FIRST_PROBE + 1)  # 4% faster: noise
+    _epochs(plan, {SHORT: 104e6, LONG: 100e6}, FIRST_PROBE + 3)  # 4% faster: noise
 
     assert plan.current == LONG_WAIT
 
 
-def test_a_trial_is_measured_against_the_mean_of_the_epochs_before_it() -> None:
+def test_the_first_epoch_is_not_judged() -> None:
     plan = PausePlan(LONG_WAIT)
+    for rate in (30e6, 100e6, 100e6, 120e6, 100e6):  # a slow start, then the trial wins 20%
+        plan.judge(rate)
+    assert plan.current == SHORT_WAIT
+    # Counted, the slow start would have made the trial's 20% a 60% win; here it is the same.
+    slow = PausePlan(LONG_WAIT)
+    for rate in (30e6, 100e6, 100e6, 105e6, 100e6):
+        slow.judge(rate)
+    assert slow.current == LONG_WAIT
+
+
+def test_a_trial_is_measured_against_the_current_wait_on_both_sides_of_it() -> None:
+    plan = PausePlan(LONG_WAIT)
+    plan.judge(50e6)  # the warm-up
     plan.judge(120e6)
-    plan.judge(80e6)  # mean 100e6; against this last epoch alone, 105e6 would be a clear win
+    plan.judge(80e6)  # mean 100e6: against this last epoch alone, 115e6 would be a clear win
     assert plan.trial
-    plan.judge(105e6)
+    plan.judge(115e6)
+    assert plan.current == LONG_WAIT and plan.trial_rate == 115e6
+    plan.judge(120e6)  # the dump sped up: the current wait moved 110e6 around the trial
 
     assert plan.current == LONG_WAIT
+    assert plan.trial_rate is None and not plan.trial
 
 
 def test_the_plan_judges_epochs_by_bytes_over_time() -> None:
     plan = PausePlan(epoch_bytes=1000)
     for at in range(10):
-        plan.record(100, 10.0 + at * 0.1)  # 1,000 bytes over 0.9 s from the first read
-    assert plan.mean_rate == pytest.approx(1000 / 0.9)
-    plan.record(500, 11.4)
-    assert plan.mean_rate == pytest.approx(1000 / 0.9)  # the epoch is not full yet
-    plan.record(500, 11.9)  # the second epoch: 1,000 bytes over 1.0 s
-    assert plan.mean_rate == pytest.approx((1000 / 0.9 + 1000 / 1.0) / 2)
+        plan.record(100, 10.0 + at * 0.1)  # the warm-up epoch: not judged
+    assert plan.mean_rate == 0 and not plan.warming
+    for at in range(10):
+        plan.record(100, 11.0 + at * 0.1)  # 1,000 bytes over 1.0 s, from the warm-up's end
+    assert plan.mean_rate == pytest.approx(1000 / 1.0)
+    plan.record(500, 12.4)
+    assert plan.mean_rate == pytest.approx(1000 / 1.0)  # the epoch is not full yet
+    plan.record(500, 12.9)  # the next epoch: 1,000 bytes over 1.0 s
+    assert plan.mean_rate == pytest.approx(1000 / 1.0)
+    assert plan.trial  # two epochs after the warm-up: the next one is the trial
+    plan.record(1000, 13.4)  # 1,000 bytes over 0.5 s
+    assert plan.trial_rate == pytest.approx(1000 / 0.5)
 
 
 class _JudgedPlan(PausePlan):
@@ -272,9 +296,10 @@ async def test_the_reader_judges_every_epoch_and_waits_as_its_plan_says() -> Non
     # An epoch closes at the read that takes it to 2 MiB; a read takes at most the pipe (1 MiB).
     assert 32 // 3 <= len(plan.rates) <= 32 // 2
     # A writer slower than the reader leaves short reads, each followed by the plan's wait:
-    # the long one in the first two epochs, the short one in the third (the first trial).
-    first = [wait for epoch, wait in plan.waits if epoch < FIRST_PROBE]
-    trial = [wait for epoch, wait in plan.waits if epoch == FIRST_PROBE]
+    # the long one in the warm-up and the two epochs after, the short one in the fourth (the
+    # first trial).
+    first = [wait for epoch, wait in plan.waits if epoch <= FIRST_PROBE]
+    trial = [wait for epoch, wait in plan.waits if epoch == FIRST_PROBE + 1]
     assert first and set(first) == {LONG}
     assert trial and set(trial) == {SHORT}
 
