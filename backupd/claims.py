@@ -14,11 +14,12 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextvars import Token
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
+from typing import Any
 
 from backupd.coordination import (
     STALE_AFTER,
@@ -215,19 +216,23 @@ class Lease:
         self._inside = False  # before any await: the keeper must not cancel from now on
         if self._fence is not None:
             publish_fence.reset(self._fence)
-        if self._keeper is not None:
-            async with self._lock:  # never in the middle of a renewal
-                self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
+        await _to_the_end(self._leave(cancelled=exc_type is asyncio.CancelledError))
         if self.lost is not None:
             if self._cancelled and self._task is not None:
                 self._task.uncancel()
             raise self.lost from None
-        if exc_type is asyncio.CancelledError:
-            await asyncio.shield(self._settle(released(self.claim, self.claims.clock())))
-        else:
-            await asyncio.shield(self._settle(finished(self.claim)))
         return False
+
+    async def _leave(self, cancelled: bool) -> None:
+        """Stop renewing, then write the slot's final state: done, or handed back when the
+        block was cancelled; nothing once the claim is lost."""
+        if self._keeper is not None:
+            async with self._lock:  # never in the middle of a renewal
+                self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+        if self.lost is None:
+            final = released(self.claim, self.claims.clock()) if cancelled else finished(self.claim)
+            await self._settle(final)
 
     async def writing(self, key: str) -> None:
         await self.renew(writing=key)
@@ -315,6 +320,18 @@ class Lease:
                     log.warning("could not update the claim %s: %s", self.key, error)
                     return
                 await asyncio.sleep(RETRY_RENEWAL)
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even when the caller is cancelled meanwhile, then pass the
+    cancellation on: a shutdown that cancels a finished run must not leave its claim "running"
+    (another replica would run the slot again once the lease ran out)."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 @contextlib.asynccontextmanager

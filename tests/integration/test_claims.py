@@ -166,6 +166,28 @@ async def test_the_block_runs_once_and_the_claim_ends_done(store: S3Storage) -> 
     assert [observed.claim.replica for observed in seen] == ["a"]
 
 
+async def test_a_run_cancelled_after_it_finished_still_ends_its_claim_done(
+    store: S3Storage,
+) -> None:
+    """A shutdown cancels the task of a run that has just finished, while its lease ends: the
+    slot is still marked done, not left "running" for another replica to run again."""
+    clock = Clock()
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        async with claimed(replica(store, "a", clock), "orders", Kind.VERIFY, SLOT) as lease:
+            assert lease is not None
+            asyncio.get_running_loop().call_soon(task.cancel)  # lands as the block is left
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(run())
+
+    found = await store.read(claim_key("backups", "orders", Kind.VERIFY, SLOT))
+    assert found is not None
+    assert parse_claim(found[0], "k").state is State.DONE
+
+
 async def test_a_cancelled_run_hands_its_slot_to_a_waiting_replica(store: S3Storage) -> None:
     started = asyncio.Event()
     taken: list[tuple[str, int]] = []
