@@ -54,8 +54,9 @@ restore's tools) on the short one."""
 EPOCH_BYTES = 64 * 1024 * 1024
 """Bytes read with one wait before its rate is judged (a few tenths of a second of dump)."""
 FIRST_PROBE = 2
-"""Epochs with the current wait before the other one is tried for an epoch; after a trial that
-loses, twice as many (up to ``MOST_BETWEEN_PROBES``)."""
+"""Epochs with the current wait before the other one is tried for an epoch (after the first,
+unjudged epoch of a stream, and after a trial that wins); after a trial that loses, twice as
+many (up to ``MOST_BETWEEN_PROBES``). Also how many epochs before a trial it is compared with."""
 MOST_BETWEEN_PROBES = 16
 """The most epochs read with the current wait between two trials."""
 SWITCH_GAIN = 1.10
@@ -144,7 +145,7 @@ class PipeReader:
         threads reading one pipe would split the stream between two buffers.
         """
         if self._reading is not None and not self._reading.done():
-            raise RuntimeError("the pipe is still being read for a cancelled caller")
+            raise RuntimeError("the pipe is still being read for an earlier call")
         loop = asyncio.get_running_loop()
         self._reading = loop.run_in_executor(None, fill, target, self._read_into)
         # Shielded: a cancelled caller must not lose track of a thread still reading the fd.
@@ -200,10 +201,11 @@ class PausePlan:
     ``FIRST_PROBE`` more, one epoch is read with the other wait (a trial) and the next with the
     current one again. The trial's wait replaces the current one if its epoch moved bytes
     ``SWITCH_GAIN`` times faster than the current wait did around it: the average of the mean
-    rate of the epochs since the last trial and the rate of the epoch after. Both sides cancel a
-    dump that speeds up or slows down meanwhile (a row count beside it ending, a larger table
-    starting): measured without the epoch after, such a drift switched a dump to the short wait
-    that then ran 4% slower than on the long one (``bench/``). A losing trial doubles the epochs
+    rate of the ``FIRST_PROBE`` epochs just before it and the rate of the epoch after. Epochs on
+    both sides, near it, cancel most of a dump's speeding up or slowing down meanwhile (a row
+    count beside it ending, a larger table starting): judged against the epochs before it alone,
+    the first of them included, such a drift switched a 1.9 GiB dump to the short wait, on which
+    it ran 4% slower than on the long one (``bench/``). A losing trial doubles the epochs
     until the next. A writer held back by the long wait is thus on the short one after five
     epochs (320 MiB), and a dump bound by its server keeps the long one. An epoch's time
     includes any time the consumer spent elsewhere (sending, compressing): the same for both
@@ -219,14 +221,18 @@ class PausePlan:
     trial: bool = False
     between: int = FIRST_PROBE
     until_trial: int = FIRST_PROBE
-    mean_rate: float = 0.0
-    """Bytes per second of the epochs read with the current wait since the last trial, on
-    average."""
+    recent: list[float] = field(default_factory=list)
+    """Bytes per second of the last ``FIRST_PROBE`` epochs read with the current wait since the
+    last trial, oldest first."""
     trial_rate: float | None = None
     """The rate of the last trial, while the epoch after it is read."""
-    _epochs: int = 0
     _bytes: int = 0
     _since: float | None = None
+
+    @property
+    def mean_rate(self) -> float:
+        """Bytes per second of ``recent`` on average; 0 before any."""
+        return sum(self.recent) / len(self.recent) if self.recent else 0.0
 
     def pause(self) -> float:
         """Seconds to wait after a short read."""
@@ -253,14 +259,13 @@ class PausePlan:
         if self.trial_rate is not None:
             around = (self.mean_rate + rate) / 2
             won = self.trial_rate > around * SWITCH_GAIN
-            self.trial_rate, self.mean_rate, self._epochs = None, 0.0, 0
+            self.trial_rate, self.recent = None, []
             if won:
                 self.current = 1 - self.current
                 self.between = self.until_trial = FIRST_PROBE
                 return  # this epoch was read with the wait just left
             self.between = self.until_trial = min(self.between * 2, MOST_BETWEEN_PROBES)
-        self._epochs += 1
-        self.mean_rate += (rate - self.mean_rate) / self._epochs
+        self.recent = [*self.recent, rate][-FIRST_PROBE:]
         self.until_trial -= 1
         self.trial = self.until_trial <= 0
 

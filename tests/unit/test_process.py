@@ -120,6 +120,7 @@ async def test_a_cancelled_read_keeps_the_pipe_until_its_thread_ends() -> None:
         os.write(write_fd, b"x" * 16)  # the first thread's read returns
         os.close(write_fd)
     await asyncio.gather(waiting, return_exceptions=True)
+    count = None
     for _ in range(500):  # until the first thread has returned
         with contextlib.suppress(RuntimeError):
             count = await reader.fill(bytearray(16))
@@ -240,6 +241,18 @@ def test_a_trial_is_measured_against_the_current_wait_on_both_sides_of_it() -> N
 
     assert plan.current == LONG_WAIT
     assert plan.trial_rate is None and not plan.trial
+
+
+def test_a_trial_after_a_long_window_is_compared_with_the_epochs_next_to_it() -> None:
+    plan = PausePlan(LONG_WAIT, warming=False, between=16, until_trial=16)
+    for epoch in range(16):  # a dump speeding up 4% an epoch, on the long wait throughout
+        plan.judge(100e6 * 1.04**epoch)
+    assert plan.trial
+    plan.judge(100e6 * 1.04**16)  # the trial: no faster than the trend
+    plan.judge(100e6 * 1.04**17)
+
+    # Against the mean of all 16 epochs before it (and the one after), it would have won 3%.
+    assert plan.current == LONG_WAIT
 
 
 def test_the_plan_judges_epochs_by_bytes_over_time() -> None:
