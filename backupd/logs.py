@@ -142,8 +142,10 @@ def _drain(handler: logging.Handler) -> None:
     every record handed to ``handler`` into its batch.
 
     seqlog queues each record for that thread, and its ``flush`` sends only the batch: without
-    this wait the last events of a run were lost one time in three (a post under way in the
-    thread can take up to ``SEQ_TIMEOUT``).
+    this wait the last events of a run were lost one time in three. The bound covers a batch the
+    thread is posting when Seq is slow; with Seq unreachable, records still queued when it
+    expires are dropped, as a slow Seq's always were (``SEQ_TIMEOUT`` applies to connecting and
+    to each read of a post, so one post can take longer).
     """
     records = getattr(handler, "log_queue", None)
     if not isinstance(records, queue.Queue):

@@ -61,8 +61,10 @@ def test_resuming_twice_freezes_nothing_made_in_between() -> None:
 
 
 def test_what_a_backup_imports_before_its_dump_starts_leaves_out_the_heavy_clients() -> None:
-    """The storage client (aiobotocore, aiohttp) is imported while the dump already runs, and
-    mail, the health check's HTTP client and the other commands' modules only when used."""
+    """Importing the CLI and the backup pipeline loads neither the storage client (aiobotocore,
+    aiohttp: imported while the dump already runs) nor mail, the health check's HTTP client or
+    the other commands' modules (imported when used). Seq, when configured, brings ``requests``
+    and with it ``http.client`` at logging's set-up."""
     later = ("aiobotocore", "aiohttp", "aiosmtplib", "http.client", "backupd.daemon")
     code = (
         "import sys, backupd.cli, backupd.backup; "
