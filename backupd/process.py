@@ -49,9 +49,8 @@ blocks on it for a while: pg_dump then finds the server's rows waiting in its so
 them in large batches instead of being woken for each message. On 2 cores that cut pg_dump's
 CPU by a quarter; a 1.9 GiB dump took 11.89 s with the long wait and 12.48 s with the short one,
 against 11.81 s for ``pg_dump > /dev/null`` (3 interleaved rounds on ``bench/``'s scene). But it
-held that writer from memory to about 0.6 GiB/s: ``PausePlan``
-measures which wait moves more. Dump tools start on the long wait, every other child (age, a
-restore's tools) on the short one."""
+held that writer from memory to about 0.6 GiB/s: ``PausePlan`` measures which wait moves more.
+Dump tools start on the long wait, every other child (age, a restore's tools) on the short one."""
 EPOCH_BYTES = 64 * 1024 * 1024
 """Bytes read with one wait before its rate is judged (a few tenths of a second of dump)."""
 FIRST_PROBE = 2
