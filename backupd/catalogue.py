@@ -339,7 +339,8 @@ async def _with_manifests(
 ) -> list[Backup]:
     """Each found object as a ``Backup``, in the same order, its manifest read when
     ``manifests`` (the keys listed) holds one: ``MANIFEST_READS_AT_ONCE`` reads in flight, since
-    each costs a round trip to the store."""
+    each costs a round trip to the store. The first read that fails (StorageError) stops the
+    others and is raised."""
     gate = asyncio.Semaphore(MANIFEST_READS_AT_ONCE)
 
     async def load(parsed: ParsedKey, item: StoredObject) -> Backup:
@@ -352,7 +353,16 @@ async def _with_manifests(
                 return Backup(item.key, item.size, item.modified, parsed, problem=str(error))
         return Backup(item.key, item.size, item.modified, parsed, manifest)
 
-    return list(await asyncio.gather(*(load(p, i) for p, i in found)))
+    reads = [asyncio.ensure_future(load(p, i)) for p, i in found]
+    try:
+        return list(await asyncio.gather(*reads))
+    except BaseException:
+        # The first failure ends the catalogue's answer: the reads still queued or in flight
+        # are stopped, not left to go on against a store the caller is done with.
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+        raise
 
 
 class ChoiceError(BackupdError):

@@ -381,6 +381,8 @@ class FaultProxy:
         self.strip_headers: set[str] = set()
         self.refuse_puts_ending: str | None = None
         """PUTs of keys ending so are answered 403 AccessDenied, without reaching upstream."""
+        self.refuse_gets_ending: str | None = None
+        """GETs of keys ending so are answered 403 AccessDenied, without reaching upstream."""
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
@@ -435,11 +437,9 @@ class FaultProxy:
                 ):
                     time.sleep(self.manifest_delay)
                 path = target.split("?", 1)[0]
-                if (
-                    method == "PUT"
-                    and self.refuse_puts_ending
-                    and path.endswith(self.refuse_puts_ending)
-                ):
+                refused = {"PUT": self.refuse_puts_ending, "GET": self.refuse_gets_ending}
+                ending = refused.get(method)
+                if ending and path.endswith(ending):
                     # Answered before the body (the client may be waiting for 100 Continue),
                     # and the connection closed, so no body is left to misread as a request.
                     client.sendall(ACCESS_DENIED)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,29 @@ async def test_the_newest_backups_manifests_are_read_side_by_side(
     )
     assert len(reads) == 8
     assert sum(1 for t in reads if t - reads[0] < proxy.manifest_delay) >= 4
+
+
+async def test_a_failed_manifest_read_stops_the_other_reads(
+    proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """The catalogue gives up on the first manifest it cannot read: the reads still queued are
+    never sent, rather than going on against a store the caller is done with."""
+    first = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+    keys = [put_backup(s3, bucket, "app", first + timedelta(hours=n)) for n in range(40)]
+    refused = proxy.refuse_gets_ending = catalogue.manifest_key(keys[0])
+    proxy.manifest_delay = 0.3
+
+    def manifest_reads() -> int:
+        return sum(
+            1
+            for _, method, target in proxy.arrivals
+            if method == "GET" and target.split("?")[0].endswith(MANIFEST_SUFFIX)
+        )
+
+    async with open_storage(s3_config(proxy.url, bucket)) as storage:
+        with pytest.raises(StorageError, match=re.escape(refused)):
+            await catalogue.scan(storage, FOLDER)
+        failed_after = manifest_reads()
+        await asyncio.sleep(4 * proxy.manifest_delay)  # queued reads would have gone out by now
+        assert manifest_reads() == failed_after
+    assert failed_after <= catalogue.MANIFEST_READS_AT_ONCE
