@@ -84,13 +84,31 @@ def missing_database(config: DatabaseConfig, database: str) -> str:
     return f"database {database} does not exist on {config.host}:{config.effective_port}"
 
 
+OTHER_COLLATION = "objects_under_other_collation"
+"""The property counting the routines, triggers and events created while the database had
+another default collation than now: their dump switches the database's default by name around
+each (see ``mysql_script``), so a restore under another name must rename it there."""
+
+
 def properties_query(database: str, with_comment: bool) -> str:
-    """The database's defaults as one JSON line (SCHEMA_COMMENT: MariaDB 10.5+ only)."""
-    comment = ", 'comment', SCHEMA_COMMENT" if with_comment else ""
+    """The database's defaults as one JSON line (SCHEMA_COMMENT: MariaDB 10.5+ only), with
+    the count of ``OTHER_COLLATION`` objects (mysqldump compares the collation names)."""
+    comment = ", 'comment', s.SCHEMA_COMMENT" if with_comment else ""
+    name = sql_literal(database)
+    others = (
+        "SELECT COUNT(*) FROM ("
+        "SELECT DATABASE_COLLATION AS c FROM information_schema.ROUTINES"
+        f" WHERE ROUTINE_SCHEMA = {name}"
+        " UNION ALL SELECT DATABASE_COLLATION FROM information_schema.TRIGGERS"
+        f" WHERE TRIGGER_SCHEMA = {name}"
+        " UNION ALL SELECT DATABASE_COLLATION FROM information_schema.EVENTS"
+        f" WHERE EVENT_SCHEMA = {name}"
+        ") o WHERE o.c <> s.DEFAULT_COLLATION_NAME"
+    )
     return (
-        "SELECT JSON_OBJECT('character_set', DEFAULT_CHARACTER_SET_NAME, "
-        f"'collation', DEFAULT_COLLATION_NAME{comment}) FROM information_schema.SCHEMATA "
-        f"WHERE SCHEMA_NAME = {sql_literal(database)}"
+        "SELECT JSON_OBJECT('character_set', s.DEFAULT_CHARACTER_SET_NAME, "
+        f"'collation', s.DEFAULT_COLLATION_NAME{comment}, '{OTHER_COLLATION}', ({others})) "
+        f"FROM information_schema.SCHEMATA s WHERE s.SCHEMA_NAME = {name}"
     )
 
 

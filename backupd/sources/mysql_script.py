@@ -1,9 +1,17 @@
 """Reading a MySQL/MariaDB SQL script statement by statement, as the ``mysql`` client does.
 
-Needed only for dumps made with ``--databases`` (backupd before manifest format 2), whose top
-level names the original database in ``CREATE DATABASE`` and ``USE`` statements. Loading such a
-dump under another name means dropping exactly those top-level statements and nothing else:
-the same words inside a routine body (between ``DELIMITER ;;`` lines), inside a string literal
+Needed only for dumps whose SQL names the original database at its top level:
+- dumps made with ``--databases`` (backupd before manifest format 2) hold ``CREATE DATABASE``
+  and ``USE`` statements. Loading such a dump under another name means dropping exactly
+  those top-level statements;
+- around a routine, trigger or event created while the database had another default
+  collation than it has now, mysqldump and mariadb-dump switch the database's default by
+  name (``ALTER DATABASE `shop` CHARACTER SET latin1 COLLATE latin1_swedish_ci ;``) and switch
+  it back afterwards. Loading such a dump under another name means renaming the database in
+  exactly those top-level statements; left alone they alter the original database, or fail
+  where it does not exist.
+
+The same words inside a routine body (between ``DELIMITER ;;`` lines), inside a string literal
 spanning lines, or inside a comment are part of another statement and pass untouched.
 
 The scanner follows the client's lexical rules: ``'…'`` and ``"…"`` with backslash escapes and
@@ -21,13 +29,27 @@ _DROPPED = re.compile(rb"(?i)(?:create\s+(?:database|schema)\b|use[\s`])")
 _DELIMITER = re.compile(rb"(?i)delimiter[ \t]+(\S+)[^\n]*(?:\n|$)")
 _LEADING = re.compile(rb"(?:\s+|--[ \t][^\n]*\n|--\n|#[^\n]*\n)+")
 _HEAD = 16  # bytes enough to recognise the start of a statement
+_ALTER = re.compile(rb"(?i:alter\s+(?:database|schema))\s+")
+
+
+def quoted_name(name: str) -> bytes:
+    """``name`` as a MySQL identifier in backticks (a backtick doubled), UTF-8."""
+    return b"`" + name.replace("`", "``").encode() + b"`"
 
 
 class DatabaseStatementFilter:
     """Drops the top-level ``CREATE DATABASE``/``CREATE SCHEMA`` and ``USE`` statements of a
-    MySQL script fed in chunks; everything else comes out byte for byte."""
+    MySQL script fed in chunks and, given ``rename=(original, new)``, makes each top-level
+    ``ALTER DATABASE `original` …`` (or ``ALTER SCHEMA``) name ``new``; everything else comes
+    out byte for byte."""
 
-    def __init__(self) -> None:
+    def __init__(self, rename: tuple[str, str] | None = None) -> None:
+        self._rename: tuple[re.Pattern[bytes], bytes] | None = None
+        self._lookahead = _HEAD
+        if rename is not None:
+            original, new = quoted_name(rename[0]), quoted_name(rename[1])
+            self._rename = (re.compile(_ALTER.pattern + re.escape(original) + b"(?!`)"), new)
+            self._lookahead = max(_HEAD, 64 + len(original))  # the statement's head, whole
         self._carry = b""
         self._state = _NORMAL
         self._quote = b""
@@ -80,6 +102,14 @@ class DatabaseStatementFilter:
             return delimiter.end()
         if buffer[position : position + 9].lower() == b"delimiter" and not eof:
             return None  # a DELIMITER line cut before its end
+        if self._rename is not None and buffer[position : position + 5].lower() == b"alter":
+            if not eof and len(buffer) - position < self._lookahead:
+                return None  # an ALTER whose database name may be cut
+            pattern, new = self._rename
+            if (alter := pattern.match(buffer, position)) is not None:
+                self._at_start = self._dropping = False
+                out.append(b"ALTER DATABASE " + new)
+                return alter.end()
         self._at_start = False
         self._dropping = _DROPPED.match(buffer, position) is not None
         return position

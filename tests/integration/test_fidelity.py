@@ -262,6 +262,56 @@ def test_routine_bodies_keep_lines_that_look_like_database_statements(
     assert "USE `elsewhere`;" in mariadb.root_sql(body.format(copy))
 
 
+def mariadb_objects(mariadb: MariaDBServer, database: str) -> str:
+    """Every routine, trigger and event with its body and the collations it was created
+    under (the database's default among them)."""
+    name = f"'{database}'"
+    return mariadb.root_sql(
+        "SELECT ROUTINE_NAME, ROUTINE_DEFINITION, CHARACTER_SET_CLIENT, COLLATION_CONNECTION,"
+        f" DATABASE_COLLATION FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {name}"
+        " UNION ALL SELECT TRIGGER_NAME, ACTION_STATEMENT, CHARACTER_SET_CLIENT,"
+        " COLLATION_CONNECTION, DATABASE_COLLATION FROM information_schema.TRIGGERS"
+        f" WHERE TRIGGER_SCHEMA = {name}"
+        " UNION ALL SELECT EVENT_NAME, EVENT_DEFINITION, CHARACTER_SET_CLIENT,"
+        f" COLLATION_CONNECTION, DATABASE_COLLATION FROM information_schema.EVENTS"
+        f" WHERE EVENT_SCHEMA = {name} ORDER BY 1"
+    )
+
+
+def test_routines_made_under_another_default_collation_restore_under_a_new_name(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    """mariadb-dump switches the database's default collation *by name* around a routine,
+    trigger or event created under another default. Restored under a new name, those
+    statements must name the new database: else they alter the original (or fail where it
+    does not exist) and the copies get the wrong collation."""
+    database = unique("legacy")
+    mariadb.root_sql(f"CREATE DATABASE `{database}` CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+    mariadb.root_sql(MARIADB_TABLES + MARIADB_ROUTINES, database)
+    mariadb.root_sql(
+        f"ALTER DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    )
+    original = mariadb_objects(mariadb, database)
+    assert original.count("latin1_swedish_ci") == 5  # 2 procedures, a function, trigger, event
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    (listed,) = json.loads(run_backupd("list", "--json", env=env).stdout)
+    assert listed["manifest"]["properties"]["objects_under_other_collation"] == 5
+
+    copy = unique("copy")
+    ok("restore", "--into", copy, env=env)
+
+    assert mariadb_objects(mariadb, copy) == original
+    assert mariadb_properties(mariadb, copy) == mariadb_properties(mariadb, database)
+    assert "utf8mb4_unicode_ci" in mariadb_properties(mariadb, database)
+    assert mariadb.plain_dump(copy).replace(copy, database) == mariadb.plain_dump(database)
+
+    mariadb.root_sql(f"DROP DATABASE `{database}`")  # a server without the original
+    again = unique("copy")
+    ok("restore", "--into", again, env=env)
+    assert mariadb_objects(mariadb, again) == original
+
+
 def test_an_object_made_with_databases_by_an_older_release_restores_under_a_new_name(
     mariadb: MariaDBServer, s3: Any, moto_url: str, bucket: str
 ) -> None:

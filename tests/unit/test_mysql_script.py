@@ -50,3 +50,50 @@ def test_a_dump_without_database_statements_passes_unchanged() -> None:
     statements = DatabaseStatementFilter()
     data = b"SELECT 1;\nSELECT 'USE `x`;';\n"
     assert statements.feed(data) + statements.flush() == data
+
+
+SWITCHED = b"""/*!40101 SET NAMES utf8mb4 */;
+CREATE TABLE t (x text);
+INSERT INTO t VALUES ('ALTER DATABASE `shop` CHARACTER SET ascii ;'), ("a;
+ALTER DATABASE `shop` CHARACTER SET ascii ;");
+ALTER DATABASE `shop` CHARACTER SET latin1 COLLATE latin1_swedish_ci ;
+DELIMITER ;;
+CREATE PROCEDURE p()
+BEGIN
+ALTER DATABASE `shop` CHARACTER SET ascii ;
+END ;;
+DELIMITER ;
+alter  schema
+  `shop` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci ;
+-- ALTER DATABASE `shop` CHARACTER SET ascii ;
+ALTER DATABASE `shop``s` CHARACTER SET ascii ;
+ALTER DATABASE `shopx` CHARACTER SET ascii ;
+ALTER TABLE t COMMENT 'ALTER DATABASE `shop`';
+ALTER DATABASE `shop` COLLATE latin1_bin ;"""
+RENAMED = (
+    SWITCHED.replace(
+        b"ALTER DATABASE `shop` CHARACTER SET latin1",
+        b"ALTER DATABASE `new ``one`` \xe2\x98\x83` CHARACTER SET latin1",
+    )
+    .replace(
+        b"alter  schema\n  `shop` CHARACTER SET utf8mb4",
+        b"ALTER DATABASE `new ``one`` \xe2\x98\x83` CHARACTER SET utf8mb4",
+    )
+    .replace(
+        b"ALTER DATABASE `shop` COLLATE latin1_bin",
+        b"ALTER DATABASE `new ``one`` \xe2\x98\x83` COLLATE latin1_bin",
+    )
+)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 7, 11, 16, 17, 64, 100, len(SWITCHED)])
+def test_renames_the_database_in_exactly_the_top_level_alter_database_statements(
+    cut: int,
+) -> None:
+    """mariadb-dump switches the database's collation by name around a routine created under
+    another default; under a new name those statements must name the new database."""
+    statements = DatabaseStatementFilter(rename=("shop", "new `one` ☃"))
+    out = b"".join(statements.feed(SWITCHED[i : i + cut]) for i in range(0, len(SWITCHED), cut))
+    assert out + statements.flush() == RENAMED
+    # two strings, the body, a comment, `shop``s` and the ALTER TABLE keep theirs
+    assert RENAMED.count(b"`shop`") == 6
