@@ -28,7 +28,7 @@ from tests.integration.test_mssql import SIZE, mssql_env
 from tests.integration.test_notify import Inbox, mail_env
 from tests.integration.test_roundtrip import fetch_backup
 from tests.integration.test_secrets import ProcessWatcher
-from tests.procs import cmdlines, dump_processes, environ
+from tests.procs import cmdlines, dump_processes
 from tests.servers import FaultProxy, MariaDBServer, PostgresServer, wait_until
 
 DATA = Path(__file__).parent.parent / "data"
@@ -335,17 +335,6 @@ def test_sql_server_bak_is_deleted_when_an_encrypted_backup_is_cancelled(
     assert age_processes(keys["key_public"]) == []
 
 
-class EveryProcess(ProcessWatcher):
-    """Like ProcessWatcher, but records the environment of every new process."""
-
-    def _scan(self) -> None:
-        while not self._stop.is_set():
-            for pid, argv in cmdlines().items():
-                self.seen.add((pid, tuple(argv)))
-                if pid not in self.environments:
-                    self.environments[pid] = environ(pid)
-
-
 def test_the_identity_is_never_needed_by_once_and_never_in_argv_env_logs_or_mails(
     pg: PostgresServer,
     big_pg_database: str,
@@ -372,8 +361,8 @@ def test_the_identity_is_never_needed_by_once_and_never_in_argv_env_logs_or_mail
     )
     restored = unique("restored")
 
-    with EveryProcess() as watcher:
-        result = run_backupd("restore", "--into", restored, "--identity", str(keys["key"]), env=env)
+    with ProcessWatcher(every_environment=True) as watcher:
+        result = watcher.run("restore", "--into", restored, "--identity", str(keys["key"]), env=env)
 
     assert backed_up.returncode == 0, backed_up.stdout + backed_up.stderr
     assert result.returncode == 0, result.stdout + result.stderr

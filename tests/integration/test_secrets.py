@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,18 @@ DUMP_TOOLS = {"pg_dump", "mariadb-dump", "mysqldump", "psql", "mariadb", "mysql"
 
 
 class ProcessWatcher:
-    """Scans every process's argv, over and over, while a backup runs; reads the environment
-    only of the backupd process's own descendants (``root``), never of unrelated processes."""
+    """Scans the argv of the backupd process (``root``) and its descendants, over and over,
+    while a backup runs, and reads the environment of its dump tools; other processes on the
+    machine are never looked at (they may carry any text, this suite's passwords too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, every_environment: bool = False) -> None:
         # (pid, argv) pairs: a new pid shows its parent's argv until it execs.
         self.seen: set[tuple[int, tuple[str, ...]]] = set()
         self.environments: dict[int, dict[str, str]] = {}
+        """By pid: the environment of each dump tool, or of every process with
+        ``every_environment``."""
         self.root: int | None = None
+        self._every_environment = every_environment
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._scan, daemon=True)
 
@@ -46,17 +51,36 @@ class ProcessWatcher:
         self._thread.join()
 
     def _scan(self) -> None:
+        judged: set[tuple[int, tuple[str, ...]]] = set()
         while not self._stop.is_set():
+            if self.root is None:
+                time.sleep(0.001)
+                continue
             for pid, argv in cmdlines().items():
+                if (pid, tuple(argv)) in judged:
+                    continue
+                judged.add((pid, tuple(argv)))
+                if not descends_from(pid, self.root):
+                    continue
                 self.seen.add((pid, tuple(argv)))
-                if (
-                    argv
-                    and Path(argv[0]).name in DUMP_TOOLS
-                    and pid not in self.environments
-                    and self.root is not None
-                    and descends_from(pid, self.root)
-                ):
+                tool = bool(argv) and Path(argv[0]).name in DUMP_TOOLS
+                if (tool or self._every_environment) and pid not in self.environments:
                     self.environments[pid] = environ(pid)
+
+    def run(
+        self, *args: str, env: dict[str, str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """``backupd ARGS``, watched, to its end."""
+        with subprocess.Popen(
+            backupd_command(*args),
+            env=child_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as process:
+            self.root = process.pid
+            stdout, stderr = process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def argvs(self) -> list[tuple[str, ...]]:
         return [argv for _, argv in self.seen]
@@ -76,16 +100,7 @@ def slow_backup(
         "STORAGE_PART_SIZE": "5MiB",
         "STORAGE_UPLOAD_CONCURRENCY": "1",
     }
-    with subprocess.Popen(
-        backupd_command("once"),
-        env=child_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        watcher.root = process.pid
-        stdout, stderr = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return watcher.run("once", env=env)
 
 
 def test_postgres_password_never_in_argv_and_storage_secret_never_in_child_env(
