@@ -66,9 +66,9 @@ def figures(backup: Backup) -> Figures:
 
 
 async def anomalies(
-    target: TargetConfig, published: dict[str, str], storage: Storage | None = None
+    target: TargetConfig, published: list[str], storage: Storage | None = None
 ) -> dict[str, list[str]]:
-    """Judge each just-published backup (``{database: key}``) against its predecessors:
+    """Judge each just-published backup (its key) against its predecessors in the same series:
     ``{key: findings}`` for the anomalous ones. One listing for all of them, through
     ``storage`` when given (the run's own, still open), else through a new connection; a
     storage problem is logged and means no judgement."""
@@ -80,8 +80,8 @@ async def anomalies(
         log.warning("%s: no anomaly check: %s", target.name, error)
         return {}
     judged: dict[str, list[str]] = {}
-    for database, key in published.items():
-        backups = found.get(database, [])
+    for key in published:
+        backups = found.get(key, [])
         current = next((b for b in backups if b.key == key), None)
         if current is None:
             continue
@@ -89,7 +89,11 @@ async def anomalies(
         findings = judge(figures(current), [figures(b) for b in earlier], rules)
         for finding in findings:
             log.warning(
-                "%s: backup %s of %s looks anomalous: %s", target.name, key, database, finding
+                "%s: backup %s of %s looks anomalous: %s",
+                target.name,
+                key,
+                current.database,
+                finding,
             )
         if findings:
             judged[key] = findings

@@ -97,6 +97,8 @@ class Dump:
     estimate: Estimate | None = None
     """About how many bytes the database holds: for progress, and for storage whose parts
     cannot grow (R2's), to size them."""
+    server_globals: bool = False
+    """PostgreSQL's server globals (``pg_dumpall --globals-only``), not a database."""
 
 
 async def _nothing_recorded() -> dict[str, Any]:
@@ -138,7 +140,14 @@ async def _store(
     stages = choose_stages(stream_kind, target.encryption.recipients)
     run_id = new_run_id()
     extension = dump.extension + key_suffix(stages)
-    key = object_key(target.key_prefix, dump.database, extension, started, run_id)
+    key = object_key(
+        target.key_prefix,
+        dump.database,
+        extension,
+        started,
+        run_id,
+        server_globals=dump.server_globals,
+    )
     metadata = object_metadata(engine, dump.database, started, layout.timezone)
     digest = Digest()
     clock = time.monotonic()
@@ -425,7 +434,16 @@ async def _dumps(
     dumps = [_database_dump(source, name, counts) for name in names]
     server_globals = source.open_globals(await probe)
     if server_globals is not None:
-        dumps.append(Dump(GLOBALS, ".sql", lambda _, __: server_globals, False, _nothing_recorded))
+        dumps.append(
+            Dump(
+                GLOBALS,
+                ".sql",
+                lambda _, __: server_globals,
+                False,
+                _nothing_recorded,
+                server_globals=True,
+            )
+        )
     return dumps
 
 

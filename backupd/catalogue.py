@@ -36,7 +36,9 @@ from backupd.storage.base import Storage, StoredObject
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = 2
 GLOBALS = "globals"
-"""The database name under which ``DB_DATABASE=*`` stores PostgreSQL's server globals."""
+"""The key stem (and manifest database name) under which ``DB_DATABASE=*`` stores
+PostgreSQL's server globals, as ``.sql``; a database that is really named ``globals`` is
+stored as ``backup_globals`` (before, as ``globals`` too, but as a ``.dump``)."""
 INTERNAL_FOLDER = ".backupd"
 """Objects backupd keeps for itself under a target's folder (claims, probes): never backups."""
 MANIFEST_READS_AT_ONCE = 16
@@ -62,8 +64,6 @@ def safe_name(database: str) -> str:
 def stem_for(database: str) -> str:
     """``backup_{safe name}``; when the name had to change, ``~`` and 8 hex digits of its
     SHA-256 follow, so that ``q a``, ``q_a`` and ``q/a`` never share a key."""
-    if database == GLOBALS:
-        return GLOBALS
     safe = safe_name(database)
     if safe == database:
         return f"backup_{safe}"
@@ -75,10 +75,20 @@ def new_run_id() -> str:
     return secrets.token_hex(4)
 
 
-def object_key(prefix: str, database: str, extension: str, started: datetime, run_id: str) -> str:
+def object_key(
+    prefix: str,
+    database: str,
+    extension: str,
+    started: datetime,
+    run_id: str,
+    *,
+    server_globals: bool = False,
+) -> str:
     """``{prefix}/{YYYYMMDD}/{stem}_{YYYYMMDD_HHMMSS}_{run_id}{extension}``, dated in
-    ``started``'s zone (the target's TIMEZONE)."""
-    name = f"{stem_for(database)}_{started:%Y%m%d_%H%M%S}_{run_id}{extension}"
+    ``started``'s zone (the target's TIMEZONE); the stem is ``GLOBALS`` for the
+    ``server_globals`` object."""
+    stem = GLOBALS if server_globals else stem_for(database)
+    name = f"{stem}_{started:%Y%m%d_%H%M%S}_{run_id}{extension}"
     return "/".join(part for part in (prefix, f"{started:%Y%m%d}", name) if part)
 
 
@@ -97,7 +107,17 @@ class ParsedKey:
 
     @property
     def is_globals(self) -> bool:
-        return self.stem == GLOBALS
+        """Whether this is PostgreSQL's server globals object (or, without a manifest to say
+        the engine, could be): the ``GLOBALS`` stem on a ``.sql`` object. A PostgreSQL
+        database named ``globals`` was stored under the same stem before, as a ``.dump``."""
+        return self.stem == GLOBALS and self.extension.startswith(".sql")
+
+    @property
+    def series(self) -> str:
+        """The stem of the database's series of backups, as ``stem_for`` names it: the
+        globals object's own stem, and ``backup_globals`` for the old keys of a database
+        named ``globals``."""
+        return stem_for(GLOBALS) if self.stem == GLOBALS and not self.is_globals else self.stem
 
 
 def parse_key(key: str, prefix: str) -> ParsedKey | None:
@@ -263,6 +283,9 @@ class Backup:
 
     @property
     def is_globals(self) -> bool:
+        """PostgreSQL's server globals object (not a database named ``globals``)."""
+        if self.manifest is not None and self.manifest.engine != "postgres":
+            return False
         return self.parsed.is_globals
 
     def as_dict(self) -> dict[str, Any]:
@@ -314,24 +337,28 @@ async def scan(storage: Storage, prefix: str) -> list[Backup]:
 
 
 async def recent(
-    storage: Storage, prefix: str, databases: Iterable[str], count: int
+    storage: Storage, prefix: str, keys: Iterable[str], count: int
 ) -> dict[str, list[Backup]]:
-    """The ``count`` newest backups of each of ``databases`` under ``prefix``, newest first,
-    manifests read: one listing, then only those backups' manifests, read as ``scan`` reads
-    them."""
+    """For each of ``keys`` (backups under ``prefix``), the ``count`` newest backups of the
+    same series (``ParsedKey.series``, globals apart), newest first, manifests read: one
+    listing, then only those backups' manifests, read as ``scan`` reads them. A key that
+    does not parse maps to ``[]``."""
     listing = [item async for item in storage.list_objects(f"{prefix}/" if prefix else "")]
     found, manifests = backups_among(listing, prefix)
     chosen: dict[str, list[tuple[ParsedKey, StoredObject]]] = {}
-    for database in databases:
-        stem = stem_for(database)
-        mine = [(p, i) for p, i in found if p.stem == stem]
-        chosen[database] = sorted(mine, key=lambda pi: pi[1].modified)[-count:]
-    every = [pair for pairs in chosen.values() for pair in pairs]
-    read = {backup.key: backup for backup in await _with_manifests(storage, every, manifests)}
-    return {
-        database: newest_first([read[i.key] for _, i in pairs])
-        for database, pairs in chosen.items()
-    }
+    for key in keys:
+        if (parsed := parse_key(key, prefix)) is None:
+            chosen[key] = []
+            continue
+        mine = [
+            (p, i)
+            for p, i in found
+            if p.series == parsed.series and p.is_globals == parsed.is_globals
+        ]
+        chosen[key] = sorted(mine, key=lambda pi: pi[1].modified)[-count:]
+    every = {i.key: (p, i) for pairs in chosen.values() for p, i in pairs}
+    read = {b.key: b for b in await _with_manifests(storage, list(every.values()), manifests)}
+    return {key: newest_first([read[i.key] for _, i in pairs]) for key, pairs in chosen.items()}
 
 
 async def _with_manifests(
@@ -378,7 +405,8 @@ def choose(
     force: bool = False,
 ) -> Backup:
     """The backup to restore: the one named by ``key``, else the newest complete backup of
-    ``database`` taken at or before the instant ``at`` (or the newest).
+    ``database`` taken at or before the instant ``at`` (or the newest). The server globals
+    object is a backup of ``globals`` only where no database of that name has one.
 
     Raise ChoiceError when there is none, or when ``key`` names an incomplete backup and
     ``force`` is not set.
@@ -395,7 +423,9 @@ def choose(
                 f"{key} is a backup of database {named[0].database!r}, not {database!r}"
             )
         return named[0]
-    candidates = [b for b in backups if b.complete and b.database == database]
+    candidates = [b for b in backups if b.complete and b.database == database and not b.is_globals]
+    if not candidates and database == GLOBALS:  # no database of that name: the server globals
+        candidates = [b for b in backups if b.complete and b.is_globals]
     if at is not None:
         candidates = [b for b in candidates if b.taken <= at]
     if not candidates:

@@ -94,7 +94,7 @@ async def judged(
     if not run.results:
         return reports
     try:
-        findings = await anomalies(target, {r.database: r.key for r in run.results}, storage)
+        findings = await anomalies(target, [r.key for r in run.results], storage)
     except Exception as error:  # an anomaly check never fails a backup
         log.warning("%s: no anomaly check: %s", target.name, mask(repr(error), hidden))
         return reports

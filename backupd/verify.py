@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from backupd.catalogue import Backup, safe_name, scan, stem_for
+from backupd.catalogue import GLOBALS, Backup, safe_name, scan, stem_for
 from backupd.config import Engine, TargetConfig
 from backupd.encryption import check_identity, identity_for
 from backupd.encryption import is_encrypted as encrypted_key
@@ -93,12 +93,21 @@ class Checked:
 # --- pure decisions ------------------------------------------------------------------------
 
 
+def _series(database: str, backups: list[Backup]) -> str:
+    """The series of ``database``'s backups: ``stem_for``'s, or the server globals object's
+    for ``globals`` where no database of that name has a backup."""
+    stem = stem_for(database)
+    if database == GLOBALS and not any(b.parsed.series == stem for b in backups):
+        return GLOBALS
+    return stem
+
+
 def chosen(
     backups: list[Backup], configured: tuple[str, ...], selection: Selection
 ) -> tuple[list[Backup], list[str]]:
     """The backups to verify (newest first), and the problems found choosing them.
 
-    Default: per database (by the key's stem, so a backup whose manifest is missing still
+    Default: per database (by the key's series, so a backup whose manifest is missing still
     counts as that database's), the newest backup; ``configured`` databases without any
     backup are problems. ``key``: that backup; ``every``: all of them.
     """
@@ -108,19 +117,19 @@ def chosen(
     if selection.every:
         pool = backups
         if selection.database is not None:
-            pool = [b for b in backups if b.parsed.stem == stem_for(selection.database)]
+            pool = [b for b in backups if b.parsed.series == _series(selection.database, backups)]
         return pool, ([] if pool else ["no backups to verify"])
     wanted = (selection.database,) if selection.database is not None else configured
     newest: dict[str, Backup] = {}
     for backup in backups:  # newest first
-        newest.setdefault(backup.parsed.stem, backup)
+        newest.setdefault(backup.parsed.series, backup)
     picked = list(newest.values())
     if selection.database is not None:
-        picked = [b for b in picked if b.parsed.stem == stem_for(selection.database)]
+        picked = [b for b in picked if b.parsed.series == _series(selection.database, backups)]
     problems = [
         f"no backup of database {name} under this target"
         for name in wanted
-        if stem_for(name) not in newest
+        if _series(name, backups) not in newest
     ]
     return picked, problems
 
@@ -317,8 +326,8 @@ async def verify_target(
         for backup in picked:  # newest first: the first of each database is drilled
             checked = await check_one(target, storage, backup)
             results.append(checked)
-            if selection.drill and checked.ok and backup.parsed.stem not in drilled:
-                drilled.add(backup.parsed.stem)
+            if selection.drill and checked.ok and backup.parsed.series not in drilled:
+                drilled.add(backup.parsed.series)
                 checked.drill = await _maybe_drill(target, storage, backup, progress)
     return results
 

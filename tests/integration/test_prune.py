@@ -68,6 +68,14 @@ def put_backup(
     return key
 
 
+def put_roles(s3: Any, bucket: str, started: datetime) -> str:
+    """The server globals object of ``DB_DATABASE=*``, as backupd writes it."""
+    key = catalogue.object_key(
+        FOLDER, "globals", ".sql", started, catalogue.new_run_id(), server_globals=True
+    )
+    return put_backup(s3, bucket, "globals", started, key=key)
+
+
 def daily(first: datetime, days: int) -> list[datetime]:
     return [first + timedelta(days=n) for n in range(days)]  # wall-clock days in first's zone
 
@@ -126,7 +134,7 @@ def test_prune_keeps_exactly_the_policy_and_touches_nothing_else(
     october = daily(datetime(2026, 10, 1, 2, tzinfo=BERLIN), 60)  # to Sunday Nov 29
     with ThreadPoolExecutor(8) as pool:
         app = list(pool.map(lambda t: put_backup(s3, bucket, "app", t), october))
-        roles = list(pool.map(lambda t: put_backup(s3, bucket, "globals", t), october[-10:]))
+        roles = list(pool.map(lambda t: put_roles(s3, bucket, t), october[-10:]))
         # a database that stopped being backed up on Oct 23: it keeps everything
         quiet = list(pool.map(lambda t: put_backup(s3, bucket, "quiet", t), october[0:24:2]))
     old_form = f"{FOLDER}/20261002/backup_app_20261002_023000.dump"
@@ -404,3 +412,31 @@ def test_prune_without_a_policy_is_a_usage_error(moto_url: str, bucket: str) -> 
     assert result.stderr.strip() == (
         "backupd: no target has a retention policy; set RETENTION_KEEP_* first"
     )
+
+
+def test_a_database_named_globals_is_pruned_apart_from_the_server_globals(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    """The server globals object of ``*`` and a database really named ``globals`` are two
+    series: each keeps its own newest backup, also where the database's older keys still use
+    the globals stem (as ``.dump``, the form written before they were told apart)."""
+    days = daily(datetime(2026, 11, 20, 2, tzinfo=BERLIN), 5)
+    roles = [put_roles(s3, bucket, t) for t in days[:2]]
+    old_form = [
+        put_backup(
+            s3,
+            bucket,
+            "globals",
+            t,
+            key=f"{FOLDER}/{t:%Y%m%d}/globals_{t:%Y%m%d_%H%M%S}_{catalogue.new_run_id()}.dump",
+        )
+        for t in days[2:4]
+    ]
+    database = put_backup(s3, bucket, "globals", days[4])
+    assert "/backup_globals_" in database
+
+    result = run_at(NOW, "prune", env=policy_env(moto_url, bucket, RETENTION_KEEP_LAST="1"))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert keys_of(s3, bucket) == with_manifests([roles[-1], database])
+    assert old_form  # deleted: the database's older backups

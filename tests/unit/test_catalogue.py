@@ -52,12 +52,12 @@ LOS_ANGELES = ZoneInfo("America/Los_Angeles")
             datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC),
             "20260304/backup_app_20260304_050607_0badc0de.sql.zst",
         ),
-        (
+        (  # a database that is really named globals, not the server globals object
             "a/b",
             "globals",
             ".sql",
             datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
-            "a/b/20261231/globals_20261231_235959_0badc0de.sql",
+            "a/b/20261231/backup_globals_20261231_235959_0badc0de.sql",
         ),
         # 23:30 UTC on New Year's Eve is already the next day, and year, in Berlin.
         (
@@ -337,3 +337,39 @@ def test_at_without_an_offset_is_read_in_timezone_and_ambiguity_is_said(
     target = load_target({**env, "TIMEZONE": "Europe/Berlin"})
     assert parse_at(text, target).isoformat() == expected
     assert ("ambiguous" in caplog.text) is warned
+
+
+def test_the_server_globals_object_and_a_database_named_globals_never_share_a_series() -> None:
+    when = datetime(2026, 11, 29, 5, 0, 1, tzinfo=UTC)
+    roles = object_key("b", "globals", ".sql.zst", when, "0badc0de", server_globals=True)
+    database = object_key("b", "globals", ".dump", when, "0badc0de")
+    # Before, a PostgreSQL database named globals was stored under the globals stem too.
+    old_database = "b/20261129/globals_20261129_050001_0badc0de.dump.age"
+    parsed = {key: parse_key(key, "b") for key in (roles, database, old_database)}
+
+    assert roles == "b/20261129/globals_20261129_050001_0badc0de.sql.zst"
+    assert database == "b/20261129/backup_globals_20261129_050001_0badc0de.dump"
+    assert [p.is_globals for p in parsed.values() if p] == [True, False, False]
+    assert [p.series for p in parsed.values() if p] == ["globals", *[stem_for("globals")] * 2]
+
+
+def test_restoring_globals_means_the_database_of_that_name_where_there_is_one() -> None:
+    when = datetime(2026, 11, 29, 5, 0, 1, tzinfo=UTC)
+
+    def backup(key: str, engine: str, minutes: int) -> Backup:
+        parsed = parse_key(key, "b")
+        assert parsed is not None
+        started = when + timedelta(minutes=minutes)
+        manifest = Manifest(key, "0" * 64, 1, started, started, 1.0, "default", "globals", engine)
+        return Backup(key, 1, started, parsed, manifest)
+
+    roles = backup(
+        object_key("b", "globals", ".sql", when, "00000001", server_globals=True), "postgres", 2
+    )
+    database = backup(object_key("b", "globals", ".dump", when, "00000002"), "postgres", 1)
+    mysql_old = backup("b/20261129/globals_20261129_050001_00000003.sql", "mariadb", 3)
+
+    assert choose([roles, database], database="globals") is database
+    assert choose([roles], database="globals") is roles
+    assert not mysql_old.is_globals and roles.is_globals and not database.is_globals
+    assert choose([roles, mysql_old], database="globals") is mysql_old

@@ -31,9 +31,11 @@ from tests.unit.test_config import MINIMAL
 T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 
 
-def made(database: str, hours: int, complete: bool = True, ext: str = ".dump") -> Backup:
+def made(
+    database: str, hours: int, complete: bool = True, ext: str = ".dump", roles: bool = False
+) -> Backup:
     when = T0 + timedelta(hours=hours)
-    key = object_key("b", database, ext, when, f"{hours:08x}")
+    key = object_key("b", database, ext, when, f"{hours:08x}", server_globals=roles)
     parsed = parse_key(key, "b")
     assert parsed is not None
     manifest = (
@@ -234,7 +236,8 @@ def test_scratch_names_are_unique_and_fit_postgres_identifiers() -> None:
     ("backup", "engine", "identity", "reason"),
     [
         (APP_NEW, Engine.POSTGRES, None, None),
-        (made("globals", 2, ext=".sql"), Engine.POSTGRES, None, "server globals"),
+        (made("globals", 2, ext=".sql", roles=True), Engine.POSTGRES, None, "server globals"),
+        (made("globals", 2, ext=".dump"), Engine.POSTGRES, None, None),
         (APP_NEW, Engine.MSSQL, None, "drills restore PostgreSQL, MySQL and MariaDB"),
         (made("app", 2, ext=".dump.age"), Engine.POSTGRES, None, "it is encrypted and"),
         (made("app", 2, ext=".dump.age"), Engine.POSTGRES, Path("key.txt"), None),
