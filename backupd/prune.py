@@ -6,7 +6,7 @@ What may be deleted is decided here once, and narrowly:
   that parse as backupd keys); a foreign object, a sibling folder sharing a prefix string,
   another target's objects are never even seen;
 - a complete backup (object and manifest) only when the policy keeps it by no rule
-  (``retention.decide``); the object goes first and its manifest last, so an interrupted prune
+  (``retention.decide``); the manifest goes first and the object last, so an interrupted prune
   leaves an incomplete object the next prune finishes, never a manifest without its object;
 - an object without a manifest, or a multipart upload, only once it is older than
   ``RETENTION_ABORT_UPLOADS_AFTER`` (a ``kill -9`` mid-upload leaves no garbage forever, and
@@ -234,13 +234,15 @@ def _removal(key: str, locks: dict[str, Lock]) -> Removal:
 
 
 async def _delete(storage: Storage, result: PruneResult, locks: dict[str, Lock]) -> None:
-    """Objects first, then the manifests of the backups whose object is gone."""
+    """Manifests first, then the objects of the backups whose manifest is gone: stopped in
+    between, a backup is left incomplete (an object without a manifest, which the next prune
+    removes as a leftover), never a manifest without its object."""
     doomed = [d.candidate.key for d in result.doomed]
     leftovers = [i.key for i in result.leftovers if i.delete and i.kind == "incomplete"]
-    failed = await storage.delete_many([_removal(key, locks) for key in doomed + leftovers])
-    gone = [key for key in doomed if key not in failed]
-    failed |= await storage.delete_many([_removal(manifest_key(key), locks) for key in gone])
-    result.deleted = [key for key in gone if manifest_key(key) not in failed]
+    failed = await storage.delete_many([_removal(manifest_key(key), locks) for key in doomed])
+    unlisted = [key for key in doomed if manifest_key(key) not in failed]
+    failed |= await storage.delete_many([_removal(key, locks) for key in unlisted + leftovers])
+    result.deleted = [key for key in unlisted if key not in failed]
     result.removed_leftovers = [key for key in leftovers if key not in failed]
     for item in result.leftovers:
         if item.delete and item.upload is not None:

@@ -383,6 +383,9 @@ class FaultProxy:
         """PUTs of keys ending so are answered 403 AccessDenied, without reaching upstream."""
         self.refuse_gets_ending: str | None = None
         """GETs of keys ending so are answered 403 AccessDenied, without reaching upstream."""
+        self.deletes_allowed: int | None = None
+        """Once this many DeleteObjects requests went through, the next are cut off."""
+        self._deletes = 0
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
@@ -428,6 +431,11 @@ class FaultProxy:
                 if is_part and self.break_uploads.is_set():
                     client.shutdown(socket.SHUT_RDWR)
                     return
+                if method == "POST" and "?delete" in target and self.deletes_allowed is not None:
+                    self._deletes += 1
+                    if self._deletes > self.deletes_allowed:
+                        client.shutdown(socket.SHUT_RDWR)
+                        return
                 if is_part and self.part_delay:
                     time.sleep(self.part_delay)
                 if (

@@ -440,3 +440,29 @@ def test_a_database_named_globals_is_pruned_apart_from_the_server_globals(
     assert result.returncode == 0, result.stdout + result.stderr
     assert keys_of(s3, bucket) == with_manifests([roles[-1], database])
     assert old_form  # deleted: the database's older backups
+
+
+def test_an_interrupted_prune_leaves_no_manifest_without_its_object(
+    proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """Manifests go first: a prune cut off between its two DeleteObjects requests leaves
+    incomplete objects, which the next prune removes, never a manifest whose object is gone
+    (no listing would show it)."""
+    days = daily(datetime(2026, 11, 20, 2, tzinfo=BERLIN), 10)
+    backups = [put_backup(s3, bucket, "app", t) for t in days]
+    env = policy_env(proxy.url, bucket, RETENTION_KEEP_LAST="3")
+    proxy.deletes_allowed = 1  # the manifests' request goes through, the objects' does not
+
+    cut = run_at(NOW, "prune", env=env)
+
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    assert keys_of(s3, bucket) == with_manifests(backups[-3:]) | set(backups[:-3])
+    listed = run_at(NOW, "list", env=env)
+    assert listed.stdout.count("INCOMPLETE") == 7, listed.stdout
+
+    proxy.deletes_allowed = None
+    # Pruned backups are old: their objects are past RETENTION_ABORT_UPLOADS_AFTER (24h).
+    again = run_at("+2d", "prune", env=env)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert keys_of(s3, bucket) == with_manifests(backups[-3:])
