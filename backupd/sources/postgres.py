@@ -14,16 +14,18 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from backupd.config import DatabaseConfig
 from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
 from backupd.parts import Readable
-from backupd.process import Command, child_environment, run_captured
+from backupd.process import Command, child_environment, run_captured, spawn
 from backupd.sources.base import ServerInfo, command_output
 from backupd.sources.session import DumpSession, client_session, parse_counts
 
@@ -162,7 +164,12 @@ def tool_version_of(output: str) -> str:
 
 
 def pg_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    """``text`` as a string constant that means the same whatever the session's
+    ``standard_conforming_strings``: with a backslash, an escape string (``E'...'``)."""
+    quoted = text.replace("'", "''")
+    if "\\" not in text:
+        return f"'{quoted}'"
+    return "E'" + quoted.replace("\\", "\\\\") + "'"
 
 
 def pg_identifier(text: str) -> str:
@@ -322,6 +329,13 @@ class PostgresSource:
         env = self._env(database)
         return Command((client_program(argv[0], env.get("PATH")), *argv[1:]), env)
 
+    def _psql(self, argv: tuple[str, ...], database: str) -> Command:
+        """backupd's own psql on ``database``, talking UTF-8 whatever the database's encoding
+        (psql otherwise speaks it, and a LATIN1 comment would come back mangled). Never for
+        pg_dump, whose dump would then be converted too."""
+        command = self._command(argv, database)
+        return replace(command, env={**command.env, "PGCLIENTENCODING": "UTF8"})
+
     @property
     def _login_database(self) -> str:
         """Where the probe logs in: the first database named, or ``postgres`` for ``*``."""
@@ -335,7 +349,7 @@ class PostgresSource:
         """
         argv = ("psql", "--no-psqlrc", "--no-password", "-At", "--record-separator-zero", "-c", sql)
         where = database if database is not None else self._login_database
-        code, out, err = await run_captured("psql", self._command(argv, where))
+        code, out, err = await run_captured("psql", self._psql(argv, where))
         if code != 0 and (missing := _MISSING.search(err)) and missing.group(1) == where:
             raise DumpError(missing_database(self.config, where))
         if code == PSQL_CONNECTION_FAILED:
@@ -451,11 +465,57 @@ class PostgresSource:
 
     async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
         problems = await self._fixed_at_creation(database, properties)
-        for what, statement in property_statements(database, properties):
+        statements = property_statements(database, properties)
+        if statements:
+            problems += await self._run_each(database, statements)
+        return problems
+
+    async def _run_each(self, database: str, statements: list[tuple[str, str]]) -> list[str]:
+        """Run ``(what, SQL)`` statements in one psql session on ``database`` itself, as
+        pg_dump's DATABASE PROPERTIES run after ``\\connect``: the comment and settings, kept
+        in shared catalogs, are stored in the database's own encoding, and a setting just
+        applied (``default_transaction_read_only``, ``role``) reaches only later sessions.
+        The statements go by stdin, never argv (a setting may hold a secret). Return a
+        problem line for each statement that failed; the others still ran.
+
+        Raise ConnectError when the login fails, BackupdError when psql does not finish
+        within 30 s.
+        """
+        marker = f"backupd-{secrets.token_hex(8)}"
+        script = "".join(
+            f"{sql};\n\\echo {marker} {index} :ERROR :LAST_ERROR_MESSAGE\n"
+            for index, (_, sql) in enumerate(statements)
+        )
+        argv = ("psql", "--no-psqlrc", "--no-password", "--quiet", "-At", "-f", "-")
+        async with spawn(
+            "psql", self._psql(argv, database), stdin=asyncio.subprocess.PIPE
+        ) as child:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                child.stdin.write(script.encode())
+                await child.stdin.drain()
+            child.stdin.close()
             try:
-                await self._query(statement, "postgres")
-            except QueryError as error:
-                problems.append(f"could not restore the database's {what}: {error}")
+                async with asyncio.timeout(30):
+                    out = (await child.stdout.read_all()).decode("utf-8", "replace")
+                    code = await child.wait()
+            except TimeoutError:
+                raise BackupdError(
+                    "psql did not finish the database's properties within 30s"
+                ) from None
+            said = child.stderr_text()
+        if code == PSQL_CONNECTION_FAILED:
+            raise ConnectError(f"cannot log in to PostgreSQL at {self._where()}: {said}")
+        answered: dict[int, str | None] = {}
+        for line in out.splitlines():
+            if line.startswith(marker + " "):
+                number, failed, message = [*line[len(marker) + 1 :].split(" ", 2), ""][:3]
+                answered[int(number)] = message if failed == "true" else None
+        problems = []
+        for position, (what, _) in enumerate(statements):
+            if position not in answered:
+                problems.append(f"could not restore the database's {what}: {said or 'no answer'}")
+            elif (reason := answered[position]) is not None:
+                problems.append(f"could not restore the database's {what}: {reason}")
         return problems
 
     async def _fixed_at_creation(self, database: str, properties: dict[str, Any]) -> list[str]:
@@ -489,7 +549,7 @@ class PostgresSource:
 
     def _session_command(self, database: str) -> Command:
         argv = ("psql", "--no-psqlrc", "--no-password", "--quiet", "-At", "-v", "ON_ERROR_STOP=1")
-        return self._command(argv, database)
+        return self._psql(argv, database)
 
     @contextlib.asynccontextmanager
     async def dump_session(self, database: str) -> AsyncIterator[DumpSession]:

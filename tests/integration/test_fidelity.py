@@ -583,3 +583,68 @@ def test_an_existing_postgres_database_with_another_locale_is_named_in_a_warning
 
     assert f"{existing} keeps its datcollate 'C.UTF-8'; the backup recorded 'C'" in output
     assert f"{existing} keeps its encoding 'UTF8'; the backup recorded 'LATIN1'" in output
+
+
+def test_a_latin1_database_keeps_its_non_ascii_comment_and_settings(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """backupd reads and re-applies the database's properties in UTF-8 whatever its encoding;
+    psql would otherwise speak LATIN1 and the text would come back mangled."""
+    database = unique("latin")
+    pg.psql(
+        f"CREATE DATABASE {database} TEMPLATE template0 ENCODING 'LATIN1'"
+        " LC_COLLATE 'C' LC_CTYPE 'C'"
+    )
+    pg.run_sql_file(
+        "SET client_encoding = 'UTF8';"
+        'CREATE SCHEMA "schéma"; CREATE TABLE "schéma".t (v text);'
+        "INSERT INTO \"schéma\".t VALUES ('Zoë');"
+        f"COMMENT ON DATABASE {database} IS 'café ½';"
+        f'ALTER DATABASE {database} SET search_path = "schéma", public;',
+        database,
+    )
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    copy = unique("copy")
+
+    ok("restore", "--into", copy, env=env)
+
+    assert pg_properties(pg, copy) == pg_properties(pg, database)
+    # Kept in shared catalogs in the database's own encoding: read from inside, in UTF-8.
+    inside = (
+        "SET client_encoding = 'UTF8'; SELECT json_build_object("
+        "'comment', shobj_description(d.oid, 'pg_database'), 'settings', s.setconfig)"
+        " FROM pg_database d LEFT JOIN pg_db_role_setting s"
+        " ON s.setdatabase = d.oid AND s.setrole = 0 WHERE d.datname = current_database()"
+    )
+    assert json.loads(pg.psql(inside, copy).splitlines()[-1]) == {
+        "comment": "café ½",
+        "settings": ['search_path="schéma", public'],
+    }
+    assert pg.psql("SET client_encoding = 'UTF8'; SELECT v FROM t", copy).endswith("\nZoë\n")
+
+
+def test_backslashes_in_database_properties_survive_standard_conforming_strings_off(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """A role whose sessions run with standard_conforming_strings off reads backslashes in
+    plain string constants as escapes: the properties backupd re-applies must not change."""
+    role, database = unique("oldstyle"), unique("scs")
+    pg.psql(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD 'pw-{role}'")
+    pg.psql(f"ALTER ROLE {role} SET standard_conforming_strings = off")
+    pg.psql(f"CREATE DATABASE {database} OWNER {role}")
+    pg.psql(f"COMMENT ON DATABASE {database} IS 'C:\\temp\\new it''s'")
+    pg.psql(f"ALTER DATABASE {database} SET application_name = 'C:\\dir\\x'")
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "DB_USER": role,
+        "DB_PASSWORD": f"pw-{role}",
+    }
+    ok("once", env=env)
+    copy = unique("copy")
+
+    ok("restore", "--into", copy, env=env)
+
+    assert pg_properties(pg, copy) == pg_properties(pg, database)
+    assert pg_properties(pg, copy)["comment"] == "C:\\temp\\new it's"
