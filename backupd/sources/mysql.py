@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # never refused by the dump tool on the way out (its default is 24 MiB) nor by the client on
 # the way back in (16 MiB).
 MAX_ALLOWED_PACKET = 1024 * 1024 * 1024
+# Every client backupd starts talks utf8mb4, whatever the locale: left to itself the client
+# picks its character set from the locale (latin1 under LANG=C), and names and comments
+# travel mangled both ways. The dump tool's output says SET NAMES utf8mb4 at its top.
+CLIENT_CHARSET = "--default-character-set=utf8mb4"
 DUMP_OPTIONS = (
     "--single-transaction",
     "--quick",
@@ -36,7 +40,7 @@ DUMP_OPTIONS = (
     "--events",
     "--triggers",
     "--hex-blob",
-    "--default-character-set=utf8mb4",
+    CLIENT_CHARSET,
     f"--max-allowed-packet={MAX_ALLOWED_PACKET}",
 )
 # Oracle's mysqldump only: MariaDB's rejects these.
@@ -71,7 +75,7 @@ def restore_argv(tool: str, config: DatabaseConfig, database: str) -> tuple[str,
     return (
         tool,
         *connection_args(config),
-        "--default-character-set=utf8mb4",
+        CLIENT_CHARSET,
         "--binary-mode",
         # Keep comments: the client strips them by default, also inside routine bodies.
         "--comments",
@@ -181,6 +185,7 @@ def client_argv(tool: str, config: DatabaseConfig, sql: str) -> tuple[str, ...]:
         tool,
         *connection_args(config),
         "--connect-timeout=10",
+        CLIENT_CHARSET,
         "--batch",
         "--raw",
         "--skip-column-names",
@@ -412,7 +417,7 @@ def session_argv(tool: str, config: DatabaseConfig, database: str) -> tuple[str,
         tool,
         *connection_args(config),
         "--connect-timeout=10",
-        "--default-character-set=utf8mb4",
+        CLIENT_CHARSET,
         "--batch",
         "--skip-column-names",
         "--unbuffered",

@@ -1,0 +1,77 @@
+"""backupd's own MySQL/MariaDB statements mean the same whatever the locale.
+
+backupd runs its own statements beside the dump: it reads the database's defaults and comment,
+counts rows, asks whether a restore target exists and holds anything, creates it and applies
+the recorded defaults. Those statements name databases and quote comments, so they must reach
+the server as the text they were built from: in utf8mb4 whatever the locale backupd runs under.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.conftest import mariadb_env, run_backupd, storage_env
+from tests.servers import MariaDBServer
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def ok(*args: str, env: dict[str, str]) -> str:
+    result = run_backupd(*args, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def literal(text: str) -> str:
+    """``text`` quoted for the suite's own root client (backslash escapes on)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def schema_row(mariadb: MariaDBServer, database: str) -> str:
+    return mariadb.root_sql(
+        "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME, HEX(SCHEMA_COMMENT)"
+        f" FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {literal(database)}"
+    )
+
+
+def manifest_of(env: dict[str, str]) -> dict[str, Any]:
+    (listed,) = json.loads(run_backupd("list", "--json", env=env).stdout)
+    manifest: dict[str, Any] = listed["manifest"]
+    return manifest
+
+
+@pytest.mark.parametrize("locale", ["C", "POSIX"])
+def test_a_c_locale_keeps_non_ascii_names_and_comments(
+    mariadb: MariaDBServer, moto_url: str, bucket: str, locale: str
+) -> None:
+    database = unique("ünï")
+    mariadb.root_sql(
+        f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        " COMMENT 'snow ☃ é'"
+    )
+    mariadb.root_sql(
+        "CREATE TABLE `tâble` (v TEXT); INSERT INTO `tâble` VALUES ('☃ 😀');", database
+    )
+    env = {
+        **mariadb_env(mariadb, database),
+        **storage_env(moto_url, bucket),
+        "LANG": locale,
+        "LC_ALL": locale,
+    }
+    ok("once", env=env)
+    into = unique("dëst")
+
+    ok("restore", "--into", into, env=env)
+
+    manifest = manifest_of(env)
+    assert manifest["properties"]["comment"] == "snow ☃ é"
+    assert manifest["tables"] == [{"schema": None, "name": "tâble", "rows": 1}]
+    assert schema_row(mariadb, into) == schema_row(mariadb, database)
+    assert mariadb.plain_dump(into) == mariadb.plain_dump(database)
