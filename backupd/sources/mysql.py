@@ -33,6 +33,11 @@ MAX_ALLOWED_PACKET = 1024 * 1024 * 1024
 # picks its character set from the locale (latin1 under LANG=C), and names and comments
 # travel mangled both ways. The dump tool's output says SET NAMES utf8mb4 at its top.
 CLIENT_CHARSET = "--default-character-set=utf8mb4"
+# backupd's own statements (``client_argv``, ``session_argv``) run under the sql_mode the dump
+# tools set for themselves (''), not the server's: ``sql_literal`` escapes with backslashes,
+# which NO_BACKSLASH_ESCAPES would keep as text (or end a literal early), and modes such as
+# ANSI_QUOTES or EMPTY_STRING_IS_NULL would change what other statements say.
+SESSION_SQL_MODE = "--init-command=SET SESSION sql_mode = ''"
 DUMP_OPTIONS = (
     "--single-transaction",
     "--quick",
@@ -64,6 +69,8 @@ _NAME = re.compile(r"^\w+$", re.ASCII)
 
 
 def sql_literal(text: str) -> str:
+    """``text`` as a quoted string literal, backslash-escaped: for the sessions backupd opens
+    itself, whose sql_mode (``SESSION_SQL_MODE``) keeps backslash escapes on."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -75,6 +82,8 @@ def restore_argv(tool: str, config: DatabaseConfig, database: str) -> tuple[str,
     return (
         tool,
         *connection_args(config),
+        # The dump sets its own character set and sql_mode at its top (SET NAMES,
+        # SET SQL_MODE), before anything they change the meaning of: nothing more here.
         CLIENT_CHARSET,
         "--binary-mode",
         # Keep comments: the client strips them by default, also inside routine bodies.
@@ -186,6 +195,7 @@ def client_argv(tool: str, config: DatabaseConfig, sql: str) -> tuple[str, ...]:
         *connection_args(config),
         "--connect-timeout=10",
         CLIENT_CHARSET,
+        SESSION_SQL_MODE,
         "--batch",
         "--raw",
         "--skip-column-names",
@@ -418,6 +428,7 @@ def session_argv(tool: str, config: DatabaseConfig, database: str) -> tuple[str,
         *connection_args(config),
         "--connect-timeout=10",
         CLIENT_CHARSET,
+        SESSION_SQL_MODE,
         "--batch",
         "--skip-column-names",
         "--unbuffered",

@@ -1,15 +1,18 @@
-"""backupd's own MySQL/MariaDB statements mean the same whatever the locale.
+"""backupd's own MySQL/MariaDB statements mean the same whatever the locale and sql_mode.
 
 backupd runs its own statements beside the dump: it reads the database's defaults and comment,
 counts rows, asks whether a restore target exists and holds anything, creates it and applies
 the recorded defaults. Those statements name databases and quote comments, so they must reach
-the server as the text they were built from: in utf8mb4 whatever the locale backupd runs under.
+the server as the text they were built from: in utf8mb4 whatever the locale backupd runs under,
+and with backslash escapes whatever the server's sql_mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -75,3 +78,39 @@ def test_a_c_locale_keeps_non_ascii_names_and_comments(
     assert manifest["tables"] == [{"schema": None, "name": "tâble", "rows": 1}]
     assert schema_row(mariadb, into) == schema_row(mariadb, database)
     assert mariadb.plain_dump(into) == mariadb.plain_dump(database)
+
+
+@contextlib.contextmanager
+def server_sql_mode(mariadb: MariaDBServer, mode: str) -> Iterator[None]:
+    """``mode`` added to the server's global sql_mode (new sessions only) for the block."""
+    old = mariadb.root_sql("SELECT @@GLOBAL.sql_mode").strip()
+    mariadb.root_sql(f"SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',{mode}')")
+    try:
+        yield
+    finally:
+        mariadb.root_sql(f"SET GLOBAL sql_mode = {literal(old)}")
+
+
+def test_backslashes_mean_the_same_under_no_backslash_escapes(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    database = unique("back\\slash")
+    comment = "C:\\temp\\new 'quoted'"
+    mariadb.root_sql(f"CREATE DATABASE `{database}` COMMENT {literal(comment)}")
+    mariadb.root_sql("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('a\\\\b''c');", database)
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    into = unique("in\\to")
+
+    with server_sql_mode(mariadb, "NO_BACKSLASH_ESCAPES"):
+        ok("once", env=env)
+        ok("restore", "--into", into, env=env)
+        again = run_backupd("restore", "--into", into, env=env)
+
+    manifest = manifest_of(env)
+    assert manifest["properties"]["comment"] == comment
+    assert manifest["row_counts"] == "own snapshot"
+    assert manifest["tables"] == [{"schema": None, "name": "t", "rows": 1}]
+    assert schema_row(mariadb, into) == schema_row(mariadb, database)
+    assert mariadb.plain_dump(into) == mariadb.plain_dump(database)
+    assert again.returncode == 1
+    assert "is not empty; add --clean" in again.stdout
