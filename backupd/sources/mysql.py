@@ -125,6 +125,18 @@ def properties_query(database: str, with_comment: bool) -> str:
     )
 
 
+def objects_query(database: str) -> str:
+    """How many objects of ``database`` a dump holds and its restore would replace, as one
+    row: tables, views and sequences (``tables``, with the triggers on them), procedures and
+    functions (``routines``), and events."""
+    name = sql_literal(database)
+    return (
+        f"SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {name})"
+        f" + (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = {name})"
+        f" + (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = {name})"
+    )
+
+
 def database_clauses(properties: dict[str, Any], empty_comment: bool) -> list[str]:
     """The recorded character set, collation and comment as CREATE/ALTER DATABASE clauses
     (names checked to be plain words, the comment quoted)."""
@@ -345,10 +357,7 @@ class MySQLSource:
         )
         if found == ["0"]:
             return "missing"
-        used = await self._query(
-            f"SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {name})"
-            f" + (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = {name})"
-        )
+        used = await self._query(objects_query(database))
         return "empty" if used == ["0"] else "in use"
 
     async def create_database(self, database: str, properties: dict[str, Any]) -> list[str]:

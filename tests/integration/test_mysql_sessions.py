@@ -4,7 +4,8 @@ backupd runs its own statements beside the dump: it reads the database's default
 counts rows, asks whether a restore target exists and holds anything, creates it and applies
 the recorded defaults. Those statements name databases and quote comments, so they must reach
 the server as the text they were built from: in utf8mb4 whatever the locale backupd runs under,
-and with backslash escapes whatever the server's sql_mode.
+and with backslash escapes whatever the server's sql_mode. And a database holding anything a
+restore would overwrite is not empty.
 """
 
 from __future__ import annotations
@@ -114,3 +115,54 @@ def test_backslashes_mean_the_same_under_no_backslash_escapes(
     assert mariadb.plain_dump(into) == mariadb.plain_dump(database)
     assert again.returncode == 1
     assert "is not empty; add --clean" in again.stdout
+
+
+BACKED_UP = """
+CREATE EVENT ev ON SCHEDULE EVERY 1 DAY DISABLE COMMENT 'from the backup' DO SELECT 1;
+CREATE VIEW v AS SELECT 'from the backup' AS what;
+CREATE PROCEDURE p() COMMENT 'from the backup' SELECT 1;
+CREATE SEQUENCE s START WITH 1;
+"""
+
+
+@pytest.mark.parametrize(
+    ("only", "check"),
+    [
+        (
+            "CREATE EVENT ev ON SCHEDULE EVERY 1 HOUR DISABLE COMMENT 'precious' DO SELECT 2",
+            "SELECT EVENT_COMMENT FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {schema}",
+        ),
+        (
+            "CREATE VIEW v AS SELECT 'precious' AS what",
+            "SELECT VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA = {schema}",
+        ),
+        (
+            "CREATE PROCEDURE p() COMMENT 'precious' SELECT 2",
+            "SELECT ROUTINE_COMMENT FROM information_schema.ROUTINES"
+            " WHERE ROUTINE_SCHEMA = {schema}",
+        ),
+        (
+            "CREATE SEQUENCE s START WITH 42",
+            "SELECT start_value FROM {database}.s",
+        ),
+    ],
+    ids=["event", "view", "procedure", "sequence"],
+)
+def test_a_database_holding_only_one_object_the_dump_replaces_is_not_empty(
+    mariadb: MariaDBServer, moto_url: str, bucket: str, only: str, check: str
+) -> None:
+    database = unique("source")
+    mariadb.create_database(database, BACKED_UP)
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    occupied = unique("occupied")
+    mariadb.create_database(occupied, only)
+    query = check.format(schema=literal(occupied), database=f"`{occupied}`")
+    before = mariadb.root_sql(query)
+
+    refused = run_backupd("restore", "--into", occupied, env=env)
+
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "is not empty; add --clean" in refused.stdout
+    assert mariadb.root_sql(query) == before
+    assert before.strip()
