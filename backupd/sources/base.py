@@ -112,7 +112,8 @@ class Source(BackupSource, Protocol):
     # --- restore -------------------------------------------------------------------------
 
     async def database_state(self, database: str) -> str:
-        """``"missing"``, ``"empty"`` or ``"in use"`` (holds tables, views or routines)."""
+        """``"missing"``, ``"empty"`` or ``"in use"`` (holds anything its restore would
+        replace: tables, views, sequences, routines, events)."""
         ...
 
     async def create_database(self, database: str, properties: dict[str, Any]) -> list[str]:
