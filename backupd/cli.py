@@ -12,11 +12,12 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -242,13 +243,31 @@ def restore_database(target: TargetConfig, database: str | None, key: str | None
     )
 
 
+def stated_span(text: str) -> timedelta:
+    """How much time an ISO 8601 ``--at`` names: a day (``2026-11-28``), an hour
+    (``…T02``), a minute (``…T02:00``), a second (``…T02:00:43``) or, with a fraction, one
+    microsecond. A backup taken within it counts as taken "at" it, as ``list`` shows times to
+    the second and a schedule's 02:00 backup starts a fraction after 02:00."""
+    date_and_time = re.split(r"[T ]", text.strip(), maxsplit=1)
+    if len(date_and_time) == 1:
+        return timedelta(days=1)
+    clock = re.sub(r"(?:Z|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)$", "", date_and_time[1])
+    if "." in clock or "," in clock:
+        return timedelta(microseconds=1)
+    fields = clock.count(":") + 1 if ":" in clock else max(1, len(clock) // 2)
+    return [timedelta(hours=1), timedelta(minutes=1), timedelta(seconds=1)][min(fields, 3) - 1]
+
+
 def parse_at(text: str, target: TargetConfig) -> datetime:
+    """The latest instant ``--at`` names (``stated_span``): read in TIMEZONE when it has no
+    offset. Raise UsageError when it is not an ISO 8601 time."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(f"--at {text!r} is not an ISO 8601 time, e.g. 2026-11-28T02:00") from None
+    last = stated_span(text) - timedelta(microseconds=1)
     if moment.tzinfo is not None:
-        return moment
+        return moment + last
     earlier, later = (moment.replace(tzinfo=target.layout.tz, fold=f) for f in (0, 1))
     if earlier.utcoffset() != later.utcoffset():
         # A wall time the clocks passed twice (or skipped): say which instant was taken.
@@ -258,7 +277,7 @@ def parse_at(text: str, target: TargetConfig) -> datetime:
             target.layout.timezone,
             earlier.isoformat(),
         )
-    return earlier
+    return earlier + last
 
 
 async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:

@@ -78,15 +78,25 @@ def test_at_picks_the_newest_backup_at_or_before_the_time(
     for n in (1, 2, 3):
         if n > 1:
             pg.psql(f"INSERT INTO t VALUES ({n})", database)
+            time.sleep(1.05 - time.time() % 1)  # each backup in a second of its own
         backup(env)
     listing = json.loads(run_backupd("list", "--json", env=env).stdout)
-    second = sorted(entry["taken"] for entry in listing)[1]
+    second = sorted(listing, key=lambda entry: entry["taken"])[1]
 
     restored = unique("restored")
-    result = run_backupd("restore", "--at", second, "--into", restored, env=env)
+    result = run_backupd("restore", "--at", second["taken"], "--into", restored, env=env)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert pg.psql("SELECT count(*) FROM t", restored).strip() == "2"
+    # The time as `list` shows it, to the second: that backup, not the one before it.
+    (row,) = [
+        line for line in run_backupd("list", env=env).stdout.splitlines() if second["key"] in line
+    ]
+    shown = " ".join(row.split()[:2])
+    again = unique("restored")
+    result = run_backupd("restore", "--at", shown, "--into", again, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert pg.psql("SELECT count(*) FROM t", again).strip() == "2"
     too_early = run_backupd(
         "restore", "--at", "2001-01-01T00:00", "--into", unique("none"), env=env
     )

@@ -325,9 +325,16 @@ def test_a_database_named_twice_is_a_config_error() -> None:
 @pytest.mark.parametrize(
     ("text", "expected", "warned"),
     [
-        ("2026-10-25T02:30", "2026-10-25T02:30:00+02:00", True),  # Berlin's repeated hour
-        ("2026-10-25T04:30", "2026-10-25T04:30:00+01:00", False),
-        ("2026-10-25T02:30+01:00", "2026-10-25T02:30:00+01:00", False),
+        ("2026-10-25T02:30", "2026-10-25T02:30:59.999999+02:00", True),  # the repeated hour
+        ("2026-10-25T04:30", "2026-10-25T04:30:59.999999+01:00", False),
+        ("2026-10-25T02:30+01:00", "2026-10-25T02:30:59.999999+01:00", False),
+        # To the second, as `list` shows times: a backup started within that second counts.
+        ("2026-11-30 00:07:43+0100", "2026-11-30T00:07:43.999999+01:00", False),
+        ("2026-11-30T00:07:43.250", "2026-11-30T00:07:43.250000+01:00", False),
+        ("2026-11-28", "2026-11-28T23:59:59.999999+01:00", False),
+        ("2026-11-28T02", "2026-11-28T02:59:59.999999+01:00", False),
+        ("20261128T0200Z", "2026-11-28T02:00:59.999999+00:00", False),
+        ("2026-10-25", "2026-10-25T23:59:59.999999+01:00", False),  # a 25-hour day
     ],
 )
 def test_at_without_an_offset_is_read_in_timezone_and_ambiguity_is_said(
