@@ -286,7 +286,9 @@ async def _into_database(
     try:
         if created:
             _warn(await source.create_database(into, properties))
-        await _feed_restore_tool(storage, source, target, backup, into, request)
+        # A database made here is dropped again on failure: it needs no single transaction,
+        # whose lock per table a database of thousands of tables would exhaust.
+        await _feed_restore_tool(storage, source, target, backup, into, request, not created)
         _warn(await source.apply_properties(into, properties))
     except BaseException:
         if created:
@@ -392,8 +394,9 @@ async def _feed_restore_tool(
     backup: Backup,
     into: str,
     request: Request,
+    in_one_transaction: bool,
 ) -> None:
-    command = source.restore_command(into)
+    command = source.restore_command(into, in_one_transaction=in_one_transaction)
     rewrite = statement_filter(backup, target.database.engine, into)
     download = _Download(storage, backup, request.progress, request.identity)
     async with spawn(command.program, command, stdin=asyncio.subprocess.PIPE) as child:

@@ -129,8 +129,10 @@ class Source(BackupSource, Protocol):
 
     async def drop_database(self, database: str) -> None: ...
 
-    def restore_command(self, database: str) -> Command:
-        """The restore tool, reading a dump of this engine's format on stdin."""
+    def restore_command(self, database: str, *, in_one_transaction: bool = True) -> Command:
+        """The restore tool, reading a dump of this engine's format on stdin; with
+        ``in_one_transaction`` false, a database this restore created (and drops again on
+        failure) is loaded without one transaction where the engine offers it."""
         ...
 
 

@@ -385,7 +385,7 @@ class MySQLSource:
     async def drop_database(self, database: str) -> None:
         await self._query(f"DROP DATABASE IF EXISTS {sql_identifier(database)}")
 
-    def restore_command(self, database: str) -> Command:
+    def restore_command(self, database: str, *, in_one_transaction: bool = True) -> Command:
         client = pick_tool(self.config.engine, "client")
         return self._command(restore_argv(client, self.config, database))
 

@@ -176,14 +176,18 @@ def pg_identifier(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def pg_restore_argv(database: str) -> tuple[str, ...]:
-    """All or nothing (one transaction); the name goes in a conninfo, so ``=`` is harmless."""
+def pg_restore_argv(database: str, in_one_transaction: bool = True) -> tuple[str, ...]:
+    """Stop at the first error; all or nothing (one transaction) unless told otherwise, since
+    one transaction holds a lock per table until it ends (``max_locks_per_transaction`` times
+    connections bound them: a few thousand tables exhaust the default). The name goes in a
+    conninfo, so ``=`` is harmless."""
     conninfo = "dbname=" + "'" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    single = ("--single-transaction",) if in_one_transaction else ()
     return (
         "pg_restore",
         "--no-owner",
         "--exit-on-error",
-        "--single-transaction",
+        *single,
         "--no-password",
         f"--dbname={conninfo}",
     )
@@ -426,6 +430,11 @@ class PostgresSource:
         return properties
 
     def explain_failure(self, stderr: str) -> str | None:
+        if "max_locks_per_transaction" in stderr:
+            return (
+                "the server ran out of lock slots (one transaction locks every table): raise "
+                "max_locks_per_transaction on the server"
+            )
         mismatch = _MISMATCH.search(stderr)
         if mismatch is not None:
             return version_problem(mismatch.group(1), mismatch.group(2))
@@ -544,8 +553,8 @@ class PostgresSource:
             f"DROP DATABASE IF EXISTS {pg_identifier(database)} WITH (FORCE)", "postgres"
         )
 
-    def restore_command(self, database: str) -> Command:
-        return self._command(pg_restore_argv(database), database)
+    def restore_command(self, database: str, *, in_one_transaction: bool = True) -> Command:
+        return self._command(pg_restore_argv(database, in_one_transaction), database)
 
     def _session_command(self, database: str) -> Command:
         argv = ("psql", "--no-psqlrc", "--no-password", "--quiet", "-At", "-v", "ON_ERROR_STOP=1")

@@ -11,6 +11,7 @@ from typing import Any
 
 from backupd.catalogue import Manifest, manifest_key, object_key
 from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
+from tests.integration.test_secrets import ProcessWatcher
 from tests.servers import MariaDBServer, PostgresServer, wait_until
 
 DATA = Path(__file__).parent.parent / "data"
@@ -239,3 +240,27 @@ def test_restore_needs_a_target_when_several_exist(moto_url: str, bucket: str) -
 
     assert result.returncode == 2
     assert "several targets are configured (a, b): name one with --target" in result.stderr
+
+
+def test_a_new_database_is_restored_without_one_transaction_an_existing_one_within(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """One transaction holds a lock per table to its end, and a few thousand tables exhaust
+    the server's lock slots: a database the restore creates (and drops again on failure) is
+    loaded without one; an existing database, which a failure must leave as it was, within."""
+    database = unique("locks")
+    pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    existing = unique("existing")
+    pg.create_database(existing)
+
+    tools = {}
+    for into in (unique("new"), existing):
+        with ProcessWatcher() as watcher:
+            result = watcher.run("restore", "--into", into, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert pg.psql("SELECT n FROM t", into) == "1\n"
+        (tools[into],) = {a for a in watcher.argvs() if a and Path(a[0]).name == "pg_restore"}
+
+    assert [("--single-transaction" in argv) for argv in tools.values()] == [False, True]

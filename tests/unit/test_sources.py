@@ -117,6 +117,16 @@ def test_pg_dump_mismatch_in_stderr_is_explained() -> None:
     assert "postgresql-client-16" in hint
 
 
+def test_running_out_of_lock_slots_names_the_server_setting() -> None:
+    stderr = (
+        "pg_restore: error: could not execute query: ERROR:  out of shared memory | "
+        "HINT:  You might need to increase max_locks_per_transaction."
+    )
+    hint = PostgresSource(database()).explain_failure(stderr)
+    assert hint is not None
+    assert "raise max_locks_per_transaction on the server" in hint
+
+
 def test_option_file_quotes_the_password_so_a_parser_reads_it_back() -> None:
     text = option_file(PASSWORD).decode()
     assert text.startswith("[client]\n")
