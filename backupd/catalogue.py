@@ -324,6 +324,25 @@ async def read_manifest(storage: Storage, key: str) -> Manifest:
     return Manifest.from_bytes(await storage.get_bytes(manifest_key(key)), key)
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """A manifest whose object is missing: deleted by hand or by a lifecycle rule, or left by
+    an interrupted prune of a release that deleted objects first."""
+
+    key: str
+    """The missing object's key."""
+    parsed: ParsedKey
+    manifest: StoredObject
+    """The manifest as listed (its key, size and when storage wrote it)."""
+    started: datetime | None = None
+    """When the backup started, as its manifest says (None where it cannot be read)."""
+
+    @property
+    def taken(self) -> datetime:
+        """As ``Backup.taken``: the manifest's instant, else when storage wrote the manifest."""
+        return self.started if self.started is not None else self.manifest.modified
+
+
 async def scan(storage: Storage, prefix: str) -> list[Backup]:
     """Every backupd backup directly under ``prefix``, newest first, manifests read.
 
@@ -331,9 +350,29 @@ async def scan(storage: Storage, prefix: str) -> list[Backup]:
     ``MANIFEST_READS_AT_ONCE`` at a time. A manifest that cannot be parsed leaves its backup
     incomplete, with the reason in ``Backup.problem``; a storage failure raises StorageError.
     """
+    return (await survey(storage, prefix))[0]
+
+
+async def survey(storage: Storage, prefix: str) -> tuple[list[Backup], list[Orphan]]:
+    """``scan``'s backups, and from the same listing the manifests directly under ``prefix``
+    whose object is missing (read like the others: they are rare), oldest first."""
     listing = [item async for item in storage.list_objects(f"{prefix}/" if prefix else "")]
     found, manifests = backups_among(listing, prefix)
-    return newest_first(await _with_manifests(storage, found, manifests))
+    objects = {item.key for _, item in found}
+    lost = [
+        (parsed, StoredObject(key, 0, item.modified), item)
+        for item in listing
+        if item.key.endswith(MANIFEST_SUFFIX)
+        and (key := item.key.removesuffix(MANIFEST_SUFFIX)) not in objects
+        and (parsed := parse_key(key, prefix)) is not None
+    ]
+    backups = await _with_manifests(storage, found + [(p, o) for p, o, _ in lost], manifests)
+    orphans = [
+        Orphan(b.key, b.parsed, item, b.manifest.started if b.manifest else None)
+        for b, (_, _, item) in zip(backups[len(found) :], lost, strict=True)
+    ]
+    orphans.sort(key=lambda orphan: (orphan.taken, orphan.key))
+    return newest_first(backups[: len(found)]), orphans
 
 
 async def recent(

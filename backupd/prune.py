@@ -8,9 +8,9 @@ What may be deleted is decided here once, and narrowly:
 - a complete backup (object and manifest) only when the policy keeps it by no rule
   (``retention.decide``); the manifest goes first and the object last, so an interrupted prune
   leaves an incomplete object the next prune finishes, never a manifest without its object;
-- an object without a manifest, or a multipart upload, only once it is older than
-  ``RETENTION_ABORT_UPLOADS_AFTER`` (a ``kill -9`` mid-upload leaves no garbage forever, and
-  a backup still being written is never touched);
+- an object without a manifest, a manifest without its object, or a multipart upload, only
+  once it is older than ``RETENTION_ABORT_UPLOADS_AFTER`` (a ``kill -9`` mid-upload leaves no
+  garbage forever, and a backup still being written is never touched);
 - nothing under Object Lock: a locked object (or manifest) keeps its backup, with one info line.
 
 ``prune_target`` is one coroutine per target, so a caller can wrap it (a claim, a lock).
@@ -43,12 +43,13 @@ class PruneError(BackupdError):
 
 @dataclass(frozen=True)
 class Leftover:
-    """An object without a manifest, or a multipart upload, and what prune does with it."""
+    """An object without a manifest, a manifest without its object, or a multipart upload,
+    and what prune does with it."""
 
     key: str
     since: datetime
     size: int
-    kind: str  # "incomplete", "unreadable" or "upload"
+    kind: str  # "incomplete", "unreadable", "no object" or "upload"
     delete: bool
     upload: PendingUpload | None = None
 
@@ -61,9 +62,13 @@ class Leftover:
         return f"{verdict:<6}  {self.since:%Y-%m-%d %H:%M:%S %Z}  {label:<16}  {self.key}  {why}"
 
 
+_OBJECTS = {"incomplete", "no object"}
+"""Leftovers that are stored objects (deleted), as opposed to uploads (aborted)."""
+
 _LEFTOVER = {
     "upload": "multipart upload",
     "incomplete": "no manifest",
+    "no object": "a manifest whose object is gone",
     "unreadable": "its manifest cannot be read; never deleted",
 }
 
@@ -188,7 +193,7 @@ async def plan(
     """What a prune would do, without deleting anything."""
     retention = target.retention
     tz = target.layout.tz
-    backups = await catalogue.scan(storage, target.key_prefix)
+    backups, orphans = await catalogue.survey(storage, target.key_prefix)
     result = PruneResult(target.name, dry_run=True)
     complete = [b for b in backups if b.complete]
     if database is not None:
@@ -208,6 +213,16 @@ async def plan(
             )
             for b in backups
             if not b.complete
+        ]
+        result.leftovers += [
+            Leftover(
+                o.manifest.key,
+                o.manifest.modified.astimezone(tz),
+                o.manifest.size,
+                "no object",
+                o.manifest.modified < cutoff,
+            )
+            for o in orphans
         ]
         result.leftovers += [
             Leftover(u.key, u.initiated.astimezone(tz), 0, "upload", u.initiated < cutoff, u)
@@ -238,7 +253,7 @@ async def _delete(storage: Storage, result: PruneResult, locks: dict[str, Lock])
     between, a backup is left incomplete (an object without a manifest, which the next prune
     removes as a leftover), never a manifest without its object."""
     doomed = [d.candidate.key for d in result.doomed]
-    leftovers = [i.key for i in result.leftovers if i.delete and i.kind == "incomplete"]
+    leftovers = [i.key for i in result.leftovers if i.delete and i.kind in _OBJECTS]
     failed = await storage.delete_many([_removal(manifest_key(key), locks) for key in doomed])
     unlisted = [key for key in doomed if manifest_key(key) not in failed]
     failed |= await storage.delete_many([_removal(key, locks) for key in unlisted + leftovers])

@@ -15,12 +15,12 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from backupd.catalogue import GLOBALS, Backup, safe_name, scan, stem_for
+from backupd.catalogue import GLOBALS, Backup, Orphan, safe_name, stem_for, survey
 from backupd.config import Engine, TargetConfig
 from backupd.encryption import check_identity, identity_for
 from backupd.encryption import is_encrypted as encrypted_key
@@ -103,33 +103,46 @@ def _series(database: str, backups: list[Backup]) -> str:
 
 
 def chosen(
-    backups: list[Backup], configured: tuple[str, ...], selection: Selection
+    backups: list[Backup],
+    configured: tuple[str, ...],
+    selection: Selection,
+    orphans: Sequence[Orphan] = (),
 ) -> tuple[list[Backup], list[str]]:
     """The backups to verify (newest first), and the problems found choosing them.
 
     Default: per database (by the key's series, so a backup whose manifest is missing still
     counts as that database's), the newest backup; ``configured`` databases without any
-    backup are problems. ``key``: that backup; ``every``: all of them.
+    backup are problems. ``key``: that backup; ``every``: all of them. A manifest whose object
+    is missing (``orphans``) is a problem wherever it would have been chosen: named by
+    ``key``, under ``every``, or newer than its series' newest object.
     """
+    missing = {o.key: f"{o.key}: its object is missing (its manifest remains)" for o in orphans}
     if selection.key is not None:
         named = [b for b in backups if b.key == selection.key]
+        if not named and selection.key in missing:
+            return [], [missing[selection.key]]
         return named, ([] if named else [f"no backup with key {selection.key}"])
+    series = _series(selection.database, backups) if selection.database is not None else None
+    lost = [o for o in orphans if series is None or o.parsed.series == series]
     if selection.every:
-        pool = backups
-        if selection.database is not None:
-            pool = [b for b in backups if b.parsed.series == _series(selection.database, backups)]
-        return pool, ([] if pool else ["no backups to verify"])
+        pool = [b for b in backups if series is None or b.parsed.series == series]
+        problems = [missing[o.key] for o in lost]
+        return pool, problems if pool or problems else ["no backups to verify"]
     wanted = (selection.database,) if selection.database is not None else configured
     newest: dict[str, Backup] = {}
     for backup in backups:  # newest first
         newest.setdefault(backup.parsed.series, backup)
-    picked = list(newest.values())
-    if selection.database is not None:
-        picked = [b for b in picked if b.parsed.series == _series(selection.database, backups)]
+    picked = [b for b in newest.values() if series is None or b.parsed.series == series]
     problems = [
+        missing[o.key]
+        for o in lost
+        if o.parsed.series not in newest or o.taken > newest[o.parsed.series].taken
+    ]
+    problems += [
         f"no backup of database {name} under this target"
         for name in wanted
         if _series(name, backups) not in newest
+        and not any(o.parsed.series == _series(name, backups) for o in lost)
     ]
     return picked, problems
 
@@ -317,8 +330,8 @@ async def verify_target(
     per problem choosing them). Never raises for what it finds; raises StorageError only when
     the target's storage cannot be listed."""
     async with open_storage(target.storage) as storage:
-        backups = await scan(storage, target.key_prefix)
-        picked, problems = chosen(backups, target.database.databases, selection)
+        backups, orphans = await survey(storage, target.key_prefix)
+        picked, problems = chosen(backups, target.database.databases, selection, orphans)
         results = [
             Checked(target.name, selection.database or "*", None, problem=p) for p in problems
         ]

@@ -466,3 +466,28 @@ def test_an_interrupted_prune_leaves_no_manifest_without_its_object(
 
     assert again.returncode == 0, again.stdout + again.stderr
     assert keys_of(s3, bucket) == with_manifests(backups[-3:])
+
+
+def test_a_manifest_whose_object_is_gone_is_removed_once_old_enough(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    """A manifest left without its object (deleted by hand, or by an older release's
+    interrupted prune) is a leftover: kept while young, removed once past the cleanup age."""
+    days = daily(datetime(2026, 11, 20, 2, tzinfo=BERLIN), 4)
+    backups = [put_backup(s3, bucket, "app", t) for t in days]
+    s3.delete_object(Bucket=bucket, Key=backups[0])
+    lost = catalogue.manifest_key(backups[0])
+    env = policy_env(moto_url, bucket, RETENTION_KEEP_LAST="3")
+
+    young = run_at(NOW, "prune", env=env)
+    assert young.returncode == 0, young.stdout + young.stderr
+    assert verdicts(young.stdout)[lost][0] == "KEEP"
+    assert lost in keys_of(s3, bucket)
+
+    old = run_at("+2d", "prune", "--dry-run", env=env)
+    assert verdicts(old.stdout)[lost] == (
+        "DELETE",
+        "a manifest whose object is gone, older than the cleanup age",
+    )
+    assert run_at("+2d", "prune", env=env).returncode == 0
+    assert keys_of(s3, bucket) == with_manifests(backups[1:])

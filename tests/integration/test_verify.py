@@ -417,3 +417,25 @@ def test_with_row_counts_off_a_backup_records_none_and_a_drill_checks_the_restor
     assert drilled.returncode == 0, drilled.stdout + drilled.stderr
     assert "records no tables: the drill checked the restore only" in drilled.stdout
     assert pg_scratch(pg, prefix) == []
+
+
+def test_a_backup_whose_object_is_gone_but_manifest_remains_fails_naming_it(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    """A missing object is a failure, also when only its manifest is left to tell of it:
+    plain verify must not quietly check the older backup instead."""
+    database = unique("lost")
+    pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    older = the_key(s3, bucket)
+    backup(env)
+    (newest,) = [k for k in bucket_state(s3, bucket)[0] if k != older and "manifest" not in k]
+    s3.delete_object(Bucket=bucket, Key=newest)
+
+    for args in ((), ("--all",), ("--key", newest)):
+        result = run_backupd("verify", *args, env=env)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"{newest}: its object is missing (its manifest remains)" in result.stdout
+        assert "Traceback" not in result.stdout + result.stderr
+    assert run_backupd("verify", "--key", older, env=env).returncode == 0

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from backupd.anomaly import Figures, judge
-from backupd.catalogue import Backup, Manifest, object_key, parse_key
+from backupd.catalogue import Backup, Manifest, Orphan, manifest_key, object_key, parse_key
 from backupd.config import AnomalyConfig, Engine
 from backupd.environment import load_target
 from backupd.errors import ConfigError, QueryError
@@ -17,6 +17,7 @@ from backupd.notify.base import Report, State
 from backupd.notify.email import subject
 from backupd.sources.postgres import pg_dump_argv
 from backupd.sources.session import parse_counts
+from backupd.storage.base import StoredObject
 from backupd.verify import (
     Selection,
     chosen,
@@ -93,6 +94,50 @@ def test_which_backups_are_verified(
 
     assert [b.key for b in picked] == [b.key for b in keys]
     assert found == problems
+
+
+def orphan(database: str, hours: int) -> Orphan:
+    """The manifest of a backup taken ``hours`` after T0 whose object is gone."""
+    backup = made(database, hours)
+    return Orphan(
+        backup.key, backup.parsed, StoredObject(manifest_key(backup.key), 9, backup.modified)
+    )
+
+
+APP_LOST, APP_LOST_LONG_AGO = orphan("app", 7), orphan("app", 0)
+MISSING = "{}: its object is missing (its manifest remains)"
+
+
+@pytest.mark.parametrize(
+    ("selection", "keys", "problems"),
+    [
+        # The newest backup of app lost its object: that is the problem, not the older one.
+        (Selection(), [APP_NEW, SHOP], [MISSING.format(APP_LOST.key)]),
+        (Selection(database="shop"), [SHOP], []),
+        (Selection(key=APP_LOST.key), [], [MISSING.format(APP_LOST.key)]),
+        (
+            Selection(every=True),
+            [APP_NEW, SHOP, APP_OLD],
+            [MISSING.format(APP_LOST_LONG_AGO.key), MISSING.format(APP_LOST.key)],
+        ),
+        (Selection(every=True, database="shop"), [SHOP], []),
+    ],
+)
+def test_a_manifest_without_its_object_is_a_problem_where_it_would_be_chosen(
+    selection: Selection, keys: list[Backup], problems: list[str]
+) -> None:
+    orphans = [APP_LOST_LONG_AGO, APP_LOST]
+    picked, found = chosen([APP_NEW, SHOP, APP_OLD], ("app", "shop"), selection, orphans)
+
+    assert [b.key for b in picked] == [b.key for b in keys]
+    assert found == problems
+
+
+def test_a_database_whose_only_backup_lost_its_object_is_named_once() -> None:
+    picked, found = chosen([SHOP], ("app", "shop"), Selection(), [APP_LOST])
+
+    assert picked == [SHOP]
+    assert found == [MISSING.format(APP_LOST.key)]
 
 
 @pytest.mark.parametrize(
