@@ -51,6 +51,14 @@ SELECT json_build_object(
     'encoding', pg_encoding_to_char(d.encoding),
     'row', to_jsonb(d) - 'datacl' - 'datfrozenxid' - 'datminmxid',
     'comment', shobj_description(d.oid, 'pg_database'),
+    'owner', pg_get_userbyid(d.datdba),
+    'tablespace', (SELECT t.spcname FROM pg_tablespace t WHERE t.oid = d.dattablespace),
+    'acl', CASE WHEN d.datacl IS NOT NULL THEN coalesce((
+        SELECT json_agg(json_build_object(
+            'grantee', CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,
+            'privilege', a.privilege_type, 'grantable', a.is_grantable)
+            ORDER BY a.grantee, a.privilege_type)
+        FROM aclexplode(d.datacl) a), '[]'::json) END,
     'settings', coalesce((
         SELECT json_agg(item ORDER BY ordinality) FROM pg_db_role_setting s,
         unnest(s.setconfig) WITH ORDINALITY AS item
@@ -288,12 +296,43 @@ def property_statements(database: str, properties: dict[str, Any]) -> list[tuple
                 f"ALTER ROLE {pg_identifier(role)} IN DATABASE {name} {set_clause(setting)}",
             )
         )
-    limit = (properties.get("row") or {}).get("datconnlimit")
+    statements += privilege_statements(name, properties)
+    row = properties.get("row") or {}
+    limit = row.get("datconnlimit")
     if isinstance(limit, int) and limit != -1:
         statements.append(("connection limit", f"ALTER DATABASE {name} CONNECTION LIMIT {limit}"))
     if properties.get("comment") is not None:
         statements.append(
             ("comment", f"COMMENT ON DATABASE {name} IS {pg_literal(properties['comment'])}")
+        )
+    if row.get("datistemplate") is True:
+        statements.append(("template flag", f"ALTER DATABASE {name} IS_TEMPLATE true"))
+    return statements
+
+
+DATABASE_PRIVILEGES = frozenset({"CREATE", "CONNECT", "TEMPORARY"})
+
+
+def privilege_statements(name: str, properties: dict[str, Any]) -> list[tuple[str, str]]:
+    """The recorded ``acl`` (``aclexplode`` of ``datacl``) as GRANTs on ``name`` (quoted),
+    after revoking PUBLIC's default CONNECT and TEMPORARY; none where the database had the
+    default privileges (``acl`` null or absent). The owner's own entries are left out: the
+    restoring role owns the copy (``pg_restore --no-owner``) and holds them as owner."""
+    acl = properties.get("acl")
+    if not isinstance(acl, list):
+        return []
+    statements = [("privileges of PUBLIC", f"REVOKE ALL ON DATABASE {name} FROM PUBLIC")]
+    for entry in acl:
+        grantee, privilege = entry.get("grantee"), entry.get("privilege")
+        if privilege not in DATABASE_PRIVILEGES or (grantee and grantee == properties.get("owner")):
+            continue
+        to = pg_identifier(grantee) if grantee else "PUBLIC"
+        option = " WITH GRANT OPTION" if grantee and entry.get("grantable") else ""
+        statements.append(
+            (
+                f"privilege {privilege} of {grantee or 'PUBLIC'}",
+                f"GRANT {privilege} ON DATABASE {name} TO {to}{option}",
+            )
         )
     return statements
 
@@ -462,6 +501,7 @@ class PostgresSource:
         return "empty" if objects == ["0"] else "in use"
 
     async def create_database(self, database: str, properties: dict[str, Any]) -> list[str]:
+        problems = []
         try:
             await self._query(create_database_sql(database, properties), "postgres")
         except QueryError as error:
@@ -469,8 +509,18 @@ class PostgresSource:
                 raise
             # e.g. a locale this server lacks: say so, and keep the database's own defaults.
             await self._query(f"CREATE DATABASE {pg_identifier(database)}", "postgres")
-            return [f"created {database} with this server's default encoding and locale: {error}"]
-        return []
+            problems.append(
+                f"created {database} with this server's default encoding and locale: {error}"
+            )
+        tablespace = properties.get("tablespace")
+        if isinstance(tablespace, str) and tablespace != "pg_default":
+            # Moved while still empty; never from inside the database itself.
+            move = f"ALTER DATABASE {pg_identifier(database)} SET TABLESPACE"
+            try:
+                await self._query(f"{move} {pg_identifier(tablespace)}", "postgres")
+            except QueryError as error:
+                problems.append(f"{database} stays in the default tablespace: {error}")
+        return problems
 
     async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
         problems = await self._fixed_at_creation(database, properties)

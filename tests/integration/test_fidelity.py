@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import stat
 import sys
 import uuid
@@ -648,3 +649,42 @@ def test_backslashes_in_database_properties_survive_standard_conforming_strings_
 
     assert pg_properties(pg, copy) == pg_properties(pg, database)
     assert pg_properties(pg, copy)["comment"] == "C:\\temp\\new it's"
+
+
+def test_database_privileges_tablespace_and_template_flag_come_back(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """Who may connect is part of the database: a copy that let PUBLIC in again would widen
+    access. Its tablespace and template flag come back too."""
+    reader, database = unique("reader"), unique("guarded")
+    location = pg.root / f"space_{database}"
+    location.mkdir()
+    if pg.os_user:
+        entry = pwd.getpwnam(pg.os_user)
+        os.chown(location, entry.pw_uid, entry.pw_gid)
+    space = unique("space")
+    pg.psql(f"CREATE TABLESPACE {space} LOCATION '{location}'")
+    pg.psql(f"CREATE ROLE {reader} LOGIN")
+    pg.psql(f"CREATE DATABASE {database} TABLESPACE {space} IS_TEMPLATE true")
+    pg.psql(f"REVOKE CONNECT, TEMPORARY ON DATABASE {database} FROM PUBLIC")
+    pg.psql(f"GRANT CONNECT ON DATABASE {database} TO {reader} WITH GRANT OPTION")
+    pg.psql("CREATE TABLE t (n int); INSERT INTO t VALUES (1);", database)
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    copy = unique("copy")
+
+    output = ok("restore", "--into", copy, env=env)
+
+    def facts(name: str) -> str:
+        return pg.psql(
+            "SELECT array_to_string(ARRAY(SELECT format('%s %s %s',"
+            " coalesce(pg_get_userbyid(a.grantee), 'PUBLIC'), a.privilege_type, a.is_grantable)"
+            " FROM aclexplode(d.datacl) a WHERE a.grantee <> d.datdba ORDER BY 1), ', '),"
+            " (SELECT spcname FROM pg_tablespace WHERE oid = d.dattablespace), d.datistemplate"
+            f" FROM pg_database d WHERE datname = '{name}'"
+        )
+
+    assert facts(copy) == facts(database)
+    assert facts(copy) == f"{reader} CONNECT t|{space}|t\n"
+    assert "WARNING" not in output
+    assert pg.psql("SELECT n FROM t", copy) == "1\n"

@@ -23,6 +23,7 @@ from backupd.sources.postgres import (
     libpq_env,
     major_version,
     pg_dump_argv,
+    privilege_statements,
     tool_version_of,
     version_problem,
 )
@@ -266,3 +267,21 @@ def test_a_program_that_is_not_the_wrapper_runs_as_found(tmp_path: Path) -> None
 
     assert client_program("pg_dump", str(own.parent), binroot) == "pg_dump"
     assert client_program("pg_dump", str(tmp_path / "empty"), binroot) == "pg_dump"
+
+
+def test_database_privileges_become_grants_after_revoking_publics_defaults() -> None:
+    owner_and_reader = {
+        "owner": "alice",
+        "acl": [
+            {"grantee": "alice", "privilege": "CREATE", "grantable": True},
+            {"grantee": "bob", "privilege": "CONNECT", "grantable": True},
+            {"grantee": None, "privilege": "TEMPORARY", "grantable": False},
+        ],
+    }
+    assert [sql for _, sql in privilege_statements('"db"', owner_and_reader)] == [
+        'REVOKE ALL ON DATABASE "db" FROM PUBLIC',
+        'GRANT CONNECT ON DATABASE "db" TO "bob" WITH GRANT OPTION',
+        'GRANT TEMPORARY ON DATABASE "db" TO PUBLIC',
+    ]
+    assert privilege_statements('"db"', {"owner": "alice", "acl": None}) == []
+    assert privilege_statements('"db"', {}) == []
