@@ -599,9 +599,16 @@ class PostgresSource:
         ]
 
     async def drop_database(self, database: str) -> None:
-        await self._query(
-            f"DROP DATABASE IF EXISTS {pg_identifier(database)} WITH (FORCE)", "postgres"
+        """Drop ``database`` if it exists, closing its connections; a template database (a
+        restored template flag) is made an ordinary one first, as PostgreSQL requires."""
+        name = pg_identifier(database)
+        template = await self._query(
+            f"SELECT 1 FROM pg_database WHERE datname = {pg_literal(database)} AND datistemplate",
+            "postgres",
         )
+        if template:
+            await self._query(f"ALTER DATABASE {name} IS_TEMPLATE false", "postgres")
+        await self._query(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", "postgres")
 
     def restore_command(self, database: str, *, in_one_transaction: bool = True) -> Command:
         return self._command(pg_restore_argv(database, in_one_transaction), database)

@@ -688,3 +688,7 @@ def test_database_privileges_tablespace_and_template_flag_come_back(
     assert facts(copy) == f"{reader} CONNECT t|{space}|t\n"
     assert "WARNING" not in output
     assert pg.psql("SELECT n FROM t", copy) == "1\n"
+    # A copy that is a template is still replaced with --clean, and a drill drops its own.
+    ok("restore", "--into", copy, "--clean", env=env)
+    ok("verify", "--drill", env=env)
+    assert pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'backupd_drill_%'") == "0\n"
