@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +26,9 @@ from backupd.errors import CoordinationError
 
 CLAIMS_FOLDER = f"{INTERNAL_FOLDER}/claims"
 STALE_AFTER = timedelta(days=1)
-"""Claims not written for this long are deleted by retention (``claims.delete_stale_claims``)."""
+"""Claims not written for this long are deleted by the sweep after a run (``sweepable``), save
+each target's newest slot. Longer than any lease (``COORDINATION_LEASE`` is at most an hour,
+renewed every third), so a claim under a live lease is never old enough."""
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -35,6 +38,13 @@ class Kind(enum.StrEnum):
     BACKUP = "backup"
     PRUNE = "prune"
     VERIFY = "verify"
+
+
+_SLOT_CLAIM = re.compile(
+    rf"^(?P<target>[A-Za-z0-9_.-]+)/(?P<kind>{'|'.join(kind.value for kind in Kind)})/"
+    r"\d{8}T\d{6}Z\.json$"
+)
+"""A slot's claim, its name relative to ``claims_prefix`` (as ``claim_key`` writes it)."""
 
 
 class State(enum.StrEnum):
@@ -220,3 +230,34 @@ def watch_delay(claim: Claim, now: datetime, lease: float) -> float:
 def is_stale(modified: datetime, now: datetime, max_age: timedelta = STALE_AFTER) -> bool:
     """Whether a claim object last written at ``modified`` is old enough to delete."""
     return now - modified > max_age
+
+
+def sweepable(
+    listed: Iterable[tuple[str, datetime]],
+    folder: str,
+    now: datetime,
+    max_age: timedelta = STALE_AFTER,
+) -> list[str]:
+    """The keys a sweep of ``folder``'s claims deletes, in the order listed.
+
+    ``listed`` holds (key, last written) of every object under ``claims_prefix(folder)``. A key
+    goes when it was not written for ``max_age`` (``is_stale``), except the claim of each
+    (target, kind)'s newest slot, however old: the start-up run stands for a target's latest
+    slot and finds it done only by that claim (README, "Running several replicas": a restarted
+    replica does not repeat a slot that already ran), and for a target that runs less often
+    than daily (or on the 25-hour day clocks go back) that claim is more than a day old. What
+    stays is thus one claim per target and kind, plus the last day's. Left-over probes and
+    other names are judged by age alone. Times are aware datetimes; ``max_age`` a duration.
+    """
+    prefix = claims_prefix(folder)
+    entries = list(listed)
+    newest: dict[tuple[str, str], str] = {}
+    for key, _ in entries:
+        found = _SLOT_CLAIM.match(key[len(prefix) :]) if key.startswith(prefix) else None
+        if found is not None:
+            group = (found["target"], found["kind"])
+            newest[group] = max(newest.get(group, key), key)  # fixed-width UTC stamps
+    kept = set(newest.values())
+    return [
+        key for key, modified in entries if key not in kept and is_stale(modified, now, max_age)
+    ]

@@ -11,6 +11,7 @@ import pytest
 
 from backupd.catalogue import parse_key
 from backupd.coordination import (
+    STALE_AFTER,
     Claim,
     Kind,
     State,
@@ -25,6 +26,7 @@ from backupd.coordination import (
     renew_every,
     renewed,
     still_held,
+    sweepable,
     taken_over,
     watch_delay,
 )
@@ -189,6 +191,59 @@ def test_claims_not_written_for_a_day_are_stale(modified: datetime, expected: bo
     assert is_stale(modified, T0) is expected
 
 
+def claim_at(target: str, kind: Kind, slot: str) -> str:
+    """The key of ``target``'s ``kind`` claim for ``slot`` (UTC, ``YYYY-MM-DD HH:MM``)."""
+    return claim_key("backups", target, kind, datetime.fromisoformat(f"{slot}+00:00"))
+
+
+DAYS_AGO = [later(-days * 86400) for days in range(4)]
+YEARLY = claim_at("yearly", Kind.BACKUP, "2026-01-01 00:00")
+OFTEN = [claim_at("often", Kind.BACKUP, f"2026-11-2{day} 02:00") for day in (6, 7, 8, 9)]
+PROBE = "backups/.backupd/claims/.probe-0123456789ab.json"
+
+
+@pytest.mark.parametrize(
+    ("listed", "expected"),
+    [
+        ([], []),
+        # a target's newest slot keeps its claim however old: the start-up run reads it
+        ([(YEARLY, DAYS_AGO[3])], []),
+        # while a target that runs often sweeps the folder (its claims written 3, 2, 1 and 0
+        # days ago: exactly a day is not yet stale)
+        ([*zip(OFTEN, reversed(DAYS_AGO), strict=True), (YEARLY, DAYS_AGO[3])], OFTEN[:2]),
+        # the newest slot by its name, not by when its claim was last written
+        ([(OFTEN[0], DAYS_AGO[2]), (OFTEN[1], DAYS_AGO[3])], [OFTEN[0]]),
+        # each kind of a target, and each target, has its newest slot
+        (
+            [
+                (claim_at("orders", Kind.BACKUP, "2026-11-20 02:00"), DAYS_AGO[3]),
+                (claim_at("orders", Kind.VERIFY, "2026-11-01 05:00"), DAYS_AGO[3]),
+                (claim_at("orders", Kind.VERIFY, "2026-11-08 05:00"), DAYS_AGO[3]),
+                (claim_at("orders.eu", Kind.BACKUP, "2026-11-21 02:00"), DAYS_AGO[3]),
+            ],
+            [claim_at("orders", Kind.VERIFY, "2026-11-01 05:00")],
+        ),
+        # left-over probes and other names: by age alone
+        ([(PROBE, DAYS_AGO[2])], [PROBE]),
+        ([(PROBE, later(-3600))], []),
+        (
+            [("backups/.backupd/claims/often/backup/notes.txt", DAYS_AGO[2]), (OFTEN[0], T0)],
+            ["backups/.backupd/claims/often/backup/notes.txt"],
+        ),
+    ],
+)
+def test_a_sweep_keeps_each_targets_newest_slot_and_the_last_day(
+    listed: list[tuple[str, datetime]], expected: list[str]
+) -> None:
+    assert sweepable(listed, "backups", T0) == expected
+
+
+def test_a_sweep_of_the_bucket_root_keeps_the_newest_slot_too() -> None:
+    old, new = (claim_key("", "default", Kind.BACKUP, T0 - timedelta(days=d)) for d in (9, 8))
+    listed = [(old, DAYS_AGO[3]), (new, DAYS_AGO[3])]
+    assert sweepable(listed, "", T0) == [old]
+
+
 @pytest.mark.parametrize(
     ("expression", "zone", "at", "expected"),
     [
@@ -270,6 +325,15 @@ def test_coordination_settings_refused(env: dict[str, str], problem: str) -> Non
     with pytest.raises(ConfigError) as caught:
         load_settings({**STORAGE, **env})
     assert [p for p in caught.value.problems if p.startswith(problem)], caught.value.problems
+
+
+def test_a_claim_under_a_live_lease_is_never_old_enough_to_sweep() -> None:
+    """A live holder wrote its claim less than a lease ago: no lease may reach the age at
+    which a sweep deletes claims."""
+    lease = f"{STALE_AFTER.total_seconds():.0f}"
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**STORAGE, "COORDINATION": "storage", "COORDINATION_LEASE": lease})
+    assert [p for p in caught.value.problems if p.startswith("COORDINATION_LEASE")]
 
 
 @pytest.mark.parametrize("prefix", ["backups", "backups/default", ""])
