@@ -29,7 +29,6 @@ from backupd.coordination import (
     claim_key,
     claims_prefix,
     finished,
-    is_stale,
     may_take_over,
     new_claim,
     parse_claim,
@@ -37,6 +36,7 @@ from backupd.coordination import (
     renew_every,
     renewed,
     still_held,
+    sweepable,
     taken_over,
     watch_delay,
 )
@@ -94,8 +94,9 @@ class Claims:
         self._swept_at: float | None = None
 
     async def sweep(self) -> list[str]:
-        """Delete this folder's claims not written for a day, at most once per ``SWEEP_EVERY``
-        seconds (monotonic); the keys deleted. Raises StorageError."""
+        """Delete this folder's claims not written for a day, save each target's newest slot
+        (``delete_stale_claims``), at most once per ``SWEEP_EVERY`` seconds (monotonic); the
+        keys deleted. Raises StorageError."""
         now = time.monotonic()
         if self._swept_at is not None and now - self._swept_at < SWEEP_EVERY:
             return []
@@ -406,13 +407,12 @@ async def delete_stale_claims(
     now: datetime,
     max_age: timedelta = STALE_AFTER,
 ) -> list[str]:
-    """Delete the claims (and left-over probes) under ``folder`` not written for ``max_age``;
-    the keys deleted. For retention, which runs it once per storage."""
-    stale = [
-        item.key
-        async for item in store.list_objects(claims_prefix(folder))
-        if is_stale(item.modified, now, max_age)
-    ]
+    """Delete the claims (and left-over probes) under ``folder`` not written for ``max_age``,
+    save each target's newest slot (``coordination.sweepable``); the keys deleted. One listing
+    of the folder's claims (about a day's worth, plus one per target and kind), then one
+    request per key deleted. Raises StorageError."""
+    listed = [(item.key, item.modified) async for item in store.list_objects(claims_prefix(folder))]
+    stale = sweepable(listed, folder, now, max_age)
     for key in stale:
         await store.delete(key)
     return stale

@@ -20,6 +20,8 @@ from tests.conftest import S3_KEY_ID, S3_SECRET
 from tests.servers import FaultProxy
 
 SLOT = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 LEASE = 1.5
 DEADLINE = 20.0
 """Seconds a test waits for what the lease makes happen (a generous bound, never a sleep)."""
@@ -225,17 +227,24 @@ async def test_malformed_claims_are_errors_naming_the_key(store: S3Storage) -> N
         await replica(store, "a", Clock()).try_claim("orders", Kind.BACKUP, SLOT)
 
 
-async def test_claims_older_than_a_day_are_deleted(store: S3Storage) -> None:
+async def test_claims_older_than_a_day_are_deleted_save_the_newest_slots(
+    store: S3Storage,
+) -> None:
     clock = Clock()
-    await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    for slot in (SLOT, SLOT + timedelta(hours=1)):
+        await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, slot)
     await store.put_bytes("backups/orders/keep.dump", b"x", "application/octet-stream")
     now = datetime.now(UTC)
 
     assert await delete_stale_claims(store, "backups", now) == []
     deleted = await delete_stale_claims(store, "backups", now + timedelta(days=1, minutes=1))
 
+    newest = claim_key("backups", "orders", Kind.BACKUP, SLOT + timedelta(hours=1))
     assert deleted == [claim_key("backups", "orders", Kind.BACKUP, SLOT)]
-    assert [o.key async for o in store.list_objects("backups/")] == ["backups/orders/keep.dump"]
+    assert [o.key async for o in store.list_objects("backups/")] == [
+        newest,
+        "backups/orders/keep.dump",
+    ]
 
 
 async def test_self_test_passes_on_a_store_with_conditional_writes(store: S3Storage) -> None:
@@ -307,11 +316,34 @@ async def test_a_deleted_claim_is_claimed_afresh_by_a_watching_replica(store: S3
 
 async def test_a_replica_sweeps_day_old_claims_at_most_once_an_hour(store: S3Storage) -> None:
     clock = Clock()
-    await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)
+    for hours in range(3):
+        await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT + hours * HOUR)
     later = Clock()
-    later.advance(86400 + 60)
+    later.advance(DAY.total_seconds() + 60)
     sweeper = replica(store, "b", later)
 
-    assert await sweeper.sweep() == [claim_key("backups", "orders", Kind.BACKUP, SLOT)]
-    await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT + timedelta(hours=1))
+    assert await sweeper.sweep() == [
+        claim_key("backups", "orders", Kind.BACKUP, SLOT + hours * HOUR) for hours in range(2)
+    ]
+    await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT + 3 * HOUR)
     assert await sweeper.sweep() == []  # an hour has not passed since the last sweep
+
+
+async def test_a_restart_does_not_repeat_a_yearly_slot_whose_claim_a_sweep_saw(
+    store: S3Storage,
+) -> None:
+    """A target that runs often sweeps the folder's day-old claims; a yearly target's latest
+    slot keeps its claim, so the start-up run after a restart two days later (which stands for
+    that slot) finds it done and does not run it again."""
+    clock = Clock()
+    yearly = datetime(2026, 1, 1, tzinfo=UTC)  # "0 0 1 1 *": the latest slot for months
+    for target, slot in [("yearly", yearly), ("often", SLOT), ("often", SLOT + HOUR)]:
+        async with claimed(replica(store, "a", clock), target, Kind.BACKUP, slot) as lease:
+            assert lease is not None
+    two_days_later = Clock()
+    two_days_later.advance(2 * DAY.total_seconds())  # the claims, as the store dated them, look old
+
+    swept = await replica(store, "a", two_days_later).sweep()
+    async with claimed(replica(store, "a", two_days_later), "yearly", Kind.BACKUP, yearly) as lease:
+        assert lease is None, "the yearly slot ran again after a restart"
+    assert swept == [claim_key("backups", "often", Kind.BACKUP, SLOT)]
