@@ -193,12 +193,36 @@ class Tool:
     def is_mariadb(self) -> bool:
         return is_mariadb_tool(self.version_output)
 
+    @property
+    def dumps_history(self) -> bool:
+        """Whether it offers ``--dump-history`` (mariadb-dump of MariaDB 10.11 and later)."""
+        found = re.search(r"(\d+)\.(\d+)\.\d+-MariaDB", self.version_output)
+        return self.is_mariadb and found is not None and (int(found[1]), int(found[2])) >= (10, 11)
 
-def dump_argv(tool: Tool, config: DatabaseConfig, database: str) -> tuple[str, ...]:
+
+def dump_argv(
+    tool: Tool, config: DatabaseConfig, database: str, history: bool = False
+) -> tuple[str, ...]:
     """One database, without ``--databases``: the SQL names no database, so it loads into
-    whichever database the client names, and nothing in it needs rewriting."""
+    whichever database the client names, and nothing in it needs rewriting. With
+    ``history``, system-versioned tables keep their history (``--dump-history``)."""
     extra = () if tool.is_mariadb else ORACLE_ONLY_OPTIONS
-    return (tool.program, *connection_args(config), *DUMP_OPTIONS, *extra, "--", database)
+    more = ("--dump-history",) if history else ()
+    return (tool.program, *connection_args(config), *DUMP_OPTIONS, *extra, *more, "--", database)
+
+
+def history_query(database: str) -> str:
+    """System-versioned tables, and how many of them keep transaction-precise history (a
+    ``ROW START`` column, as MariaDB's COLUMNS shows it in GENERATION_EXPRESSION, of
+    ``BIGINT``), which ``--dump-history`` refuses (it dumps only
+    timestamp-based history), as ``count<TAB>precise<TAB>first precise table``."""
+    name = sql_literal(database)
+    return (
+        "SELECT (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = "
+        f"{name} AND TABLE_TYPE = 'SYSTEM VERSIONED'), COUNT(*), COALESCE(MIN(TABLE_NAME), '')"
+        f" FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {name}"
+        " AND GENERATION_EXPRESSION = 'ROW START' AND DATA_TYPE = 'bigint'"
+    )
 
 
 def client_argv(tool: str, config: DatabaseConfig, sql: str) -> tuple[str, ...]:
@@ -309,7 +333,29 @@ class MySQLSource:
     async def dump_command(
         self, database: str, native_compression: bool, snapshot: str | None = None
     ) -> Command:
-        return self._command(dump_argv(await self.tool(), self.config, database))
+        tool = await self.tool()
+        history = tool.dumps_history and await self._keeps_history(database)
+        return self._command(dump_argv(tool, self.config, database, history))
+
+    async def _keeps_history(self, database: str) -> bool:
+        """Whether ``database`` has system-versioned tables whose history mariadb-dump can
+        dump (all timestamp-based). Where one keeps transaction-precise history, no history
+        is dumped, and a warning says so; the current rows are dumped as always."""
+        try:
+            (row,) = await self._query(history_query(database))
+            counted, exact, table = [*row.split("\t"), ""][:3]
+            versioned, precise = int(counted), int(exact)
+        except (QueryError, ValueError):
+            return False
+        if precise:
+            log.warning(
+                "%s: the history of its system-versioned tables is not backed up: table %s "
+                "keeps transaction-precise history, which mariadb-dump cannot dump",
+                database,
+                table,
+            )
+            return False
+        return versioned > 0
 
     async def database_properties(self, database: str) -> dict[str, Any]:
         try:

@@ -285,3 +285,21 @@ def test_database_privileges_become_grants_after_revoking_publics_defaults() -> 
     ]
     assert privilege_statements('"db"', {"owner": "alice", "acl": None}) == []
     assert privilege_statements('"db"', {}) == []
+
+
+@pytest.mark.parametrize(
+    ("version", "dumps_history"),
+    [
+        ("mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)", True),
+        ("mariadb-dump from 11.8.2-MariaDB, client 10.19 for Linux (x86_64)", True),
+        ("mysqldump  Ver 10.19 Distrib 10.6.12-MariaDB, for Linux (x86_64)", False),
+        ("mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)", False),
+    ],
+)
+def test_history_is_dumped_only_by_a_mariadb_dump_that_offers_it(
+    version: str, dumps_history: bool
+) -> None:
+    tool = Tool("mariadb-dump", version)
+    assert tool.dumps_history is dumps_history
+    assert "--dump-history" in dump_argv(tool, database(Engine.MARIADB), "app", history=True)
+    assert "--dump-history" not in dump_argv(tool, database(Engine.MARIADB), "app")
