@@ -37,10 +37,13 @@ def ping_url(base: str, event: str) -> str:
 
 
 async def request(url: str, data: bytes | None = None) -> None:
-    """POST (or GET without data) with a short timeout and a couple of retries; raise at the end."""
-    from aiohttp import ClientError, ClientSession, ClientTimeout
+    """POST (or GET without data) with a short timeout (``TIMEOUT`` seconds) and
+    ``ATTEMPTS`` tries; raise RuntimeError at the end, saying what failed but never the URL:
+    it may hold a token, and aiohttp writes it normalised (host lower-cased, ``%7e`` as ``~``,
+    a space as ``+``), in a spelling masking would not find."""
+    from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout
 
-    error: Exception | None = None
+    problem = "no attempt"
     async with ClientSession(timeout=ClientTimeout(total=TIMEOUT)) as session:
         for attempt in range(ATTEMPTS):
             try:
@@ -48,14 +51,19 @@ async def request(url: str, data: bytes | None = None) -> None:
                 async with session.request(
                     "POST" if data is not None else "GET", url, data=data, headers=headers
                 ) as r:
-                    if r.status < 500:
-                        r.raise_for_status()
+                    if r.status < 400:
                         return
-                    error = RuntimeError(f"HTTP {r.status}")
-            except (ClientError, TimeoutError) as failure:
-                error = failure
+                    problem = f"HTTP {r.status} {r.reason or ''}".strip()
+                    if r.status < 500:
+                        break  # the receiver refuses the request itself: trying again won't help
+            except ClientConnectorError as failure:
+                problem = f"cannot connect: {failure.os_error.strerror or failure.os_error}"
+            except TimeoutError:
+                problem = f"no answer within {TIMEOUT:.0f}s"
+            except (ClientError, ValueError) as failure:
+                problem = type(failure).__name__
             await asyncio.sleep(0.5 * (attempt + 1))
-    raise RuntimeError(str(error) or type(error).__name__)
+    raise RuntimeError(problem)
 
 
 async def post_report(url: str, report: Report) -> None:

@@ -84,7 +84,8 @@ class Received:
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, list[Received]]]:
-    """A local HTTP server that records every request: Seq, webhooks and pings all land here."""
+    """A local HTTP server that records every request: Seq, webhooks and pings all land here
+    (paths under ``/missing`` are answered 404)."""
     seen: list[Received] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -93,7 +94,10 @@ def receiver() -> Iterator[tuple[str, list[Received]]]:
             seen.append(
                 Received(self.command, self.path, dict(self.headers), self.rfile.read(length))
             )
-            self.send_response(201 if self.path.startswith("/api/events") else 200)
+            if self.path.startswith("/missing"):
+                self.send_response(404)
+            else:
+                self.send_response(201 if self.path.startswith("/api/events") else 200)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -306,6 +310,32 @@ def test_a_dead_webhook_is_a_warning_only(
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"webhook about {shop} failed" in result.stdout
     assert "hook-Secret-31" not in result.stdout + result.stderr
+
+
+def test_a_refused_webhook_or_ping_never_prints_its_url_in_any_spelling(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str, receiver: tuple[str, list[Received]]
+) -> None:
+    """An HTTP client writes a URL normalised (host lower-cased, ``%7e`` as ``~``, a space as
+    ``+``), which masking the URL as configured would miss: errors never carry the URL."""
+    url, _ = receiver
+    port = url.rsplit(":", 1)[1]
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(moto_url, bucket),
+        "NOTIFY_WEBHOOK_URL": f"http://LOCALHOST:{port}/missing/hook/HookToken77",
+        "HEALTHCHECK_PING_URL": f"{url}/missing/ping/%7ePingToken55",
+    }
+
+    result = run_backupd("once", env=env)
+
+    said = result.stdout + result.stderr
+    assert result.returncode == 0, said
+    assert f"webhook about {shop} failed: HTTP 404 Not Found" in said
+    assert "HookToken77" not in said and "PingToken55" not in said
+    spaced = {**env, "NOTIFY_WEBHOOK_URL": f"{url}/missing/h?t=A HookToken77"}
+    checked = run_backupd("check", "--send-test", env=spaced)
+    assert "NOTIFY_WEBHOOK_URL: the test POST failed: HTTP 404" in checked.stdout
+    assert "HookToken77" not in checked.stdout + checked.stderr
 
 
 def test_json_logs_carry_the_report_fields(
