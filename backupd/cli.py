@@ -280,6 +280,21 @@ def parse_at(text: str, target: TargetConfig) -> datetime:
     return earlier + last
 
 
+def healthz_host(http_host: str) -> str:
+    """Where ``healthcheck`` asks: the address the service listens on (``HTTP_HOST``), or the
+    loopback of its family when it listens on every address."""
+    import ipaddress
+
+    host = http_host.strip().strip("[]")
+    try:
+        address = ipaddress.ip_address(host or "::")
+    except ValueError:
+        return host  # a name
+    if address.is_unspecified:
+        return "::1" if host.count(":") else "127.0.0.1"
+    return host
+
+
 async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
     import http.client  # here, like the other commands' modules: ``once`` starts without it
 
@@ -287,7 +302,9 @@ async def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
     if port == 0:
         print("backupd: HTTP_PORT=0 turns /healthz off; nothing to check", file=sys.stderr)
         return EXIT_FAILED
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+    connection = http.client.HTTPConnection(
+        healthz_host(settings.daemon.http_host), port, timeout=3
+    )
     try:
         connection.request("GET", "/healthz")
         status = connection.getresponse().status

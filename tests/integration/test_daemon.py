@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,9 +242,11 @@ def test_a_list_of_databases_gives_one_object_each(
     assert stored == ["backup_list_one", "backup_list_two"]
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])
 def test_healthcheck_command_follows_the_daemon(
-    pg: PostgresServer, tmp_path: Path, daemon_process: list[subprocess.Popen[str]]
+    pg: PostgresServer, tmp_path: Path, daemon_process: list[subprocess.Popen[str]], host: str
 ) -> None:
+    """``healthcheck`` asks where the service listens (HTTP_HOST), not always 127.0.0.1."""
     port = free_port()
     env = {
         **pg_env(pg, "postgres"),
@@ -251,10 +254,15 @@ def test_healthcheck_command_follows_the_daemon(
         "STORAGE_LOCAL_PATH": str(tmp_path / "store"),
         "RUN_ON_STARTUP": "false",
         "HTTP_PORT": str(port),
-        "HTTP_HOST": "127.0.0.1",
+        "HTTP_HOST": host,
     }
     process = start_daemon(env, daemon_process)
-    wait_until(lambda: fetch(port, "/healthz")[0] == 200, 30, "the daemon to answer /healthz")
+
+    def listening() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex((host, port)) == 0
+
+    wait_until(listening, 30, "the daemon to listen")
 
     alive = run_backupd("healthcheck", env=env)
     output = stop(process)

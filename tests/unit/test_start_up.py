@@ -7,6 +7,7 @@ import gc
 import subprocess
 import sys
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,20 @@ def test_what_a_backup_imports_before_its_dump_starts_leaves_out_the_heavy_clien
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert found.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("http_host", "asked"),
+    [
+        (str(IPv4Address(0)), "127.0.0.1"),  # every IPv4 address
+        ("", "127.0.0.1"),
+        ("::", "::1"),
+        ("[::]", "::1"),
+        ("127.0.0.2", "127.0.0.2"),
+        ("::1", "::1"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("backupd.internal", "backupd.internal"),
+    ],
+)
+def test_healthcheck_asks_where_the_service_listens(http_host: str, asked: str) -> None:
+    assert cli.healthz_host(http_host) == asked
