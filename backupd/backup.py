@@ -428,10 +428,11 @@ async def _dumps(
 ) -> list[Dump]:
     """The objects this run produces: one per database, plus server globals for ``*``."""
     counts = target.verify.row_counts is RowCounts.EXACT
+    wait = target.limits.stall_timeout or None
     if not target.database.all_databases:
-        return [_database_dump(source, name, counts) for name in target.database.databases]
+        return [_database_dump(source, n, counts, wait) for n in target.database.databases]
     names = await _all_databases(source, probe)
-    dumps = [_database_dump(source, name, counts) for name in names]
+    dumps = [_database_dump(source, name, counts, wait) for name in names]
     server_globals = source.open_globals(await probe)
     if server_globals is not None:
         dumps.append(
@@ -447,15 +448,18 @@ async def _dumps(
     return dumps
 
 
-def _database_dump(source: BackupSource, database: str, counts: bool) -> Dump:
-    """One database's dump; with ``counts``, beside a session that counts its tables' rows."""
+def _database_dump(
+    source: BackupSource, database: str, counts: bool, lock_wait: float | None = None
+) -> Dump:
+    """One database's dump; with ``counts``, beside a session that counts its tables' rows,
+    waiting at most ``lock_wait`` seconds for a table's lock."""
     return Dump(
         database=database,
         extension=source.extension,
         open=lambda native, snapshot: source.open_dump(database, native, snapshot),
         tool_compresses=source.can_compress,
         properties=lambda: source.database_properties(database),
-        session=(lambda: source.dump_session(database)) if counts else no_session,
+        session=(lambda: source.dump_session(database, lock_wait)) if counts else no_session,
         estimate=asked_once(lambda: source.estimated_size(database)),
     )
 

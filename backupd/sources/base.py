@@ -64,9 +64,13 @@ class BackupSource(Protocol):
         """
         ...
 
-    def dump_session(self, database: str) -> AbstractAsyncContextManager[DumpSession]:
+    def dump_session(
+        self, database: str, lock_wait: float | None = None
+    ) -> AbstractAsyncContextManager[DumpSession]:
         """Open for the whole dump: a client session counting every table's rows as the dump
-        sees them (see the engine module for how exact that is), or nothing to count."""
+        sees them (see the engine module for how exact that is), or nothing to count. It waits
+        at most ``lock_wait`` seconds (None: as the server's defaults) for any table lock, so
+        a locked table cannot hold a backup beyond RESTORE_STALL_TIMEOUT."""
         ...
 
     def open_globals(self, info: ServerInfo) -> AbstractAsyncContextManager[Readable] | None:

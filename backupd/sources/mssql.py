@@ -196,7 +196,9 @@ class MSSQLSource:
         )
         await self._sqlcmd(statement, timeout=24 * 3600)
 
-    def dump_session(self, database: str) -> contextlib.AbstractAsyncContextManager[DumpSession]:
+    def dump_session(
+        self, database: str, lock_wait: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[DumpSession]:
         """SQL Server's backups record no row counts."""
         return no_session()
 

@@ -440,7 +440,9 @@ class MySQLSource:
         return self._command(session_argv(client, self.config, database))
 
     @contextlib.asynccontextmanager
-    async def dump_session(self, database: str) -> AsyncIterator[DumpSession]:
+    async def dump_session(
+        self, database: str, lock_wait: float | None = None
+    ) -> AsyncIterator[DumpSession]:
         """A consistent snapshot taken just before the dump's own (mysqldump cannot share its
         snapshot), in which every table's rows are counted: exact for InnoDB tables as of a
         moment before the dump began, so writes in between can make them differ slightly.
@@ -451,6 +453,8 @@ class MySQLSource:
                 session = await stack.enter_async_context(
                     client_session(self._label(), self._session_command(database))
                 )
+                if lock_wait is not None:  # metadata locks (a table being altered)
+                    await session.ask(f"SET SESSION lock_wait_timeout = {max(1, int(lock_wait))};")
                 await session.ask(START_SNAPSHOT)
                 found = DumpSession(None, "own snapshot", session, COUNT_ROWS)
             except QueryError as error:

@@ -147,9 +147,11 @@ WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
 # The snapshot, and the tables locked as pg_dump locks them (ACCESS SHARE), so that no table
 # rewrite queued meanwhile can make a later count see other rows than the dump. The counts run
 # as this one backend, never with parallel workers: on a small host those would take the cores
-# the dump needs.
+# the dump needs. The locks are waited for at most RESTORE_STALL_TIMEOUT (``lock_timeout``): a
+# table another session holds cannot keep a backup waiting beyond what the stall guard allows.
 EXPORT_SNAPSHOT = rf"""BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 SET LOCAL max_parallel_workers_per_gather = 0;
+SET LOCAL lock_timeout = '{{lock_timeout}}';
 SELECT pg_export_snapshot();
 SELECT 'LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', ')
     || ' IN ACCESS SHARE MODE'
@@ -618,7 +620,9 @@ class PostgresSource:
         return self._psql(argv, database)
 
     @contextlib.asynccontextmanager
-    async def dump_session(self, database: str) -> AsyncIterator[DumpSession]:
+    async def dump_session(
+        self, database: str, lock_wait: float | None = None
+    ) -> AsyncIterator[DumpSession]:
         """A REPEATABLE READ transaction that exports its snapshot for ``pg_dump --snapshot``
         and counts every table's rows in that same snapshot: the counts are exactly what the
         dump holds. Open until the block ends. Without it (the export failed, e.g. on a server
@@ -629,7 +633,9 @@ class PostgresSource:
                 session = await stack.enter_async_context(
                     client_session("psql", self._session_command(database))
                 )
-                snapshot = (await session.ask(EXPORT_SNAPSHOT))[0].strip()
+                bound = f"{max(1, round(lock_wait * 1000))}ms" if lock_wait else "0"
+                export = EXPORT_SNAPSHOT.format(lock_timeout=bound)
+                snapshot = (await session.ask(export))[0].strip()
                 found = DumpSession(snapshot, "dump snapshot", session, COUNT_ROWS)
             except (QueryError, IndexError) as error:
                 log.warning("%s: row counts are not recorded: %s", database, error)

@@ -271,3 +271,39 @@ def test_bad_configuration_exits_2_listing_every_problem(tmp_path: Path) -> None
         "STORAGE_BUCKET_NAME",
     ]
     assert "hunter2-secret" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("counts", ["exact", "off"])
+def test_a_table_another_session_holds_fails_the_backup_within_the_stall_timeout(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, counts: str
+) -> None:
+    """An ALTER or VACUUM FULL elsewhere can hold a table for hours: the row-count session's
+    locks, like the dump, wait no longer than RESTORE_STALL_TIMEOUT."""
+    database = f"held_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    holder = subprocess.Popen(
+        ["psql", "-X", "-c", "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)"],
+        env={**os.environ, **pg.env(database)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        held = (
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock' AND l.granted"
+        )
+        wait_until(lambda: pg.psql(held, database).strip() == "1", 10, "the lock")
+        env = {
+            **pg_env(pg, database),
+            **storage_env(moto_url, bucket),
+            "RESTORE_STALL_TIMEOUT": "3",
+            "VERIFY_ROW_COUNTS": counts,
+        }
+        result = run_backupd("once", env=env, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "RESTORE_STALL_TIMEOUT" in failure_line(result)
+    assert_nothing_stored(s3, bucket)
