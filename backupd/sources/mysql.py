@@ -61,6 +61,7 @@ _CONNECT_FAILURES = (
     "Can't connect",
     "Unknown MySQL server host",
     "Got error: 2",
+    "at 'handshake",  # ERROR 2013: a server that accepts connections but never speaks
 )
 # ERROR 1153, or the connection closed on an oversized packet (ERROR 2006/2013).
 _PACKET_REFUSED = ("max_allowed_packet", "server has gone away", "lost connection to")
@@ -379,7 +380,8 @@ class MySQLSource:
         return None
 
     def explain_failure(self, stderr: str) -> str | None:
-        if any(marker in stderr.lower() for marker in _PACKET_REFUSED):
+        refused = any(marker in stderr.lower() for marker in _PACKET_REFUSED)
+        if refused and "at 'handshake" not in stderr:
             return (
                 "the server refused a statement larger than its max_allowed_packet (a wide "
                 "row; the client allows 1 GiB): raise max_allowed_packet on the server"

@@ -11,6 +11,7 @@ from backupd.process import Command, child_environment, mask
 from backupd.sources.mysql import (
     DUMP_OPTIONS,
     ORACLE_ONLY_OPTIONS,
+    MySQLSource,
     Tool,
     dump_argv,
     is_mariadb_tool,
@@ -303,3 +304,13 @@ def test_history_is_dumped_only_by_a_mariadb_dump_that_offers_it(
     assert tool.dumps_history is dumps_history
     assert "--dump-history" in dump_argv(tool, database(Engine.MARIADB), "app", history=True)
     assert "--dump-history" not in dump_argv(tool, database(Engine.MARIADB), "app")
+
+
+def test_a_server_that_never_speaks_is_a_login_failure_not_a_wide_row() -> None:
+    stderr = (
+        "mariadb-dump: Got error: 2013: \"Lost connection to server at 'handshake: reading "
+        "initial communication packet', system error: 110\" when trying to connect"
+    )
+    hint = MySQLSource(database(Engine.MARIADB)).explain_failure(stderr)
+    assert hint is not None
+    assert hint.startswith("cannot log in to MariaDB at ")
