@@ -3,8 +3,9 @@
 What may be deleted is decided here once, and narrowly:
 
 - only this target's own backups, as the catalogue reads them (keys under the target's prefix
-  that parse as backupd keys); a foreign object, a sibling folder sharing a prefix string,
-  another target's objects are never even seen;
+  that parse as backupd keys) of the databases it backs up (every one for ``*``); a foreign
+  object, a sibling folder sharing a prefix string, another target's objects, another
+  database's backups are never candidates;
 - a complete backup (object and manifest) only when the policy keeps it by no rule
   (``retention.decide``); the manifest goes first and the object last, so an interrupted prune
   leaves an incomplete object the next prune finishes, never a manifest without its object;
@@ -196,8 +197,13 @@ async def plan(
     backups, orphans = await catalogue.survey(storage, target.key_prefix)
     result = PruneResult(target.name, dry_run=True)
     complete = [b for b in backups if b.complete]
-    if database is not None:
+    if database is not None:  # named on the command line: the user's explicit choice
         complete = [b for b in complete if b.database == database]
+    elif not target.database.all_databases:
+        # Only the configured databases' backups: another deployment may share the folder,
+        # and a database dropped from DB_DATABASE keeps what it has.
+        configured = set(target.database.databases)
+        complete = [b for b in complete if b.database in configured and not b.is_globals]
     result.sizes = {b.key: b.size for b in complete}
     decisions = decide(candidates(complete, tz), retention.policy, now, tz)
     if database is None:

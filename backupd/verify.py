@@ -111,8 +111,10 @@ def chosen(
     """The backups to verify (newest first), and the problems found choosing them.
 
     Default: per database (by the key's series, so a backup whose manifest is missing still
-    counts as that database's), the newest backup; ``configured`` databases without any
-    backup are problems. ``key``: that backup; ``every``: all of them. A manifest whose object
+    counts as that database's), the newest backup of each ``configured`` database (of every
+    database found where none is configured, ``*``); configured databases without any backup
+    are problems. Backups of other databases under the folder are never chosen, but ``key``
+    may name any. ``key``: that backup; ``every``: all of them. A manifest whose object
     is missing (``orphans``) is a problem wherever it would have been chosen: named by
     ``key``, under ``every``, or newer than its series' newest object.
     """
@@ -123,6 +125,12 @@ def chosen(
             return [], [missing[selection.key]]
         return named, ([] if named else [f"no backup with key {selection.key}"])
     series = _series(selection.database, backups) if selection.database is not None else None
+    # Only the configured databases' backups (every one for ``*``): another deployment may
+    # share the folder, and its backups are not this target's to judge.
+    mine = {_series(name, backups) for name in configured} if configured else None
+    if mine is not None:
+        backups = [b for b in backups if b.parsed.series in mine]
+        orphans = [o for o in orphans if o.parsed.series in mine]
     lost = [o for o in orphans if series is None or o.parsed.series == series]
     if selection.every:
         pool = [b for b in backups if series is None or b.parsed.series == series]

@@ -491,3 +491,22 @@ def test_a_manifest_whose_object_is_gone_is_removed_once_old_enough(
     )
     assert run_at("+2d", "prune", env=env).returncode == 0
     assert keys_of(s3, bucket) == with_manifests(backups[1:])
+
+
+def test_prune_judges_only_the_databases_the_target_backs_up(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    """Two deployments sharing a folder never prune each other's databases, and a database
+    dropped from DB_DATABASE keeps what it has."""
+    days = daily(datetime(2026, 11, 20, 2, tzinfo=BERLIN), 3)
+    app = [put_backup(s3, bucket, "app", t) for t in days]
+    crm = [put_backup(s3, bucket, "crm", t) for t in days]
+    env = policy_env(moto_url, bucket, DB_DATABASE="app", RETENTION_KEEP_LAST="1")
+
+    result = run_at(NOW, "prune", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert keys_of(s3, bucket) == with_manifests([app[-1], *crm])
+    asked = run_at(NOW, "prune", "--database", "crm", env=env)
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert keys_of(s3, bucket) == with_manifests([app[-1], crm[-1]])

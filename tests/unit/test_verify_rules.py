@@ -383,3 +383,21 @@ def test_mail_subjects(kind: str, state: State, words: str) -> None:
     report = Report("default", "app", "postgres", state, T0, kind=kind)
 
     assert subject(report) == words
+
+
+@pytest.mark.parametrize(
+    ("selection", "keys"),
+    [
+        (Selection(), [APP_NEW]),
+        (Selection(every=True), [APP_NEW, APP_OLD]),
+        (Selection(key=SHOP.key), [SHOP]),
+    ],
+)
+def test_only_the_configured_databases_backups_are_verified(
+    selection: Selection, keys: list[Backup]
+) -> None:
+    """Another deployment may share the folder: its databases are not this target's."""
+    picked, found = chosen([APP_NEW, SHOP, APP_OLD], ("app",), selection)
+
+    assert [b.key for b in picked] == [b.key for b in keys]
+    assert found == []
