@@ -361,12 +361,25 @@ ACCESS_DENIED = (
 )
 
 
+Match = Callable[[str, str], bool]
+"""Picks requests by method and target (path and query)."""
+HOLD_LIMIT = 60.0
+"""Seconds a held request waits for ``FaultProxy.release`` at most."""
+ANSWER_WAIT = 10.0
+"""Seconds the proxy waits for the answer it is to lose."""
+
+
 class FaultProxy:
     """A TCP proxy in front of an HTTP server.
 
     It records each request's method, target and body size and, once ``break_uploads`` is set,
     drops any connection that sends a multipart UploadPart. Headers named in ``strip_headers``
     (lower case) are removed from every request, like a store that ignores them.
+
+    ``lose_answers`` and ``hold`` pick requests by method and target. Either goes upstream
+    whole and is acted on; a lost answer never reaches the client (the connection is closed
+    once the server has answered, as when a network drops a response), a held one reaches it
+    only once ``release`` is set: the client waits on a write that has already landed.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -386,6 +399,13 @@ class FaultProxy:
         self.deletes_allowed: int | None = None
         """Once this many DeleteObjects requests went through, the next are cut off."""
         self._deletes = 0
+        self.lose_answers: Match = lambda method, target: False
+        self.lost: list[tuple[str, str]] = []
+        """``(method, target)`` of each request whose answer was lost."""
+        self.hold: Match = lambda method, target: False
+        self.holding = threading.Event()
+        """Set once the server has answered a request picked by ``hold``."""
+        self.release = threading.Event()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
@@ -420,40 +440,24 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        answers = _Answers()
+        threading.Thread(target=self._pump, args=(upstream, client, answers), daemon=True).start()
         buffer = b""
         try:
             while (request := self._read_head(client, buffer)) is not None:
                 head, method, target, length, buffer = request
                 self.requests.append((method, target, length))
                 self.arrivals.append((time.monotonic(), method, target))
-                is_part = method == "PUT" and "partNumber=" in target
-                if is_part and self.break_uploads.is_set():
-                    client.shutdown(socket.SHUT_RDWR)
+                if not self._allow(client, method, target):
                     return
-                if method == "POST" and "?delete" in target and self.deletes_allowed is not None:
-                    self._deletes += 1
-                    if self._deletes > self.deletes_allowed:
-                        client.shutdown(socket.SHUT_RDWR)
-                        return
-                if is_part and self.part_delay:
-                    time.sleep(self.part_delay)
-                if (
-                    method == "GET"
-                    and self.manifest_delay
-                    and target.split("?")[0].endswith(MANIFEST_SUFFIX)
-                ):
-                    time.sleep(self.manifest_delay)
-                path = target.split("?", 1)[0]
-                refused = {"PUT": self.refuse_puts_ending, "GET": self.refuse_gets_ending}
-                ending = refused.get(method)
-                if ending and path.endswith(ending):
-                    # Answered before the body (the client may be waiting for 100 Continue),
-                    # and the connection closed, so no body is left to misread as a request.
-                    client.sendall(ACCESS_DENIED)
-                    return
+                answers.lose = self.lose_answers(method, target)
+                answers.hold = self.hold(method, target)
                 upstream.sendall(self._strip(head))
                 buffer = self._forward_body(client, upstream, length, buffer)
+                if answers.lose:
+                    answers.came.wait(ANSWER_WAIT)
+                    self.lost.append((method, target))
+                    return
         except OSError:
             return
         finally:
@@ -464,6 +468,31 @@ class FaultProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
+
+    def _allow(self, client: socket.socket, method: str, target: str) -> bool:
+        """Delay, hold or refuse a request as configured; False when it goes no further."""
+        is_part = method == "PUT" and "partNumber=" in target
+        if is_part and self.break_uploads.is_set():
+            client.shutdown(socket.SHUT_RDWR)
+            return False
+        if method == "POST" and "?delete" in target and self.deletes_allowed is not None:
+            self._deletes += 1
+            if self._deletes > self.deletes_allowed:
+                client.shutdown(socket.SHUT_RDWR)
+                return False
+        if is_part and self.part_delay:
+            time.sleep(self.part_delay)
+        path = target.split("?", 1)[0]
+        if method == "GET" and self.manifest_delay and path.endswith(MANIFEST_SUFFIX):
+            time.sleep(self.manifest_delay)
+        refused = {"PUT": self.refuse_puts_ending, "GET": self.refuse_gets_ending}
+        ending = refused.get(method)
+        if ending and path.endswith(ending):
+            # Answered before the body (the client may be waiting for 100 Continue),
+            # and the connection closed, so no body is left to misread as a request.
+            client.sendall(ACCESS_DENIED)
+            return False
+        return True
 
     def _strip(self, head: bytes) -> bytes:
         if not self.strip_headers:
@@ -510,13 +539,45 @@ class FaultProxy:
             length -= len(chunk)
         return buffer
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, answers: _Answers | None = None
+    ) -> None:
+        """Copy the server's answers to the client, losing or holding them as ``answers`` says."""
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if answers is not None and (answers.lose or answers.hold):
+                    data = self._pass_interim(data, sink)
+                    if not data:
+                        continue
+                    answers.came.set()
+                    if answers.lose:
+                        continue
+                    self.holding.set()
+                    self.release.wait(HOLD_LIMIT)
+                    answers.hold = False
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def _pass_interim(data: bytes, sink: socket.socket) -> bytes:
+        """Send a leading ``100 Continue`` on (the client may wait for it to send the body);
+        return what follows it."""
+        if not data.startswith(b"HTTP/1.1 100 "):
+            return data
+        interim, _, rest = data.partition(b"\r\n\r\n")
+        sink.sendall(interim + b"\r\n\r\n")
+        return rest
+
+
+@dataclass
+class _Answers:
+    """What becomes of the server's answer to the request in flight on one connection."""
+
+    lose: bool = False
+    hold: bool = False
+    came: threading.Event = field(default_factory=threading.Event)
+    """Set once the server answered a request whose answer is lost or held."""
 
 
 @contextlib.contextmanager
