@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_ATTEMPTS = 3
 MANIFEST_RETRY_DELAY_S = 1.0
+REMOVAL_TIMEOUT_S = 10.0
+"""How long a run that failed or was cancelled while publishing waits for the removal of each
+key it wrote."""
 # A dump shorter than this never asks the server for a size estimate (one query saved).
 ESTIMATE_AFTER = 2.0
 
@@ -152,7 +155,7 @@ async def _store(
     digest = Digest()
     clock = time.monotonic()
     log.info("backing up %s %s to %s", engine, dump.database, key)
-    async with dump.session() as session:
+    async with _removed_unless_recorded(storage) as written, dump.session() as session:
         properties = asyncio.ensure_future(dump.properties())
         tables = asyncio.ensure_future(session.count())
         try:
@@ -179,16 +182,18 @@ async def _store(
                 info = await probe
                 recorded = await properties
                 counted = await _counted(dump.database, tables)
+                written.append(key)  # from the commit's request on, the object may exist
                 await upload.commit()
         finally:
             await _settle(properties)
             await _settle(tables)
-    progress.done(key)
-    facts = {name: value for stage in stages for name, value in stage.facts().items()}
-    if counted is not None:
-        facts.update(tables=counted, row_counts=session.method)
-    made = Made(dump.database, key, run_id, native, stream_kind, recorded, facts)
-    return await _record(target, storage, made, digest, started, clock, info)
+        progress.done(key)
+        facts = {name: value for stage in stages for name, value in stage.facts().items()}
+        if counted is not None:
+            facts.update(tables=counted, row_counts=session.method)
+        made = Made(dump.database, key, run_id, native, stream_kind, recorded, facts)
+        written.append(manifest_key(key))
+        return await _record(target, storage, made, digest, started, clock, info)
 
 
 def _moved(source: Readable, stages: Sequence[Stage], digest: Digest) -> Callable[[], int]:
@@ -331,10 +336,8 @@ async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
     """Write ``manifest`` beside its object, which this run wrote under its own unique key.
 
     Tried ``MANIFEST_ATTEMPTS`` times. "Already exists" on a later attempt means an earlier
-    attempt landed after all: the stored manifest is read back and compared. If it cannot be
-    written, this run's own object is removed (no other run can have written that key), so no
-    object is left looking complete-but-unlisted; if even that fails, the exact key is logged,
-    and retention's cleanup of objects without a manifest removes it later.
+    attempt landed after all: the stored manifest is read back and compared. When the manifest
+    cannot be written, the caller removes the object (``_removed_unless_recorded``).
 
     Raises the last StorageError when the manifest could not be written.
     """
@@ -354,15 +357,6 @@ async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
             if attempt < MANIFEST_ATTEMPTS:
                 await asyncio.sleep(MANIFEST_RETRY_DELAY_S * attempt)
     assert failure is not None
-    try:
-        await asyncio.shield(storage.delete(manifest.key))
-    except BackupdError as error:
-        log.error(
-            "could not remove this run's object %s after its manifest failed (%s); it is "
-            "incomplete and retention removes it later",
-            manifest.key,
-            error,
-        )
     raise failure
 
 
@@ -371,6 +365,59 @@ async def _already_written(storage: Storage, key: str, data: bytes) -> bool:
         return await storage.get_bytes(key) == data
     except BackupdError:
         return False
+
+
+@contextlib.asynccontextmanager
+async def _removed_unless_recorded(storage: Storage) -> AsyncIterator[list[str]]:
+    """Publish only on full success: the block lists each key as it starts writing it (the
+    object, then its manifest), and should the block fail or be cancelled before the manifest
+    is written, those keys are removed again. That covers a commit whose answer never came, a
+    fence check that finds the slot lost, and a manifest whose write was in flight when the
+    cancellation came (the storage waits for its answer first). A cancelled run thus publishes
+    nothing, as a failed one does.
+
+    Each key carries this run's own random run id, so no other run can have written it, and
+    removing it can never touch another run's backup. The manifest goes first: an interrupted
+    removal leaves at worst an object without a manifest, which lists as incomplete and which
+    retention removes, never a manifest without its object.
+    """
+    written: list[str] = []
+    try:
+        yield written
+    except (Exception, asyncio.CancelledError):
+        if written:
+            await _remove_own(storage, written)
+        raise
+
+
+async def _remove_own(storage: Storage, written: list[str]) -> None:
+    """Delete ``written``, newest first; each removal runs to its end even under the
+    cancellation that caused it (a second one cuts it short), within ``REMOVAL_TIMEOUT_S``."""
+    for key in reversed(written):
+        removal = asyncio.ensure_future(storage.delete(key))
+        try:
+            done, _ = await asyncio.wait([removal], timeout=REMOVAL_TIMEOUT_S)
+        finally:
+            removal.cancel()  # nothing once it is done
+        if done and removal.exception() is None:
+            log.info("removed %s: this run did not finish", key)
+            continue
+        problem = removal.exception() if done else f"no answer in {REMOVAL_TIMEOUT_S:.0f}s"
+        if key == written[0]:
+            log.error(
+                "could not remove this run's object %s after the run failed (%s); it has no "
+                "manifest, so it lists as incomplete and retention removes it later",
+                key,
+                problem,
+            )
+        else:  # the object stays too: never a manifest without its object
+            log.error(
+                "could not remove this run's manifest %s after the run failed (%s); should "
+                "its write have landed, the backup lists as complete",
+                key,
+                problem,
+            )
+        return
 
 
 async def run_backup(

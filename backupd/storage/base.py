@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from backupd.parts import Part
 
+log = logging.getLogger(__name__)
+
 Estimate = Callable[[], Awaitable[int | None]]
+T = TypeVar("T")
+
+SETTLE_S = 10.0
+"""How long a write that is cancelled while its request is in flight waits for that request's
+answer (see ``finish_in_flight``)."""
 
 
 class Upload(Protocol):
     """One object being written. Nothing is visible until ``commit`` succeeds.
 
-    Leaving the context without ``commit`` (an error, a cancellation) aborts: no object and
-    no open multipart upload remain.
+    Leaving the context without a successful ``commit`` (an error, a cancellation) aborts: no
+    open multipart upload remains. An object remains only when the commit's own request reached
+    the store and no answer came back that says so: the storage cannot tell that object from
+    another writer's, so the caller, which knows the key is its own (backups carry their run's
+    id), removes it. A commit cancelled with its request in flight first waits for the answer
+    (``finish_in_flight``), so that the removal comes after the write.
     """
 
     def part_size(self, number: int) -> int:
@@ -101,7 +114,8 @@ class Storage(Protocol):
     async def put_bytes(
         self, key: str, data: bytes, content_type: str, *, locked: bool = False
     ) -> None:
-        """Write a small object in one request; never overwrite. ``locked`` as in ``upload``."""
+        """Write a small object in one request; never overwrite. A write cancelled in flight
+        waits for its answer, as ``Upload.commit`` does. ``locked`` as in ``upload``."""
         ...
 
     async def delete(self, key: str) -> None:
@@ -208,3 +222,36 @@ async def note_writing(key: str) -> None:
     fence = publish_fence.get()
     if fence is not None:
         await fence.writing(key)
+
+
+async def finish_in_flight(request: Awaitable[T], what: str, bound: float = SETTLE_S) -> T:
+    """Await ``request``, a write that can make ``what`` visible.
+
+    Cancelled meanwhile, it lets the request finish first (at most ``bound`` seconds; a second
+    cancellation cuts that short), then passes the cancellation on. Whether the write landed
+    is then decided before the caller cleans up, so that a removal of ``what`` is never
+    overtaken by the very write it undoes. Past ``bound`` the request is cancelled; should it
+    land even so, ``what`` is left without a manifest (incomplete, removed by retention).
+    """
+    task = asyncio.ensure_future(request)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_outcome_is_moot)
+        if not task.done():
+            log.info(
+                "interrupted while writing %s: waiting up to %.0fs for the request in flight",
+                what,
+                bound,
+            )
+            try:
+                await asyncio.wait([task], timeout=bound)
+            finally:
+                task.cancel()
+        raise
+
+
+def _outcome_is_moot(task: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a request its caller no longer waits for (cancelled)."""
+    if not task.cancelled():
+        task.exception()

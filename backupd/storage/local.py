@@ -19,7 +19,14 @@ from typing import BinaryIO
 from backupd.config import LocalConfig
 from backupd.errors import StorageError
 from backupd.parts import Part
-from backupd.storage.base import Estimate, Lock, PendingUpload, Removal, StoredObject
+from backupd.storage.base import (
+    Estimate,
+    Lock,
+    PendingUpload,
+    Removal,
+    StoredObject,
+    finish_in_flight,
+)
 
 DOWNLOAD_CHUNK = 1024 * 1024
 PARTIAL = ".partial"
@@ -34,14 +41,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _publish(temporary: Path, final: Path) -> None:
-    """Make ``temporary`` visible as ``final`` atomically, refusing to overwrite."""
+    """Make ``temporary`` visible as ``final`` atomically, refusing to overwrite; published
+    durably, or not at all."""
     try:
         os.link(temporary, final)
     except FileExistsError:
         raise StorageError(f"{final} already exists; backupd never overwrites") from None
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync_dir(final.parent)
+    try:
+        _fsync_dir(final.parent)
+    except OSError:
+        final.unlink(missing_ok=True)  # the link above made it: this write's own
+        raise
 
 
 class LocalUpload:
@@ -85,7 +97,8 @@ class LocalUpload:
             handle.close()
             _publish(self._temporary, self._final)
 
-        await asyncio.to_thread(_finish)
+        # A thread cannot be stopped: cancelled, wait until it has linked the file or not.
+        await finish_in_flight(asyncio.to_thread(_finish), str(self._final))
         self.committed = True
 
     def discard(self) -> None:

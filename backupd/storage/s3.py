@@ -34,6 +34,7 @@ from backupd.storage.base import (
     Removal,
     StoredObject,
     check_fence,
+    finish_in_flight,
     note_writing,
 )
 
@@ -255,6 +256,7 @@ class S3Upload:
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: list[CompletedPartTypeDef] = []
         self._failure: BaseException | None = None
+        self._completing = False
         self.committed = False
 
     def part_size(self, number: int) -> int:
@@ -281,13 +283,16 @@ class S3Upload:
             await check_fence(self._key)
             client = await self._storage.client()
             with storage_errors(self._config, f"upload {self._key}"):
-                await client.put_object(
-                    Bucket=self._config.bucket,
-                    Key=self._key,
-                    Body=self._held.body if self._held else b"",
-                    Metadata=self._metadata,
-                    IfNoneMatch="*",
-                    **lock_arguments(self._config, datetime.now(UTC), self._locked),
+                await finish_in_flight(
+                    client.put_object(
+                        Bucket=self._config.bucket,
+                        Key=self._key,
+                        Body=self._held.body if self._held else b"",
+                        Metadata=self._metadata,
+                        IfNoneMatch="*",
+                        **lock_arguments(self._config, datetime.now(UTC), self._locked),
+                    ),
+                    self._key,
                 )
             self.committed = True
             if self._held is not None:
@@ -300,13 +305,17 @@ class S3Upload:
         parts = sorted(self._done, key=lambda p: p["PartNumber"])
         await check_fence(self._key)
         client = await self._storage.client()
+        self._completing = True
         with storage_errors(self._config, f"complete {self._key}"):
-            await client.complete_multipart_upload(
-                Bucket=self._config.bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": parts},
-                IfNoneMatch="*",
+            await finish_in_flight(
+                client.complete_multipart_upload(
+                    Bucket=self._config.bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
+                ),
+                self._key,
             )
         self.committed = True
 
@@ -323,8 +332,10 @@ class S3Upload:
         if self._upload_id is None or self.committed:
             return
         client = await self._storage.client()
+        # A completion whose answer was lost may have ended the upload: then no parts are left.
+        gone = ("NoSuchUpload",) if self._completing else ()
         try:
-            with storage_errors(self._config, f"abort upload of {self._key}"):
+            with storage_errors(self._config, f"abort upload of {self._key}"), tolerating(*gone):
                 await client.abort_multipart_upload(
                     Bucket=self._config.bucket, Key=self._key, UploadId=self._upload_id
                 )
@@ -509,13 +520,16 @@ class S3Storage:
         await check_fence(key)
         client = await self.client()
         with storage_errors(self.config, f"write {key}"):
-            await client.put_object(
-                Bucket=self.config.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                IfNoneMatch="*",
-                **lock_arguments(self.config, datetime.now(UTC), locked),
+            await finish_in_flight(
+                client.put_object(
+                    Bucket=self.config.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=content_type,
+                    IfNoneMatch="*",
+                    **lock_arguments(self.config, datetime.now(UTC), locked),
+                ),
+                key,
             )
 
     async def delete(self, key: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,10 @@ import pytest
 
 from backupd.catalogue import MANIFEST_SUFFIX
 from tests.conftest import backupd_command, bucket_state, child_env, pg_env, storage_env
-from tests.servers import FaultProxy, PostgresServer
+from tests.integration.test_daemon import daemon_process, start_daemon
+from tests.servers import FaultProxy, PostgresServer, wait_until
+
+__all__ = ["daemon_process"]  # the fixture, shared with test_daemon
 
 WRITERS = 4
 
@@ -93,3 +99,119 @@ def test_a_refused_manifest_removes_only_this_runs_object(
     assert set(keys) == before  # the earlier backup untouched, this run's object removed
     assert uploads == []
     assert "Traceback" not in refused.stdout
+
+
+def is_object_put(method: str, target: str) -> bool:
+    """A backup's single PutObject: neither a part of a multipart upload nor a manifest."""
+    path, _, query = target.partition("?")
+    return (
+        method == "PUT"
+        and "/backup_" in path
+        and not path.endswith(MANIFEST_SUFFIX)
+        and "partNumber=" not in query
+    )
+
+
+def is_manifest_put(method: str, target: str) -> bool:
+    return method == "PUT" and target.partition("?")[0].endswith(MANIFEST_SUFFIX)
+
+
+def small_database(pg: PostgresServer, prefix: str) -> str:
+    """A database whose dump fits one part: stored with a single PutObject."""
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    return database
+
+
+def output_lines(process: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
+    """The process's output lines as they come, and the thread that reads them."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            lines.extend(process.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
+
+
+@pytest.mark.parametrize("held", [is_object_put, is_manifest_put], ids=["object", "manifest"])
+def test_sigterm_while_a_write_is_in_flight_publishes_nothing(
+    pg: PostgresServer,
+    proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    held: Callable[[str, str], bool],
+) -> None:
+    env = {**pg_env(pg, small_database(pg, "term")), **storage_env(proxy.url, bucket)}
+    proxy.hold = held
+    process = subprocess.Popen(
+        backupd_command("once"),
+        env=child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines, reader = output_lines(process)
+    try:
+        wait_until(proxy.holding.is_set, 60, "the write to land")
+        process.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: (
+                any("interrupted while writing" in line for line in lines)
+                or process.poll() is not None
+            ),
+            30,
+            "backupd to take the signal",
+        )
+    finally:
+        proxy.release.set()  # the answer goes on to backupd
+    process.wait(60)
+    reader.join(10)
+    output = "".join(lines)
+
+    assert process.returncode == 1, output
+    assert "nothing was published" in output
+    assert bucket_state(s3, bucket) == ([], [])  # what landed was removed again
+    assert "Traceback" not in output
+
+
+def test_a_run_stopped_at_its_fence_check_before_the_manifest_publishes_nothing(
+    pg: PostgresServer,
+    atomic_proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    daemon_process: list[subprocess.Popen[str]],
+) -> None:
+    env = {
+        **pg_env(pg, small_database(pg, "fence")),
+        **storage_env(atomic_proxy.url, bucket),
+        "CRON_SCHEDULE": "0 0 1 1 *",  # the start-up run stands for this year's only slot
+        "COORDINATION": "storage",
+        "SHUTDOWN_TIMEOUT": "0",
+        "HTTP_PORT": "0",
+    }
+    seen: list[str] = []
+
+    def renewal_after_the_object(method: str, target: str) -> bool:
+        """The claim's renewal that fences the manifest: the first once the object is stored
+        (it lands; its answer is held)."""
+        if is_object_put(method, target) or (seen and "/.backupd/claims/" in target):
+            seen.append(target)
+        return len(seen) == 2 and method == "PUT" and "/.backupd/claims/" in target
+
+    atomic_proxy.hold = renewal_after_the_object
+    process = start_daemon(env, daemon_process)
+    try:
+        wait_until(atomic_proxy.holding.is_set, 60, "the fence check before the manifest")
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        atomic_proxy.release.set()
+
+    keys, uploads = bucket_state(s3, bucket)
+    assert [k for k in keys if "/.backupd/" not in k] == [], output
+    assert uploads == []
+    assert process.returncode == 0, output
