@@ -335,9 +335,9 @@ async def _record(
 async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
     """Write ``manifest`` beside its object, which this run wrote under its own unique key.
 
-    Tried ``MANIFEST_ATTEMPTS`` times. "Already exists" on a later attempt means an earlier
-    attempt landed after all: the stored manifest is read back and compared. When the manifest
-    cannot be written, the caller removes the object (``_removed_unless_recorded``).
+    Tried ``MANIFEST_ATTEMPTS`` times. An attempt that landed with its answer lost is the
+    storage's to recognise: the key then holds exactly these bytes, and counts as written. When
+    the manifest cannot be written, the caller removes the object (``_removed_unless_recorded``).
 
     Raises the last StorageError when the manifest could not be written.
     """
@@ -351,20 +351,11 @@ async def publish_manifest(storage: Storage, manifest: Manifest) -> None:
             failure = error
             if isinstance(error, ClaimLost):  # another replica has the slot: never publish
                 break
-            if attempt > 1 and await _already_written(storage, key, data):
-                return
             log.warning("writing %s failed (attempt %d): %s", key, attempt, error)
             if attempt < MANIFEST_ATTEMPTS:
                 await asyncio.sleep(MANIFEST_RETRY_DELAY_S * attempt)
     assert failure is not None
     raise failure
-
-
-async def _already_written(storage: Storage, key: str, data: bytes) -> bool:
-    try:
-        return await storage.get_bytes(key) == data
-    except BackupdError:
-        return False
 
 
 @contextlib.asynccontextmanager

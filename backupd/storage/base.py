@@ -43,7 +43,9 @@ class Upload(Protocol):
         ...
 
     async def commit(self) -> None:
-        """Publish the object. Fails if the key already exists."""
+        """Publish the object. Fails if the key already exists; where an answer can be lost
+        (an object store, whose client retries), a key found holding exactly the bytes this
+        upload sent is this upload's own earlier attempt, and counts as published."""
         ...
 
 
@@ -114,8 +116,9 @@ class Storage(Protocol):
     async def put_bytes(
         self, key: str, data: bytes, content_type: str, *, locked: bool = False
     ) -> None:
-        """Write a small object in one request; never overwrite. A write cancelled in flight
-        waits for its answer, as ``Upload.commit`` does. ``locked`` as in ``upload``."""
+        """Write a small object in one request; never overwrite. As with ``Upload.commit``, a
+        key found holding exactly ``data`` after a lost answer counts as written, and a write
+        cancelled in flight waits for its answer. ``locked`` as in ``upload``."""
         ...
 
     async def delete(self, key: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -281,19 +282,13 @@ class S3Upload:
     async def commit(self) -> None:
         if self._creating is None:
             await check_fence(self._key)
-            client = await self._storage.client()
-            with storage_errors(self._config, f"upload {self._key}"):
-                await finish_in_flight(
-                    client.put_object(
-                        Bucket=self._config.bucket,
-                        Key=self._key,
-                        Body=self._held.body if self._held else b"",
-                        Metadata=self._metadata,
-                        IfNoneMatch="*",
-                        **lock_arguments(self._config, datetime.now(UTC), self._locked),
-                    ),
-                    self._key,
-                )
+            await self._storage.put_new(
+                self._key,
+                self._held.body if self._held else b"",
+                f"upload {self._key}",
+                Metadata=self._metadata,
+                **lock_arguments(self._config, datetime.now(UTC), self._locked),
+            )
             self.committed = True
             if self._held is not None:
                 self._held.release()
@@ -518,19 +513,69 @@ class S3Storage:
         self, key: str, data: bytes, content_type: str, *, locked: bool = False
     ) -> None:
         await check_fence(key)
+        await self.put_new(
+            key,
+            data,
+            f"write {key}",
+            ContentType=content_type,
+            **lock_arguments(self.config, datetime.now(UTC), locked),
+        )
+
+    async def put_new(
+        self, key: str, body: bytes | io.BytesIO, action: str, **arguments: Any
+    ) -> None:
+        """PutObject ``body`` to ``key`` with ``If-None-Match: *``: it never overwrites.
+
+        "The key exists" (412, or 409 for a concurrent conditional write) comes back when the
+        key was taken before, and also when an earlier attempt of this very request landed but
+        its answer was lost: botocore retries a dropped connection or a 5xx itself, and the
+        retry then finds the key taken by the first attempt. The stored object is read back
+        and compared with ``body``, byte for byte: equal, the write counts as done; anything
+        else stays the error.
+
+        Why bytes, not the ETag: the S3 API calls an ETag opaque ("may or may not be an MD5
+        digest"). A single PutObject's is the body's MD5 on AWS S3 (and moto) only without
+        SSE-KMS or SSE-C; MinIO's is not under its encryption; R2 promises nothing for single
+        uploads. Equal bytes prove it on every store. ``body`` is still in memory (one part at
+        most), and the read-back happens only on this rare path.
+        """
         client = await self.client()
-        with storage_errors(self.config, f"write {key}"):
-            await finish_in_flight(
-                client.put_object(
-                    Bucket=self.config.bucket,
-                    Key=key,
-                    Body=data,
-                    ContentType=content_type,
-                    IfNoneMatch="*",
-                    **lock_arguments(self.config, datetime.now(UTC), locked),
-                ),
-                key,
-            )
+        try:
+            with storage_errors(self.config, action):
+                await finish_in_flight(
+                    client.put_object(
+                        Bucket=self.config.bucket,
+                        Key=key,
+                        Body=body,
+                        IfNoneMatch="*",
+                        **arguments,
+                    ),
+                    key,
+                )
+        except StorageError as error:
+            if _error_code(error) not in _CONDITION_FAILED or not await self._holds(key, body):
+                raise
+            log.info("%s: an earlier attempt of this write landed and its answer was lost", key)
+
+    async def _holds(self, key: str, body: bytes | io.BytesIO) -> bool:
+        """Whether ``key`` holds exactly ``body`` (False when it cannot be read)."""
+        client = await self.client()
+        with memoryview(body) if isinstance(body, bytes) else body.getbuffer() as sent:
+            try:
+                with storage_errors(self.config, f"read back {key}"):
+                    response = await client.get_object(Bucket=self.config.bucket, Key=key)
+                    async with response["Body"] as stored:
+                        if response["ContentLength"] != len(sent):
+                            return False
+                        offset = 0
+                        while chunk := await stored.read(DOWNLOAD_CHUNK):
+                            if sent[offset : offset + len(chunk)] != chunk:
+                                return False
+                            offset += len(chunk)
+                        return offset == len(sent)
+            except StorageError as error:
+                log.warning("%s exists; reading it back to compare failed: %s", key, error)
+                return False
 
     async def delete(self, key: str) -> None:
         client = await self.client()

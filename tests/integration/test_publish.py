@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
 import uuid
 from collections.abc import Callable
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -116,11 +119,71 @@ def is_manifest_put(method: str, target: str) -> bool:
     return method == "PUT" and target.partition("?")[0].endswith(MANIFEST_SUFFIX)
 
 
+def key_of(target: str) -> str:
+    """The object key of a path-style request target (``/bucket/key?query``)."""
+    return unquote(target.partition("?")[0].split("/", 2)[2])
+
+
 def small_database(pg: PostgresServer, prefix: str) -> str:
     """A database whose dump fits one part: stored with a single PutObject."""
     database = f"{prefix}_{uuid.uuid4().hex[:8]}"
     pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
     return database
+
+
+def test_a_lost_answer_to_the_objects_put_is_recognised_as_this_runs_write(
+    pg: PostgresServer, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    env = {**pg_env(pg, small_database(pg, "lost")), **storage_env(proxy.url, bucket)}
+    puts: list[str] = []
+
+    def first_put(method: str, target: str) -> bool:
+        if is_object_put(method, target):
+            puts.append(target)
+        return len(puts) == 1 and is_object_put(method, target)
+
+    proxy.lose_answers = first_put
+    result = start_together(env, 1)[0]
+
+    assert len(proxy.lost) == 1 and len(puts) >= 2  # landed unanswered, then retried: 412
+    assert result.returncode == 0, result.stdout
+    keys, uploads = bucket_state(s3, bucket)
+    objects, described = complete_pairs(keys)
+    assert len(objects) == 1 and objects == described and uploads == []
+    (key,) = objects
+    stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=key + MANIFEST_SUFFIX)["Body"].read())
+    assert (manifest["size"], manifest["sha256"]) == (len(stored), sha256(stored).hexdigest())
+
+
+def test_a_key_holding_other_bytes_after_a_lost_answer_fails_and_only_it_is_removed(
+    pg: PostgresServer, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    env = {**pg_env(pg, small_database(pg, "other")), **storage_env(proxy.url, bucket)}
+    earlier = start_together(env, 1)[0]
+    assert earlier.returncode == 0, earlier.stdout
+    before = set(bucket_state(s3, bucket)[0])
+    puts: list[str] = []
+
+    def lose_then_replace(method: str, target: str) -> bool:
+        if not is_object_put(method, target):
+            return False
+        puts.append(target)
+        if len(puts) == 2:  # the retry: the key now holds other bytes of the same size
+            size = s3.head_object(Bucket=bucket, Key=key_of(target))["ContentLength"]
+            s3.put_object(Bucket=bucket, Key=key_of(target), Body=bytes(size))
+        return len(puts) == 1
+
+    proxy.lose_answers = lose_then_replace
+    failed = start_together(env, 1)[0]
+
+    assert len(puts) >= 2, failed.stdout
+    assert failed.returncode == 1, failed.stdout
+    assert "already exists" in failed.stdout
+    keys, uploads = bucket_state(s3, bucket)
+    assert set(keys) == before  # the earlier backup untouched, this run's own key removed
+    assert uploads == []
+    assert "Traceback" not in failed.stdout
 
 
 def output_lines(process: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
@@ -215,3 +278,26 @@ def test_a_run_stopped_at_its_fence_check_before_the_manifest_publishes_nothing(
     assert [k for k in keys if "/.backupd/" not in k] == [], output
     assert uploads == []
     assert process.returncode == 0, output
+
+
+def test_a_lost_answer_to_the_completion_still_publishes_the_backup(
+    pg: PostgresServer, big_pg_database: str, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    env = {
+        **pg_env(pg, big_pg_database),
+        **storage_env(proxy.url, bucket),
+        "COMPRESSION": "none",
+        "STORAGE_PART_SIZE": "5MiB",
+    }
+
+    def first_completion(method: str, target: str) -> bool:
+        return method == "POST" and "uploadId=" in target and not proxy.lost
+
+    proxy.lose_answers = first_completion
+    result = start_together(env, 1)[0]
+
+    assert len(proxy.lost) == 1  # completed unanswered; the retry is answered
+    assert result.returncode == 0, result.stdout
+    keys, uploads = bucket_state(s3, bucket)
+    objects, described = complete_pairs(keys)
+    assert len(objects) == 1 and objects == described and uploads == []
