@@ -27,7 +27,7 @@ from backupd.config import MAX_CONCURRENT_LIMIT, Settings, TargetConfig
 from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
 from backupd.logs import setup_logging
-from backupd.process import mask
+from backupd.process import STOP_SIGNALS, mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.prune import keep_column, prune_after_run, prune_target
 from backupd.report import backup_and_report, secrets_of
@@ -468,8 +468,19 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def run_cancellable(main: Coroutine[Any, Any, int]) -> int:
-    """Run ``main``; SIGTERM or SIGINT cancels it, so uploads abort and children are killed.
+INTERRUPTED = {
+    "once": "the backup in progress was aborted and left nothing behind; backups already "
+    "complete are kept",
+    "restore": "the restore was stopped; a database it created was dropped again",
+    "prune": "the prune was stopped; what it had not deleted yet is kept",
+    "verify": "the verify was stopped; a drill's scratch database was dropped",
+}
+"""What an interrupted command leaves behind, as its last line says."""
+
+
+def run_cancellable(main: Coroutine[Any, Any, int], command: str = "") -> int:
+    """Run ``main``; SIGTERM or SIGINT cancels it, so uploads abort and children are killed,
+    and one line says what ``command`` leaves behind (``INTERRUPTED``).
 
     Blocking work (pipe reads, hashing, compression) runs on up to ``WORKER_THREADS`` threads.
     """
@@ -480,12 +491,14 @@ def run_cancellable(main: Coroutine[Any, Any, int]) -> int:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, "backupd"))
         loop.call_later(START_UP_SECONDS, resume_collection)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, task.cancel)
         try:
             return await main
         except asyncio.CancelledError:
-            log.error("interrupted: running backups were aborted and nothing was published")
+            log.error(
+                "interrupted: %s", INTERRUPTED.get(command, f"{command or 'the command'} stopped")
+            )
             return EXIT_FAILED
 
     return asyncio.run(runner())
@@ -602,7 +615,7 @@ def _carry_out(argv: list[str] | None) -> int:
     status = EXIT_FAILED
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            status = run_cancellable(commands[args.command](settings, args))
+            status = run_cancellable(commands[args.command](settings, args), args.command)
     except UsageError as error:
         print(f"backupd: {error}", file=sys.stderr)
         status = EXIT_CONFIG
@@ -612,7 +625,7 @@ def _carry_out(argv: list[str] | None) -> int:
     finally:
         # The work is done or aborted: a late second signal must not turn a clean exit into
         # a KeyboardInterrupt while logs are flushed.
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         logs.close()
     return status

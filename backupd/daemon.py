@@ -5,7 +5,7 @@ how many dumps run at once across targets; a target never overlaps itself (the l
 skipped, logged and counted). A failing target is reported and tried again at its next slot;
 nothing it does stops the others.
 
-Signals are handled here and only here: the first SIGTERM/SIGINT stops scheduling and gives
+Signals are handled here and only here: the first SIGTERM/SIGINT/SIGHUP stops scheduling and gives
 running backups ``SHUTDOWN_TIMEOUT`` seconds; then they are cancelled (children killed,
 uploads aborted). A second signal cancels at once. Either way the process exits 0.
 
@@ -32,6 +32,7 @@ from backupd.coordination import Kind
 from backupd.errors import BackupdError, ClaimLost
 from backupd.metrics import Metrics, serve
 from backupd.notify import State
+from backupd.process import STOP_SIGNALS
 from backupd.prune import prune_after_run
 from backupd.report import backup_and_report
 from backupd.schedule import Schedule, following_slot, next_fire, previous_fire, sleep_step
@@ -101,7 +102,7 @@ class Daemon:
 
     async def _serve(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
         daemon = self.settings.daemon
         runner = (
@@ -133,7 +134,7 @@ class Daemon:
             await asyncio.gather(*self._schedulers, return_exceptions=True)
             await self._drain()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             if runner is not None:
                 await runner.cleanup()

@@ -104,6 +104,11 @@ def child_environment(
 MIN_MASKED_LENGTH = 4
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""What stops backupd cleanly: SIGTERM (a container's stop), SIGINT (Ctrl-C) and SIGHUP (the
+terminal or SSH session closed). backupd has no reload: restart it to read a new config."""
+
+
 def mask(text: str, secrets: list[str]) -> str:
     """Replace every occurrence of each secret in ``text``.
 

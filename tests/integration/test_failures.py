@@ -233,8 +233,14 @@ def test_storage_dying_mid_upload_fails_and_aborts(
     assert dump_processes(big_pg_database) == []
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: a closed terminal
 def test_sigterm_aborts_the_upload_and_kills_the_dump(
-    pg: PostgresServer, big_pg_database: str, proxy: FaultProxy, s3: Any, bucket: str
+    pg: PostgresServer,
+    big_pg_database: str,
+    proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    stop: signal.Signals,
 ) -> None:
     process = start_backupd(slow_upload_env(pg, big_pg_database, proxy, bucket))
     wait_until(
@@ -243,7 +249,7 @@ def test_sigterm_aborts_the_upload_and_kills_the_dump(
         "a part upload",
     )
 
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     result = finish(process)
 
     assert result.returncode == 1
