@@ -36,6 +36,18 @@ MAX_CONCURRENT_LIMIT = 64
 """The most MAX_CONCURRENT_BACKUPS may be."""
 
 
+SHOWN_CHARACTERS = 40
+"""The most of a given value a problem line quotes."""
+
+
+def shown(value: str) -> str:
+    """``value`` quoted for a problem line; over ``SHOWN_CHARACTERS`` characters it is cut,
+    and its length follows (``'AAAA...'... (300 characters)``), so the line stays readable."""
+    if len(value) <= SHOWN_CHARACTERS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARACTERS]!r}... ({len(value)} characters)"
+
+
 class Engine(enum.StrEnum):
     POSTGRES = "postgres"
     MYSQL = "mysql"
@@ -244,11 +256,19 @@ class LayoutConfig(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
+        """An IANA zone name. ``ZoneInfo`` opens it as a file below its search path or in the
+        tzdata package, so a name that is not a zone can also fail as a file would: a folder of
+        zones (``Europe``) with IsADirectoryError, a name over 255 bytes with OSError."""
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except IsADirectoryError:
             raise ValueError(
-                f"unknown time zone {value!r}; use an IANA name like Europe/Berlin"
+                f"{shown(value)} is a folder of time zones, not a time zone; "
+                "name one, like Europe/Berlin"
+            ) from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"{shown(value)} is not a time zone; use an IANA name like Europe/Berlin"
             ) from None
         return value
 

@@ -1,0 +1,67 @@
+"""Values that used to pass validation and fail later (a traceback, or a run failing "at
+internal"): each is now one problem line at load, naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backupd.environment import load_settings
+from backupd.errors import ConfigError
+
+BASE = {
+    "DB_HOST": "db.internal",
+    "DB_USER": "backup",
+    "DB_DATABASE": "app",
+}
+S3 = {
+    **BASE,
+    "STORAGE_BUCKET_NAME": "my-backups",
+    "STORAGE_ACCESS_KEY_ID": "AKIAEXAMPLE",
+    "STORAGE_SECRET_ACCESS_KEY": "storage-Secret-99",
+}
+
+
+def local(tmp_path: Path) -> dict[str, str]:
+    return {**BASE, "STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(tmp_path)}
+
+
+def problems_of(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    return caught.value.problems
+
+
+def only_problem(env: dict[str, str]) -> str:
+    problems = problems_of(env)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+# TIMEZONE
+
+
+@pytest.mark.parametrize("zone", ["Europe", "America", "Etc"])
+def test_a_folder_of_time_zones_is_not_a_time_zone(zone: str) -> None:
+    problem = only_problem({**S3, "TIMEZONE": zone})
+
+    assert problem.startswith("TIMEZONE: ")
+    assert f"{zone!r} is a folder of time zones, not a time zone" in problem
+
+
+@pytest.mark.parametrize(
+    "zone", ["A" * 300, "Mars/Olympus", "Europe/", "../etc", "/etc/localtime", "zone.tab"]
+)
+def test_a_name_no_zone_has_is_not_a_time_zone(zone: str) -> None:
+    problem = only_problem({**S3, "TIMEZONE": zone})
+
+    assert problem.startswith("TIMEZONE: ")
+    assert "is not a time zone; use an IANA name like Europe/Berlin" in problem
+
+
+def test_an_overlong_zone_name_is_shortened_in_its_problem() -> None:
+    problem = only_problem({**S3, "TIMEZONE": "A" * 300})
+
+    assert "A" * 41 not in problem
+    assert "(300 characters)" in problem
