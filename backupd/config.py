@@ -7,9 +7,12 @@ and never reads ``os.environ``. Secrets are ``SecretStr`` and print as ``*******
 from __future__ import annotations
 
 import enum
+import ipaddress
+import re
 import socket
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -142,6 +145,53 @@ class DatabaseConfig(BaseModel):
         return () if self.all_databases else tuple(n.strip() for n in self.database.split(","))
 
 
+_HOST_NAME = re.compile(r"((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.?")
+_NOT_A_HOST = "its host must be a DNS name (letters, digits, '-' and '.') or an IP address"
+
+
+def _usable_host(host: str, netloc: str) -> bool:
+    """A DNS name of at most 255 characters, or an IPv6 address written in brackets."""
+    if f"[{host}]" in netloc.lower():
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return len(host) <= 255 and _HOST_NAME.fullmatch(host) is not None
+
+
+def endpoint_problem(url: str) -> str | None:
+    """What keeps ``url`` from being an S3 endpoint (``STORAGE_ENDPOINT_URL``), or None.
+
+    The host follows botocore's rule, which refuses any other URL when the client is made
+    (``is_valid_endpoint_url`` and ``is_valid_ipv6_endpoint_url`` in ``botocore/utils.py``):
+    dot-separated labels of letters, digits and ``-`` (at most 63 characters each, 255 in all,
+    none starting or ending with ``-``; one trailing dot allowed), an IPv4 address, or an IPv6
+    address in brackets. The port, which botocore leaves to the HTTP client, is 1 to 65535.
+    Blanks are refused anywhere: botocore refuses tabs and line breaks, and a space is never
+    part of a URL.
+    """
+    if not url.startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    if any(character.isspace() for character in url):
+        return "must not contain blanks (spaces, tabs or line breaks)"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        return _NOT_A_HOST
+    if not parts.hostname:
+        return "names no host; write it like https://s3.example.com or http://minio:9000"
+    if not _usable_host(parts.hostname, parts.netloc):
+        return _NOT_A_HOST
+    try:
+        port = parts.port
+    except ValueError:  # not digits, or over 65535
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        return "its port must be a number from 1 to 65535"
+    return None
+
+
 class S3Config(BaseModel):
     """An S3-compatible bucket: AWS S3, Cloudflare R2, MinIO, ..."""
 
@@ -200,9 +250,10 @@ class S3Config(BaseModel):
 
     @field_validator("endpoint_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+    def _usable_endpoint(cls, value: str | None) -> str | None:
+        problem = None if value is None else endpoint_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("object_lock_mode", mode="before")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backupd.environment import load_settings
+from backupd.environment import load_settings, load_target
 from backupd.errors import ConfigError
 
 BASE = {
@@ -65,3 +65,46 @@ def test_an_overlong_zone_name_is_shortened_in_its_problem() -> None:
 
     assert "A" * 41 not in problem
     assert "(300 characters)" in problem
+
+
+# STORAGE_ENDPOINT_URL
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("minio:9000", "must start with http:// or https://"),
+        ("http://", "names no host"),
+        ("https:///bucket", "names no host"),
+        ("http://bad host:9000", "must not contain blanks"),
+        ("http://minio:9000 ", "must not contain blanks"),
+        ("http://minio_1:9000", "host must be a DNS name"),
+        ("http://-minio:9000", "host must be a DNS name"),
+        ("http://[::1:9000", "host must be a DNS name"),
+        ("http://minio:port", "port must be a number from 1 to 65535"),
+        ("http://minio:99999", "port must be a number from 1 to 65535"),
+        ("http://minio:0", "port must be a number from 1 to 65535"),
+    ],
+)
+def test_an_endpoint_url_botocore_refuses_is_a_problem(url: str, says: str) -> None:
+    problem = only_problem({**S3, "STORAGE_ENDPOINT_URL": url})
+
+    assert problem.startswith("STORAGE_ENDPOINT_URL: ")
+    assert says in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://s3.eu-central-1.amazonaws.com",
+        "http://127.0.0.1:9000",
+        "http://minio:9000/",
+        "http://[::1]:9000",
+        "https://abc123.r2.cloudflarestorage.com",
+        "https://s3.example.com.",
+    ],
+)
+def test_an_endpoint_url_botocore_takes_is_accepted(url: str) -> None:
+    target = load_target({**S3, "STORAGE_ENDPOINT_URL": url})
+
+    assert target.storage.kind == "s3"
