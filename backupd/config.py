@@ -146,6 +146,7 @@ class DatabaseConfig(BaseModel):
 
 
 _HOST_NAME = re.compile(r"((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.?")
+_REGION = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
 _NOT_A_HOST = "its host must be a DNS name (letters, digits, '-' and '.') or an IP address"
 
 
@@ -254,6 +255,19 @@ class S3Config(BaseModel):
         problem = None if value is None else endpoint_problem(value)
         if problem is not None:
             raise ValueError(problem)
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, value: str) -> str:
+        """A host label, botocore's rule for a region (``validate_region_name`` in
+        ``botocore/utils.py``, checked when the client is made): at most 63 letters, digits and
+        ``-``, neither starting nor ending with ``-``, and not digits alone."""
+        if _REGION.fullmatch(value) is None:
+            raise ValueError(
+                "must be a region name like eu-central-1 (letters, digits and '-'; "
+                "no spaces or brackets)"
+            )
         return value
 
     @field_validator("object_lock_mode", mode="before")

@@ -108,3 +108,32 @@ def test_an_endpoint_url_botocore_takes_is_accepted(url: str) -> None:
     target = load_target({**S3, "STORAGE_ENDPOINT_URL": url})
 
     assert target.storage.kind == "s3"
+
+
+# STORAGE_REGION
+
+
+@pytest.mark.parametrize(
+    "region", ["eu central 1", "EU (Frankfurt)", "eu-central-1 ", "-eu", "eu-", "123", "a" * 64]
+)
+def test_a_region_botocore_refuses_is_a_problem(region: str) -> None:
+    problem = only_problem({**S3, "STORAGE_REGION": region})
+
+    assert problem.startswith("STORAGE_REGION: ")
+    assert "must be a region name like eu-central-1" in problem
+
+
+@pytest.mark.parametrize("region", ["eu-central-1", "us-gov-west-1", "auto", "garage", "EU1"])
+def test_a_region_botocore_takes_is_accepted(region: str) -> None:
+    assert load_target({**S3, "STORAGE_REGION": region}).storage.region == region
+
+
+def test_r2_ignores_the_region_it_never_uses() -> None:
+    env = {
+        **S3,
+        "STORAGE_TYPE": "r2",
+        "STORAGE_ENDPOINT_URL": "https://abc.r2.cloudflarestorage.com",
+        "STORAGE_REGION": "eu central 1",
+    }
+
+    assert load_target(env).storage.region == "auto"
