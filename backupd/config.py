@@ -146,6 +146,7 @@ class DatabaseConfig(BaseModel):
 
 
 _HOST_NAME = re.compile(r"((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.?")
+_BUCKET = re.compile(r"[A-Za-z0-9._-]+")
 _REGION = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
 _NOT_A_HOST = "its host must be a DNS name (letters, digits, '-' and '.') or an IP address"
 
@@ -255,6 +256,25 @@ class S3Config(BaseModel):
         problem = None if value is None else endpoint_problem(value)
         if problem is not None:
             raise ValueError(problem)
+        return value
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        """S3's bucket naming rules, as loose as S3-compatible stores need them: 3 to 63
+        letters, digits, ``.``, ``-`` and ``_``. That is botocore's character set, checked
+        before every request (``VALID_BUCKET`` in ``botocore/handlers.py``); AWS has allowed
+        new buckets only lower case, digits, ``.`` and ``-`` since 2018, but older ones and
+        other stores' may hold upper case and ``_``. A pasted ``s3://`` URL gets a hint."""
+        if "://" in value:
+            raise ValueError(
+                "is a URL; give the bucket's name alone, without s3:// or a host "
+                "(a folder goes in STORAGE_DESTINATION_FOLDER)"
+            )
+        if _BUCKET.fullmatch(value) is None:
+            raise ValueError(
+                "may hold only letters, digits, '.', '-' and '_' (S3's bucket naming rules)"
+            )
         return value
 
     @field_validator("region")

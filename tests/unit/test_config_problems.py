@@ -137,3 +137,30 @@ def test_r2_ignores_the_region_it_never_uses() -> None:
     }
 
     assert load_target(env).storage.region == "auto"
+
+
+# STORAGE_BUCKET_NAME
+
+
+@pytest.mark.parametrize(
+    "bucket", ["s3://my-bucket", "S3://my-bucket/backups", "https://b.example"]
+)
+def test_a_bucket_given_as_a_url_is_a_problem_with_a_hint(bucket: str) -> None:
+    problem = only_problem({**S3, "STORAGE_BUCKET_NAME": bucket})
+
+    assert problem.startswith("STORAGE_BUCKET_NAME: ")
+    assert "is a URL; give the bucket's name alone" in problem
+
+
+@pytest.mark.parametrize("bucket", ["my,bucket", "bücket", "my bucket", "mine ", "a/b"])
+def test_a_bucket_name_botocore_refuses_is_a_problem(bucket: str) -> None:
+    problem = only_problem({**S3, "STORAGE_BUCKET_NAME": bucket})
+
+    assert problem.startswith("STORAGE_BUCKET_NAME: ")
+    assert "only letters, digits, '.', '-' and '_'" in problem
+    assert bucket.strip() not in problem
+
+
+@pytest.mark.parametrize("bucket", ["my-backups", "backups.example.com", "Legacy_Bucket", "abc"])
+def test_a_bucket_name_s3_compatible_stores_take_is_accepted(bucket: str) -> None:
+    assert load_target({**S3, "STORAGE_BUCKET_NAME": bucket}).storage.bucket == bucket
