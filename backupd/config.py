@@ -31,6 +31,8 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 MIN_PART_SIZE = 5 * MIB
 MAX_PART_SIZE = 5 * GIB
+MIN_LOCAL_PART_SIZE = MIB
+MAX_LOCAL_PART_SIZE = GIB
 # Together with the interpreter and the storage client (about 70 MiB) these keep a backup
 # under 100 MiB of memory: (2 + 1) parts of 8 MiB. Raise both on fast, distant links.
 DEFAULT_PART_SIZE = 8 * MIB
@@ -312,6 +314,21 @@ class LocalConfig(BaseModel):
     path: Path = Field(alias="STORAGE_LOCAL_PATH", description="Folder for STORAGE_TYPE=local")
     part_size: ByteSize = Field(ByteSize(16 * MIB), alias="STORAGE_PART_SIZE")
     upload_concurrency: int = Field(1, alias="STORAGE_UPLOAD_CONCURRENCY", ge=1, le=64)
+
+    @field_validator("part_size")
+    @classmethod
+    def _part_size_in_range(cls, value: ByteSize) -> ByteSize:
+        """1 MiB to 1 GiB. No store limits a file's parts, but each part is a buffer held
+        whole in memory until it is written, STORAGE_UPLOAD_CONCURRENCY + 2 of them at most:
+        above 1 GiB a backup may take gigabytes (100GiB fails with MemoryError), and below
+        1 MiB handing each part to a worker thread costs more than writing it (1-byte parts
+        crawl, 0 never ends). A file gains nothing from larger parts."""
+        if not MIN_LOCAL_PART_SIZE <= value <= MAX_LOCAL_PART_SIZE:
+            raise ValueError(
+                "must be between 1MiB and 1GiB for STORAGE_TYPE=local "
+                "(each part is a buffer in memory)"
+            )
+        return value
 
 
 StorageConfig = S3Config | LocalConfig

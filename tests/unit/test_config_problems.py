@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backupd.config import MIB
 from backupd.environment import load_settings, load_target
 from backupd.errors import ConfigError
 
@@ -164,3 +165,23 @@ def test_a_bucket_name_botocore_refuses_is_a_problem(bucket: str) -> None:
 @pytest.mark.parametrize("bucket", ["my-backups", "backups.example.com", "Legacy_Bucket", "abc"])
 def test_a_bucket_name_s3_compatible_stores_take_is_accepted(bucket: str) -> None:
     assert load_target({**S3, "STORAGE_BUCKET_NAME": bucket}).storage.bucket == bucket
+
+
+# STORAGE_PART_SIZE with STORAGE_TYPE=local
+
+
+@pytest.mark.parametrize("size", ["0", "1", "512KiB", "2GiB", "100GiB", "99999999999999999999"])
+def test_a_local_part_size_out_of_range_is_a_problem(tmp_path: Path, size: str) -> None:
+    problem = only_problem({**local(tmp_path), "STORAGE_PART_SIZE": size})
+
+    assert problem.startswith("STORAGE_PART_SIZE: must be between 1MiB and 1GiB")
+    assert f"(got {size!r})" in problem
+
+
+@pytest.mark.parametrize(
+    ("size", "parsed"), [("1MiB", MIB), ("64MiB", 64 * MIB), ("1GiB", 1024 * MIB)]
+)
+def test_a_local_part_size_in_range_is_accepted(tmp_path: Path, size: str, parsed: int) -> None:
+    storage = load_target({**local(tmp_path), "STORAGE_PART_SIZE": size}).storage
+
+    assert storage.part_size == parsed
