@@ -13,6 +13,8 @@ The rule, line by line (documented in the README's Configuration section):
   there, and trailing blanks are removed. A ``#`` right after a character (``ab#cd``) is kept.
 - Nothing is ever interpolated (``$VAR`` and ``${VAR}`` stay as written) and backslashes are
   never escapes. A value is one line: a quote that does not close on its line is an error.
+- A value holding a NUL character is an error: no environment variable can hold one, so neither
+  can a child process's, nor a file name.
 
 Unlike python-dotenv, which expands ``${VAR}`` (even inside single quotes) and reads escapes in
 double quotes, this matches how most people read such a file. ``docker run --env-file`` differs
@@ -82,6 +84,11 @@ def parse(text: str, origin: str = ".env") -> EnvFile:
             result.problems.append(
                 f"{where}: {name}: the value opens a {raw.lstrip()[0]} quote that does not close "
                 "on its line"
+            )
+            continue
+        if "\x00" in value:
+            result.problems.append(
+                f"{where}: {name}: the value contains a NUL character, which no variable can hold"
             )
             continue
         result.values[name] = value

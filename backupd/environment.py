@@ -97,13 +97,22 @@ class _Reader:
         return None
 
     def _read_secret_file(self, var: str, path: str) -> str | None:
+        """The file's text without its final line break. It must be UTF-8 and hold no NUL
+        character: a secret goes into a child's environment or a request, where none can."""
         try:
-            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            text = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             self.problems.append(f"{var}: cannot read {path}: {exc.strerror or exc}")
+            return None
         except UnicodeDecodeError:
             self.problems.append(f"{var}: {path} is not UTF-8 text")
-        return None
+            return None
+        if "\x00" in text:
+            self.problems.append(
+                f"{var}: {path} contains a NUL character, which no setting can hold"
+            )
+            return None
+        return text
 
     def gather(self, model: type[BaseModel]) -> dict[str, str]:
         values: dict[str, str] = {}

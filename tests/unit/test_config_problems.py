@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backupd import envfile
 from backupd.config import MIB
 from backupd.environment import load_settings, load_target
 from backupd.errors import ConfigError
@@ -185,3 +186,33 @@ def test_a_local_part_size_in_range_is_accepted(tmp_path: Path, size: str, parse
     storage = load_target({**local(tmp_path), "STORAGE_PART_SIZE": size}).storage
 
     assert storage.part_size == parsed
+
+
+# NUL characters
+
+
+def test_a_nul_in_an_env_file_value_names_the_line_and_variable_but_not_the_value() -> None:
+    parsed = envfile.parse("DB_USER=u\nDB_PASSWORD=se\x00cret\n", "app.env")
+
+    assert parsed.problems == [
+        "app.env line 2: DB_PASSWORD: the value contains a NUL character, which no variable "
+        "can hold"
+    ]
+    assert "DB_PASSWORD" not in parsed.values
+
+
+def test_a_nul_in_a_quoted_env_file_value_is_a_problem() -> None:
+    assert envfile.parse("DB_HOST='a\x00b'\n").problems == [
+        ".env line 1: DB_HOST: the value contains a NUL character, which no variable can hold"
+    ]
+
+
+def test_a_nul_in_a_secret_file_is_a_problem_naming_the_variable(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_bytes(b"se\x00cret\n")
+
+    problem = only_problem({**S3, "DB_PASSWORD_FILE": str(secret)})
+
+    assert problem == (
+        f"DB_PASSWORD_FILE: {secret} contains a NUL character, which no setting can hold"
+    )
