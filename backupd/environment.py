@@ -8,6 +8,7 @@ and reported at once, one line per variable; this is the only module that reads 
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ from backupd.config import (
     StorageType,
     TargetConfig,
     VerifyConfig,
+    shown,
 )
 from backupd.errors import ConfigError
 from backupd.recipients import parse_recipient_list, parse_recipients_file
@@ -173,15 +175,26 @@ def _storage_problems(kind: StorageType, reader: _Reader) -> list[str]:
 
 
 def local_path_problem(path: Path) -> str | None:
-    """What is wrong with a STORAGE_LOCAL_PATH: a file in the way, or a missing parent folder
-    (backupd creates the last level only, so a typo is not silently created), else None."""
-    if path.exists():
-        return None if path.is_dir() else f"{path} is a file, not a folder"
-    if not path.parent.is_dir():
-        return (
-            f"{path}: its parent folder {path.parent} does not exist "
-            "(backupd creates only the last level)"
-        )
+    """What is wrong with a STORAGE_LOCAL_PATH: a file in the way, a missing parent folder
+    (backupd creates the last level only, so a typo is not silently created), or a path the
+    system refuses to look at: too long (ENAMETOOLONG: over NAME_MAX bytes in one name or
+    PATH_MAX in all, 255 and 4096 on Linux) or behind a folder backupd may not enter; else None.
+    """
+    try:
+        if path.exists():
+            return None if path.is_dir() else f"{path} is a file, not a folder"
+        if not path.parent.is_dir():
+            return (
+                f"{path}: its parent folder {path.parent} does not exist "
+                "(backupd creates only the last level)"
+            )
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            return (
+                f"{shown(str(path))} is longer than the file system allows "
+                "(usually 255 bytes in one name, 4096 in all)"
+            )
+        return f"cannot use {path}: {error.strerror or error}"
     return None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from backupd import envfile
-from backupd.config import MIB
+from backupd.config import MIB, S3Config, StorageType
 from backupd.environment import load_settings, load_target
 from backupd.errors import ConfigError
 
@@ -27,6 +27,12 @@ S3 = {
 
 def local(tmp_path: Path) -> dict[str, str]:
     return {**BASE, "STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(tmp_path)}
+
+
+def s3_storage(env: dict[str, str]) -> S3Config:
+    storage = load_target(env).storage
+    assert isinstance(storage, S3Config)
+    return storage
 
 
 def problems_of(env: dict[str, str]) -> list[str]:
@@ -107,9 +113,7 @@ def test_an_endpoint_url_botocore_refuses_is_a_problem(url: str, says: str) -> N
     ],
 )
 def test_an_endpoint_url_botocore_takes_is_accepted(url: str) -> None:
-    target = load_target({**S3, "STORAGE_ENDPOINT_URL": url})
-
-    assert target.storage.kind == "s3"
+    assert s3_storage({**S3, "STORAGE_ENDPOINT_URL": url}).endpoint_url == url
 
 
 # STORAGE_REGION
@@ -127,7 +131,7 @@ def test_a_region_botocore_refuses_is_a_problem(region: str) -> None:
 
 @pytest.mark.parametrize("region", ["eu-central-1", "us-gov-west-1", "auto", "garage", "EU1"])
 def test_a_region_botocore_takes_is_accepted(region: str) -> None:
-    assert load_target({**S3, "STORAGE_REGION": region}).storage.region == region
+    assert s3_storage({**S3, "STORAGE_REGION": region}).region == region
 
 
 def test_r2_ignores_the_region_it_never_uses() -> None:
@@ -138,7 +142,10 @@ def test_r2_ignores_the_region_it_never_uses() -> None:
         "STORAGE_REGION": "eu central 1",
     }
 
-    assert load_target(env).storage.region == "auto"
+    storage = s3_storage(env)
+
+    assert storage.kind is StorageType.R2
+    assert storage.region == "auto"
 
 
 # STORAGE_BUCKET_NAME
@@ -165,7 +172,7 @@ def test_a_bucket_name_botocore_refuses_is_a_problem(bucket: str) -> None:
 
 @pytest.mark.parametrize("bucket", ["my-backups", "backups.example.com", "Legacy_Bucket", "abc"])
 def test_a_bucket_name_s3_compatible_stores_take_is_accepted(bucket: str) -> None:
-    assert load_target({**S3, "STORAGE_BUCKET_NAME": bucket}).storage.bucket == bucket
+    assert s3_storage({**S3, "STORAGE_BUCKET_NAME": bucket}).bucket == bucket
 
 
 # STORAGE_PART_SIZE with STORAGE_TYPE=local
@@ -216,3 +223,25 @@ def test_a_nul_in_a_secret_file_is_a_problem_naming_the_variable(tmp_path: Path)
     assert problem == (
         f"DB_PASSWORD_FILE: {secret} contains a NUL character, which no setting can hold"
     )
+
+
+# STORAGE_LOCAL_PATH
+
+
+def test_a_local_path_with_an_overlong_name_is_a_problem(tmp_path: Path) -> None:
+    path = tmp_path / ("x" * 300)
+
+    problem = only_problem({**local(tmp_path), "STORAGE_LOCAL_PATH": str(path)})
+
+    assert problem.startswith("STORAGE_LOCAL_PATH: ")
+    assert "longer than the file system allows" in problem
+    assert "x" * 100 not in problem
+
+
+def test_a_local_path_longer_than_path_max_is_a_problem(tmp_path: Path) -> None:
+    path = tmp_path.joinpath(*["y" * 200] * 25)
+
+    problem = only_problem({**local(tmp_path), "STORAGE_LOCAL_PATH": str(path)})
+
+    assert problem.startswith("STORAGE_LOCAL_PATH: ")
+    assert "longer than the file system allows" in problem
