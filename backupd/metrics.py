@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -154,6 +155,13 @@ async def serve(
         await web.TCPSite(runner, host, port).start()
     except OSError as error:
         await runner.cleanup()
+        if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+            raise ConfigError(
+                [
+                    f"HTTP_HOST: {host} is not an address of this machine "
+                    f"({error.strerror or error}); use 0.0.0.0 for all of them, or one it has"
+                ]
+            ) from None
         reason = "is already in use" if error.errno == errno.EADDRINUSE else "cannot be used"
         raise ConfigError(
             [

@@ -201,6 +201,18 @@ def test_http_port_in_use_is_one_line_naming_the_variable(
     assert f"HTTP_PORT: port {port} on 127.0.0.1 is already in use" in result.stderr
 
 
+def test_an_http_host_this_machine_lacks_is_named_as_the_host(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    env = local_env(pg, tmp_path / "b", HTTP_PORT=str(free_port()), HTTP_HOST="192.0.2.1")
+
+    result = run_backupd("run", env=env, timeout=30)
+
+    no_traceback(result)
+    assert result.returncode == 2
+    assert "HTTP_HOST: 192.0.2.1 is not an address of this machine" in result.stderr
+
+
 @pytest.mark.parametrize("engine", ["postgres", "mariadb"])
 def test_check_names_every_configured_database_that_does_not_exist(
     request: pytest.FixtureRequest, engine: str, tmp_path: Path
