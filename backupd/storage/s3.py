@@ -22,6 +22,7 @@ from botocore.exceptions import (
     ClientError,
     EndpointConnectionError,
     NoCredentialsError,
+    ReadTimeoutError,
 )
 
 from backupd.config import MAX_PART_SIZE, MIB, S3Config, StorageType
@@ -127,6 +128,33 @@ def too_many_parts(config: S3Config, base: int | None = None) -> str:
     return f"the dump is larger than {limit}, the most an S3 object can hold"
 
 
+DATA_OPERATIONS = frozenset({"UploadPart", "CompleteMultipartUpload", "GetObject"})
+"""Requests whose answer may take long to come: a part, a completion (which S3 may take
+minutes over, sending blanks meanwhile) and a download. They keep ``read_timeout``."""
+CONTROL_READ_TIMEOUT = 20.0
+"""Seconds any other request (create, put, list, delete, head) waits for its answer: an
+endpoint that accepts connections and never answers fails within about two minutes (five
+attempts), not the ten per request that ``read_timeout`` would allow."""
+
+
+def _bound_control_requests(model: Any, context: dict[str, Any], **_: Any) -> None:
+    """botocore's before-call hook: a shorter read timeout, per request (aiobotocore reads
+    ``read_timeout`` from the request's context), for every operation not in
+    ``DATA_OPERATIONS``."""
+    if model.name not in DATA_OPERATIONS:
+        context["read_timeout"] = CONTROL_READ_TIMEOUT
+
+
+def _no_expect_continue(request: Any, **_: Any) -> None:
+    """botocore's request-created hook: no ``Expect: 100-continue``. botocore asks for it on
+    every body it sends, and aiohttp then waits for the ``100 Continue`` with no timeout at
+    all: an endpoint that accepts connections and never answers held a backup forever. Sent
+    whole instead, a body's answer is waited for within the read timeout; a refusal costs the
+    body's bytes once."""
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
 def client_config(config: S3Config) -> AioConfig:
     """Timeouts, retries and, off AWS, checksums only when an API requires them."""
     from aiobotocore.config import AioConfig  # see S3Storage.client
@@ -180,6 +208,11 @@ def explain(error: Exception, config: S3Config, action: str) -> str:
         return f"{action}: {where} answered {code}" + (f": {message}" if message else "")
     if isinstance(error, EndpointConnectionError):
         return f"{action}: cannot reach {config.endpoint_url or 'S3'} (STORAGE_ENDPOINT_URL)"
+    if isinstance(error, ReadTimeoutError):
+        return (
+            f"{action}: {config.endpoint_url or 'S3'} accepted the connection but did not "
+            "answer (STORAGE_ENDPOINT_URL: is it an S3 endpoint?)"
+        )
     if isinstance(error, NoCredentialsError):
         return f"{action}: no storage credentials; set STORAGE_ACCESS_KEY_ID and its secret"
     return f"{action}: {type(error).__name__}: {error}"
@@ -482,6 +515,8 @@ class S3Storage:
                         aws_secret_access_key=secret.get_secret_value() if secret else None,
                     )
                 )
+                client.meta.events.register("before-call.s3", _bound_control_requests)
+                client.meta.events.register("request-created.s3", _no_expect_continue)
                 self._client = client
             return self._client
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import re
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -263,3 +266,36 @@ async def test_a_failed_manifest_read_stops_the_other_reads(
         await asyncio.sleep(4 * proxy.manifest_delay)  # queued reads would have gone out by now
         assert manifest_reads() == failed_after
     assert failed_after <= catalogue.MANIFEST_READS_AT_ONCE
+
+
+async def test_an_endpoint_that_accepts_but_never_answers_fails_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """botocore asks for ``100 Continue`` on every body, and aiohttp waits for it without any
+    timeout: such an endpoint held a backup forever. Without it, each attempt waits for its
+    answer at most the read timeout."""
+    monkeypatch.setattr(s3_storage, "CONTROL_READ_TIMEOUT", 0.5)
+    held: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(0.2)
+        stop = threading.Event()
+
+        def accept() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    held.append(silent.accept()[0])
+
+        taker = threading.Thread(target=accept, daemon=True)
+        taker.start()
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        try:
+            async with open_storage(s3_config(endpoint, "bucket")) as storage:
+                async with asyncio.timeout(60):
+                    with pytest.raises(StorageError, match="accepted the connection but did"):
+                        await storage.put_bytes("backups/probe", b"x", "text/plain")
+        finally:
+            stop.set()
+            taker.join()
+            for connection in held:
+                connection.close()
+    assert held, "the endpoint was never reached"
