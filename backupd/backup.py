@@ -121,13 +121,36 @@ async def dump_to_storage(
     both must have succeeded before the object is published, and a failed probe explains a
     failed dump best.
     """
+    store = asyncio.ensure_future(_store(target, dump, storage, probe, progress))
     try:
-        return await _store(target, dump, storage, probe, progress)
+        either: list[asyncio.Future[Any]] = [store, probe]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not store.done() and _failed(probe):
+            # The login failed while the dump still waits (a server that accepts connections
+            # and never speaks would hold it until RESTORE_STALL_TIMEOUT): stop it now.
+            await _stopped(store)
+            await probe  # raises the login or version problem
+        return await store
     except DumpError:
         await asyncio.wait([probe])
-        if not probe.cancelled() and isinstance(probe.exception(), BackupdError):
+        if _failed(probe):
             await probe  # raises the login or version problem
         raise
+    finally:
+        if not store.done():
+            await _stopped(store)  # its own clean-up: the upload aborted, the dump killed
+
+
+def _failed(probe: asyncio.Future[ServerInfo]) -> bool:
+    return probe.done() and not probe.cancelled() and isinstance(probe.exception(), BackupdError)
+
+
+async def _stopped(task: asyncio.Future[BackupResult]) -> None:
+    """Cancel ``task`` and wait for its clean-up to finish; what it raised is dropped."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
 
 
 async def _store(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -312,4 +314,50 @@ def test_a_table_another_session_holds_fails_the_backup_within_the_stall_timeout
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "RESTORE_STALL_TIMEOUT" in failure_line(result)
+    assert_nothing_stored(s3, bucket)
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never says a word (a hung server or balancer)."""
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.2)
+
+        def accept() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    held.append(listener.accept()[0])
+
+        taker = threading.Thread(target=accept, daemon=True)
+        taker.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            stop.set()
+            taker.join()
+            for connection in held:
+                connection.close()
+
+
+def test_a_database_server_that_never_speaks_fails_at_login_not_after_the_stall_timeout(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    """mariadb-dump has no connect timeout: it waited the whole RESTORE_STALL_TIMEOUT. The
+    login probe beside it gives up after 10 s, and its failure now stops the dump."""
+    with silent_server() as port:
+        env = {
+            "DB_TYPE": "mariadb",
+            "DB_HOST": "127.0.0.1",
+            "DB_PORT": str(port),
+            "DB_USER": "backupd",
+            "DB_PASSWORD": "not-used-here",
+            "DB_DATABASE": "shop",
+            **storage_env(moto_url, bucket),
+        }
+        result = run_backupd("once", env=env, timeout=60)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"cannot log in to MariaDB at 127.0.0.1:{port}" in failure_line(result)
     assert_nothing_stored(s3, bucket)
