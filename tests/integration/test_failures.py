@@ -344,8 +344,8 @@ def silent_server() -> Iterator[int]:
 def test_a_database_server_that_never_speaks_fails_at_login_not_after_the_stall_timeout(
     moto_url: str, s3: Any, bucket: str
 ) -> None:
-    """mariadb-dump has no connect timeout: it waited the whole RESTORE_STALL_TIMEOUT. The
-    login probe beside it gives up after 10 s, and its failure now stops the dump."""
+    """The handshake never comes (ERROR 2013 "at 'handshake'"): that is a login failure named
+    as such, not a refused wide row, and the login probe's failure stops the dump beside it."""
     with silent_server() as port:
         env = {
             "DB_TYPE": "mariadb",
