@@ -636,3 +636,27 @@ def atomic_moto_endpoint() -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never says a word (a hung server or balancer)."""
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.2)
+
+        def accept() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    held.append(listener.accept()[0])
+
+        taker = threading.Thread(target=accept, daemon=True)
+        taker.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            stop.set()
+            taker.join()
+            for connection in held:
+                connection.close()

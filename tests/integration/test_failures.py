@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,14 @@ from tests.conftest import (
     storage_env,
 )
 from tests.procs import dump_processes
-from tests.servers import FaultProxy, MariaDBServer, PostgresServer, free_port, wait_until
+from tests.servers import (
+    FaultProxy,
+    MariaDBServer,
+    PostgresServer,
+    free_port,
+    silent_server,
+    wait_until,
+)
 
 
 def failure_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -315,30 +320,6 @@ def test_a_table_another_session_holds_fails_the_backup_within_the_stall_timeout
     assert result.returncode == 1, result.stdout + result.stderr
     assert "RESTORE_STALL_TIMEOUT" in failure_line(result)
     assert_nothing_stored(s3, bucket)
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[int]:
-    """A port that accepts connections and never says a word (a hung server or balancer)."""
-    held: list[socket.socket] = []
-    stop = threading.Event()
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(0.2)
-
-        def accept() -> None:
-            while not stop.is_set():
-                with contextlib.suppress(OSError):
-                    held.append(listener.accept()[0])
-
-        taker = threading.Thread(target=accept, daemon=True)
-        taker.start()
-        try:
-            yield listener.getsockname()[1]
-        finally:
-            stop.set()
-            taker.join()
-            for connection in held:
-                connection.close()
 
 
 def test_a_database_server_that_never_speaks_fails_at_login_not_after_the_stall_timeout(

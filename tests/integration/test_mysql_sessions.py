@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import mariadb_env, run_backupd, storage_env
+from tests.integration.test_fidelity import ok, unique
 from tests.servers import MariaDBServer
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-def ok(*args: str, env: dict[str, str]) -> str:
-    result = run_backupd(*args, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    return result.stdout + result.stderr
 
 
 def literal(text: str) -> str:

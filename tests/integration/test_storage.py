@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
 import re
-import socket
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,7 @@ from tests.conftest import (
     storage_env,
 )
 from tests.integration.test_prune import FOLDER, put_backup
-from tests.servers import FaultProxy, PostgresServer
+from tests.servers import FaultProxy, PostgresServer, silent_server
 
 
 @pytest.fixture(scope="module")
@@ -275,27 +272,9 @@ async def test_an_endpoint_that_accepts_but_never_answers_fails_in_bounded_time(
     timeout: such an endpoint held a backup forever. Without it, each attempt waits for its
     answer at most the read timeout."""
     monkeypatch.setattr(s3_storage, "CONTROL_READ_TIMEOUT", 0.5)
-    held: list[socket.socket] = []
-    with socket.create_server(("127.0.0.1", 0)) as silent:
-        silent.settimeout(0.2)
-        stop = threading.Event()
-
-        def accept() -> None:
-            while not stop.is_set():
-                with contextlib.suppress(OSError):
-                    held.append(silent.accept()[0])
-
-        taker = threading.Thread(target=accept, daemon=True)
-        taker.start()
-        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        try:
-            async with open_storage(s3_config(endpoint, "bucket")) as storage:
-                async with asyncio.timeout(60):
-                    with pytest.raises(StorageError, match="accepted the connection but did"):
-                        await storage.put_bytes("backups/probe", b"x", "text/plain")
-        finally:
-            stop.set()
-            taker.join()
-            for connection in held:
-                connection.close()
-    assert held, "the endpoint was never reached"
+    with silent_server() as port:
+        endpoint = f"http://127.0.0.1:{port}"
+        async with open_storage(s3_config(endpoint, "bucket")) as storage:
+            async with asyncio.timeout(60):
+                with pytest.raises(StorageError, match="accepted the connection but did"):
+                    await storage.put_bytes("backups/probe", b"x", "text/plain")
