@@ -54,6 +54,8 @@ EXAMPLES = {
     "restore": "examples:\n  backupd restore --into app_restored\n"
     "  backupd restore --at 2026-11-28T02:00 --into app --clean\n"
     "  backupd restore --to-file - | pg_restore --list",
+    "verify": "examples:\n  backupd verify\n  backupd verify --drill\n"
+    "  backupd verify --target orders --all",
 }
 
 
@@ -140,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="age identity file for an encrypted backup (default: ENCRYPTION_IDENTITY_FILE)",
     )
-    verifying = commands.add_parser(
-        "verify", help="read backups back against their manifests; --drill also restores them"
+    verifying = _command(
+        commands, "verify", "read backups back against their manifests; --drill also restores them"
     )
     verifying.add_argument("--target", help="only this target (default: every target)")
     verifying.add_argument("--database", help="only this database's backups")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import subprocess
@@ -92,3 +93,12 @@ def test_what_a_backup_imports_before_its_dump_starts_leaves_out_the_heavy_clien
 )
 def test_healthcheck_asks_where_the_service_listens(http_host: str, asked: str) -> None:
     assert cli.healthz_host(http_host) == asked
+
+
+def test_every_command_s_help_has_a_description_and_examples() -> None:
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in commands.choices.items():
+        text = command.format_help()
+        assert command.description, name
+        assert "example" in text, name
