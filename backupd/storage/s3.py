@@ -542,7 +542,9 @@ class S3Storage:
             yield upload
         finally:
             if not upload.committed:
-                await asyncio.shield(upload.abort())
+                # Cancelled meanwhile (a failed login stops the store), the abort still ends
+                # before this does: an upload left open is billed until retention aborts it.
+                await finish_in_flight(upload.abort(), key)
 
     async def put_bytes(
         self, key: str, data: bytes, content_type: str, *, locked: bool = False

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import re
+import threading
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,10 +18,13 @@ from typing import Any
 import pytest
 
 from backupd import catalogue
+from backupd.backup import Dump, _nothing_recorded, dump_to_storage
 from backupd.catalogue import MANIFEST_SUFFIX
 from backupd.config import MIB, LocalConfig, S3Config, StorageType
-from backupd.errors import StorageError
+from backupd.environment import load_settings
+from backupd.errors import ConnectError, StorageError
 from backupd.parts import Part
+from backupd.progress import LogProgress
 from backupd.storage import local, open_storage
 from backupd.storage import s3 as s3_storage
 from tests.conftest import (
@@ -278,3 +285,61 @@ async def test_an_endpoint_that_accepts_but_never_answers_fails_in_bounded_time(
             async with asyncio.timeout(60):
                 with pytest.raises(StorageError, match="accepted the connection but did"):
                     await storage.put_bytes("backups/probe", b"x", "text/plain")
+
+
+class _Bytes:
+    """A dump of ``size`` bytes that, once read to its end, has the login probe fail."""
+
+    def __init__(self, size: int, probe: asyncio.Future[Any]) -> None:
+        self.left, self.probe = size, probe
+
+    async def fill(self, target: io.BytesIO | bytearray) -> int:
+        view = target.getbuffer() if isinstance(target, io.BytesIO) else memoryview(target)
+        count = min(len(view), self.left)
+        view[:count] = b"x" * count
+        self.left -= count
+        if count < len(view) and not self.probe.done():
+            failure = ConnectError("cannot log in (the probe failed late)")
+            asyncio.get_running_loop().call_later(0.05, self.probe.set_exception, failure)
+        await asyncio.sleep(0)
+        return count
+
+
+async def test_a_login_failing_as_the_upload_aborts_waits_for_the_abort(
+    proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """A failed login stops the store beside it; if the store is already aborting its
+    multipart upload, that abort still ends before the failure is raised: an upload left
+    open is billed until retention aborts it."""
+    proxy.hold = lambda method, target: method == "DELETE" and "uploadId=" in target
+
+    def answer_the_abort_late() -> None:
+        proxy.holding.wait(30)
+        time.sleep(0.5)
+        proxy.release.set()
+
+    threading.Thread(target=answer_the_abort_late, daemon=True).start()
+    env = {
+        **pg_env_stub(),
+        **storage_env(proxy.url, bucket, STORAGE_PART_SIZE="5MiB"),
+        "COMPRESSION": "none",
+    }
+    (target,) = load_settings(env).targets
+    probe: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    @contextlib.asynccontextmanager
+    async def opened(native: bool, snapshot: str | None) -> AsyncIterator[_Bytes]:
+        yield _Bytes(3 * 5 * MIB + 10, probe)
+
+    dump = Dump("shop", ".dump", opened, False, _nothing_recorded)
+    async with open_storage(target.storage) as storage:
+        with pytest.raises(ConnectError):
+            await dump_to_storage(target, dump, storage, probe, LogProgress())
+        assert proxy.release.is_set(), "the failure came before the abort's answer"
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert bucket_state(s3, bucket) == ([], [])
+
+
+def pg_env_stub() -> dict[str, str]:
+    """A PostgreSQL target's settings; nothing here connects to it."""
+    return {"DB_TYPE": "postgres", "DB_HOST": "127.0.0.1", "DB_USER": "u", "DB_DATABASE": "shop"}
