@@ -386,15 +386,19 @@ class PostgresSource:
         """Where the probe logs in: the first database named, or ``postgres`` for ``*``."""
         return (self.config.databases or ("postgres",))[0]
 
-    async def _query(self, sql: str, database: str | None = None) -> list[str]:
-        """Rows of a one-column query, as text.
+    async def _query(
+        self, sql: str, database: str | None = None, *, utf8: bool = True
+    ) -> list[str]:
+        """Rows of a one-column query, as text: in UTF-8, or with ``utf8`` false in the
+        database's own encoding (decoded as UTF-8, other bytes replaced).
 
         Raise DumpError naming the database when it does not exist, ConnectError when the login
         fails (psql exits 2), QueryError when the statement fails.
         """
         argv = ("psql", "--no-psqlrc", "--no-password", "-At", "--record-separator-zero", "-c", sql)
         where = database if database is not None else self._login_database
-        code, out, err = await run_captured("psql", self._psql(argv, where))
+        command = self._psql(argv, where) if utf8 else self._command(argv, where)
+        code, out, err = await run_captured("psql", command)
         if code != 0 and (missing := _MISSING.search(err)) and missing.group(1) == where:
             raise DumpError(missing_database(self.config, where))
         if code == PSQL_CONNECTION_FAILED:
@@ -466,7 +470,18 @@ class PostgresSource:
         return command_output(self.globals_command(info), self.explain_failure)
 
     async def database_properties(self, database: str) -> dict[str, Any]:
-        rows = await self._query(PROPERTIES_QUERY, database)
+        try:
+            rows = await self._query(PROPERTIES_QUERY, database)
+        except QueryError as error:
+            if "invalid byte sequence" not in str(error):
+                raise
+            # A SQL_ASCII database holds bytes no encoding names: read them as they are.
+            log.warning(
+                "%s: its comment or settings are not UTF-8 (a SQL_ASCII database): recorded "
+                "with such bytes replaced",
+                database,
+            )
+            rows = await self._query(PROPERTIES_QUERY, database, utf8=False)
         properties: dict[str, Any] = json.loads(rows[0])
         return properties
 

@@ -729,3 +729,22 @@ def test_the_history_of_system_versioned_tables_comes_back(
     ok("restore", "--into", again, env=env)
     assert mariadb.root_sql("SELECT id FROM tp", again) == "2\n"
     assert mariadb.root_sql("SELECT COUNT(*) FROM sv", again) == "1\n"
+
+
+def test_a_sql_ascii_database_with_bytes_that_are_not_utf8_is_still_backed_up(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """SQL_ASCII stores bytes as they are: asked for UTF-8, the server refuses a LATIN1 comment.
+    The backup goes on, with a warning that those bytes are recorded replaced."""
+    database = unique("ascii")
+    pg.psql(f"CREATE DATABASE {database} TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C'")
+    pg.psql(f"COMMENT ON DATABASE {database} IS E'caf\\xe9'", database)
+    pg.psql("CREATE TABLE t (n int); INSERT INTO t VALUES (1);", database)
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+
+    output = ok("once", env=env)
+
+    assert "its comment or settings are not UTF-8" in output
+    copy = unique("copy")
+    ok("restore", "--into", copy, env=env)
+    assert pg.psql("SELECT n FROM t", copy) == "1\n"
