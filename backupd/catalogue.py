@@ -431,6 +431,16 @@ async def _with_manifests(
         raise
 
 
+def backups_of(backups: Iterable[Backup], database: str | None) -> list[Backup]:
+    """Those of ``backups`` that belong to ``database``, in order: by their manifest's name,
+    the server globals object only where no database named ``globals`` has one."""
+    listed = list(backups)
+    mine = [b for b in listed if b.database == database and not b.is_globals]
+    if not mine and database == GLOBALS:
+        mine = [b for b in listed if b.is_globals]
+    return mine
+
+
 class ChoiceError(BackupdError):
     step = "restore"
 
@@ -462,9 +472,7 @@ def choose(
                 f"{key} is a backup of database {named[0].database!r}, not {database!r}"
             )
         return named[0]
-    candidates = [b for b in backups if b.complete and b.database == database and not b.is_globals]
-    if not candidates and database == GLOBALS:  # no database of that name: the server globals
-        candidates = [b for b in backups if b.complete and b.is_globals]
+    candidates = backups_of([b for b in backups if b.complete], database)
     if at is not None:
         candidates = [b for b in candidates if b.taken <= at]
     if not candidates:

@@ -245,15 +245,22 @@ def restore_database(target: TargetConfig, database: str | None, key: str | None
     )
 
 
+_DATE = re.compile(r"(\d{4}-\d{2}-\d{2}|\d{8}|\d{4}-?W\d{2}(?:-?\d)?)(?:.(.+))?$")
+"""An ISO 8601 date (calendar, basic, or week with or without its day), then any one
+character and the time, as ``datetime.fromisoformat`` reads them."""
+
+
 def stated_span(text: str) -> timedelta:
-    """How much time an ISO 8601 ``--at`` names: a day (``2026-11-28``), an hour
-    (``…T02``), a minute (``…T02:00``), a second (``…T02:00:43``) or, with a fraction, one
-    microsecond. A backup taken within it counts as taken "at" it, as ``list`` shows times to
-    the second and a schedule's 02:00 backup starts a fraction after 02:00."""
-    date_and_time = re.split(r"[T ]", text.strip(), maxsplit=1)
-    if len(date_and_time) == 1:
-        return timedelta(days=1)
-    clock = re.sub(r"(?:Z|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)$", "", date_and_time[1])
+    """How much time an ISO 8601 ``--at`` names: a week (``2026-W48``), a day
+    (``2026-11-28``), an hour (``…T02``), a minute (``…T02:00``), a second (``…T02:00:43``)
+    or, with a fraction, one microsecond. A backup taken within it counts as taken "at" it,
+    as ``list`` shows times to the second and a schedule's 02:00 backup starts a fraction
+    after 02:00."""
+    found = _DATE.match(text.strip())
+    if found is None or found[2] is None:
+        week_alone = found is not None and re.fullmatch(r"\d{4}-?W\d{2}", found[1])
+        return timedelta(weeks=1) if week_alone else timedelta(days=1)
+    clock = re.sub(r"(?:Z|[+-]\d{2}(?::?\d{2}(?::?\d{2})?)?)$", "", found[2])
     if "." in clock or "," in clock:
         return timedelta(microseconds=1)
     fields = clock.count(":") + 1 if ":" in clock else max(1, len(clock) // 2)

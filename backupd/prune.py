@@ -198,7 +198,7 @@ async def plan(
     result = PruneResult(target.name, dry_run=True)
     complete = [b for b in backups if b.complete]
     if database is not None:  # named on the command line: the user's explicit choice
-        complete = [b for b in complete if b.database == database]
+        complete = catalogue.backups_of(complete, database)
     elif not target.database.all_databases:
         # Only the configured databases' backups: another deployment may share the folder,
         # and a database dropped from DB_DATABASE keeps what it has.

@@ -510,3 +510,17 @@ def test_prune_judges_only_the_databases_the_target_backs_up(
     asked = run_at(NOW, "prune", "--database", "crm", env=env)
     assert asked.returncode == 0, asked.stdout + asked.stderr
     assert keys_of(s3, bucket) == with_manifests([app[-1], crm[-1]])
+
+
+def test_prune_database_globals_means_the_database_where_there_is_one(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    days = daily(datetime(2026, 11, 20, 2, tzinfo=BERLIN), 4)
+    roles = [put_roles(s3, bucket, t) for t in days[:2]]
+    database = [put_backup(s3, bucket, "globals", t) for t in days[2:]]
+    env = policy_env(moto_url, bucket, RETENTION_KEEP_LAST="1")
+
+    result = run_at(NOW, "prune", "--database", "globals", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert keys_of(s3, bucket) == with_manifests([*roles, database[-1]])

@@ -335,6 +335,10 @@ def test_a_database_named_twice_is_a_config_error() -> None:
         ("2026-11-28T02", "2026-11-28T02:59:59.999999+01:00", False),
         ("20261128T0200Z", "2026-11-28T02:00:59.999999+00:00", False),
         ("2026-10-25", "2026-10-25T23:59:59.999999+01:00", False),  # a 25-hour day
+        ("2026-11-28t02:00", "2026-11-28T02:00:59.999999+01:00", False),  # any separator
+        ("2026-11-28_02:00:43Z", "2026-11-28T02:00:43.999999+00:00", False),
+        ("2026-W48", "2026-11-29T23:59:59.999999+01:00", False),  # the whole ISO week
+        ("2026-W48-6", "2026-11-28T23:59:59.999999+01:00", False),
     ],
 )
 def test_at_without_an_offset_is_read_in_timezone_and_ambiguity_is_said(
