@@ -216,7 +216,9 @@ async def _store(
             facts.update(tables=counted, row_counts=session.method)
         made = Made(dump.database, key, run_id, native, stream_kind, recorded, facts)
         written.append(manifest_key(key))
-        return await _record(target, storage, made, digest, started, clock, info)
+        result = await _record(target, storage, made, digest, started, clock, info)
+        written.clear()  # recorded: complete, whatever closing the session may still raise
+        return result
 
 
 def _moved(source: Readable, stages: Sequence[Stage], digest: Digest) -> Callable[[], int]:

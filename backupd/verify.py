@@ -127,7 +127,9 @@ def chosen(
     series = _series(selection.database, backups) if selection.database is not None else None
     # Only the configured databases' backups (every one for ``*``): another deployment may
     # share the folder, and its backups are not this target's to judge.
-    mine = {_series(name, backups) for name in configured} if configured else None
+    # ``--database`` names any database, configured or not (the user's explicit choice).
+    restricted = configured and selection.database is None
+    mine = {_series(name, backups) for name in configured} if restricted else None
     if mine is not None:
         backups = [b for b in backups if b.parsed.series in mine]
         orphans = [o for o in orphans if o.parsed.series in mine]

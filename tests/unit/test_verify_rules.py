@@ -391,6 +391,7 @@ def test_mail_subjects(kind: str, state: State, words: str) -> None:
         (Selection(), [APP_NEW]),
         (Selection(every=True), [APP_NEW, APP_OLD]),
         (Selection(key=SHOP.key), [SHOP]),
+        (Selection(database="shop"), [SHOP]),  # named: the user's explicit choice
     ],
 )
 def test_only_the_configured_databases_backups_are_verified(
