@@ -431,6 +431,16 @@ async def _with_manifests(
         raise
 
 
+def series_for(database: str, backups: Iterable[Backup]) -> str:
+    """The series (``ParsedKey.series``) of ``database``'s backups, by key alone: its stem,
+    or the server globals object's for ``globals`` where no database of that name has a
+    backup among ``backups`` (the rule ``backups_of`` follows by manifest)."""
+    stem = stem_for(database)
+    if database == GLOBALS and not any(b.parsed.series == stem for b in backups):
+        return GLOBALS
+    return stem
+
+
 def backups_of(backups: Iterable[Backup], database: str | None) -> list[Backup]:
     """Those of ``backups`` that belong to ``database``, in order: by their manifest's name,
     the server globals object only where no database named ``globals`` has one."""

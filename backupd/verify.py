@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from backupd.catalogue import GLOBALS, Backup, Orphan, safe_name, stem_for, survey
+from backupd.catalogue import Backup, Orphan, safe_name, series_for, survey
 from backupd.config import Engine, TargetConfig
 from backupd.encryption import check_identity, identity_for
 from backupd.encryption import is_encrypted as encrypted_key
@@ -93,15 +93,6 @@ class Checked:
 # --- pure decisions ------------------------------------------------------------------------
 
 
-def _series(database: str, backups: list[Backup]) -> str:
-    """The series of ``database``'s backups: ``stem_for``'s, or the server globals object's
-    for ``globals`` where no database of that name has a backup."""
-    stem = stem_for(database)
-    if database == GLOBALS and not any(b.parsed.series == stem for b in backups):
-        return GLOBALS
-    return stem
-
-
 def chosen(
     backups: list[Backup],
     configured: tuple[str, ...],
@@ -124,12 +115,12 @@ def chosen(
         if not named and selection.key in missing:
             return [], [missing[selection.key]]
         return named, ([] if named else [f"no backup with key {selection.key}"])
-    series = _series(selection.database, backups) if selection.database is not None else None
+    series = series_for(selection.database, backups) if selection.database is not None else None
     # Only the configured databases' backups (every one for ``*``): another deployment may
     # share the folder, and its backups are not this target's to judge.
     # ``--database`` names any database, configured or not (the user's explicit choice).
     restricted = configured and selection.database is None
-    mine = {_series(name, backups) for name in configured} if restricted else None
+    mine = {series_for(name, backups) for name in configured} if restricted else None
     if mine is not None:
         backups = [b for b in backups if b.parsed.series in mine]
         orphans = [o for o in orphans if o.parsed.series in mine]
@@ -151,8 +142,8 @@ def chosen(
     problems += [
         f"no backup of database {name} under this target"
         for name in wanted
-        if _series(name, backups) not in newest
-        and not any(o.parsed.series == _series(name, backups) for o in lost)
+        if series_for(name, backups) not in newest
+        and not any(o.parsed.series == series_for(name, backups) for o in lost)
     ]
     return picked, problems
 
