@@ -14,12 +14,11 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextvars import Token
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
 
 from backupd.coordination import (
     STALE_AFTER,
@@ -48,6 +47,7 @@ from backupd.errors import (
     StorageError,
 )
 from backupd.storage.base import ClaimStore, Fence, publish_fence
+from backupd.tasks import until_done
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class Lease:
         self._inside = False  # before any await: the keeper must not cancel from now on
         if self._fence is not None:
             publish_fence.reset(self._fence)
-        await _to_the_end(self._leave(cancelled=exc_type is asyncio.CancelledError))
+        await until_done(self._leave(cancelled=exc_type is asyncio.CancelledError))
         if self.lost is not None:
             if self._cancelled and self._task is not None:
                 self._task.uncancel()
@@ -321,18 +321,6 @@ class Lease:
                     log.warning("could not update the claim %s: %s", self.key, error)
                     return
                 await asyncio.sleep(RETRY_RENEWAL)
-
-
-async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` to its end even when the caller is cancelled meanwhile, then pass the
-    cancellation on: a shutdown that cancels a finished run must not leave its claim "running"
-    (another replica would run the slot again once the lease ran out)."""
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        raise
 
 
 @contextlib.asynccontextmanager

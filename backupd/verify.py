@@ -15,7 +15,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from backupd.progress import Progress
 from backupd.restore import Request, restore_into
 from backupd.sources import FileSource, Source, source_for
 from backupd.storage import Storage, open_storage
+from backupd.tasks import until_done
 
 log = logging.getLogger(__name__)
 
@@ -254,21 +255,6 @@ async def check_one(target: TargetConfig, storage: Storage, backup: Backup) -> C
     except BackupdError as error:
         return Checked(target.name, database, backup.key, problem=f"{backup.key}: {error}")
     return Checked(target.name, database, backup.key, size, integrity_problem(backup, size, sha256))
-
-
-async def until_done(action: Awaitable[T]) -> T:
-    """Await ``action`` to its end even when cancelled meanwhile; then re-raise the
-    cancellation. For clean-ups that must not be cut short (dropping a scratch database)."""
-    task = asyncio.ensure_future(action)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return task.result()
 
 
 async def drill(
