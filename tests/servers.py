@@ -350,15 +350,20 @@ class MariaDBServer:
                 self.process.wait()
 
 
-_DENIED_BODY = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
-    b"<Message>refused by the test proxy</Message></Error>"
-)
-ACCESS_DENIED = (
-    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-    + f"Content-Length: {len(_DENIED_BODY)}\r\n\r\n".encode()
-    + _DENIED_BODY
-)
+def _error_answer(status: str, code: str) -> bytes:
+    """A complete S3 error response that closes its connection."""
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        "<Message>answered by the test proxy</Message></Error>"
+    ).encode()
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+ACCESS_DENIED = _error_answer("403 Forbidden", "AccessDenied")
+PRECONDITION_FAILED = _error_answer("412 Precondition Failed", "PreconditionFailed")
 
 
 Match = Callable[[str, str], bool]
@@ -403,6 +408,8 @@ class FaultProxy:
         self.lost: list[tuple[str, str]] = []
         """``(method, target)`` of each request whose answer was lost."""
         self.hold: Match = lambda method, target: False
+        self.precondition_failed: Match = lambda method, target: False
+        """Requests picked are answered 412 PreconditionFailed, without reaching upstream."""
         self.holding = threading.Event()
         """Set once the server has answered a request picked by ``hold``."""
         self.release = threading.Event()
@@ -487,10 +494,13 @@ class FaultProxy:
             time.sleep(self.manifest_delay)
         refused = {"PUT": self.refuse_puts_ending, "GET": self.refuse_gets_ending}
         ending = refused.get(method)
-        if ending and path.endswith(ending):
+        answer = ACCESS_DENIED if ending and path.endswith(ending) else None
+        if self.precondition_failed(method, target):
+            answer = PRECONDITION_FAILED
+        if answer is not None:
             # Answered before the body (the client may be waiting for 100 Continue),
             # and the connection closed, so no body is left to misread as a request.
-            client.sendall(ACCESS_DENIED)
+            client.sendall(answer)
             return False
         return True
 

@@ -54,6 +54,8 @@ GROWTH_BLOCK = 1_000
 # A conditional write that did not happen: the condition failed, or (409) a concurrent
 # conditional write to the same key won.
 _CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+# What a resent CompleteMultipartUpload may hear when its first attempt landed.
+_COMPLETION_REFUSED = _CONDITION_FAILED | {"NoSuchUpload"}
 _MISSING = {"NoSuchKey", "404"}
 _CREDENTIAL_ERRORS = {
     "InvalidAccessKeyId",
@@ -234,7 +236,7 @@ def tolerating(*codes: str) -> Iterator[None]:
     try:
         yield
     except ClientError as error:
-        if str(error.response.get("Error", {}).get("Code")) not in codes:
+        if _code(error) not in codes:
             raise
 
 
@@ -289,6 +291,8 @@ class S3Upload:
         self._count = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: list[CompletedPartTypeDef] = []
+        self._stored = 0
+        """Bytes of the parts stored so far."""
         self._failure: BaseException | None = None
         self._completing = False
         self.committed = False
@@ -334,18 +338,57 @@ class S3Upload:
         await check_fence(self._key)
         client = await self._storage.client()
         self._completing = True
-        with storage_errors(self._config, f"complete {self._key}"):
-            await finish_in_flight(
-                client.complete_multipart_upload(
-                    Bucket=self._config.bucket,
-                    Key=self._key,
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
-                ),
-                self._key,
+        try:
+            with storage_errors(self._config, f"complete {self._key}"):
+                await finish_in_flight(
+                    client.complete_multipart_upload(
+                        Bucket=self._config.bucket,
+                        Key=self._key,
+                        UploadId=self._upload_id,
+                        MultipartUpload={"Parts": parts},
+                        IfNoneMatch="*",
+                    ),
+                    self._key,
+                )
+        except StorageError as error:
+            if _error_code(error) not in _COMPLETION_REFUSED or not await self._completed():
+                raise
+            log.info(
+                "%s: an earlier attempt of its completion landed; the answer was lost", self._key
             )
         self.committed = True
+
+    async def _completed(self) -> bool:
+        """Whether this upload's completion landed although the answer said "the key exists"
+        or "no such upload": what a retry finds when botocore resent a completion whose first
+        answer was lost. True when the upload is gone (ListParts answers NoSuchUpload) and the
+        key holds an object of exactly the bytes sent, with this upload's metadata; the key
+        carries this run's random id, so no other run writes it. An upload still open means
+        the key was taken by another write: False. False, too, when the checks cannot be made.
+        """
+        assert self._upload_id is not None
+        client = await self._storage.client()
+        bucket, key = self._config.bucket, self._key
+        try:
+            with storage_errors(self._config, f"check the completion of {key}"):
+                try:
+                    await client.list_parts(
+                        Bucket=bucket, Key=key, UploadId=self._upload_id, MaxParts=1
+                    )
+                    return False
+                except ClientError as error:
+                    if _code(error) != "NoSuchUpload":
+                        raise
+                try:
+                    stored = await client.head_object(Bucket=bucket, Key=key)
+                except ClientError as error:
+                    if _code(error) in _MISSING:
+                        return False
+                    raise
+        except StorageError as error:
+            log.warning("%s: whether its completion landed is unknown: %s", key, error)
+            return False
+        return stored["ContentLength"] == self._stored and stored["Metadata"] == self._metadata
 
     async def abort(self) -> None:
         for task in self._tasks:
@@ -405,6 +448,7 @@ class S3Upload:
                     Body=part.body,
                 )
             self._done.append({"PartNumber": number, "ETag": response["ETag"]})
+            self._stored += part.size
         except asyncio.CancelledError:
             raise
         except BaseException as error:
@@ -756,6 +800,9 @@ class S3Storage:
 def _error_code(error: StorageError) -> str:
     """The S3 error code behind a StorageError, or ""."""
     cause = error.__cause__
-    if isinstance(cause, ClientError):
-        return str(cause.response.get("Error", {}).get("Code", ""))
-    return ""
+    return _code(cause) if isinstance(cause, ClientError) else ""
+
+
+def _code(error: ClientError) -> str:
+    """The S3 error code of an answer ("NoSuchKey", "412", ...)."""
+    return str(error.response.get("Error", {}).get("Code", ""))

@@ -301,3 +301,51 @@ def test_a_lost_answer_to_the_completion_still_publishes_the_backup(
     keys, uploads = bucket_state(s3, bucket)
     objects, described = complete_pairs(keys)
     assert len(objects) == 1 and objects == described and uploads == []
+
+
+def is_completion(method: str, target: str) -> bool:
+    return method == "POST" and "uploadId=" in target
+
+
+def test_a_resent_completion_told_the_key_exists_still_publishes_the_backup(
+    pg: PostgresServer, big_pg_database: str, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """A store that answers a resent completion 412 (the key exists: the first attempt made
+    it): backupd finds its upload gone and the object its own, and publishes."""
+    env = {
+        **pg_env(pg, big_pg_database),
+        **storage_env(proxy.url, bucket),
+        "COMPRESSION": "none",
+        "STORAGE_PART_SIZE": "5MiB",
+    }
+    proxy.lose_answers = lambda method, target: is_completion(method, target) and not proxy.lost
+    proxy.precondition_failed = lambda method, target: (
+        is_completion(method, target) and bool(proxy.lost)
+    )
+    result = start_together(env, 1)[0]
+
+    assert len(proxy.lost) == 1
+    assert result.returncode == 0, result.stdout
+    keys, uploads = bucket_state(s3, bucket)
+    objects, described = complete_pairs(keys)
+    assert len(objects) == 1 and objects == described and uploads == []
+
+
+def test_a_completion_refused_while_the_upload_is_open_fails_and_aborts(
+    pg: PostgresServer, big_pg_database: str, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """412 at completion with the upload still open: the key is somebody else's. The backup
+    fails, its upload is aborted and nothing is published."""
+    env = {
+        **pg_env(pg, big_pg_database),
+        **storage_env(proxy.url, bucket),
+        "COMPRESSION": "none",
+        "STORAGE_PART_SIZE": "5MiB",
+    }
+    proxy.precondition_failed = is_completion
+    result = start_together(env, 1)[0]
+
+    assert result.returncode == 1, result.stdout
+    assert "complete" in result.stdout and "Traceback" not in result.stdout
+    keys, uploads = bucket_state(s3, bucket)
+    assert [k for k in keys if "/.backupd/" not in k] == [] and uploads == []
