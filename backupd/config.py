@@ -10,6 +10,7 @@ import enum
 import ipaddress
 import re
 import socket
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -164,8 +165,12 @@ def _usable_host(host: str, netloc: str) -> bool:
     return len(host) <= 255 and _HOST_NAME.fullmatch(host) is not None
 
 
-def endpoint_problem(url: str) -> str | None:
-    """What keeps ``url`` from being an S3 endpoint (``STORAGE_ENDPOINT_URL``), or None.
+def endpoint_problem(
+    url: str, example: str = "https://s3.example.com or http://minio:9000"
+) -> str | None:
+    """What keeps ``url`` from being an S3 endpoint (``STORAGE_ENDPOINT_URL``), or None; the
+    same rule checks every other HTTP address backupd is given (Seq, webhooks), ``example``
+    showing the form the problem suggests.
 
     The host follows botocore's rule, which refuses any other URL when the client is made
     (``is_valid_endpoint_url`` and ``is_valid_ipv6_endpoint_url`` in ``botocore/utils.py``):
@@ -184,7 +189,7 @@ def endpoint_problem(url: str) -> str | None:
     except ValueError:  # an unclosed [ of an IPv6 address
         return _NOT_A_HOST
     if not parts.hostname:
-        return "names no host; write it like https://s3.example.com or http://minio:9000"
+        return f"names no host; write it like {example}"
     if not _usable_host(parts.hostname, parts.netloc):
         return _NOT_A_HOST
     try:
@@ -550,6 +555,24 @@ class EmailOn(enum.StrEnum):
     FAILURE = "failure"
 
 
+def mail_address_problem(text: str) -> str | None:
+    """What keeps ``text`` from being one mail address (``name@example.com``, or
+    ``Name <name@example.com>``), or None. The address needs one ``@`` between a non-empty
+    local part and domain, and no blanks (RFC 5322's addr-spec, without its rare quoted and
+    commented forms); ``email.utils.getaddresses`` takes a display name apart."""
+    found = getaddresses([text])
+    if len(found) > 1:
+        return f"{text!r} holds more than one address"
+    address = found[0][1] if found else ""
+    bare = text.strip() if "<" not in text else address
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or "@" in local:
+        return f"{text!r} is not a mail address (write it like name@example.com)"
+    if any(character.isspace() for character in bare):
+        return f"{text!r} is not a mail address: it holds a blank"
+    return None
+
+
 class EmailConfig(BaseModel):
     """Mail about each backup, over SMTP. Off unless ``EMAIL_SMTP`` is set."""
 
@@ -610,8 +633,12 @@ class HooksConfig(BaseModel):
     @field_validator("webhook_url", "ping_url")
     @classmethod
     def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        # The problem never quotes the URL: it may hold a token. A space is let through (the
+        # HTTP client sends it encoded); tabs and line breaks are not.
+        if value is not None:
+            url = value.get_secret_value().replace(" ", "%20")
+            if problem := endpoint_problem(url, "https://hooks.example.com/..."):
+                raise ValueError(problem)
         return value
 
 
@@ -638,6 +665,13 @@ class LogConfig(BaseModel):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         return LayoutConfig._known_zone(value)
+
+    @field_validator("seq_url")
+    @classmethod
+    def _seq_address(cls, value: str | None) -> str | None:
+        if value is not None and (problem := endpoint_problem(value, "http://seq:5341")):
+            raise ValueError(problem)
+        return value
 
     @property
     def tz(self) -> ZoneInfo:

@@ -37,6 +37,7 @@ from backupd.config import (
     StorageType,
     TargetConfig,
     VerifyConfig,
+    mail_address_problem,
     shown,
 )
 from backupd.errors import ConfigError
@@ -300,6 +301,13 @@ def _email_problems(email: EmailConfig, reader: _Reader) -> list[str]:
         problems.append(f"{reader.name_for('EMAIL_FROM')}: required when EMAIL_SMTP is set")
     if not email.recipients:
         problems.append(f"{reader.name_for('EMAIL_TO')}: required when EMAIL_SMTP is set")
+    named = [("EMAIL_FROM", email.sender)] if email.sender else []
+    named += [("EMAIL_TO", address) for address in email.recipients]
+    problems += [
+        f"{reader.name_for(variable)}: {problem}"
+        for variable, address in named
+        if (problem := mail_address_problem(address)) is not None
+    ]
     if (email.user is None) != (email.password is None):
         variable = reader.name_for("EMAIL_PASSWORD")
         problems.append(f"{variable}: set both EMAIL_USER and EMAIL_PASSWORD, or neither")

@@ -245,3 +245,72 @@ def test_a_local_path_longer_than_path_max_is_a_problem(tmp_path: Path) -> None:
 
     assert problem.startswith("STORAGE_LOCAL_PATH: ")
     assert "longer than the file system allows" in problem
+
+
+# SEQ_URL, NOTIFY_WEBHOOK_URL, HEALTHCHECK_PING_URL
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("seq.local:5341", "must start with http:// or https://"),
+        ("http://", "names no host; write it like http://seq:5341"),
+        ("http://seq :5341", "must not contain blanks"),
+        ("http://seq:port", "port must be a number from 1 to 65535"),
+    ],
+)
+def test_a_seq_url_without_a_usable_host_is_a_problem(url: str, says: str) -> None:
+    problem = only_problem({**S3, "SEQ_URL": url})
+
+    assert problem.startswith("SEQ_URL: ")
+    assert says in problem
+
+
+@pytest.mark.parametrize("url", ["http://seq:5341", "https://logs.example.com/seq/"])
+def test_a_seq_url_with_a_host_is_accepted(url: str) -> None:
+    assert load_settings({**S3, "SEQ_URL": url}).logs.seq_url == url
+
+
+@pytest.mark.parametrize("variable", ["NOTIFY_WEBHOOK_URL", "HEALTHCHECK_PING_URL"])
+def test_a_hook_url_without_a_host_is_a_problem_that_never_quotes_it(variable: str) -> None:
+    problem = only_problem({**S3, variable: "https:///hook-Token-77"})
+
+    assert problem.startswith(f"{variable}: ")
+    assert "names no host" in problem
+    assert "Token-77" not in problem
+
+
+# EMAIL_FROM, EMAIL_TO
+
+MAIL = {**S3, "EMAIL_SMTP": "smtp.example.com"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("EMAIL_FROM", "backupd", "'backupd' is not a mail address"),
+        ("EMAIL_FROM", "ops@example.com, dev@example.com", "holds more than one address"),
+        ("EMAIL_FROM", "ops @example.com", "holds a blank"),
+        ("EMAIL_FROM", "ops@", "is not a mail address"),
+        ("EMAIL_TO", "ops@example.com,nobody", "'nobody' is not a mail address"),
+        ("EMAIL_TO", "@example.com", "is not a mail address"),
+    ],
+)
+def test_a_mail_address_without_local_part_and_domain_is_a_problem(
+    variable: str, value: str, says: str
+) -> None:
+    env = {**MAIL, "EMAIL_FROM": "backupd@example.com", "EMAIL_TO": "ops@example.com"}
+    problem = only_problem({**env, variable: value})
+
+    assert problem.startswith(f"{variable}: ")
+    assert says in problem
+
+
+def test_mail_addresses_with_display_names_are_accepted() -> None:
+    env = {
+        **MAIL,
+        "EMAIL_FROM": "Backups <backupd@example.com>",
+        "EMAIL_TO": "ops@example.com, root@localhost",
+    }
+
+    assert load_settings(env).targets[0].email.recipients == ["ops@example.com", "root@localhost"]
