@@ -11,7 +11,8 @@ What may be deleted is decided here once, and narrowly:
   leaves an incomplete object the next prune finishes, never a manifest without its object;
 - an object without a manifest, a manifest without its object, or a multipart upload, only
   once it is older than ``RETENTION_ABORT_UPLOADS_AFTER`` (a ``kill -9`` mid-upload leaves no
-  garbage forever, and a backup still being written is never touched);
+  garbage forever, and a backup still being written is never touched), and only of the
+  databases it backs up, told by the key's series;
 - nothing under Object Lock: a locked object (or manifest) keeps its backup, with one info line.
 
 ``prune_target`` is one coroutine per target, so a caller can wrap it (a claim, a lock).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 
@@ -208,6 +210,7 @@ async def plan(
     decisions = decide(candidates(complete, tz), retention.policy, now, tz)
     if database is None:
         cutoff = before(now, retention.abort_uploads_after, tz)
+        ours = _configured_series(target)
         # A manifest that exists but cannot be read (a newer format?) is never a leftover.
         result.leftovers = [
             Leftover(
@@ -218,7 +221,7 @@ async def plan(
                 b.problem is None and b.modified < cutoff,
             )
             for b in backups
-            if not b.complete
+            if not b.complete and ours(b.parsed)
         ]
         result.leftovers += [
             Leftover(
@@ -229,11 +232,13 @@ async def plan(
                 o.manifest.modified < cutoff,
             )
             for o in orphans
+            if ours(o.parsed)
         ]
         result.leftovers += [
             Leftover(u.key, u.initiated.astimezone(tz), 0, "upload", u.initiated < cutoff, u)
             async for u in storage.list_uploads(target.key_prefix + "/")
-            if catalogue.parse_key(u.key, target.key_prefix) is not None
+            if (parsed := catalogue.parse_key(u.key, target.key_prefix)) is not None
+            and ours(parsed)
         ]
     doomed = [d.candidate.key for d in decisions if not d.keep]
     doomed += [item.key for item in result.leftovers if item.delete and item.kind != "upload"]
@@ -246,6 +251,16 @@ async def plan(
         for item in result.leftovers
     ]
     return result, locks
+
+
+def _configured_series(target: TargetConfig) -> Callable[[catalogue.ParsedKey], bool]:
+    """Whether a key without a manifest (a leftover) is of a database this target backs up:
+    any with ``DB_DATABASE=*``, else those of the configured databases' series, by key alone.
+    Another deployment sharing the folder keeps its leftovers, as it keeps its backups."""
+    if target.database.all_databases:
+        return lambda parsed: True
+    series = {catalogue.stem_for(name) for name in target.database.databases}
+    return lambda parsed: parsed.series in series
 
 
 def _removal(key: str, locks: dict[str, Lock]) -> Removal:

@@ -228,6 +228,33 @@ def test_old_leftovers_are_removed_and_a_stalled_target_keeps_its_backups(
     assert keys_of(s3, bucket) == with_manifests([*backups[-2:], unreadable])
 
 
+def test_leftovers_of_a_database_not_configured_stay_in_a_shared_folder(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    """DB_DATABASE=app beside another deployment backing up crm into the same folder: old
+    leftovers of app go, crm's (an object without manifest, a manifest without object, an
+    open multipart upload) stay, as crm's backups do."""
+    old = datetime(2026, 11, 20, 2, tzinfo=BERLIN)
+    mine = put_backup(s3, bucket, "app", old, complete=False)
+    theirs = put_backup(s3, bucket, "crm", old, complete=False)
+    lost = put_backup(s3, bucket, "crm", old + timedelta(hours=1))
+    s3.delete_object(Bucket=bucket, Key=lost)
+    upload_key = catalogue.object_key(FOLDER, "crm", ".dump", old, catalogue.new_run_id())
+    s3.create_multipart_upload(Bucket=bucket, Key=upload_key)
+    env = policy_env(moto_url, bucket, DB_DATABASE="app", RETENTION_KEEP_LAST="2")
+
+    result = run_at("+2d", "prune", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = verdicts(result.stdout)
+    assert seen[mine][0] == "DELETE"
+    assert theirs not in seen and catalogue.manifest_key(lost) not in seen
+    assert upload_key not in seen
+    assert keys_of(s3, bucket) == {theirs, catalogue.manifest_key(lost)}
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == [upload_key]
+
+
 @pytest.fixture
 def locked_bucket(s3: Any) -> str:
     name = f"l-{uuid.uuid4().hex[:16]}"
