@@ -8,11 +8,12 @@ and reported at once, one line per variable; this is the only module that reads 
 
 from __future__ import annotations
 
+import enum
 import errno
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -124,7 +125,7 @@ class _Reader:
                 continue
             value = self.get(field.alias)
             if value is not None:
-                values[field.alias] = value
+                values[field.alias] = canonical_choice(field.annotation, value)
         return values
 
     def validate(self, model: type[BaseModel], extra: Mapping[str, Any] | None = None) -> Any:
@@ -149,6 +150,18 @@ class _Reader:
 
     def name_for(self, alias: str) -> str:
         return " or ".join(self.candidates(alias)) if self.prefix else alias
+
+
+def canonical_choice(annotation: Any, value: str) -> str:
+    """``value`` spelled as the choice it names when ``annotation`` is a set of choices (an
+    enum, or one or None) and it names one in another case (``DB_TYPE=Postgres``, ``EMAIL_TLS=
+    STARTTLS``); anything else unchanged, for the model to judge."""
+    for choices in (annotation, *get_args(annotation)):
+        if isinstance(choices, type) and issubclass(choices, enum.StrEnum):
+            for choice in choices:
+                if choice.value.casefold() == value.casefold():
+                    return choice.value
+    return value
 
 
 def _storage_problems(kind: StorageType, reader: _Reader) -> list[str]:

@@ -314,3 +314,36 @@ def test_mail_addresses_with_display_names_are_accepted() -> None:
     }
 
     assert load_settings(env).targets[0].email.recipients == ["ops@example.com", "root@localhost"]
+
+
+# Choices (DB_TYPE, COMPRESSION, ...)
+
+
+def test_a_choice_is_taken_in_any_case() -> None:
+    settings = load_settings(
+        {
+            **S3,
+            "DB_TYPE": "MariaDB",
+            "COMPRESSION": "ZSTD",
+            "LOG_FORMAT": "JSON",
+            "STORAGE_OBJECT_LOCK_MODE": "governance",
+            "STORAGE_OBJECT_LOCK_DAYS": "3",
+            "VERIFY_ROW_COUNTS": "Off",
+        }
+    )
+    target = settings.targets[0]
+
+    assert target.database.engine == "mariadb"
+    assert target.layout.compression == "zstd"
+    assert settings.logs.format == "json"
+    assert isinstance(target.storage, S3Config)
+    assert target.storage.object_lock_mode == "GOVERNANCE"
+    assert target.verify.row_counts == "off"
+
+
+def test_a_name_that_is_no_choice_in_any_case_is_still_a_problem() -> None:
+    problem = only_problem({**S3, "DB_TYPE": "PostgreSQL"})
+
+    assert problem == (
+        "DB_TYPE: must be 'postgres', 'mysql', 'mariadb' or 'mssql' (got 'PostgreSQL')"
+    )
