@@ -485,6 +485,7 @@ class DaemonConfig(BaseModel):
         30,
         alias="SHUTDOWN_TIMEOUT",
         ge=0,
+        allow_inf_nan=False,
         description="Seconds running backups get to finish on SIGTERM",
     )
     http_port: int = Field(
@@ -757,6 +758,7 @@ class LimitsConfig(BaseModel):
         600,
         alias="RESTORE_STALL_TIMEOUT",
         ge=0,
+        allow_inf_nan=False,
         description="Seconds a dump or restore may move no data before it is stopped; 0: never",
     )
 
@@ -849,6 +851,7 @@ class AnomalyConfig(BaseModel):
         3.0,
         alias="ANOMALY_GROWTH",
         gt=1,
+        allow_inf_nan=False,
         description="Warn above this multiple of the median (size, rows)",
     )
 

@@ -347,3 +347,13 @@ def test_a_name_that_is_no_choice_in_any_case_is_still_a_problem() -> None:
     assert problem == (
         "DB_TYPE: must be 'postgres', 'mysql', 'mariadb' or 'mssql' (got 'PostgreSQL')"
     )
+
+
+@pytest.mark.parametrize(
+    "variable", ["SHUTDOWN_TIMEOUT", "RESTORE_STALL_TIMEOUT", "ANOMALY_GROWTH"]
+)
+@pytest.mark.parametrize("value", ["inf", "Infinity", "nan"])
+def test_a_bound_must_be_a_finite_number(variable: str, value: str) -> None:
+    problem = only_problem({**S3, variable: value})
+
+    assert problem.startswith(f"{variable}: must be a finite number"), problem
