@@ -39,6 +39,7 @@ SUFFIX = ".age"
 CHUNK = 1024 * 1024
 SPLICE_CHUNK = 1024 * 1024
 _NO_MATCH = "no identity matched"
+_NO_TERMINAL = "failed to obtain passphrase"
 
 
 class EncryptError(BackupdError):
@@ -74,7 +75,34 @@ def decrypt_problem(stderr: str, identity: Path, key: str) -> str:
     """One line for a person from age's stderr when decryption failed."""
     if _NO_MATCH in stderr:
         return f"none of the identities in {identity} can decrypt {key}"
+    if _NO_TERMINAL in stderr:
+        return (
+            f"{identity} is protected by a passphrase, which backupd cannot type in (age runs "
+            "without a terminal); decrypt it into a file only you can read and give that"
+        )
+    if (reason := _identity_file_reason(stderr, identity)) is not None:
+        return f"cannot use {identity} as an age identity file: {reason}"
     return f"age could not decrypt {key}: {stderr or 'no output'}"
+
+
+def decrypt_error(stderr: str, identity: Path, key: str) -> DecryptError:
+    """``WrongIdentity`` when the failure is the identity file's (no match, unreadable, not an
+    identity, passphrase-protected: age finds these before it reads the payload), else
+    ``DecryptError`` (damage, which the checksum also finds); ``decrypt_problem``'s text."""
+    problem = decrypt_problem(stderr, identity, key)
+    identity_trouble = _NO_MATCH in stderr or _NO_TERMINAL in stderr
+    if identity_trouble or _identity_file_reason(stderr, identity) is not None:
+        return WrongIdentity(problem)
+    return DecryptError(problem)
+
+
+def _identity_file_reason(stderr: str, identity: Path) -> str | None:
+    """age's reason for refusing the identity file (``reading "FILE": REASON``), or None."""
+    marker = f'reading "{identity}": '
+    if marker not in stderr:
+        return None
+    reason = stderr.split(marker, 1)[1].split(" | ", 1)[0]
+    return reason.removeprefix(f'failed to read "{identity}": ') or "unreadable"
 
 
 # --- the child process -------------------------------------------------------------------------
@@ -288,12 +316,13 @@ def identity_for(key: str, identity: Path | None) -> Path | None:
 
 
 async def check_identity(chunks: AsyncIterator[bytes], identity: Path, key: str) -> None:
-    """Raise ``WrongIdentity`` when no identity in ``identity`` matches a recipient of the age
-    file arriving as ``chunks``.
+    """Raise ``WrongIdentity`` when ``identity`` cannot decrypt the age file arriving as
+    ``chunks``: no identity in it matches a recipient, or age cannot use the file (unreadable,
+    a public key, passphrase-protected).
 
-    Reads only until age writes its first plaintext (age checks the identity against the
-    header first), so it costs little more than the header's download. Other failures (damage)
-    are left to the restore itself, which reports them against the checksum.
+    Reads only until age writes its first plaintext (age reads the identities and checks them
+    against the header first), so it costs little more than the header's download. Other
+    failures (damage) are left to the restore itself, which reports them against the checksum.
     """
     decryption = Decryption(chunks, identity, key)
     try:
@@ -344,9 +373,7 @@ class Decryption:
             yield bytes(buffer[:count])
         code = await self._child.wait()
         if code != 0:
-            raise DecryptError(
-                decrypt_problem(self._child.stderr_text(), self._identity, self._key)
-            )
+            raise decrypt_error(self._child.stderr_text(), self._identity, self._key)
         await self._feeder  # a download error, if there was one
 
     async def finish_input(self) -> None:

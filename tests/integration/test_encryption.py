@@ -261,6 +261,69 @@ def test_postgres_restore_needs_a_matching_identity_and_a_wrong_one_creates_noth
     assert pg.plain_dump(by_ssh) == pg.plain_dump(database)
 
 
+def test_an_identity_that_cannot_decrypt_leaves_the_database_clean_would_replace(
+    pg: PostgresServer,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    keys: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """``restore --clean`` replaces an existing database only once the identity is known to
+    decrypt the object: another key, a public key given as identity, a passphrase-protected
+    key each stop it before anything is dropped."""
+    database = unique("shop")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS": f"{keys['key_public']},{keys['ssh_public']}",
+    }
+    assert run_backupd("once", env=env).returncode == 0
+    key = only_backup_key(s3, bucket)
+    victim = unique("victim")
+    pg.create_database(victim, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42);")
+    public = tmp_path / "public.txt"
+    public.write_text(keys["key_public"] + "\n")
+    locked = tmp_path / "id_locked"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "pass-Word-5", "-f", str(locked)], check=True
+    )
+    locked_env = {
+        **env,
+        "ENCRYPTION_RECIPIENTS": " ".join(locked.with_suffix(".pub").read_text().split()[:2]),
+    }
+    assert run_backupd("once", env=locked_env).returncode == 0
+    locked_key = max(k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json"))
+
+    said = {}
+    for name, identity, which in (
+        ("other", keys["other"], key),
+        ("public", public, key),
+        ("locked", locked, locked_key),
+    ):
+        result = run_backupd(
+            "restore",
+            "--key",
+            which,
+            "--into",
+            victim,
+            "--clean",
+            "--identity",
+            str(identity),
+            env=env,
+        )
+        assert result.returncode == 1, result.stdout
+        assert "Traceback" not in result.stdout + result.stderr
+        said[name] = result.stdout
+        assert pg.psql("SELECT x FROM precious", victim).strip() == "42"
+
+    assert f"none of the identities in {keys['other']} can decrypt {key}" in said["other"]
+    assert f"cannot use {public} as an age identity file" in said["public"]
+    assert f"{locked} is protected by a passphrase" in said["locked"]
+    assert "pass-Word-5" not in "".join(said.values())
+
+
 def test_mariadb_encrypted_round_trip_and_a_tampered_object_is_a_checksum_mismatch(
     mariadb: MariaDBServer,
     moto_url: str,

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from backupd.encryption import decrypt_argv, decrypt_problem, encrypt_argv
+from backupd.encryption import (
+    WrongIdentity,
+    decrypt_argv,
+    decrypt_error,
+    decrypt_problem,
+    encrypt_argv,
+)
 from backupd.environment import load_target
 from backupd.errors import ConfigError
 from backupd.recipients import (
@@ -170,3 +176,34 @@ def test_argv_holds_public_keys_and_the_identity_file_name_only() -> None:
 )
 def test_decrypt_problem(stderr: str, said: str) -> None:
     assert decrypt_problem(stderr, Path("key.txt"), "b/x.dump.age") == said
+
+
+@pytest.mark.parametrize(
+    ("stderr", "identity_trouble", "said"),
+    [
+        ("age: error: no identity matched any of the recipients", True, "none of the"),
+        (
+            'age: error: reading "key.txt": failed to read "key.txt": error at line 1: unknown '
+            "identity type | age: report unexpected or unhelpful errors",
+            True,
+            "cannot use key.txt as an age identity file: error at line 1: unknown identity type",
+        ),
+        (
+            'age: error: failed to obtain passphrase: could not read passphrase for "key.txt"',
+            True,
+            "key.txt is protected by a passphrase, which backupd cannot type in",
+        ),
+        (
+            "age: error: failed to decrypt and authenticate payload chunk",
+            False,
+            "age could not decrypt b/x.dump.age: age: error: failed to decrypt",
+        ),
+    ],
+)
+def test_a_failure_of_the_identity_file_is_a_wrong_identity(
+    stderr: str, identity_trouble: bool, said: str
+) -> None:
+    error = decrypt_error(stderr, Path("key.txt"), "b/x.dump.age")
+
+    assert isinstance(error, WrongIdentity) is identity_trouble
+    assert str(error).startswith(said)
