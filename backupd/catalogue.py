@@ -441,6 +441,20 @@ def series_for(database: str, backups: Iterable[Backup]) -> str:
     return stem
 
 
+def engine_family(engine: str) -> str:
+    """The engines whose dumps restore into one another share a family: MySQL and MariaDB
+    are ``mysql``; every other engine is its own."""
+    return "mysql" if engine in ("mysql", "mariadb") else engine
+
+
+def of_engine(backups: Iterable[Backup], engine: str) -> list[Backup]:
+    """Those of ``backups`` whose manifest says they were made by ``engine``'s family, in
+    order; a backup without a manifest cannot say and is left out. Two deployments sharing a
+    folder (a PostgreSQL and a MariaDB database both named ``shop``) are told apart so."""
+    family = engine_family(engine)
+    return [b for b in backups if b.engine is not None and engine_family(b.engine) == family]
+
+
 def backups_of(backups: Iterable[Backup], database: str | None) -> list[Backup]:
     """Those of ``backups`` that belong to ``database``, in order: by their manifest's name,
     the server globals object only where no database named ``globals`` has one."""
@@ -462,10 +476,12 @@ def choose(
     key: str | None = None,
     at: datetime | None = None,
     force: bool = False,
+    engine: str | None = None,
 ) -> Backup:
     """The backup to restore: the one named by ``key``, else the newest complete backup of
-    ``database`` taken at or before the instant ``at`` (or the newest). The server globals
-    object is a backup of ``globals`` only where no database of that name has one.
+    ``database`` taken at or before the instant ``at`` (or the newest), made by ``engine``'s
+    family when given (``of_engine``). The server globals object is a backup of ``globals``
+    only where no database of that name has one.
 
     Raise ChoiceError when there is none, or when ``key`` names an incomplete backup and
     ``force`` is not set.
@@ -482,7 +498,8 @@ def choose(
                 f"{key} is a backup of database {named[0].database!r}, not {database!r}"
             )
         return named[0]
-    candidates = backups_of([b for b in backups if b.complete], database)
+    complete = [b for b in backups if b.complete]
+    candidates = backups_of(complete if engine is None else of_engine(complete, engine), database)
     if at is not None:
         candidates = [b for b in candidates if b.taken <= at]
     if not candidates:

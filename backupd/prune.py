@@ -140,15 +140,34 @@ def candidates(backups: list[catalogue.Backup], tz: tzinfo) -> list[Candidate]:
     return [Candidate(b.key, group_of(b), b.taken.astimezone(tz)) for b in backups if b.complete]
 
 
+def own_backups(
+    backups: list[catalogue.Backup], target: TargetConfig, database: str | None = None
+) -> list[catalogue.Backup]:
+    """The complete backups the target's policy judges: made by its engine's family, of
+    ``database`` when named (the user's explicit choice, configured or not), else of the
+    configured databases (any, with ``DB_DATABASE=*``, the server globals included). Another
+    deployment may share the folder, and a database dropped from DB_DATABASE keeps what it
+    has."""
+    complete = catalogue.of_engine([b for b in backups if b.complete], target.database.engine)
+    if database is not None:
+        return catalogue.backups_of(complete, database)
+    if target.database.all_databases:
+        return complete
+    configured = set(target.database.databases)
+    return [b for b in complete if b.database in configured and not b.is_globals]
+
+
 def keep_column(
     backups: list[catalogue.Backup], target: TargetConfig, now: datetime
 ) -> dict[str, str]:
-    """What the policy says of each complete backup (``KEEP daily 2026-11-28``, ``DELETE``),
-    for ``backupd list``; Object Lock is not consulted there (no request per backup)."""
+    """What the policy says of each complete backup it judges (``KEEP daily 2026-11-28``,
+    ``DELETE``; see ``own_backups``), for ``backupd list``; Object Lock is not consulted
+    there (no request per backup)."""
     if not target.retention.policy.enabled:
         return {}
+    own = own_backups(backups, target)
     decisions = decide(
-        candidates(backups, target.layout.tz), target.retention.policy, now, target.layout.tz
+        candidates(own, target.layout.tz), target.retention.policy, now, target.layout.tz
     )
     return {d.candidate.key: f"KEEP {d.why}" if d.keep else "DELETE" for d in decisions}
 
@@ -198,14 +217,7 @@ async def plan(
     tz = target.layout.tz
     backups, orphans = await catalogue.survey(storage, target.key_prefix)
     result = PruneResult(target.name, dry_run=True)
-    complete = [b for b in backups if b.complete]
-    if database is not None:  # named on the command line: the user's explicit choice
-        complete = catalogue.backups_of(complete, database)
-    elif not target.database.all_databases:
-        # Only the configured databases' backups: another deployment may share the folder,
-        # and a database dropped from DB_DATABASE keeps what it has.
-        configured = set(target.database.databases)
-        complete = [b for b in complete if b.database in configured and not b.is_globals]
+    complete = own_backups(backups, target, database)
     result.sizes = {b.key: b.size for b in complete}
     decisions = decide(candidates(complete, tz), retention.policy, now, tz)
     if database is None:

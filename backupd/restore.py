@@ -26,7 +26,7 @@ from typing import Protocol
 
 import zstandard
 
-from backupd.catalogue import Backup, Manifest, choose, scan
+from backupd.catalogue import Backup, Manifest, choose, engine_family, scan
 from backupd.config import Engine, TargetConfig
 from backupd.encryption import (
     DecryptError,
@@ -129,6 +129,7 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
             key=request.key,
             at=request.at,
             force=request.force,
+            engine=target.database.engine,
         )
         identity = identity_for(chosen.key, request.identity)  # None: not encrypted
         if identity is not None:  # before anything is created
@@ -332,14 +333,8 @@ async def _through_shared_file(
 
 
 def _check_engine(target: TargetConfig, manifest: Manifest | None) -> None:
-    family = {
-        Engine.POSTGRES: "postgres",
-        Engine.MYSQL: "mysql",
-        Engine.MARIADB: "mysql",
-        Engine.MSSQL: "mssql",
-    }
     stored = manifest.engine if manifest is not None else None
-    if stored is not None and family.get(Engine(stored)) != family.get(target.database.engine):
+    if stored is not None and engine_family(stored) != engine_family(target.database.engine):
         raise RestoreError(
             f"this is a {stored} backup; the target's DB_TYPE is {target.database.engine}"
         )

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from backupd.catalogue import Backup, Orphan, safe_name, series_for, survey
+from backupd.catalogue import (
+    Backup,
+    Orphan,
+    engine_family,
+    safe_name,
+    series_for,
+    survey,
+)
 from backupd.config import Engine, TargetConfig
 from backupd.encryption import check_identity, identity_for
 from backupd.encryption import is_encrypted as encrypted_key
@@ -318,6 +325,11 @@ async def verify_target(
     the target's storage cannot be listed."""
     async with open_storage(target.storage) as storage:
         backups, orphans = await survey(storage, target.key_prefix)
+        if selection.key is None:
+            # Another engine's backups are another deployment's (a database of the same name
+            # sharing the folder); one without a manifest cannot say, and stays.
+            family = engine_family(target.database.engine)
+            backups = [b for b in backups if b.engine is None or engine_family(b.engine) == family]
         picked, problems = chosen(backups, target.database.databases, selection, orphans)
         results = [
             Checked(target.name, selection.database or "*", None, problem=p) for p in problems

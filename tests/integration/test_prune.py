@@ -32,7 +32,9 @@ FOLDER = "backups/app"
 NOW = "2026-11-29 02:30:00"  # UTC, for libfaketime
 
 
-def manifest_for(key: str, body: bytes, database: str, started: datetime) -> bytes:
+def manifest_for(
+    key: str, body: bytes, database: str, started: datetime, engine: str = "postgres"
+) -> bytes:
     return catalogue.Manifest(
         key=key,
         sha256=hashlib.sha256(body).hexdigest(),
@@ -42,7 +44,7 @@ def manifest_for(key: str, body: bytes, database: str, started: datetime) -> byt
         duration_s=1.0,
         target="default",
         database=database,
-        engine="postgres",
+        engine=engine,
         run_id=key.rsplit("_", 1)[-1].split(".")[0],
     ).to_bytes()
 
@@ -56,14 +58,16 @@ def put_backup(
     prefix: str = FOLDER,
     complete: bool = True,
     key: str | None = None,
+    engine: str = "postgres",
     **extra: Any,
 ) -> str:
     """One backup as backupd writes it: the object, then its manifest."""
-    key = key or catalogue.object_key(prefix, database, ".dump", started, catalogue.new_run_id())
+    extension = ".dump" if engine == "postgres" else ".sql.zst"
+    key = key or catalogue.object_key(prefix, database, extension, started, catalogue.new_run_id())
     body = f"{database} {started.isoformat()}".encode()
     s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
     if complete:
-        manifest = manifest_for(key, body, database, started)
+        manifest = manifest_for(key, body, database, started, engine)
         s3.put_object(Bucket=bucket, Key=catalogue.manifest_key(key), Body=manifest, **extra)
     return key
 
@@ -253,6 +257,39 @@ def test_leftovers_of_a_database_not_configured_stay_in_a_shared_folder(
     assert keys_of(s3, bucket) == {theirs, catalogue.manifest_key(lost)}
     uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [u["Key"] for u in uploads] == [upload_key]
+
+
+def test_a_deployment_of_another_engine_sharing_the_folder_keeps_its_backups(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    """A PostgreSQL and a MariaDB deployment, each backing up a database named shop into one
+    folder: each prunes, lists and verifies its own engine's backups alone."""
+    days = daily(datetime(2026, 11, 20, 2, tzinfo=BERLIN), 4)
+    theirs = [put_backup(s3, bucket, "shop", t, engine="mariadb") for t in days]
+    mine = [put_backup(s3, bucket, "shop", t + timedelta(hours=1)) for t in days]
+    other = put_backup(s3, bucket, "app", days[0])
+    for database in ("shop", "*"):
+        env = policy_env(moto_url, bucket, DB_DATABASE=database, RETENTION_KEEP_LAST="1")
+
+        dry = run_at("+1h", "prune", "--dry-run", env=env)
+        listed = run_at("+1h", "list", env=env)
+
+        assert dry.returncode == 0 and listed.returncode == 0, dry.stdout + listed.stdout
+        seen = verdicts(dry.stdout)
+        assert not set(theirs) & set(seen), dry.stdout
+        assert {seen[key][0] for key in mine[:-1]} == {"DELETE"} and seen[mine[-1]][0] == "KEEP"
+        lines = {line.split()[-1]: line for line in listed.stdout.splitlines() if "DELETE" in line}
+        assert not [key for key in theirs if any(key in line for line in lines.values())]
+        assert (other in dry.stdout) is (database == "*")
+
+    verified = run_at("+1h", "verify", env={**env, "DB_DATABASE": "shop"})
+    assert f"verified {mine[-1]}" in verified.stdout, verified.stdout
+    assert theirs[-1] not in verified.stdout
+
+    pruned = run_at("+1h", "prune", env={**env, "DB_DATABASE": "shop"})
+
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert keys_of(s3, bucket) == with_manifests([*theirs, mine[-1], other])
 
 
 @pytest.fixture

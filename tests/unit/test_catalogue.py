@@ -384,3 +384,29 @@ def test_restoring_globals_means_the_database_of_that_name_where_there_is_one() 
     assert choose([roles], database="globals") is roles
     assert not mysql_old.is_globals and roles.is_globals and not database.is_globals
     assert choose([roles, mysql_old], database="globals") is mysql_old
+
+
+def test_a_restore_chooses_among_its_own_engines_backups() -> None:
+    when = datetime(2026, 11, 29, 5, 0, 1, tzinfo=UTC)
+
+    def made(engine: str, minutes: int, run_id: str) -> Backup:
+        started = when + timedelta(minutes=minutes)
+        key = object_key("b", "shop", ".dump", started, run_id)
+        parsed = parse_key(key, "b")
+        assert parsed is not None
+        manifest = Manifest(key, "0" * 64, 1, started, started, 1.0, "default", "shop", engine)
+        return Backup(key, 1, started, parsed, manifest)
+
+    postgres, mariadb, mysql = (
+        made("postgres", 1, "00000001"),
+        made("mariadb", 2, "00000002"),
+        made("mysql", 3, "00000003"),
+    )
+    found = [postgres, mariadb, mysql]
+
+    assert choose(found, database="shop", engine="postgres") is postgres
+    assert choose(found, database="shop", engine="mariadb") is mysql  # one family
+    assert choose([postgres, mariadb], database="shop", engine="mysql") is mariadb
+    assert choose(found, database="shop") is mysql
+    with pytest.raises(ChoiceError, match="no complete backup of database 'shop'"):
+        choose([mariadb], database="shop", engine="postgres")
