@@ -131,6 +131,7 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
             force=request.force,
             engine=target.database.engine,
         )
+        check_stored_size(chosen)
         identity = identity_for(chosen.key, request.identity)  # None: not encrypted
         if identity is not None:  # before anything is created
             await check_identity(storage.download(chosen.key), identity, chosen.key)
@@ -310,6 +311,7 @@ async def restore_into(
     storage: Storage, target: TargetConfig, backup: Backup, request: Request
 ) -> None:
     """Restore an already chosen ``backup`` into ``request.into`` (restore drills)."""
+    check_stored_size(backup)
     await _into_database(storage, target, backup, request)
 
 
@@ -415,17 +417,36 @@ async def _feed_restore_tool(
 
 
 async def _feed(child: Child, download: _Download, rewrite: DatabaseStatementFilter | None) -> None:
-    """The verified stream into the tool's stdin; the checksum is checked before the tool sees
-    the end of its input, so a damaged object never completes a restore."""
+    """The verified stream into the tool's stdin. The last piece is held back until the
+    checksum matches: a tool that knows where its input ends (pg_restore's archive ends with
+    a terminator) would otherwise finish, and commit, before damage in that piece is found.
+    Bytes past the archive's end are refused earlier, by ``check_stored_size``."""
+    held = b""
     try:
         async for chunk in download.chunks():
             data = rewrite.feed(chunk) if rewrite is not None else chunk
             if data:
-                child.stdin.write(data)
-                await child.stdin.drain()
+                if held:
+                    child.stdin.write(held)
+                    await child.stdin.drain()
+                held = data
     except (BrokenPipeError, ConnectionResetError):
         await download.drain()  # the tool gave up early: was the object damaged?
         return
     download.verifier.check()
-    child.stdin.write(rewrite.flush() if rewrite is not None else b"")
+    child.stdin.write(held + (rewrite.flush() if rewrite is not None else b""))
     child.stdin.close()
+
+
+def check_stored_size(backup: Backup) -> None:
+    """Raise RestoreError when the stored object's size (as listed) differs from its
+    manifest's: damage found before anything is created or changed. A restore tool that
+    knows where its input ends would otherwise commit what comes before bytes appended to
+    the object, before the checksum is known."""
+    manifest = backup.manifest
+    if manifest is not None and backup.size != manifest.size:
+        raise RestoreError(
+            f"checksum mismatch for {backup.key}: the stored object holds {backup.size} bytes, "
+            f"but the manifest records {manifest.size}; the object is damaged or was altered: "
+            "nothing was restored"
+        )

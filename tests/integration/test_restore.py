@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from backupd.catalogue import Manifest, manifest_key, object_key
 from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
 from tests.integration.test_secrets import ProcessWatcher
@@ -130,6 +132,41 @@ def test_a_tampered_object_fails_on_its_checksum_and_leaves_no_database(
     assert to_file.returncode == 1
     assert "checksum mismatch" in to_file.stdout
     assert not Path("copy.dump").exists()
+
+
+@pytest.mark.parametrize("damage", ["appended", "near the end"])
+def test_damage_after_the_archive_or_in_its_last_bytes_commits_nothing(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, damage: str
+) -> None:
+    """pg_restore knows where its archive ends and commits there, before its input ends: an
+    existing empty database gets nothing of an object with bytes appended (refused by its
+    size, before anything) or damaged in its last bytes (the last piece is held back until
+    the checksum is known)."""
+    database = unique("tail")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket), "COMPRESSION": "none"}
+    backup(env)
+    (key,) = keys_of(s3, bucket)
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    if damage == "appended":
+        body += bytes(8 * 1024 * 1024)
+    else:
+        # The last character of the last row of the last table, in -Z0's plain COPY text:
+        # row\n, then a data block of its own (a sign byte and a 4-byte length) holding \.
+        last = body.rindex(b"\\.\n") - 7
+        assert chr(body[last]).isdigit()
+        body[last] = ord("1") if body[last] != ord("1") else ord("2")
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    empty = unique("empty")
+    pg.create_database(empty)
+
+    result = run_backupd("restore", "--into", empty, env=env)
+
+    assert result.returncode == 1, result.stdout
+    assert "checksum mismatch" in result.stdout
+    tables = "SELECT count(*) FROM pg_class WHERE relnamespace <> 'pg_catalog'::regnamespace"
+    tables += " AND relnamespace <> 'information_schema'::regnamespace AND relkind = 'r'"
+    assert pg.psql(tables, empty).strip() == "0"
 
 
 def test_an_object_without_manifest_needs_its_key_and_force(
