@@ -51,12 +51,35 @@ class RestoreError(BackupdError):
 
 
 class Decompressor(Protocol):
+    """zlib's and zstandard's decompression objects: ``eof`` once the compressed stream has
+    ended, and what came after it in ``unused_data``."""
+
     def decompress(self, data: bytes) -> bytes: ...
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
 
 
 class _Plain:
+    eof = True
+    unused_data = b""
+
     def decompress(self, data: bytes) -> bytes:
         return data
+
+
+def stream_end_problem(key: str, decompressor: Decompressor) -> str | None:
+    """Why the compressed stream of ``key`` did not end where the object does (truncated, or
+    bytes after its end), or None. The checksum finds this too, but an object restored with
+    ``--force`` has none."""
+    if not decompressor.eof:
+        return f"{key} ends before its compressed stream does: the object is truncated"
+    if decompressor.unused_data:
+        return f"{key} holds bytes after the end of its compressed stream"
+    return None
 
 
 def decompressor_for(key: str) -> Decompressor:
@@ -191,6 +214,9 @@ class _Download:
             except DecryptError:
                 await self.drain()  # damage is reported as a checksum mismatch
                 raise
+        if (problem := stream_end_problem(self._key, self._decompressor)) is not None:
+            await self.drain()  # damage is reported as a checksum mismatch, where there is one
+            raise RestoreError(problem)
         self._progress.done(self._key)
 
     async def drain(self) -> None:

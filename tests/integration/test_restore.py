@@ -169,6 +169,35 @@ def test_damage_after_the_archive_or_in_its_last_bytes_commits_nothing(
     assert pg.psql(tables, empty).strip() == "0"
 
 
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_a_truncated_compressed_object_restored_with_force_fails(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, tmp_path: Path, compression: str
+) -> None:
+    """Without a manifest there is no checksum: the end of the compressed stream is what
+    tells a truncated object, and ``--force`` still refuses to call it restored."""
+    database = unique("cut")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket), "COMPRESSION": compression}
+    backup(env)
+    (key,) = keys_of(s3, bucket)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=body[: len(body) // 2])
+    s3.delete_object(Bucket=bucket, Key=manifest_key(key))
+    whole = tmp_path / "whole.dump"
+
+    cut = run_backupd(
+        "restore", "--key", key, "--force", "--to-file", str(tmp_path / "cut.dump"), env=env
+    )
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    intact = run_backupd("restore", "--key", key, "--force", "--to-file", str(whole), env=env)
+
+    assert cut.returncode == 1, cut.stdout
+    assert f"{key} ends before its compressed stream does: the object is truncated" in cut.stdout
+    assert not (tmp_path / "cut.dump").exists()
+    assert intact.returncode == 0, intact.stdout
+    assert whole.stat().st_size > 0
+
+
 def test_an_object_without_manifest_needs_its_key_and_force(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str
 ) -> None:
