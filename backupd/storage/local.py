@@ -30,6 +30,7 @@ from backupd.storage.base import (
 
 DOWNLOAD_CHUNK = 1024 * 1024
 PARTIAL = ".partial"
+OPEN_ATTEMPTS = 3
 
 
 def _fsync_dir(path: Path) -> None:
@@ -69,7 +70,12 @@ class LocalUpload:
 
     async def open(self) -> None:
         def _open() -> BinaryIO:
-            self._final.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(OPEN_ATTEMPTS):
+                self._final.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    return self._temporary.open("xb")
+                except FileNotFoundError:
+                    continue  # a prune removed the folder, empty, between the two steps
             return self._temporary.open("xb")
 
         self._file = await asyncio.to_thread(_open)
@@ -167,7 +173,25 @@ class LocalStorage:
             await upload.commit()
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self.path_for(key).unlink, missing_ok=True)
+        path = self.path_for(key)
+
+        def remove() -> None:
+            path.unlink(missing_ok=True)
+            self._remove_empty_folders(path.parent)
+
+        await asyncio.to_thread(remove)
+
+    def _remove_empty_folders(self, folder: Path) -> None:
+        """Remove ``folder`` and the folders above it while they are empty, never
+        STORAGE_LOCAL_PATH itself: a pruned day leaves no empty ``YYYYMMDD`` folder behind. A
+        write that made the folder a moment before creates it again (``LocalUpload.open``)."""
+        root = self.root.resolve()
+        while folder != root and folder.is_relative_to(root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (or not ours to remove): what is above is not empty either
+            folder = folder.parent
 
     async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
         def walk() -> list[StoredObject]:
@@ -208,11 +232,16 @@ class LocalStorage:
     async def delete_many(self, objects: Sequence[Removal]) -> dict[str, str]:
         def remove() -> dict[str, str]:
             failed = {}
+            folders = set()
             for item in objects:
                 try:
-                    self.path_for(item.key).unlink(missing_ok=True)
+                    path = self.path_for(item.key)
+                    path.unlink(missing_ok=True)
+                    folders.add(path.parent)
                 except OSError as error:
                     failed[item.key] = str(error.strerror or error)
+            for folder in sorted(folders, reverse=True):  # deeper ones first
+                self._remove_empty_folders(folder)
             return failed
 
         return await asyncio.to_thread(remove)
@@ -235,7 +264,12 @@ class LocalStorage:
 
     async def abort_upload(self, upload: PendingUpload) -> None:
         temporary = self.path_for(upload.key).with_name(upload.upload_id)
-        await asyncio.to_thread(temporary.unlink, missing_ok=True)
+
+        def remove() -> None:
+            temporary.unlink(missing_ok=True)
+            self._remove_empty_folders(temporary.parent)
+
+        await asyncio.to_thread(remove)
 
     async def object_lock_enabled(self) -> bool:
         return False

@@ -159,6 +159,29 @@ async def test_local_storage_deletes_and_finds_unfinished_writes(tmp_path: Path)
     assert (await storage.lock_of("app/1/b.dump")).until is None
 
 
+async def test_local_storage_leaves_no_empty_folder_behind(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    storage = local.LocalStorage(LocalConfig.model_validate({"STORAGE_LOCAL_PATH": root}))
+    keys = ["backups/app/20261120/a.dump", "backups/app/20261121/b.dump", "backups/x/1/c.dump"]
+    for key in keys:
+        await storage.put_bytes(key, b"x", "application/octet-stream")
+    (root / "backups/x/1/.d.dump.0a1b2c3d.partial").write_bytes(b"half")
+
+    assert await storage.delete_many([Removal(keys[0])]) == {}
+    assert not (root / "backups/app/20261120").exists()
+    assert (root / "backups/app/20261121/b.dump").exists()
+    await storage.delete(keys[2])
+    assert (root / "backups/x/1").is_dir()  # the unfinished write is still there
+    (pending,) = [u async for u in storage.list_uploads("backups/x/")]
+    await storage.abort_upload(pending)
+    assert not (root / "backups/x").exists()
+    await storage.delete(keys[1])
+    assert root.is_dir() and list(root.iterdir()) == []
+
+    await storage.put_bytes(keys[0], b"y", "application/octet-stream")  # made again
+    assert (root / keys[0]).read_bytes() == b"y"
+
+
 def test_backups_are_locked_and_check_verifies_the_bucket(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str, locked_bucket: str
 ) -> None:
