@@ -480,7 +480,7 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
 INTERRUPTED = {
     "once": "the backup in progress was aborted and left nothing behind; backups already "
     "complete are kept",
-    "restore": "the restore was stopped; a database it created was dropped again",
+    "restore": "the restore was stopped; what it had created (a database, a file) was removed",
     "prune": "the prune was stopped; what it had not deleted yet is kept",
     "verify": "the verify was stopped; a drill's scratch database was dropped",
 }

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import zstandard
 
@@ -308,7 +308,26 @@ async def _into_database(
         # Nothing of an existing database is dropped or written before the object is known
         # to be intact: read it back once against its manifest (a second download, no disk).
         await _verify_stored(storage, backup, request.progress)
-    if state != "missing" and request.clean:
+    await _restore_database(storage, source, target, backup, request, state, properties)
+
+
+async def _restore_database(
+    storage: Storage,
+    source: Source,
+    target: TargetConfig,
+    backup: Backup,
+    request: Request,
+    state: str,
+    properties: dict[str, Any],
+) -> None:
+    """Drop (``--clean``) and create ``request.into`` as ``state`` ("missing", "empty", "in
+    use") asks, restore into it and apply ``properties``; a database created here is dropped
+    again on failure."""
+    into = request.into
+    assert into is not None
+    replaced = state != "missing" and request.clean
+    if replaced:
+        log.info("--clean: dropping the existing database %s, then restoring into it", into)
         await source.drop_database(into)
     created = state == "missing" or request.clean
     try:
@@ -321,6 +340,12 @@ async def _into_database(
     except BaseException:
         if created:
             await asyncio.shield(source.drop_database(into))
+        if replaced:
+            log.error(
+                "the database %s that --clean replaced was dropped before the restore and is "
+                "gone: restore it again (from this backup or another) to bring it back",
+                into,
+            )
         raise
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -12,9 +14,17 @@ from typing import Any
 import pytest
 
 from backupd.catalogue import Manifest, manifest_key, object_key
-from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
+from tests.conftest import (
+    backupd_command,
+    bucket_state,
+    child_env,
+    mariadb_env,
+    pg_env,
+    run_backupd,
+    storage_env,
+)
 from tests.integration.test_secrets import ProcessWatcher
-from tests.servers import MariaDBServer, PostgresServer, wait_until
+from tests.servers import FaultProxy, MariaDBServer, PostgresServer, wait_until
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -196,6 +206,47 @@ def test_a_truncated_compressed_object_restored_with_force_fails(
     assert not (tmp_path / "cut.dump").exists()
     assert intact.returncode == 0, intact.stdout
     assert whole.stat().st_size > 0
+
+
+def test_a_clean_restore_stopped_after_the_drop_says_the_database_is_gone(
+    pg: PostgresServer, proxy: FaultProxy, moto_url: str, s3: Any, bucket: str
+) -> None:
+    """--clean drops the database it replaces before restoring; a restore stopped after that
+    says so, instead of only that what it created was removed."""
+    database = unique("kept")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {**pg_env(pg, database), **storage_env(proxy.url, bucket)}
+    backup({**env, **storage_env(moto_url, bucket)})
+    (key,) = keys_of(s3, bucket)
+    victim = unique("victim")
+    pg.create_database(victim, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42);")
+    gets: list[str] = []
+
+    def second_download(method: str, target: str) -> bool:
+        if method == "GET" and target.split("?", 1)[0].endswith(key):
+            gets.append(target)
+            return len(gets) == 2  # the first reads it back against its manifest
+        return False
+
+    proxy.hold = second_download
+    process = subprocess.Popen(
+        backupd_command("restore", "--into", victim, "--clean"),
+        env=child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(proxy.holding.is_set, 60, "the restore's download")
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        proxy.release.set()
+
+    assert process.returncode == 1, output
+    assert f"the database {victim} that --clean replaced was dropped before the restore" in output
+    assert "what it had created (a database, a file) was removed" in output
+    assert pg.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{victim}'").strip() == "0"
 
 
 def test_an_object_without_manifest_needs_its_key_and_force(
