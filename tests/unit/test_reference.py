@@ -105,3 +105,15 @@ def test_env_example_lists_every_variable() -> None:
     text = (ROOT / ".env.example").read_text()
     listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
     assert sorted(KNOWN - listed) == []
+
+
+def test_every_example_gives_running_backups_longer_than_shutdown_timeout() -> None:
+    """A container stopped before SHUTDOWN_TIMEOUT (30 s) is killed mid-backup: compose's
+    default grace is 10 s, Kubernetes' 30 s."""
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yaml").read_text())
+    grace = compose["services"]["backupd"]["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > 30
+    for name in ("deployment.yaml", "replicas.yaml"):
+        for document in yaml.safe_load_all((ROOT / "deploy" / "k8s" / name).read_text()):
+            if document["kind"] == "Deployment":
+                assert document["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 30
