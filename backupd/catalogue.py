@@ -455,6 +455,15 @@ def of_engine(backups: Iterable[Backup], engine: str) -> list[Backup]:
     return [b for b in backups if b.engine is not None and engine_family(b.engine) == family]
 
 
+def series_of(database: str, backups: Iterable[Backup]) -> set[str]:
+    """Every series (``ParsedKey.series``) holding ``database``'s backups: ``series_for``'s,
+    and those of the backups whose manifest names it (keys of older layouts, made before a
+    name's stem gained its hash, say)."""
+    listed = list(backups)
+    named = {b.parsed.series for b in backups_of(listed, database)}
+    return {series_for(database, listed)} | named
+
+
 def backups_of(backups: Iterable[Backup], database: str | None) -> list[Backup]:
     """Those of ``backups`` that belong to ``database``, in order: by their manifest's name,
     the server globals object only where no database named ``globals`` has one."""

@@ -25,7 +25,7 @@ from backupd.catalogue import (
     Orphan,
     engine_family,
     safe_name,
-    series_for,
+    series_of,
     survey,
 )
 from backupd.config import Engine, TargetConfig
@@ -123,37 +123,39 @@ def chosen(
         if not named and selection.key in missing:
             return [], [missing[selection.key]]
         return named, ([] if named else [f"no backup with key {selection.key}"])
-    series = series_for(selection.database, backups) if selection.database is not None else None
     # Only the configured databases' backups (every one for ``*``): another deployment may
     # share the folder, and its backups are not this target's to judge.
     # ``--database`` names any database, configured or not (the user's explicit choice).
-    restricted = configured and selection.database is None
-    mine = {series_for(name, backups) for name in configured} if restricted else None
-    if mine is not None:
-        backups = [b for b in backups if b.parsed.series in mine]
-        orphans = [o for o in orphans if o.parsed.series in mine]
-    lost = [o for o in orphans if series is None or o.parsed.series == series]
-    if selection.every:
-        pool = [b for b in backups if series is None or b.parsed.series == series]
-        problems = [missing[o.key] for o in lost]
-        return pool, problems if pool or problems else ["no backups to verify"]
     wanted = (selection.database,) if selection.database is not None else configured
+    if wanted:
+        series = {name: series_of(name, backups) for name in wanted}
+        mine = set().union(*series.values())
+        # A key of a wanted database's series whose manifest names another database is that
+        # one's (``q a``'s old key reads like ``q_a``'s).
+        backups = [
+            b
+            for b in backups
+            if b.parsed.series in mine and (b.database is None or b.database in wanted)
+        ]
+        orphans = [o for o in orphans if o.parsed.series in mine]
+    if selection.every:
+        problems = [missing[o.key] for o in orphans]
+        return backups, problems if backups or problems else ["no backups to verify"]
     newest: dict[str, Backup] = {}
     for backup in backups:  # newest first
         newest.setdefault(backup.parsed.series, backup)
-    picked = [b for b in newest.values() if series is None or b.parsed.series == series]
     problems = [
         missing[o.key]
-        for o in lost
+        for o in orphans
         if o.parsed.series not in newest or o.taken > newest[o.parsed.series].taken
     ]
     problems += [
         f"no backup of database {name} under this target"
         for name in wanted
-        if series_for(name, backups) not in newest
-        and not any(o.parsed.series == series_for(name, backups) for o in lost)
+        if not series[name] & newest.keys()
+        and not any(o.parsed.series in series[name] for o in orphans)
     ]
-    return picked, problems
+    return list(newest.values()), problems
 
 
 def integrity_problem(backup: Backup, size: int, sha256: str) -> str | None:

@@ -402,3 +402,26 @@ def test_only_the_configured_databases_backups_are_verified(
 
     assert [b.key for b in picked] == [b.key for b in keys]
     assert found == []
+
+
+def test_a_key_of_an_older_layout_is_chosen_by_its_manifests_database() -> None:
+    """Before a name's stem gained its hash, ``my db``'s keys read ``backup_my_db_...``, like
+    ``my_db``'s do now: the manifest says whose backup it is."""
+    when = T0 + timedelta(hours=1)
+    key = "b/20261101/backup_my_db_20261101_030000.dump"
+    parsed = parse_key(key, "b")
+    assert parsed is not None
+    manifest = Manifest(key, "ab" * 32, 100, when, when, 1.0, "default", "my db", "postgres")
+    old = Backup(key, 100, when, parsed, manifest)
+    new = made("my db", 5)
+    assert new.parsed.series != old.parsed.series
+
+    spaced, _ = chosen([old], ("my db",), Selection())
+    named, _ = chosen([old], (), Selection(database="my db"))
+    both, _ = chosen(newest_first(old, new), ("my db",), Selection(every=True))
+    underscored, problems = chosen([old], ("my_db",), Selection())
+
+    assert spaced == [old] and named == [old]
+    assert both == [new, old]
+    assert underscored == []
+    assert problems == ["no backup of database my_db under this target"]
