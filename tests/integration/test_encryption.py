@@ -222,9 +222,11 @@ def only_backup_key(s3: Any, bucket: str) -> str:
     return key
 
 
-def test_postgres_restore_needs_a_matching_identity_and_a_wrong_one_creates_nothing(
+def encrypted_backup(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any]
-) -> None:
+) -> tuple[str, dict[str, str], str]:
+    """The sample database backed up, encrypted to the age key and the SSH key: its name,
+    the environment that made it, and the object's key."""
     database = unique("shop")
     pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
     env = {
@@ -233,7 +235,13 @@ def test_postgres_restore_needs_a_matching_identity_and_a_wrong_one_creates_noth
         "ENCRYPTION_RECIPIENTS": f"{keys['key_public']},{keys['ssh_public']}",
     }
     assert run_backupd("once", env=env).returncode == 0
-    key = only_backup_key(s3, bucket)
+    return database, env, only_backup_key(s3, bucket)
+
+
+def test_postgres_restore_needs_a_matching_identity_and_a_wrong_one_creates_nothing(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any]
+) -> None:
+    database, env, key = encrypted_backup(pg, moto_url, s3, bucket, keys)
     wrong, bare, restored, by_ssh = (unique(name) for name in ("wrong", "bare", "ok", "ssh"))
 
     checked, refused, mismatched, result, second = run_together(
@@ -272,15 +280,7 @@ def test_an_identity_that_cannot_decrypt_leaves_the_database_clean_would_replace
     """``restore --clean`` replaces an existing database only once the identity is known to
     decrypt the object: another key, a public key given as identity, a passphrase-protected
     key each stop it before anything is dropped."""
-    database = unique("shop")
-    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
-    env = {
-        **pg_env(pg, database),
-        **storage_env(moto_url, bucket),
-        "ENCRYPTION_RECIPIENTS": f"{keys['key_public']},{keys['ssh_public']}",
-    }
-    assert run_backupd("once", env=env).returncode == 0
-    key = only_backup_key(s3, bucket)
+    _, env, key = encrypted_backup(pg, moto_url, s3, bucket, keys)
     victim = unique("victim")
     pg.create_database(victim, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42);")
     public = tmp_path / "public.txt"
