@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from backupd.notify.base import Report
 
@@ -31,9 +32,17 @@ def payload(report: Report) -> dict[str, Any]:
 
 
 def ping_url(base: str, event: str) -> str:
-    """``start`` → ``/start``, ``success`` → the bare URL, ``fail`` → ``/fail``."""
-    base = base.rstrip("/")
-    return base if event == "success" else f"{base}/{event}"
+    """``start`` → ``/start``, ``success`` → the bare URL, ``fail`` → ``/fail``.
+
+    The event goes at the end of the path, before a query and a fragment, which are kept:
+    healthchecks.io documents ``?create=1`` (create the check on first ping) and ``?rid=``
+    (a run id) as query parameters of the same pinging URLs
+    (https://healthchecks.io/docs/http_api/); appended after the query, ``/fail`` would be
+    part of the query's value and the ping a success.
+    """
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/") + ("" if event == "success" else f"/{event}")
+    return urlunsplit(parts._replace(path=path))
 
 
 async def request(url: str, data: bytes | None = None) -> None:

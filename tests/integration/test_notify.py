@@ -274,7 +274,7 @@ def test_webhook_and_dead_mans_switch(
         **pg_env(pg, shop),
         **storage_env(moto_url, bucket),
         "NOTIFY_WEBHOOK_URL": f"{url}/hook?token=hook-Secret-31",
-        "HEALTHCHECK_PING_URL": f"{url}/ping/{check}",
+        "HEALTHCHECK_PING_URL": f"{url}/ping/{check}?create=1",  # the event goes before "?"
     }
 
     assert run_backupd("once", env=env).returncode == 0
@@ -282,10 +282,10 @@ def test_webhook_and_dead_mans_switch(
 
     pings = [r.path for r in seen if r.path.startswith("/ping/")]
     assert pings == [
-        f"/ping/{check}/start",
-        f"/ping/{check}",
-        f"/ping/{check}/start",
-        f"/ping/{check}/fail",
+        f"/ping/{check}/start?create=1",
+        f"/ping/{check}?create=1",
+        f"/ping/{check}/start?create=1",
+        f"/ping/{check}/fail?create=1",
     ]
     hooks = [json.loads(r.body) for r in seen if r.path.startswith("/hook")]
     assert [(h["result"], h["database"], h["target"]) for h in hooks] == [
