@@ -46,10 +46,17 @@ def ping_url(base: str, event: str) -> str:
 
 
 async def request(url: str, data: bytes | None = None) -> None:
-    """POST (or GET without data) with a short timeout (``TIMEOUT`` seconds) and
+    """POST ``data`` (or GET without data) with a short timeout (``TIMEOUT`` seconds) and
     ``ATTEMPTS`` tries; raise RuntimeError at the end, saying what failed but never the URL:
     it may hold a token, and aiohttp writes it normalised (host lower-cased, ``%7e`` as ``~``,
-    a space as ``+``), in a spelling masking would not find."""
+    a space as ``+``), in a spelling masking would not find.
+
+    Delivered means a 2xx answer. A POST does not follow redirects: on a 301 or 302 a client
+    repeats it as a GET without the body (RFC 9110, section 15.4), so the report would be lost
+    while the receiver answered 200; a 3xx is a failure that asks for the final URL. A GET (a
+    ping) carries nothing and follows redirects, as curl -L does for the pings healthchecks.io
+    documents: an http:// ping URL redirected to https:// still arrives.
+    """
     from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout
 
     problem = "no attempt"
@@ -58,11 +65,15 @@ async def request(url: str, data: bytes | None = None) -> None:
             try:
                 headers = {"Content-Type": "application/json"} if data is not None else {}
                 async with session.request(
-                    "POST" if data is not None else "GET", url, data=data, headers=headers
+                    "POST" if data is not None else "GET",
+                    url,
+                    data=data,
+                    headers=headers,
+                    allow_redirects=data is None,
                 ) as r:
-                    if r.status < 400:
+                    if r.status < 300:
                         return
-                    problem = f"HTTP {r.status} {r.reason or ''}".strip()
+                    problem = refusal(r.status, r.reason, "Location" in r.headers)
                     if r.status < 500:
                         break  # the receiver refuses the request itself: trying again won't help
             except ClientConnectorError as failure:
@@ -73,6 +84,20 @@ async def request(url: str, data: bytes | None = None) -> None:
                 problem = type(failure).__name__
             await asyncio.sleep(0.5 * (attempt + 1))
     raise RuntimeError(problem)
+
+
+def refusal(status: int, reason: str | None, located: bool) -> str:
+    """Why an answer other than 2xx is no delivery, in one line without the URL (nor the
+    ``Location`` a redirect names: it may carry the token too)."""
+    said = f"HTTP {status} {reason or ''}".strip()
+    if not 300 <= status < 400:
+        return said
+    if not located:
+        return f"{said}: the URL answers with a redirect but names no Location; set the final URL"
+    return (
+        f"{said}: the URL redirects elsewhere, and a redirected POST arrives as a GET without "
+        "the report, so backupd does not follow it; set the final URL"
+    )
 
 
 async def post_report(url: str, report: Report) -> None:

@@ -21,6 +21,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from backupd.config import LogConfig
 from backupd.logs import setup_logging
+from backupd.notify import webhook
 from tests.conftest import S3_SECRET, pg_env, run_backupd, storage_env
 from tests.servers import PostgresServer, free_port
 
@@ -85,7 +86,8 @@ class Received:
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, list[Received]]]:
     """A local HTTP server that records every request: Seq, webhooks and pings all land here
-    (paths under ``/missing`` are answered 404)."""
+    (paths under ``/missing`` are answered 404; under ``/moved/3xx``, that redirect to the rest
+    of the path)."""
     seen: list[Received] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -96,6 +98,10 @@ def receiver() -> Iterator[tuple[str, list[Received]]]:
             )
             if self.path.startswith("/missing"):
                 self.send_response(404)
+            elif self.path.startswith("/moved/"):
+                _, _, status, rest = self.path.split("/", 3)
+                self.send_response(int(status))
+                self.send_header("Location", f"/{rest}")
             else:
                 self.send_response(201 if self.path.startswith("/api/events") else 200)
             self.send_header("Content-Length", "0")
@@ -336,6 +342,47 @@ def test_a_refused_webhook_or_ping_never_prints_its_url_in_any_spelling(
     checked = run_backupd("check", "--send-test", env=spaced)
     assert "NOTIFY_WEBHOOK_URL: the test POST failed: HTTP 404" in checked.stdout
     assert "HookToken77" not in checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirected_webhook_is_a_failure_and_a_redirected_ping_arrives(
+    receiver: tuple[str, list[Received]], status: int
+) -> None:
+    """A client repeats a POST redirected by 301 or 302 as a GET without its body: followed,
+    the report would be lost while the receiver said 200."""
+    url, seen = receiver
+
+    with pytest.raises(RuntimeError) as refused:
+        await webhook.request(f"{url}/moved/{status}/hook?token=hook-Secret-31", b"{}")
+    await webhook.ping(f"{url}/moved/{status}/ping/PingToken55", "fail")
+
+    said = str(refused.value)
+    assert said.startswith(f"HTTP {status} ")
+    assert "redirects elsewhere" in said and "set the final URL" in said
+    assert "hook-Secret-31" not in said and "/hook" not in said
+    assert [(r.method, r.path.split("?")[0]) for r in seen] == [
+        ("POST", f"/moved/{status}/hook"),  # once: a refusal is not retried
+        ("GET", f"/moved/{status}/ping/PingToken55/fail"),
+        ("GET", "/ping/PingToken55/fail"),
+    ]
+
+
+def test_check_says_the_test_post_was_redirected(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str, receiver: tuple[str, list[Received]]
+) -> None:
+    url, seen = receiver
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(moto_url, bucket),
+        "NOTIFY_WEBHOOK_URL": f"{url}/moved/301/hook?token=hook-Secret-31",
+    }
+
+    checked = run_backupd("check", "--send-test", env=env)
+
+    said = checked.stdout + checked.stderr
+    assert "NOTIFY_WEBHOOK_URL: the test POST failed: HTTP 301 Moved Permanently" in said
+    assert "set the final URL" in said and "hook-Secret-31" not in said
+    assert [r.method for r in seen] == ["POST"]
 
 
 def test_json_logs_carry_the_report_fields(
