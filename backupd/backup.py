@@ -395,20 +395,38 @@ async def _removed_unless_recorded(storage: Storage) -> AsyncIterator[list[str]]
     Each key carries this run's own random run id, so no other run can have written it, and
     removing it can never touch another run's backup. The manifest goes first: an interrupted
     removal leaves at worst an object without a manifest, which lists as incomplete and which
-    retention removes, never a manifest without its object.
+    retention removes, never a manifest without its object. What a removal could not remove is
+    noted on the exception the block raised (see ``left_behind``).
     """
     written: list[str] = []
     try:
         yield written
-    except (Exception, asyncio.CancelledError):
-        if written:
-            await _remove_own(storage, written)
+    except (Exception, asyncio.CancelledError) as error:
+        if written and (left := await _remove_own(storage, written)) is not None:
+            error.add_note(LEFT_BEHIND + left)
         raise
 
 
-async def _remove_own(storage: Storage, written: list[str]) -> None:
+LEFT_BEHIND = "left behind: "
+
+
+def left_behind(error: BaseException) -> str | None:
+    """What the failed run that raised ``error`` wrote and could not remove, in a sentence for
+    people (which key, why, what becomes of it); None when it left nothing in the storage.
+
+    ``_removed_unless_recorded`` notes it on the exception (PEP 678 notes), so that it travels
+    with the failure to the report."""
+    notes = [n for n in getattr(error, "__notes__", []) if n.startswith(LEFT_BEHIND)]
+    return notes[-1].removeprefix(LEFT_BEHIND) if notes else None
+
+
+async def _remove_own(storage: Storage, written: list[str]) -> str | None:
     """Delete ``written``, newest first; each removal runs to its end even under the
-    cancellation that caused it (a second one cuts it short), within ``REMOVAL_TIMEOUT_S``."""
+    cancellation that caused it (a second one cuts it short), within ``REMOVAL_TIMEOUT_S``.
+
+    Return None when nothing is left, else what is left (logged as an error too). A key the
+    storage says is not there (no such key, no such bucket) counts as removed: the storage's
+    ``delete`` raises nothing for it."""
     for key in reversed(written):
         removal = asyncio.ensure_future(storage.delete(key))
         try:
@@ -420,20 +438,19 @@ async def _remove_own(storage: Storage, written: list[str]) -> None:
             continue
         problem = removal.exception() if done else f"no answer in {REMOVAL_TIMEOUT_S:.0f}s"
         if key == written[0]:
-            log.error(
-                "could not remove this run's object %s after the run failed (%s); it has no "
-                "manifest, so it lists as incomplete and retention removes it later",
-                key,
-                problem,
+            left = (
+                f"this run's object {key} could not be removed after the run failed ({problem}); "
+                "it has no manifest, so it lists as incomplete and retention removes it later"
             )
         else:  # the object stays too: never a manifest without its object
-            log.error(
-                "could not remove this run's manifest %s after the run failed (%s); should "
-                "its write have landed, the backup lists as complete",
-                key,
-                problem,
+            left = (
+                f"this run's manifest {key} could not be removed after the run failed "
+                f"({problem}), nor its object; should the manifest's write have landed, the "
+                "backup lists as complete"
             )
-        return
+        log.error("%s", left)
+        return left
+    return None
 
 
 async def run_backup(

@@ -42,6 +42,9 @@ class Report:
     """``backup`` or ``verify``."""
     note: str | None = None
     """What a verify found, or why a backup looks anomalous (both figures)."""
+    left_behind: str | None = None
+    """For a failed backup: what the run wrote and could not remove again (``backup.left_behind``
+    of its error), None when it left nothing in the storage."""
 
     @property
     def ok(self) -> bool:

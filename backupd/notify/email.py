@@ -58,9 +58,16 @@ def body(report: Report) -> str:
             "Error (with the last lines the dump tool wrote):",
             f"{report.error}",
             "",
-            "Nothing was stored for this run: no object, no open upload.",
+            _leftovers(report),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _leftovers(report: Report) -> str:
+    """What a failed run left in the storage, as its report says."""
+    if report.left_behind is None:
+        return "Nothing was stored for this run: no object, no open upload."
+    return f"Left in the storage: {report.left_behind}."
 
 
 def compose(config: EmailConfig, report: Report) -> EmailMessage:

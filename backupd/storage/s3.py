@@ -660,7 +660,9 @@ class S3Storage:
 
     async def delete(self, key: str) -> None:
         client = await self.client()
-        with storage_errors(self.config, f"delete {key}"):
+        # S3 answers a missing key with 204; some stores say 404 NoSuchKey, and no bucket
+        # holds no key either: already gone, as the contract says.
+        with storage_errors(self.config, f"delete {key}"), tolerating(*_MISSING, "NoSuchBucket"):
             await client.delete_object(Bucket=self.config.bucket, Key=key)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:

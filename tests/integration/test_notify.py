@@ -179,6 +179,24 @@ def test_success_and_failure_mails(
     assert "password authentication failed" in failed
 
 
+def test_a_missing_bucket_leaves_nothing_and_the_mail_says_so(
+    pg: PostgresServer, shop: str, moto_url: str, smtp: tuple[int, Inbox]
+) -> None:
+    """No object can exist in a bucket that does not exist: its removal finds nothing."""
+    port, inbox = smtp
+    env = {**pg_env(pg, shop), **storage_env(moto_url, "nobucket"), **mail_env(port)}
+
+    result = run_backupd("once", env=env)
+
+    said = result.stdout + result.stderr
+    assert result.returncode == 1, said
+    assert "bucket 'nobucket'" in said and "does not exist (STORAGE_BUCKET_NAME)" in said
+    assert "could not be removed" not in said and "could not remove" not in said
+    assert "removed backups/" in said  # the removal was tried, and found nothing
+    ((_, _, failure),) = inbox.messages
+    assert "Nothing was stored for this run" in failure.get_payload(decode=True).decode()
+
+
 def test_mail_only_on_failure_when_asked(
     pg: PostgresServer, shop: str, moto_url: str, bucket: str, smtp: tuple[int, Inbox]
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from backupd.config import EmailConfig
 from backupd.notify.base import Report, State
-from backupd.notify.email import _why, check_message, compose
+from backupd.notify.email import _why, body, check_message, compose
 
 
 def mail_config(**extra: str) -> EmailConfig:
@@ -67,3 +67,34 @@ def test_a_failed_conversation_is_one_line_naming_the_setting(
     extra: dict[str, str], error: Exception, line: str
 ) -> None:
     assert _why(mail_config(**extra), error) == line
+
+
+@pytest.mark.parametrize(
+    ("left_behind", "says", "never"),
+    [
+        (None, "Nothing was stored for this run: no object, no open upload.", "Left in"),
+        (
+            "this run's object k.dump could not be removed after the run failed (AccessDenied)",
+            "Left in the storage: this run's object k.dump could not be removed",
+            "Nothing was stored",
+        ),
+    ],
+)
+def test_a_failure_mail_says_nothing_was_stored_only_when_nothing_was_left(
+    left_behind: str | None, says: str, never: str
+) -> None:
+    report = Report(
+        "t",
+        "app",
+        "postgres",
+        State.FAILED,
+        datetime.now(UTC),
+        step="upload",
+        error="refused",
+        left_behind=left_behind,
+    )
+
+    text = body(report)
+
+    assert says in text
+    assert never not in text
