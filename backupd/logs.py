@@ -27,6 +27,24 @@ SEQ_FLUSH_SECONDS = 2.0
 QUIET = ("botocore", "aiobotocore", "urllib3", "asyncio", "aiohttp.access", "seqlog", "requests")
 
 
+def _escapes() -> dict[int, str]:
+    """Every control character (Unicode category Cc: C0, DEL, C1) and the Unicode line and
+    paragraph separators, which ``str.splitlines`` and many log viewers break lines at, as the
+    escape Python writes for it (``\\n``, ``\\x1b``, ``\\u2028``)."""
+    codes = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+    return {code: repr(chr(code))[1:-1] for code in codes}
+
+
+_ESCAPES = _escapes()
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control characters shown escaped, so that a name holding a line
+    break (a database called ``"a<LF>Bcc: x@y"``) can neither add a mail header nor forge a log
+    line. A backslash is kept as it is: names are shown, never parsed back."""
+    return text.translate(_ESCAPES)
+
+
 class MaskingFormatter(logging.Formatter):
     """Masks every secret; timestamps are ISO 8601 in ``tz`` with the offset (TIMEZONE)."""
 
@@ -42,6 +60,14 @@ class MaskingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return mask(super().format(record), self.secrets)
+
+
+class TextFormatter(MaskingFormatter):
+    """A line of text per record: control characters in the line are escaped (masked first,
+    so that a secret holding one is still found); a traceback (DEBUG) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(mask(super().formatMessage(record), self.secrets))
 
 
 class JsonFormatter(MaskingFormatter):
@@ -165,7 +191,7 @@ def setup_logging(
         console.setFormatter(JsonFormatter(hidden, tz=config.tz))
     else:
         console.setFormatter(
-            MaskingFormatter(hidden, "%(asctime)s %(levelname)-7s %(message)s", config.tz)
+            TextFormatter(hidden, "%(asctime)s %(levelname)-7s %(message)s", config.tz)
         )
     handlers: list[logging.Handler] = [console]
     listener = None

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from backupd.config import EmailConfig, EmailOn, EmailTLS
+from backupd.logs import escape_controls
 from backupd.notify.base import NotifyError, Report, State
 from backupd.units import human_rate, human_size
 
@@ -24,20 +25,23 @@ def wanted(config: EmailConfig, report: Report) -> bool:
 
 
 def subject(report: Report) -> str:
+    """One line whatever the names hold: a header value cannot carry a line break, so a
+    database named with one lost its mail; its control characters are shown escaped."""
     if report.kind == "verify":
         word = "verified" if report.ok else "VERIFY FAILED"
-        return f"[backupd] {report.target}: {report.database} {word}"
+        return escape_controls(f"[backupd] {report.target}: {report.database} {word}")
     word = {State.FAILED: "FAILED", State.ANOMALY: "looks ANOMALOUS"}.get(report.state, "succeeded")
-    return f"[backupd] {report.target}: backup of {report.database} {word}"
+    return escape_controls(f"[backupd] {report.target}: backup of {report.database} {word}")
 
 
 def body(report: Report) -> str:
     when = f"{report.finished:%Y-%m-%d %H:%M:%S %Z}"
     if report.kind == "verify":
         return f"{report.note or report.error}\n\nFinished: {when}\n"
+    what = escape_controls(f"{report.database} ({report.engine}, target {report.target})")
     if report.ok:
         lines = [
-            f"The backup of {report.database} ({report.engine}, target {report.target}) succeeded.",
+            f"The backup of {what} succeeded.",
             "",
             f"Object:     {report.key}",
             f"Size:       {human_size(report.size)} ({report.size:,} bytes)",
@@ -50,7 +54,7 @@ def body(report: Report) -> str:
             lines += ["", f"Warning: {report.note}"]
     else:
         lines = [
-            f"The backup of {report.database} ({report.engine}, target {report.target}) FAILED.",
+            f"The backup of {what} FAILED.",
             "",
             f"Step:     {report.step}",
             f"Finished: {when}",

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,9 +20,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from backupd.config import LogConfig
+from backupd.config import EmailConfig, LogConfig
 from backupd.logs import setup_logging
-from backupd.notify import webhook
+from backupd.notify import Report, State, webhook
+from backupd.notify import email as email_notify
 from tests.conftest import S3_SECRET, pg_env, run_backupd, storage_env
 from tests.servers import PostgresServer, free_port
 
@@ -195,6 +197,20 @@ def test_a_missing_bucket_leaves_nothing_and_the_mail_says_so(
     assert "removed backups/" in said  # the removal was tried, and found nothing
     ((_, _, failure),) = inbox.messages
     assert "Nothing was stored for this run" in failure.get_payload(decode=True).decode()
+
+
+async def test_a_database_named_with_a_line_break_still_gets_its_mail(
+    smtp: tuple[int, Inbox],
+) -> None:
+    port, inbox = smtp
+    config = EmailConfig.model_validate(mail_env(port))
+    name = "line1\nBcc: evil@example.com"
+
+    await email_notify.send(config, Report("t", name, "postgres", State.FAILED, datetime.now(UTC)))
+
+    ((_, recipients, message),) = inbox.messages
+    assert recipients == RECIPIENTS
+    assert message["Subject"] == "[backupd] t: backup of line1\\nBcc: evil@example.com FAILED"
 
 
 def test_mail_only_on_failure_when_asked(

@@ -98,3 +98,17 @@ def test_a_failure_mail_says_nothing_was_stored_only_when_nothing_was_left(
 
     assert says in text
     assert never not in text
+
+
+@pytest.mark.parametrize("kind", ["backup", "verify"])
+def test_a_database_named_with_a_line_break_gets_its_mail_with_the_break_escaped(
+    kind: str,
+) -> None:
+    name = "line1\nBcc: evil@example.com"
+    report = Report("t", name, "postgres", State.FAILED, datetime.now(UTC), kind=kind, error="x")
+
+    message = compose(mail_config(), report)
+    sent = message.as_bytes()  # what SMTP sends; a header with a line break raises here
+
+    assert "line1\\nBcc: evil@example.com" in message["Subject"]
+    assert message["Bcc"] is None and b"\nBcc:" not in sent

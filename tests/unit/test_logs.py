@@ -1,0 +1,68 @@
+"""Console log lines: one line per record, whatever a name holds; secrets masked."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from backupd.config import LogConfig
+from backupd.logs import escape_controls, setup_logging
+
+FORGED = "line1\nBcc: evil@example.com"
+
+
+@pytest.fixture
+def console() -> Iterator[io.StringIO]:
+    """What backupd's text logging writes, with the root logger restored afterwards."""
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    stream = io.StringIO()
+    logs = setup_logging(LogConfig.model_validate({"LOG_LEVEL": "DEBUG"}), ["pa\nss"], stream)
+    try:
+        yield stream
+    finally:
+        logs.close()
+        root.handlers[:], level = before
+        root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain ü 名前 \\ name", "plain ü 名前 \\ name"),
+        (FORGED, "line1\\nBcc: evil@example.com"),
+        ("a\r\n2026-01-01T00:00:00+00:00 INFO    x", "a\\r\\n2026-01-01T00:00:00+00:00 INFO    x"),
+        ("tab\tesc\x1b[31mdel\x7fnel\x85sep\u2028", "tab\\tesc\\x1b[31mdel\\x7fnel\\x85sep\\u2028"),
+    ],
+)
+def test_control_characters_are_shown_escaped(text: str, shown: str) -> None:
+    assert escape_controls(text) == shown
+
+
+def test_a_name_with_a_line_break_cannot_forge_a_log_line(console: io.StringIO) -> None:
+    logging.getLogger("backupd.test").error("backup of default %s FAILED at dump", FORGED)
+
+    (line,) = console.getvalue().splitlines()
+    assert line.endswith("ERROR   backup of default line1\\nBcc: evil@example.com FAILED at dump")
+
+
+def test_a_secret_with_a_line_break_is_masked_before_it_is_escaped(console: io.StringIO) -> None:
+    logging.getLogger("backupd.test").warning("password pa\nss refused")
+
+    (line,) = console.getvalue().splitlines()
+    assert line.endswith("WARNING password ****** refused")
+
+
+def test_a_traceback_at_debug_keeps_its_lines(console: io.StringIO) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("backupd.test").debug("details of %s", FORGED, exc_info=True)
+
+    first, *rest = console.getvalue().splitlines()
+    assert first.endswith("DEBUG   details of line1\\nBcc: evil@example.com")
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "ValueError: boom"
