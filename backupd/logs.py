@@ -7,13 +7,13 @@ its HTTP calls have a timeout, and a failure to reach it is a console warning, n
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from datetime import UTC, datetime, tzinfo
 from typing import Any, TextIO
@@ -24,6 +24,10 @@ from backupd.process import mask
 SEQ_TIMEOUT = 5.0
 SEQ_BATCH = 20
 SEQ_FLUSH_SECONDS = 2.0
+SEQ_BACKLOG = 10_000
+"""How many log events may wait for Seq in each of the two queues in front of it (backupd's own,
+and seqlog's between its handler and its posting thread); beyond, events for Seq are dropped,
+and the console, which has them all, says so once. A record takes about a kilobyte or two."""
 QUIET = ("botocore", "aiobotocore", "urllib3", "asyncio", "aiohttp.access", "seqlog", "requests")
 
 
@@ -98,19 +102,37 @@ class _Warner:
     def __call__(self, error: BaseException) -> None:
         if time.monotonic() - self.last >= 60:
             self.last = time.monotonic()
-            record = logging.LogRecord(
-                "backupd.logs",
-                logging.WARNING,
-                __file__,
-                0,
-                "cannot send logs to Seq: %s",
-                (error,),
-                None,
+            _console_warning(self.console, "cannot send logs to Seq: %s", error)
+
+
+def _console_warning(console: logging.Handler, message: str, *args: object) -> None:
+    console.handle(
+        logging.LogRecord("backupd.logs", logging.WARNING, __file__, 0, message, args, None)
+    )
+
+
+class _Drops:
+    """Counts the log events dropped for Seq, and says once on the console that it happens."""
+
+    def __init__(self, console: logging.Handler) -> None:
+        self.console = console
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self.lock:
+            self.count += 1
+            first = self.count == 1
+        if first:
+            _console_warning(
+                self.console,
+                "Seq falls behind: with %d log events waiting for it, further ones are dropped "
+                "for Seq (the console keeps them)",
+                SEQ_BACKLOG,
             )
-            self.console.handle(record)
 
 
-def _seq_handler(config: LogConfig, console: logging.Handler) -> logging.Handler:
+def _seq_handler(config: LogConfig, console: logging.Handler, drops: _Drops) -> logging.Handler:
     import seqlog
     from seqlog.structured_logging import SeqLogHandler
 
@@ -120,6 +142,15 @@ def _seq_handler(config: LogConfig, console: logging.Handler) -> logging.Handler
     class ReportingSeqHandler(SeqLogHandler):  # type: ignore[misc]
         """Adds Application, Environment and a backup's fields to every event; a failure to
         post is a console warning (logging's default would print a traceback)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            """Queue ``record`` for seqlog's posting thread, unless ``SEQ_BACKLOG`` wait there:
+            seqlog's own queue has no bound, and a slow Seq made it grow without end. Only
+            backupd's listener thread emits here, so the size cannot grow past the check."""
+            if self.log_queue.qsize() >= SEQ_BACKLOG:
+                drops()
+            else:
+                super().emit(record)
 
         def handleError(self, record: logging.LogRecord) -> None:
             warn(sys.exc_info()[1] or RuntimeError("unknown error"))
@@ -140,18 +171,27 @@ def _seq_handler(config: LogConfig, console: logging.Handler) -> logging.Handler
 
 
 class _DroppingQueueHandler(logging.handlers.QueueHandler):
-    """Never blocks and never complains: when Seq lags far behind, records for it are dropped."""
+    """Never blocks: when Seq lags far behind, records for it are dropped (and counted)."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord], drops: _Drops) -> None:
+        super().__init__(records)
+        self.drops = drops
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(queue.Full):
+        try:
             self.queue.put_nowait(record)
+        except queue.Full:
+            self.drops()
 
 
 class Logging:
     """The handlers backupd installed; ``close`` flushes Seq (bounded by its timeout)."""
 
-    def __init__(self, listener: logging.handlers.QueueListener | None) -> None:
+    def __init__(
+        self, listener: logging.handlers.QueueListener | None, drops: _Drops | None = None
+    ) -> None:
         self.listener = listener
+        self.drops = drops
 
     def close(self) -> None:
         if self.listener is not None:
@@ -161,6 +201,13 @@ class Logging:
                 handler.flush()  # seqlog's close drops a batch not yet sent
                 handler.close()
             self.listener = None
+        if self.drops is not None and self.drops.count:
+            _console_warning(
+                self.drops.console,
+                "%d log events were not sent to Seq: it fell behind",
+                self.drops.count,
+            )
+            self.drops = None
 
 
 def _drain(handler: logging.Handler) -> None:
@@ -194,12 +241,13 @@ def setup_logging(
             TextFormatter(hidden, "%(asctime)s %(levelname)-7s %(message)s", config.tz)
         )
     handlers: list[logging.Handler] = [console]
-    listener = None
+    listener = drops = None
     if config.seq_url:
-        records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10_000)
-        queued = _DroppingQueueHandler(records)
+        drops = _Drops(console)
+        records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=SEQ_BACKLOG)
+        queued = _DroppingQueueHandler(records, drops)
         queued.setFormatter(MaskingFormatter(hidden, "%(message)s"))
-        listener = logging.handlers.QueueListener(records, _seq_handler(config, console))
+        listener = logging.handlers.QueueListener(records, _seq_handler(config, console, drops))
         listener.start()
         handlers.append(queued)
     root = logging.getLogger()
@@ -207,4 +255,4 @@ def setup_logging(
     root.setLevel(config.level)
     for noisy in QUIET:
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return Logging(listener)
+    return Logging(listener, drops)

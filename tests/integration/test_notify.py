@@ -6,6 +6,8 @@ import email
 import io
 import json
 import logging
+import queue
+import re
 import threading
 import time
 import uuid
@@ -20,6 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from backupd import logs
 from backupd.config import EmailConfig, LogConfig
 from backupd.logs import setup_logging
 from backupd.notify import Report, State, webhook
@@ -303,6 +306,64 @@ def test_the_last_events_reach_seq_when_logging_closes(
     finally:
         root.handlers[:], level = before
         root.setLevel(level)
+
+
+@pytest.fixture
+def stalled_seq() -> Iterator[tuple[str, threading.Event]]:
+    """A slow Seq: each answer takes half a second, until the event is set."""
+    answer = threading.Event()
+
+    class Stalled(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            answer.wait(0.5)
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalled)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", answer
+    finally:
+        answer.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_slow_seq_holds_a_bounded_backlog_and_the_console_says_once_what_was_dropped(
+    stalled_seq: tuple[str, threading.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, answer = stalled_seq
+    monkeypatch.setattr(logs, "SEQ_BACKLOG", 50)
+    console = io.StringIO()
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    try:
+        opened = setup_logging(LogConfig.model_validate({"SEQ_URL": url}), [], console)
+        assert opened.listener is not None
+        records, (seq,) = opened.listener.queue, opened.listener.handlers
+        assert isinstance(records, queue.Queue)
+        for n in range(500):
+            logging.getLogger("backupd.test").warning("event %d", n)
+        with records.all_tasks_done:  # every record handed on to the Seq handler
+            assert records.all_tasks_done.wait_for(lambda: not records.unfinished_tasks, 10)
+
+        waiting = seq.log_queue.qsize()  # type: ignore[attr-defined]  # seqlog's, unbounded
+        answer.set()
+        opened.close()
+    finally:
+        root.handlers[:], level = before
+        root.setLevel(level)
+
+    assert waiting <= 50
+    said = console.getvalue()
+    assert said.count("Seq falls behind: with 50 log events waiting for it") == 1
+    assert re.search(r"WARNING \d+ log events were not sent to Seq: it fell behind", said)
 
 
 def test_webhook_and_dead_mans_switch(
