@@ -7,7 +7,12 @@ nothing it does stops the others.
 
 Signals are handled here and only here: the first SIGTERM/SIGINT/SIGHUP stops scheduling and gives
 running backups ``SHUTDOWN_TIMEOUT`` seconds; then they are cancelled (children killed,
-uploads aborted). A second signal cancels at once. Either way the process exits 0.
+uploads aborted); then finished runs send their notifications, each within its own timeouts.
+A second signal cancels at once. Either way the process exits 0.
+
+A run holds its dump slot for its backup and prune only: its start ping goes out alongside the
+dump, and its other notifications after the slot is given back, so a slow notifier never
+delays a backup, and the target is not "still running" at its next slot meanwhile.
 
 With ``COORDINATION=storage`` several replicas share the schedule: each run first claims its
 (target, slot) in the target's bucket (``claims.claimed``) and runs only if it holds the claim; a
@@ -23,6 +28,7 @@ import contextlib
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,10 +37,10 @@ from backupd.config import S3Config, Settings, TargetConfig
 from backupd.coordination import Kind
 from backupd.errors import BackupdError, ClaimLost
 from backupd.metrics import Metrics, serve
-from backupd.notify import State
+from backupd.notify import Report, State
 from backupd.process import STOP_SIGNALS
 from backupd.prune import prune_after_run
-from backupd.report import backup_and_report
+from backupd.report import announce, backup_and_log, tell
 from backupd.schedule import Schedule, following_slot, next_fire, previous_fire, sleep_step
 from backupd.storage import ClaimStore, open_claim_store
 from backupd.verify import Checked, Selection
@@ -51,6 +57,15 @@ def _label(slot: datetime, schedule: Schedule) -> str:
     return f"{slot.astimezone(schedule.tz):%Y-%m-%d %H:%M:%S %Z}"
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A backup run that is over, with what is left to tell about it."""
+
+    reports: list[Report]
+    announced: asyncio.Task[None]
+    """Its start notification, sent alongside the run."""
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -59,6 +74,9 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: dict[asyncio.Task[None], str] = {}
         """Run tasks claiming or backing up a target (not watching another replica's claim)."""
+        self._finishing: set[asyncio.Task[None]] = set()
+        """What is left of runs whose backup is over (old claims deleted, notifications sent),
+        holding no dump slot and not counted as running."""
         self._claims: dict[str, Claims] = {}
         self._busy: dict[str, asyncio.Lock] = {t.name: asyncio.Lock() for t in settings.targets}
         """Held by a target's backup (and prune) or verify: the two never overlap."""
@@ -154,30 +172,45 @@ class Daemon:
             self._forced.set()
 
     async def _drain(self) -> None:
-        """Give running backups the timeout (a second signal cuts it short), then cancel them."""
+        """Give running backups the timeout (a second signal cuts it short), then cancel them;
+        then let finished runs send their notifications, each within its own timeouts."""
         waiting = [task for task in self._tasks if task not in self._active]
         for task in waiting:
             task.cancel()  # still claiming or watching another replica's claim
         await asyncio.gather(*waiting, return_exceptions=True)
         running = [task for task in self._active if not task.done()]
-        if not running:
-            return
-        everything: asyncio.Future[Any] = asyncio.gather(*running, return_exceptions=True)
-        forced: asyncio.Future[Any] = asyncio.ensure_future(self._forced.wait())
-        await asyncio.wait(
-            [everything, forced],
-            timeout=self.settings.daemon.shutdown_timeout,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        forced.cancel()
-        if not everything.done():
+        if running and not await self._wait_for(running, self.settings.daemon.shutdown_timeout):
             log.warning(
                 "cancelling %d running backup(s): dumps are killed and uploads aborted",
                 len(running),
             )
-            for task in running:
-                task.cancel()
-        await asyncio.gather(everything, forced, return_exceptions=True)
+            await self._cancel(running)
+        finishing = [task for task in self._finishing if not task.done()]
+        if finishing:
+            log.info("sending the notifications of %d finished run(s)", len(finishing))
+            if not await self._wait_for(finishing, None):
+                log.warning("not sending the notifications of %d run(s)", len(finishing))
+                await self._cancel(finishing)
+
+    async def _wait_for(self, tasks: list[asyncio.Task[None]], timeout: float | None) -> bool:
+        """Wait for ``tasks`` at most ``timeout`` seconds (None: as long as they take); False if
+        they are not all done by then or a second signal came first."""
+        if self._forced.is_set():
+            return False
+        everything: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
+        forced: asyncio.Future[Any] = asyncio.ensure_future(self._forced.wait())
+        await asyncio.wait(
+            [everything, forced], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        forced.cancel()
+        await asyncio.gather(forced, return_exceptions=True)
+        return everything.done()  # if not, it ends when the caller cancels the tasks
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _schedule(self, target: TargetConfig) -> None:
         schedule = Schedule(target.schedule.cron, target.layout.timezone)
@@ -243,11 +276,22 @@ class Daemon:
         claims = self._claims.get(target.name)
         if claims is None:
             async with self._slots:
-                await self._backup(target)
-            return
+                finished: Finished | None = await self._backup(target)
+        else:
+            finished = await self._claimed_run(target, claims, slot, label)
+        if finished is not None:
+            after = asyncio.create_task(
+                self._after(target, finished, claims), name=f"after-{target.name}"
+            )
+            self._finishing.add(after)
+            after.add_done_callback(self._finishing.discard)
+
+    async def _claimed_run(
+        self, target: TargetConfig, claims: Claims, slot: datetime, label: str
+    ) -> Finished | None:
         task = asyncio.current_task()
         assert task is not None
-        finished = False
+        finished = None
         try:
             async with claimed(
                 claims,
@@ -258,20 +302,26 @@ class Daemon:
                 on_elsewhere=lambda observed: self._elsewhere(target, observed),
             ) as lease:
                 if lease is None:
-                    return
+                    return None
                 log.info("%s: starting the %s run (claim %s)", target.name, label, lease.key)
                 self._active[task] = target.name  # again, after a takeover
-                await self._backup(target)
-                finished = True
+                finished = await self._backup(target)
         except ClaimLost as error:
             log.warning("%s: %s", target.name, error)
-            if not finished:
+            if finished is None:
                 self.metrics.runs.labels(target.name, "failure").inc()
         except BackupdError as error:
             log.error("%s: the %s run did not happen: %s", target.name, label, error)
             self.metrics.runs.labels(target.name, "failure").inc()
-        if finished:
+        return finished
+
+    async def _after(self, target: TargetConfig, finished: Finished, claims: Claims | None) -> None:
+        """What is left of a run once its backup is over, in a task of its own that holds no
+        dump slot: the target's next slot finds it not running, and a shutdown waits for it
+        after the backups."""
+        if claims is not None:
             await self._sweep(target, claims)
+        await tell(target, finished.reports, finished.announced)
 
     async def _sweep(self, target: TargetConfig, claims: Claims) -> None:
         """Claims are bookkeeping: the replica that ran a slot deletes those a day old."""
@@ -291,16 +341,23 @@ class Daemon:
         log.debug("%s: %s is held by replica %s", target.name, observed.key, observed.claim.replica)
         self.metrics.claimed_elsewhere.labels(target.name, Kind.BACKUP.value).inc()
 
-    async def _backup(self, target: TargetConfig) -> None:
+    async def _backup(self, target: TargetConfig) -> Finished:
         async with self._busy[target.name]:
-            await self._backup_and_prune(target)
+            announced = announce(target)  # alongside the dump, never before it
+            try:
+                reports = await self._backup_and_prune(target)
+            except asyncio.CancelledError:  # nothing to tell
+                announced.cancel()
+                raise
+        return Finished(reports, announced)
 
-    async def _backup_and_prune(self, target: TargetConfig) -> None:
+    async def _backup_and_prune(self, target: TargetConfig) -> list[Report]:
+        """The run and its prune; its metrics are set as soon as its result is known."""
         name = target.name
         self.metrics.in_progress.labels(name).set(1)
         started = time.monotonic()
         try:
-            reports = await backup_and_report(target)
+            reports = await backup_and_log(target)
         finally:
             self.metrics.in_progress.labels(name).set(0)
             self.metrics.last_duration.labels(name).set(time.monotonic() - started)
@@ -317,6 +374,7 @@ class Daemon:
                 self.metrics.pruned.labels(name).inc(len(pruned.deleted))
                 self.metrics.stored_backups.labels(name).set(pruned.stored_backups)
                 self.metrics.stored_bytes.labels(name).set(pruned.stored_bytes)
+        return reports
 
     # --- verify ----------------------------------------------------------------------------
 

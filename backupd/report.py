@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from datetime import datetime
@@ -135,10 +136,26 @@ def log_reports(reports: list[Report]) -> bool:
     return all(report.ok for report in reports)
 
 
-async def backup_and_report(target: TargetConfig, progress: Progress | None = None) -> list[Report]:
-    """Run one target and tell everyone how it went: logs, mail, webhooks, pings."""
+def announce(target: TargetConfig) -> asyncio.Task[None]:
+    """Start telling everyone that a run of ``target`` begins (the ``/start`` ping), alongside
+    the run: a slow or dead ping service never delays the dump. The task never raises (a
+    notifier that fails is logged); ``tell`` waits for it."""
+    return asyncio.create_task(
+        notify.run_started(target, secrets_of(target)), name=f"announce-{target.name}"
+    )
+
+
+async def tell(target: TargetConfig, reports: list[Report], announced: asyncio.Task[None]) -> None:
+    """Tell everyone how a run went (mail, webhooks, pings), once its start has been told: a
+    ping service reads a ``/start`` that arrives after the result as a run that never ended.
+    Bounded by each notifier's own timeouts (see ``notify``); never raises."""
+    await announced
+    await notify.run_finished(target, reports, secrets_of(target))
+
+
+async def backup_and_log(target: TargetConfig, progress: Progress | None = None) -> list[Report]:
+    """Run one target and log how it went, one line per database; nothing is notified."""
     hidden = secrets_of(target)
-    await notify.run_started(target, hidden)
     try:
         # One storage connection for the run and the checks after it: a second client would
         # cost its set-up again (botocore's models, a TLS context) in every run.
@@ -149,5 +166,17 @@ async def backup_and_report(target: TargetConfig, progress: Progress | None = No
         log.debug("details", exc_info=True)
         reports = reports_of(target, None, error)
     log_reports(reports)
-    await notify.run_finished(target, reports, hidden)
+    return reports
+
+
+async def backup_and_report(target: TargetConfig, progress: Progress | None = None) -> list[Report]:
+    """Run one target and tell everyone how it went: logs, mail, webhooks, pings. The start
+    ping goes out alongside the run; the rest once the run is over."""
+    announced = announce(target)
+    try:
+        reports = await backup_and_log(target, progress)
+    except asyncio.CancelledError:  # no result to tell
+        announced.cancel()
+        raise
+    await tell(target, reports, announced)
     return reports

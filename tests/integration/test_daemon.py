@@ -7,7 +7,10 @@ import re
 import signal
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from tests.procs import dump_processes
 from tests.servers import FaultProxy, MariaDBServer, PostgresServer, free_port, wait_until
 
 EVERY_TWO_SECONDS = "*/2 * * * * *"
+SLOW_ANSWER = 3.0  # seconds a slow webhook or ping service takes to answer
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -62,6 +66,34 @@ def daemon_process() -> Iterator[list[subprocess.Popen[str]]]:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+@pytest.fixture
+def slow_receiver() -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server that records each request ("POST /hook") as it arrives and answers
+    it ``SLOW_ANSWER`` seconds later: a slow webhook or ping service."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            seen.append(f"{self.command} {self.path}")
+            time.sleep(SLOW_ANSWER)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
 
 
 def start_daemon(
@@ -272,3 +304,45 @@ def test_healthcheck_command_follows_the_daemon(
     assert alive.returncode == 0, alive.stderr
     assert gone.returncode == 1
     assert "did not answer" in gone.stderr
+
+
+def test_slow_notifications_hold_no_dump_slot_and_are_sent_before_exit(
+    pg: PostgresServer,
+    tmp_path: Path,
+    slow_receiver: tuple[str, list[str]],
+    daemon_process: list[subprocess.Popen[str]],
+) -> None:
+    """A's webhook and pings take seconds to answer; A and B share one dump slot. Both still
+    run at every slot, and A's last notifications go out before the daemon exits."""
+    url, seen = slow_receiver
+    pg.create_database("notified_db", "CREATE TABLE t AS SELECT 1 AS x;")
+    port = free_port()
+    env = {
+        **pg_env(pg, "notified_db"),
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(tmp_path / "store"),
+        "BACKUPD_TARGETS": "a,b",
+        "A_NOTIFY_WEBHOOK_URL": f"{url}/hook",
+        "A_HEALTHCHECK_PING_URL": f"{url}/ping",
+        "MAX_CONCURRENT_BACKUPS": "1",
+        "CRON_SCHEDULE": EVERY_TWO_SECONDS,
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    process = start_daemon(env, daemon_process)
+
+    def both_ran_three_times() -> bool:
+        _, text = fetch(port, "/metrics")
+        return all(
+            metric(text, "backupd_runs_total", target=t, result="success") >= 3 for t in "ab"
+        )
+
+    # Holding the slot through each notification (3 s each way), A alone would need 20 s.
+    wait_until(both_ran_three_times, 12, "three successful runs of each target")
+    output = stop(process)
+
+    assert process.returncode == 0, output
+    assert "cancelling" not in output
+    runs = len(re.findall(r"backup of a notified_db succeeded", output))
+    assert seen.count("POST /hook") == runs
+    assert seen.count("GET /ping/start") == seen.count("GET /ping") == runs
