@@ -6,8 +6,9 @@ skipped, logged and counted). A failing target is reported and tried again at it
 nothing it does stops the others.
 
 Signals are handled here and only here: the first SIGTERM/SIGINT/SIGHUP stops scheduling and gives
-running backups ``SHUTDOWN_TIMEOUT`` seconds; then they are cancelled (children killed,
-uploads aborted); then finished runs send their notifications, each within its own timeouts.
+running backups ``SHUTDOWN_TIMEOUT`` seconds (a run still waiting for a dump slot never gets
+one); then they are cancelled (children killed, uploads aborted); then finished runs send
+their notifications, each within its own timeouts.
 A second signal cancels at once. Either way the process exits 0.
 
 A run holds its dump slot for its backup and prune only: its start ping goes out alongside the
@@ -30,7 +31,7 @@ import signal
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from backupd.claims import Claims, Observed, claimed, self_test
 from backupd.config import S3Config, Settings, TargetConfig
@@ -57,6 +58,37 @@ def _label(slot: datetime, schedule: Schedule) -> str:
     return f"{slot.astimezone(schedule.tz):%Y-%m-%d %H:%M:%S %Z}"
 
 
+class ShuttingDown(Exception):
+    """A run's turn for a dump slot came after the shutdown began: it does not start."""
+
+
+class Slots(asyncio.Semaphore):
+    """The ``MAX_CONCURRENT_BACKUPS`` dump slots. Once closed (at the first signal), a run
+    whose turn comes gets ShuttingDown instead of a slot."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.closed = False
+        self.holders: set[asyncio.Task[Any]] = set()
+        """The tasks holding a slot (a run claiming its slot or backing up, or a verify)."""
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        if self.closed:
+            super().release()  # the next in line learns the same
+            raise ShuttingDown
+        task = asyncio.current_task()
+        if task is not None:
+            self.holders.add(task)
+        return True
+
+    def release(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.holders.discard(task)
+        super().release()
+
+
 @dataclass(frozen=True)
 class Finished:
     """A backup run that is over, with what is left to tell about it."""
@@ -70,10 +102,11 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self._slots = asyncio.Semaphore(settings.daemon.max_concurrent)
+        self._slots = Slots(settings.daemon.max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._active: dict[asyncio.Task[None], str] = {}
-        """Run tasks claiming or backing up a target (not watching another replica's claim)."""
+        self._active: dict[asyncio.Task[None], tuple[str, str]] = {}
+        """Run tasks waiting for a dump slot, claiming or backing up a target (not watching
+        another replica's claim): (target, slot label)."""
         self._finishing: set[asyncio.Task[None]] = set()
         """What is left of runs whose backup is over (old claims deleted, notifications sent),
         holding no dump slot and not counted as running."""
@@ -167,6 +200,7 @@ class Daemon:
                 self.settings.daemon.shutdown_timeout,
             )
             self._stopping.set()
+            self._slots.closed = True
         else:
             log.warning("second %s: aborting running backups now", sig.name)
             self._forced.set()
@@ -174,11 +208,13 @@ class Daemon:
     async def _drain(self) -> None:
         """Give running backups the timeout (a second signal cuts it short), then cancel them;
         then let finished runs send their notifications, each within its own timeouts."""
-        waiting = [task for task in self._tasks if task not in self._active]
+        running = [task for task in self._active if task in self._slots.holders]
+        waiting = [task for task in self._tasks if task not in running]
         for task in waiting:
-            task.cancel()  # still claiming or watching another replica's claim
+            if task in self._active:  # queued for a dump slot
+                self._not_started(*self._active[task])
+            task.cancel()  # or a verify, or watching another replica's claim
         await asyncio.gather(*waiting, return_exceptions=True)
-        running = [task for task in self._active if not task.done()]
         if running and not await self._wait_for(running, self.settings.daemon.shutdown_timeout):
             log.warning(
                 "cancelling %d running backup(s): dumps are killed and uploads aborted",
@@ -251,7 +287,7 @@ class Daemon:
         return self._stopping.is_set()
 
     def _start(self, target: TargetConfig, slot: datetime, label: str) -> None:
-        if target.name in self._active.values():
+        if any(name == target.name for name, _ in self._active.values()):
             log.warning("%s: still running at its %s slot; skipping this slot", target.name, label)
             self.metrics.runs.labels(target.name, "skipped").inc()
             return
@@ -266,7 +302,7 @@ class Daemon:
         task = asyncio.create_task(self._run(target, slot, label), name=f"backup-{target.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self._active[task] = target.name  # until it finds its slot claimed elsewhere
+        self._active[task] = (target.name, label)  # until it finds its slot claimed elsewhere
         task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
@@ -274,17 +310,25 @@ class Daemon:
 
     async def _run(self, target: TargetConfig, slot: datetime, label: str) -> None:
         claims = self._claims.get(target.name)
-        if claims is None:
-            async with self._slots:
-                finished: Finished | None = await self._backup(target)
-        else:
-            finished = await self._claimed_run(target, claims, slot, label)
+        try:
+            if claims is None:
+                async with self._slots:
+                    finished: Finished | None = await self._backup(target)
+            else:
+                finished = await self._claimed_run(target, claims, slot, label)
+        except ShuttingDown:
+            self._not_started(target.name, label)
+            return
         if finished is not None:
             after = asyncio.create_task(
                 self._after(target, finished, claims), name=f"after-{target.name}"
             )
             self._finishing.add(after)
             after.add_done_callback(self._finishing.discard)
+
+    def _not_started(self, name: str, label: str) -> None:
+        log.info("%s: the %s run does not start: shutting down", name, label)
+        self.metrics.runs.labels(name, "skipped").inc()
 
     async def _claimed_run(
         self, target: TargetConfig, claims: Claims, slot: datetime, label: str
@@ -304,7 +348,7 @@ class Daemon:
                 if lease is None:
                     return None
                 log.info("%s: starting the %s run (claim %s)", target.name, label, lease.key)
-                self._active[task] = target.name  # again, after a takeover
+                self._active[task] = (target.name, label)  # again, after a takeover
                 finished = await self._backup(target)
         except ClaimLost as error:
             log.warning("%s: %s", target.name, error)
@@ -402,16 +446,18 @@ class Daemon:
         """One verify run of ``target``, within the dump budget and after any backup of it;
         with COORDINATION=storage, only on the replica that claims its slot."""
         claims = self._claims.get(target.name)
-        if claims is None:
-            async with self._slots:
-                await self._verify_now(target)
-            return
         try:
+            if claims is None:
+                async with self._slots:
+                    await self._verify_now(target)
+                return
             async with claimed(claims, target.name, Kind.VERIFY, slot, gate=self._slots) as lease:
                 if lease is not None:
                     await self._verify_now(target)
         except BackupdError as error:  # ClaimLost, CoordinationError
             log.warning("%s: verify: %s", target.name, error)
+        except ShuttingDown:
+            log.info("%s: the verify run does not start: shutting down", target.name)
 
     async def _verify_now(self, target: TargetConfig) -> None:
         async with self._busy[target.name]:

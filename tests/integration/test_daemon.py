@@ -346,3 +346,38 @@ def test_slow_notifications_hold_no_dump_slot_and_are_sent_before_exit(
     runs = len(re.findall(r"backup of a notified_db succeeded", output))
     assert seen.count("POST /hook") == runs
     assert seen.count("GET /ping/start") == seen.count("GET /ping") == runs
+
+
+def test_a_run_queued_for_a_dump_slot_does_not_start_after_sigterm(
+    pg: PostgresServer, tmp_path: Path, daemon_process: list[subprocess.Popen[str]]
+) -> None:
+    """A and B share one dump slot; A's dump waits on a table lock. SIGTERM while B is queued:
+    A finishes, B never starts."""
+    pg.create_database("locked_db", "CREATE TABLE t AS SELECT 1 AS x;")
+    pg.create_database("queued_db", "CREATE TABLE t AS SELECT 1 AS x;")
+    lock = "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;"
+    holder = threading.Thread(target=pg.psql, args=(lock, "locked_db"))
+    holder.start()
+    held = "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted"
+    wait_until(lambda: pg.psql(held).strip() != "0", 10, "the lock on locked_db")
+    env = {
+        **pg_env(pg, "locked_db"),
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(tmp_path / "store"),
+        "BACKUPD_TARGETS": "a,b",
+        "B_DB_DATABASE": "queued_db",
+        "MAX_CONCURRENT_BACKUPS": "1",
+        "CRON_SCHEDULE": "0 0 1 1 *",  # the start-up runs only
+        "HTTP_PORT": str(free_port()),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    process = start_daemon(env, daemon_process)
+    wait_until(lambda: bool(dump_processes("locked_db")), 20, "A's dump to wait on the lock")
+    output = stop(process)
+    holder.join()
+
+    assert process.returncode == 0, output
+    assert "backup of a locked_db succeeded" in output
+    assert "backup of b" not in output
+    assert "b: the start-up run does not start: shutting down" in output
+    assert not list((tmp_path / "store").glob("**/*queued_db*"))
