@@ -29,6 +29,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -42,7 +43,15 @@ from backupd.notify import Report, State
 from backupd.process import STOP_SIGNALS
 from backupd.prune import prune_after_run
 from backupd.report import announce, backup_and_log, tell
-from backupd.schedule import Schedule, following_slot, next_fire, previous_fire, sleep_step
+from backupd.schedule import (
+    Schedule,
+    clock_went_back,
+    following_slot,
+    next_fire,
+    previous_fire,
+    resumed_slot,
+    sleep_step,
+)
 from backupd.storage import ClaimStore, open_claim_store
 from backupd.verify import Checked, Selection
 from backupd.verify_run import verify_and_report
@@ -99,8 +108,10 @@ class Finished:
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = wall_clock) -> None:
         self.settings = settings
+        self._clock = clock
+        """The wall clock, read for every scheduling decision (a test brings its own)."""
         self.metrics = Metrics()
         self._slots = Slots(settings.daemon.max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -250,22 +261,30 @@ class Daemon:
 
     async def _schedule(self, target: TargetConfig) -> None:
         schedule = Schedule(target.schedule.cron, target.layout.timezone)
+        reached = self._clock()  # where the next slot is computed from
         if target.schedule.run_on_startup:
-            now = wall_clock()
             if self._claims:  # it stands for the latest slot, which one replica runs
-                latest = previous_fire(schedule, now)
+                latest = previous_fire(schedule, reached)
                 self._start(target, latest, f"start-up ({_label(latest, schedule)})")
             else:
-                self._start(target, now, "start-up")
-        slot = next_fire(schedule, wall_clock())
+                self._start(target, reached, "start-up")
+        slot = next_fire(schedule, reached)
         while not self._stopping.is_set():
             self.metrics.next_run.labels(target.name).set(slot.timestamp())
             interval = next_fire(schedule, slot) - slot
             self.metrics.interval.labels(target.name).set(interval.total_seconds())
-            if await self._sleep_until(slot):
+            now = await self._sleep_until(slot, reached)
+            if now is None:
                 return
+            resumed = resumed_slot(schedule, reached, now)
+            if resumed is not None:
+                reached, slot = now, resumed
+                self._went_back(target.name, now, slot, schedule)
+                continue
             self._start(target, slot, _label(slot, schedule))
-            slot, missed = following_slot(schedule, slot, wall_clock())
+            now = self._clock()
+            reached = max(slot, now)
+            slot, missed = following_slot(schedule, slot, now)
             if missed:
                 log.warning(
                     "%s: %d more slot(s) passed meanwhile (suspend or clock jump); ran once",
@@ -273,18 +292,32 @@ class Daemon:
                     missed,
                 )
 
-    async def _sleep_until(self, slot: datetime) -> bool:
-        """Sleep until the wall clock reaches ``slot``; True if a shutdown began meanwhile.
+    @staticmethod
+    def _went_back(name: str, now: datetime, slot: datetime, schedule: Schedule) -> None:
+        log.warning(
+            "%s: the wall clock went back (to %s); scheduling from now on, next slot %s "
+            "(a slot may repeat)",
+            name,
+            _label(now, schedule),
+            _label(slot, schedule),
+        )
+
+    async def _sleep_until(self, slot: datetime, reached: datetime) -> datetime | None:
+        """Sleep until the wall clock reaches ``slot``, or goes back behind ``reached`` (see
+        ``clock_went_back``); the wall clock then, or None if a shutdown began meanwhile.
 
         Sleeps are short (see ``sleep_step``) so that a suspend or a clock jump is noticed.
         """
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            while not stopping.done() and (delay := sleep_step(wall_clock(), slot)) > 0:
+            while not stopping.done():
+                now = self._clock()
+                if clock_went_back(reached, now) or (delay := sleep_step(now, slot)) <= 0:
+                    return now
                 await asyncio.wait([stopping], timeout=delay)
         finally:
             stopping.cancel()
-        return self._stopping.is_set()
+        return None
 
     def _start(self, target: TargetConfig, slot: datetime, label: str) -> None:
         if any(name == target.name for name, _ in self._active.values()):
@@ -425,10 +458,17 @@ class Daemon:
     async def _schedule_verify(self, target: TargetConfig, cron: str) -> None:
         """``verify`` (and the drill with VERIFY_DRILL) on VERIFY_SCHEDULE."""
         schedule = Schedule(cron, target.layout.timezone)
-        slot = next_fire(schedule, wall_clock())
+        reached = self._clock()
+        slot = next_fire(schedule, reached)
         while not self._stopping.is_set():
-            if await self._sleep_until(slot):
+            now = await self._sleep_until(slot, reached)
+            if now is None:
                 return
+            resumed = resumed_slot(schedule, reached, now)
+            if resumed is not None:
+                reached, slot = now, resumed
+                self._went_back(f"{target.name} verify", now, slot, schedule)
+                continue
             running = self._verifying.get(target.name)
             if running is not None and not running.done():
                 log.warning("%s: the last verify is still running; skipping this one", target.name)
@@ -440,7 +480,9 @@ class Daemon:
                 self._verifying[target.name] = task
                 self._tasks.add(task)  # a shutdown cancels it at once; a drill still cleans up
                 task.add_done_callback(self._tasks.discard)
-            slot, _ = following_slot(schedule, slot, wall_clock())
+            now = self._clock()
+            reached = max(slot, now)
+            slot, _ = following_slot(schedule, slot, now)
 
     async def _verify(self, target: TargetConfig, slot: datetime) -> None:
         """One verify run of ``target``, within the dump budget and after any backup of it;

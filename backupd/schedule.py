@@ -8,8 +8,11 @@ next, and each wall time is then placed on the real time line:
   instant after it (02:30 in a 02:00→03:00 gap runs at 03:00).
 
 Each next time is computed from the previous *scheduled* time, never from "now", so a clock
-that jumps back cannot repeat a slot; slots missed while the process was suspended collapse
-into one run.
+that steps back a little (NTP) cannot repeat a slot; slots missed while the process was
+suspended collapse into one run. A wall clock that goes back further than
+``BACKWARD_TOLERANCE`` behind the point the next slot was computed from is a jump: the schedule
+starts again from the new "now" (see ``clock_went_back``), so backups go on instead of waiting
+for the wall clock to catch up; a slot may then repeat by its label.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 
 ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 MAX_SLEEP = 30.0  # seconds; the wall clock is re-read at least this often
+BACKWARD_TOLERANCE = timedelta(seconds=60)
+"""How far the wall clock may step back without being taken as a jump. NTP steps a clock by
+the offset it measured (ntpd only above 128 ms, chrony's ``makestep`` usually above 1 s), which
+on a synchronised host stays far below this; a wrong clock set right, a VM restored from a
+snapshot or a manual ``date -s`` goes beyond it."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,22 @@ def following_slot(schedule: Schedule, scheduled: datetime, now: datetime) -> tu
         missed += 1
         slot = next_fire(schedule, slot)
     return slot, missed
+
+
+def clock_went_back(reached: datetime, now: datetime) -> bool:
+    """True when the wall clock ``now`` lies more than ``BACKWARD_TOLERANCE`` before
+    ``reached``, the latest instant the schedule was computed from (the slot last started, or
+    the wall clock then if later): the clock jumped back, and the next slot, computed from
+    ``reached``, may be as far ahead as the jump."""
+    return now < reached - BACKWARD_TOLERANCE
+
+
+def resumed_slot(schedule: Schedule, reached: datetime, now: datetime) -> datetime | None:
+    """The slot to wait for instead when the wall clock went back (see ``clock_went_back``):
+    the first after ``now``, which may repeat a slot already run by its label. None when it
+    did not go back that far: the slot computed from ``reached`` stands, so a small step back
+    right after a slot does not repeat it."""
+    return next_fire(schedule, now) if clock_went_back(reached, now) else None
 
 
 def sleep_step(now: datetime, until: datetime) -> float:

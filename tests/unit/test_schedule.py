@@ -6,11 +6,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from backupd.schedule import (
+    BACKWARD_TOLERANCE,
     MAX_SLEEP,
     Schedule,
+    clock_went_back,
     cron_problem,
     following_slot,
     next_fire,
+    resumed_slot,
     sleep_step,
 )
 
@@ -141,7 +144,7 @@ def test_slots_missed_while_suspended_collapse_into_one_run() -> None:
     assert missed == 2
 
 
-def test_a_clock_jumping_back_does_not_repeat_a_slot() -> None:
+def test_the_slot_after_one_is_counted_from_it_not_from_a_clock_behind_it() -> None:
     schedule = Schedule("30 2 * * *", "UTC")
     scheduled = at(UTC, 2026, 5, 1, 2, 30)
 
@@ -163,3 +166,42 @@ def test_sleep_step_rereads_the_wall_clock_often(
     now: datetime, until: datetime, step: float
 ) -> None:
     assert sleep_step(now, until) == step
+
+
+@pytest.mark.parametrize(
+    ("back", "went_back"),
+    [
+        (timedelta(0), False),
+        (timedelta(seconds=1), False),  # an NTP step
+        (BACKWARD_TOLERANCE, False),
+        (BACKWARD_TOLERANCE + timedelta(seconds=1), True),
+        (timedelta(hours=3), True),
+        (-timedelta(days=60), False),  # forward: a suspend, or a jump ahead
+    ],
+)
+def test_only_a_step_back_beyond_the_tolerance_is_a_jump(back: timedelta, went_back: bool) -> None:
+    reached = at(UTC, 2026, 5, 1, 2, 30)
+
+    assert clock_went_back(reached, reached - back) is went_back
+
+
+def test_after_the_clock_goes_back_hours_the_schedule_resumes_from_now() -> None:
+    """The clock ran 3 h ahead, a run started at its 15:00 slot; then the clock is set right."""
+    schedule = Schedule("*/1 * * * *", "UTC")
+    ran = at(UTC, 2026, 5, 1, 15, 0)
+    waiting_for, _ = following_slot(schedule, ran, now=ran + timedelta(seconds=1))
+    now = at(UTC, 2026, 5, 1, 12, 0, 20)
+
+    resumed = resumed_slot(schedule, ran, now)
+
+    assert waiting_for == at(UTC, 2026, 5, 1, 15, 1)
+    assert resumed == at(UTC, 2026, 5, 1, 12, 1)
+
+
+@pytest.mark.parametrize("back", [timedelta(seconds=1), timedelta(seconds=59)])
+def test_a_small_step_back_right_after_a_slot_does_not_repeat_it(back: timedelta) -> None:
+    schedule = Schedule("30 2 * * *", "UTC")
+    ran = at(UTC, 2026, 5, 1, 2, 30)
+    now = ran + timedelta(seconds=0.5)
+
+    assert resumed_slot(schedule, max(ran, now), now - back) is None

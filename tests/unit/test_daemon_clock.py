@@ -1,0 +1,59 @@
+"""The service's schedule loop against a wall clock the test moves (no backups run)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from backupd.config import TargetConfig
+from backupd.daemon import Daemon
+from backupd.environment import load_settings
+
+
+async def test_runs_go_on_after_the_wall_clock_goes_back_hours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The clock runs 3 h ahead, then is set right: the next slot is computed from the new
+    time, instead of waiting 3 h for the one computed before."""
+    settings = load_settings(
+        {
+            "DB_TYPE": "postgres",
+            "DB_HOST": "127.0.0.1",
+            "DB_DATABASE": "app",
+            "DB_USER": "backupd",
+            "STORAGE_TYPE": "local",
+            "STORAGE_LOCAL_PATH": "/nonexistent",
+            "CRON_SCHEDULE": "* * * * * *",
+            "RUN_ON_STARTUP": "false",
+        }
+    )
+    ahead = [timedelta(hours=3)]
+    daemon = Daemon(settings, clock=lambda: datetime.now(UTC) + ahead[0])
+    started: list[datetime] = []
+
+    def start(target: TargetConfig, slot: datetime, label: str) -> None:
+        started.append(slot)
+
+    monkeypatch.setattr(daemon, "_start", start)
+    scheduler = asyncio.create_task(daemon._schedule(settings.targets[0]))
+
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 5
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    try:
+        await until(lambda: len(started) >= 1, "a run 3 h ahead")
+        ahead[0] = timedelta(0)
+        before = len(started)
+        await until(lambda: len(started) >= before + 2, "two runs after the clock went back")
+    finally:
+        daemon._stopping.set()
+        await scheduler
+
+    assert abs(started[-1] - datetime.now(UTC)) < timedelta(seconds=5)
