@@ -44,6 +44,7 @@ from backupd.process import STOP_SIGNALS
 from backupd.prune import prune_after_run
 from backupd.report import announce, backup_and_log, tell
 from backupd.schedule import (
+    MISSED_CAP,
     Schedule,
     clock_went_back,
     following_slot,
@@ -287,8 +288,9 @@ class Daemon:
             slot, missed = following_slot(schedule, slot, now)
             if missed:
                 log.warning(
-                    "%s: %d more slot(s) passed meanwhile (suspend or clock jump); ran once",
+                    "%s: %s%d more slot(s) passed meanwhile (suspend or clock jump); ran once",
                     target.name,
+                    "at least " if missed >= MISSED_CAP else "",
                     missed,
                 )
 

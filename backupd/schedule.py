@@ -17,6 +17,7 @@ for the wall clock to catch up; a slot may then repeat by its label.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -25,6 +26,9 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 
 ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 MAX_SLEEP = 30.0  # seconds; the wall clock is re-read at least this often
+MISSED_CAP = 100
+"""Slots missed meanwhile are counted up to this many, one croniter step (about 50 µs) each:
+a jump of months on a seconds schedule is not walked slot by slot on the event loop."""
 BACKWARD_TOLERANCE = timedelta(seconds=60)
 """How far the wall clock may step back without being taken as a jump. NTP steps a clock by
 the offset it measured (ntpd only above 128 ms, chrony's ``makestep`` usually above 1 s), which
@@ -81,15 +85,23 @@ def _exists(wall: datetime, tz: ZoneInfo) -> bool:
     return aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == wall
 
 
-def next_fire(schedule: Schedule, after: datetime) -> datetime:
-    """The first scheduled instant strictly after ``after`` (an aware datetime)."""
+def fires_after(schedule: Schedule, after: datetime) -> Iterator[datetime]:
+    """The scheduled instants strictly after ``after`` (an aware datetime), in order, from one
+    croniter."""
     tz = schedule.tz
     local = after.astimezone(tz).replace(tzinfo=None)
     walls = croniter(schedule.expression, local, second_at_beginning=schedule.seconds_first)
+    latest = after
     while True:
         instant = on_timeline(walls.get_next(datetime), tz)
-        if instant > after:
-            return instant
+        if instant > latest:
+            latest = instant
+            yield instant
+
+
+def next_fire(schedule: Schedule, after: datetime) -> datetime:
+    """The first scheduled instant strictly after ``after`` (an aware datetime)."""
+    return next(fires_after(schedule, after))
 
 
 def previous_fire(schedule: Schedule, at: datetime) -> datetime:
@@ -105,12 +117,16 @@ def previous_fire(schedule: Schedule, at: datetime) -> datetime:
 
 
 def following_slot(schedule: Schedule, scheduled: datetime, now: datetime) -> tuple[datetime, int]:
-    """The slot after ``scheduled`` that is still ahead of ``now``, and how many were missed."""
-    slot = next_fire(schedule, scheduled)
+    """The slot after ``scheduled`` that is still ahead of ``now``, and how many were missed
+    in between, counted up to ``MISSED_CAP``. The slot is found from ``now``, not by walking
+    from ``scheduled``: after a suspend or a jump of months both take bounded time."""
+    slot = next_fire(schedule, max(scheduled, now))
     missed = 0
-    while slot <= now:
-        missed += 1
-        slot = next_fire(schedule, slot)
+    if now > scheduled:
+        for fire in fires_after(schedule, scheduled):
+            if fire > now or missed == MISSED_CAP:
+                break
+            missed += 1
     return slot, missed
 
 
