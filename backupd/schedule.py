@@ -17,6 +17,7 @@ for the wall clock to catch up; a slot may then repeat by its label.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+DRAWN = re.compile(r"(?P<kind>[hr])(\(\d+-\d+\))?(/\d+)?", re.IGNORECASE | re.ASCII)
+"""croniter's ``R`` (random) and ``H`` (hashed) fields, as its ``hash_expression_re`` reads them."""
 ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 MAX_SLEEP = 30.0  # seconds; the wall clock is re-read at least this often
 MISSED_CAP = 100
@@ -60,6 +63,17 @@ def cron_problem(expression: str) -> str | None:
         return (
             f"{text!r} has {len(fields)} fields; use 5 (minute hour day month weekday) "
             "or 6 (second first)"
+        )
+    drawn = [found["kind"].upper() for f in fields if (found := DRAWN.fullmatch(f))]
+    if "R" in drawn:
+        return (
+            f"{text!r} uses R, a random time drawn anew each time the next slot is computed "
+            "(replicas and restarts would not agree on a slot); write the time out"
+        )
+    if drawn:
+        return (
+            f"{text!r} uses H, a time hashed from an id that backupd does not give; "
+            "write the time out"
         )
     try:
         croniter(text, datetime(2000, 1, 1), second_at_beginning=len(fields) == 6).get_next(

@@ -6,6 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from backupd.environment import load_settings
+from backupd.errors import ConfigError
 from backupd.schedule import (
     BACKWARD_TOLERANCE,
     MAX_SLEEP,
@@ -121,6 +123,12 @@ def test_a_daily_job_runs_exactly_once_a_day_across_dst(
         ("* * * * * * *", "has 7 fields"),
         ("0 0 30 2 *", "never fires"),
         ("banana * * * *", "not a valid cron expression"),
+        ("R 2 * * *", "uses R, a random time"),
+        ("0 r * * *", "uses R, a random time"),
+        ("R(0-29)/10 2 * * * *", "uses R, a random time"),
+        ("0 2 * * R", "uses R, a random time"),
+        ("H 2 * * *", "uses H, a time hashed"),
+        ("H(0-29) 2 * * *", "uses H, a time hashed"),
     ],
 )
 def test_bad_expressions_say_why(expression: str, fragment: str) -> None:
@@ -130,7 +138,7 @@ def test_bad_expressions_say_why(expression: str, fragment: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "expression", ["0 */12 * * *", "*/2 * * * * *", "@daily", "0 3 * * mon-fri"]
+    "expression", ["0 */12 * * *", "*/2 * * * * *", "@daily", "0 3 * * mon-fri", "0 2 * * thu"]
 )
 def test_good_expressions_pass(expression: str) -> None:
     assert cron_problem(expression) is None
@@ -230,3 +238,21 @@ def test_a_long_jump_forward_finds_the_next_slot_without_walking_every_missed_on
     assert time.perf_counter() - began < 0.25  # slot by slot, one day of minutes took 1.1 s
     assert following == next_fire(schedule, now)
     assert missed == MISSED_CAP  # "at least"
+
+
+@pytest.mark.parametrize("variable", ["CRON_SCHEDULE", "VERIFY_SCHEDULE"])
+def test_a_random_schedule_is_a_configuration_error_naming_its_variable(variable: str) -> None:
+    env = {
+        "DB_TYPE": "postgres",
+        "DB_HOST": "db",
+        "DB_DATABASE": "app",
+        "DB_USER": "backupd",
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": "/backups",
+        variable: "R 2 * * *",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+
+    assert [problem.split(":")[0] for problem in caught.value.problems] == [variable]
+    assert "uses R, a random time" in caught.value.problems[0]
