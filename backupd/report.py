@@ -9,7 +9,7 @@ from datetime import datetime
 
 from backupd import notify
 from backupd.anomaly import anomalies
-from backupd.backup import TargetRun, run_backup
+from backupd.backup import TargetRun, left_behind, run_backup
 from backupd.config import S3Config, TargetConfig
 from backupd.errors import BackupdError
 from backupd.notify import Report, State
@@ -54,6 +54,7 @@ def reports_of(
                 now,
                 step=step,
                 error=mask(text, hidden),
+                left_behind=_left_behind(error, hidden),
             )
         ]
     reports = [
@@ -79,10 +80,17 @@ def reports_of(
             now,
             step=failure.step,
             error=mask(str(failure), hidden),
+            left_behind=_left_behind(failure, hidden),
         )
         for database, failure in run.failures
     ]
     return reports
+
+
+def _left_behind(error: BaseException | None, hidden: list[str]) -> str | None:
+    """What the failed run left in the storage (``backup.left_behind``), secrets masked."""
+    left = None if error is None else left_behind(error)
+    return None if left is None else mask(left, hidden)
 
 
 async def judged(

@@ -8,9 +8,14 @@ from email.utils import parsedate_to_datetime
 import aiosmtplib
 import pytest
 
+from backupd.backup import LEFT_BEHIND, TargetRun
 from backupd.config import EmailConfig
+from backupd.environment import load_target
+from backupd.errors import StorageError
 from backupd.notify.base import Report, State
 from backupd.notify.email import _why, body, check_message, compose
+from backupd.report import reports_of
+from tests.unit.test_config import MINIMAL
 
 
 def mail_config(**extra: str) -> EmailConfig:
@@ -112,3 +117,20 @@ def test_a_database_named_with_a_line_break_gets_its_mail_with_the_break_escaped
 
     assert "line1\\nBcc: evil@example.com" in message["Subject"]
     assert message["Bcc"] is None and b"\nBcc:" not in sent
+
+
+def test_what_a_failed_run_left_behind_reaches_its_report_masked() -> None:
+    target = load_target(MINIMAL)
+    error = StorageError("upload refused")
+    error.add_note(LEFT_BEHIND + "this run's object k.dump could not be removed (pw-Secret-42)")
+    run = TargetRun(target.name, failures=[("app", error)])
+
+    (report,) = reports_of(target, run)
+    (whole,) = reports_of(target, None, error)
+    (clean,) = reports_of(target, TargetRun(target.name, failures=[("app", StorageError("x"))]))
+
+    assert report.left_behind == whole.left_behind
+    assert report.left_behind is not None
+    assert report.left_behind.startswith("this run's object k.dump could not be removed")
+    assert "pw-Secret-42" not in report.left_behind
+    assert clean.left_behind is None
