@@ -14,15 +14,30 @@ Needed only for dumps whose SQL names the original database at its top level:
 The same words inside a routine body (between ``DELIMITER ;;`` lines), inside a string literal
 spanning lines, or inside a comment are part of another statement and pass untouched.
 
-The scanner follows the client's lexical rules: ``'…'`` and ``"…"`` with backslash escapes and
-doubled quotes, ```…``` with doubled backticks, ``-- `` and ``#`` comments to the end of the
-line, ``/* … */`` comments (``/*! … */`` too), and ``DELIMITER`` at the start of a statement.
+The scanner follows the client's lexical rules (``add_line`` in MariaDB's client/mysql.cc):
+``'…'`` and ``"…"`` with doubled quotes, ```…``` with doubled backticks, ``-- `` and ``#``
+comments to the end of the line, ``/* … */`` comments, and ``DELIMITER`` at the start of a
+statement. An executable comment (``/*!50003 … */``, ``/*M!100101 … */``) is no comment to the
+client: its text is read as code, so a ``*/`` inside a string in it (a trigger's
+``'/* note */'``) ends nothing, and its delimiter ends the statement.
+
+A backslash escapes the next character in ``'…'``, and in ``"…"`` unless ANSI_QUOTES makes
+that an identifier, unless the session's sql_mode has NO_BACKSLASH_ESCAPES: the client asks
+the server's status after each statement, and the server parses so. The dump sets the sql_mode
+itself (``/*!40101 SET SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */`` at its top; around each routine,
+trigger and event, the mode it was created under, saved and restored through a user variable),
+so the scanner follows the dump's own top-level ``SET`` statements: ``sql_mode = '…'``,
+``= @@sql_mode``, ``= @var``, and ``@var = …``. A value it cannot know (``DEFAULT``, an
+expression) counts as the server's usual default, backslash escapes on; so does the session
+before the dump's first ``SET``.
+
 It works on a stream cut anywhere and keeps at most one short token across a cut.
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 _NORMAL, _QUOTE, _LINE_COMMENT, _BLOCK_COMMENT = range(4)
 _DROPPED = re.compile(rb"(?i)(?:create\s+(?:database|schema)\b|use[\s`])")
@@ -30,6 +45,22 @@ _DELIMITER = re.compile(rb"(?i)delimiter[ \t]+(\S+)[^\n]*(?:\n|$)")
 _LEADING = re.compile(rb"(?:\s+|--[ \t][^\n]*\n|--\n|#[^\n]*\n)+")
 _HEAD = 16  # bytes enough to recognise the start of a statement
 _ALTER = re.compile(rb"(?i:alter\s+(?:database|schema))\s+")
+_SET = re.compile(rb"(?i)(?:/\*M?!\d*\s*)?set\b")  # a SET statement, maybe in /*!NNNNN
+_SET_LIMIT = 1 << 16  # a longer SET statement is not read for the sql_mode it sets
+_LOOK = 4  # bytes enough to tell "/*M!" from "/*", or to see a short delimiter whole
+
+
+class SqlMode(NamedTuple):
+    """What of a session's sql_mode changes where a string ends."""
+
+    no_backslash_escapes: bool = False
+    ansi_quotes: bool = False
+
+    def escapes(self, quote: bytes) -> bool:
+        """Whether a backslash escapes the next character inside ``quote``."""
+        if self.no_backslash_escapes or quote == b"`":
+            return False
+        return quote == b"'" or not self.ansi_quotes
 
 
 def quoted_name(name: str) -> bytes:
@@ -56,6 +87,9 @@ class DatabaseStatementFilter:
         self._delimiter = b";"
         self._at_start = True
         self._dropping = False
+        self._mode = SqlMode()
+        self._variables: dict[bytes, SqlMode | None] = {}
+        self._set: list[bytes] | None = None  # the SET statement being read
 
     def feed(self, data: bytes) -> bytes:
         return self._run(self._carry + data, eof=False)
@@ -71,15 +105,29 @@ class DatabaseStatementFilter:
                 step = self._statement_start(buffer, position, eof, out)
             else:
                 step = self._advance(buffer, position, eof)
-                if step is not None and not self._dropping:
-                    out.append(buffer[position:step])
-                elif step is not None and self._at_start:
-                    self._dropping = False  # the dropped statement ended at its delimiter
+                if step is not None:
+                    self._took(buffer[position:step], out)
             if step is None:
                 break
             position = step
         self._carry = buffer[position:]
         return b"".join(out)
+
+    def _took(self, token: bytes, out: list[bytes]) -> None:
+        """Pass (or drop) a piece of a statement; read a SET statement once it ends."""
+        if not self._dropping:
+            out.append(token)
+        elif self._at_start:
+            self._dropping = False  # the dropped statement ended at its delimiter
+        if self._set is None:
+            return
+        self._set.append(token)
+        if sum(map(len, self._set)) > _SET_LIMIT:
+            self._set = None
+        elif self._at_start:
+            text = b"".join(self._set).removesuffix(self._delimiter)
+            self._set = None
+            self._mode = set_statement(text, self._mode, self._variables)
 
     def _statement_start(
         self, buffer: bytes, position: int, eof: bool, out: list[bytes]
@@ -112,6 +160,7 @@ class DatabaseStatementFilter:
                 return alter.end()
         self._at_start = False
         self._dropping = _DROPPED.match(buffer, position) is not None
+        self._set = [] if _SET.match(buffer, position) is not None else None
         return position
 
     def _advance(self, buffer: bytes, position: int, eof: bool) -> int | None:
@@ -138,7 +187,7 @@ class DatabaseStatementFilter:
         quote = self._quote
         index = position
         while True:
-            found = _next_of(buffer, index, quote, b"\\" if quote != b"`" else b"")
+            found = _next_of(buffer, index, quote, b"\\" if self._mode.escapes(quote) else b"")
             if found < 0:
                 return len(buffer) if len(buffer) > position else None
             if buffer[found : found + 1] == b"\\":
@@ -159,8 +208,8 @@ class DatabaseStatementFilter:
         pattern = _special(self._delimiter)
         while (found := pattern.search(buffer, index)) is not None:
             index = found.start()
-            if not eof and len(buffer) - index < max(len(self._delimiter), 2):
-                # A delimiter, `--` or `/*` may be cut here.
+            if not eof and len(buffer) - index < max(len(self._delimiter), _LOOK):
+                # A delimiter, `--`, `/*` or `/*M!` may be cut here.
                 return index if index > position else None
             if buffer.startswith(self._delimiter, index):
                 self._at_start = True
@@ -174,6 +223,8 @@ class DatabaseStatementFilter:
             ):
                 self._state = _LINE_COMMENT
                 return index + 1
+            if buffer.startswith((b"/*!", b"/*M!"), index):
+                return index + (3 if buffer[index + 2] == ord("!") else 4)  # read as code
             if buffer.startswith(b"/*", index):
                 self._state = _BLOCK_COMMENT
                 return index + 2
@@ -207,3 +258,86 @@ def _next_of(buffer: bytes, start: int, first: bytes, second: bytes) -> int:
 def _space_or_end(buffer: bytes, index: int) -> bool:
     """``--`` starts a comment only before white space or a control character."""
     return index >= len(buffer) or buffer[index] <= 0x20
+
+
+# Modes that include ANSI_QUOTES (MariaDB's sql_mode documentation, "Combination modes").
+_ANSI_QUOTING = {b"ANSI_QUOTES", b"ANSI", b"DB2", b"MAXDB", b"MSSQL", b"ORACLE", b"POSTGRESQL"}
+_SESSION_MODE = {b"sql_mode", b"@@sql_mode", b"@@session.sql_mode", b"@@local.sql_mode"}
+_SCOPES = {b"session", b"local", b"global"}
+_SET_TOKENS: dict[SqlMode, re.Pattern[bytes]] = {}
+
+
+def set_statement(
+    statement: bytes, mode: SqlMode, variables: dict[bytes, SqlMode | None]
+) -> SqlMode:
+    """The session's sql_mode after the ``SET`` statement ``statement``, run under ``mode``;
+    ``variables`` (user variables holding an sql_mode, None for any other value) is updated.
+    Every value is read before any is assigned, as the server does
+    (``SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO'``)."""
+    tokens = _set_tokens(mode).findall(statement)
+    words = [token for token in tokens if token]
+    head = [word.lower() for word in words[:2]]
+    if head[:1] != [b"set"] or head == [b"set", b"statement"]:
+        return mode  # SET STATEMENT … FOR changes one statement only
+    session, assigned, scope = mode, dict[bytes, SqlMode | None](), b"session"
+    for target, value in _assignments(words[1:]):
+        names = [word.lower() for word in target]
+        if names and names[0] in _SCOPES:
+            scope, names = names[0], names[1:]
+        if len(names) != 1:
+            continue
+        name = names[0]
+        if name.startswith(b"@") and not name.startswith(b"@@"):
+            assigned[name] = _mode_value(value, mode, variables)
+        elif name in _SESSION_MODE and (scope != b"global" or name.startswith(b"@@")):
+            session = _mode_value(value, mode, variables) or SqlMode()
+    variables.update(assigned)
+    return session
+
+
+def _set_tokens(mode: SqlMode) -> re.Pattern[bytes]:
+    """Tokens of a SET statement as the server reads them under ``mode``; comments, white
+    space and the markers of executable comments come out empty."""
+    if mode not in _SET_TOKENS:
+        single = rb"'(?:[^'\\]|\\.|'')*'" if mode.escapes(b"'") else rb"'(?:[^']|'')*'"
+        double = rb'"(?:[^"\\]|\\.|"")*"' if mode.escapes(b'"') else rb'"(?:[^"]|"")*"'
+        _SET_TOKENS[mode] = re.compile(
+            rb"(?s)(?:\s+|/\*M?!\d*|\*/|/\*.*?\*/|(?:--(?=\s)|#)[^\n]*)"
+            rb"|(@@?(?:[\w$.]+|`(?:[^`]|``)*`|" + single + rb")"
+            rb"|" + single + rb"|" + double + rb"|`(?:[^`]|``)*`|[\w$]+|:=|.)"
+        )
+    return _SET_TOKENS[mode]
+
+
+def _assignments(words: list[bytes]) -> list[tuple[list[bytes], list[bytes]]]:
+    """``target = value`` pairs of a SET statement's words, split at top-level commas."""
+    pairs: list[tuple[list[bytes], list[bytes]]] = []
+    piece: list[bytes] = []
+    depth = 0
+    for word in [*words, b","]:
+        depth += {b"(": 1, b")": -1}.get(word, 0)
+        if word != b"," or depth:
+            piece.append(word)
+            continue
+        equals = next((i for i, w in enumerate(piece) if w in (b"=", b":=")), None)
+        if equals is not None:
+            pairs.append((piece[:equals], piece[equals + 1 :]))
+        piece = []
+    return pairs
+
+
+def _mode_value(
+    value: list[bytes], mode: SqlMode, variables: dict[bytes, SqlMode | None]
+) -> SqlMode | None:
+    """The sql_mode a SET value names, or None when it is not one this reader can know."""
+    if len(value) != 1:
+        return None
+    word = value[0].lower()
+    if word[:1] == b"'" or (word[:1] == b'"' and not mode.ansi_quotes):
+        names = {name.strip() for name in word[1:-1].upper().split(b",")}
+        return SqlMode(b"NO_BACKSLASH_ESCAPES" in names, bool(names & _ANSI_QUOTING))
+    if word in _SESSION_MODE - {b"sql_mode"}:
+        return mode
+    if word.startswith(b"@") and not word.startswith(b"@@"):
+        return variables.get(word)
+    return None

@@ -313,6 +313,58 @@ def test_routines_made_under_another_default_collation_restore_under_a_new_name(
     assert mariadb_objects(mariadb, again) == original
 
 
+def test_a_restore_under_a_new_name_leaves_the_original_alone_whatever_the_routines_hold(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    """The reader renaming the dump's ALTER DATABASE statements must read strings as the
+    server does: 'C:\\' is a whole string in a procedure made under NO_BACKSLASH_ESCAPES (the
+    dump sets that mode before it), and a trigger's '/* note */' inside the dump's
+    /*!50003 … */ ends no comment. A reader that lost step there left the later statements
+    naming the original database: the restore altered it, or failed where it did not exist."""
+    database = unique("modes")
+    mariadb.root_sql(f"CREATE DATABASE `{database}` CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+    mariadb.root_sql(
+        "CREATE TABLE t (id INT, s TEXT);\n"
+        "SET sql_mode = 'NO_BACKSLASH_ESCAPES';\n"
+        "CREATE PROCEDURE a1() SELECT 'C:\\';\n"
+        "SET sql_mode = DEFAULT;\n"
+        "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW"
+        " SET NEW.s = CONCAT('/* note */ x', NEW.s);\n",
+        database,
+    )
+    mariadb.root_sql(
+        f"ALTER DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    )
+    mariadb.root_sql("CREATE PROCEDURE b1() SELECT 1;", database)
+
+    def original() -> tuple[str, str]:
+        return mariadb.root_sql(f"SHOW CREATE DATABASE `{database}`"), mariadb_objects(
+            mariadb, database
+        )
+
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    dumped, properties = mariadb.plain_dump(database), mariadb_properties(mariadb, database)
+    mariadb.root_sql(f"ALTER DATABASE `{database}` COLLATE utf8mb4_bin")  # after the backup
+    before = original()
+    assert before[1].count("latin1_swedish_ci") == 2 and "C:\\" in before[1]
+
+    copy = unique("copy")
+    ok("restore", "--into", copy, env=env)
+
+    assert original() == before
+    assert mariadb_objects(mariadb, copy) == before[1]
+    assert mariadb_properties(mariadb, copy) == properties
+    assert "utf8mb4_unicode_ci" in properties
+    assert mariadb.plain_dump(copy).replace(copy, database) == dumped
+
+    mariadb.root_sql(f"DROP DATABASE `{database}`")  # a server without the original
+    again = unique("copy")
+    ok("restore", "--into", again, env=env)
+    assert mariadb_objects(mariadb, again) == before[1]
+    assert not mariadb.root_sql(f"SHOW DATABASES LIKE '{database}'")
+
+
 def test_an_object_made_with_databases_by_an_older_release_restores_under_a_new_name(
     mariadb: MariaDBServer, s3: Any, moto_url: str, bucket: str
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backupd.sources.mysql_script import DatabaseStatementFilter
+from backupd.sources.mysql_script import DatabaseStatementFilter, SqlMode, set_statement
 
 HEADER = (
     b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `shop` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n"
@@ -97,3 +97,109 @@ def test_renames_the_database_in_exactly_the_top_level_alter_database_statements
     assert out + statements.flush() == RENAMED
     # two strings, the body, a comment, `shop``s` and the ALTER TABLE keep theirs
     assert RENAMED.count(b"`shop`") == 6
+
+
+# As mariadb-dump writes a database whose default collation changed after a trigger and a
+# procedure were created: the trigger inside an executable comment with "*/" in a string, the
+# procedure under NO_BACKSLASH_ESCAPES (its 'C:\' is a whole string to the server).
+MODES = rb"""/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */;
+ALTER DATABASE `shop` CHARACTER SET latin1 COLLATE latin1_swedish_ci ;
+/*!50003 SET @saved_sql_mode       = @@sql_mode */ ;
+/*!50003 SET sql_mode              = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION' */ ;
+DELIMITER ;;
+/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER tr BEFORE INSERT
+ON t FOR EACH ROW SET NEW.s = CONCAT('/* note */ x', NEW.s)
+*/;;
+DELIMITER ;
+/*!50003 SET sql_mode              = @saved_sql_mode */ ;
+ALTER DATABASE `shop` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci ;
+/*!50003 SET @saved_sql_mode       = @@sql_mode */ ;
+/*!50003 SET sql_mode              = 'NO_BACKSLASH_ESCAPES' */ ;
+ALTER DATABASE `shop` CHARACTER SET latin1 COLLATE latin1_swedish_ci ;
+DELIMITER ;;
+CREATE DEFINER=`root`@`localhost` PROCEDURE `a1`()
+SELECT 'C:\', "D:\"
+;;
+DELIMITER ;
+/*!50003 SET sql_mode              = @saved_sql_mode */ ;
+ALTER DATABASE `shop` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci ;
+INSERT INTO t VALUES ('it\'s; ALTER DATABASE `shop` CHARACTER SET ascii ;');
+/*!50003 SET sql_mode              = 'ANSI_QUOTES' */ ;
+ALTER DATABASE `shop` CHARACTER SET latin1 COLLATE latin1_swedish_ci ;
+DELIMITER ;;
+CREATE PROCEDURE p() SELECT 'it\'s', 1 AS "col\"
+;;
+DELIMITER ;
+/*!40101 SET SQL_MODE=@OLD_SQL_MODE */;
+ALTER DATABASE `shop` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci ;
+INSERT INTO t VALUES ("it\"s; ALTER DATABASE `shop` CHARACTER SET ascii ;");
+"""
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 5, 7, 11, 16, 17, 64, 100, len(MODES)])
+def test_strings_are_read_under_the_sql_mode_the_dump_sets_and_inside_executable_comments(
+    cut: int,
+) -> None:
+    """A backslash ends no string under NO_BACKSLASH_ESCAPES (nor in "…" under ANSI_QUOTES),
+    and a "*/" inside a string in /*!50003 … */ ends no comment: a reader that lost step there
+    left every later ALTER DATABASE naming the original database."""
+    statements = DatabaseStatementFilter(rename=("shop", "copy"))
+    out = b"".join(statements.feed(MODES[i : i + cut]) for i in range(0, len(MODES), cut))
+    assert out + statements.flush() == MODES.replace(
+        b"ALTER DATABASE `shop` CHARACTER", b"ALTER DATABASE `copy` CHARACTER"
+    ).replace(b"it\\'s; ALTER DATABASE `copy`", b"it\\'s; ALTER DATABASE `shop`").replace(
+        b'it\\"s; ALTER DATABASE `copy`', b'it\\"s; ALTER DATABASE `shop`'
+    )
+    assert MODES.count(b"ALTER DATABASE `shop` CHARACTER") == 8  # six statements, two strings
+
+
+OFF = SqlMode(no_backslash_escapes=True)
+ANSI = SqlMode(ansi_quotes=True)
+BOTH = SqlMode(no_backslash_escapes=True, ansi_quotes=True)
+
+
+@pytest.mark.parametrize(
+    ("statement", "before", "variables", "after", "afterwards"),
+    [
+        (b"SET sql_mode = 'NO_BACKSLASH_ESCAPES'", SqlMode(), {}, OFF, {}),
+        (b"/*!50003 SET sql_mode = 'no_backslash_escapes,ANSI' */ ", SqlMode(), {}, BOTH, {}),
+        (b"set SESSION sql_mode := 'ORACLE'", SqlMode(), {}, ANSI, {}),
+        (b'SET @@session.sql_mode = "POSTGRESQL"', SqlMode(), {}, ANSI, {}),
+        (b"SET @@local.SQL_MODE = '', @a = 1", OFF, {}, SqlMode(), {b"@a": None}),
+        (b"/*!50003 SET @saved_sql_mode = @@sql_mode */", OFF, {}, OFF, {b"@saved_sql_mode": OFF}),
+        (
+            b"/*!50003 SET sql_mode = @saved_sql_mode */",
+            SqlMode(),
+            {b"@saved_sql_mode": OFF},
+            OFF,
+            None,
+        ),
+        (b"SET sql_mode = @never_set", OFF, {}, SqlMode(), {}),
+        (
+            b"/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */",
+            OFF,
+            {},
+            SqlMode(),
+            {b"@old_sql_mode": OFF},
+        ),
+        (b"SET GLOBAL sql_mode = 'NO_BACKSLASH_ESCAPES'", SqlMode(), {}, SqlMode(), {}),
+        (b"SET @@global.sql_mode = 'ANSI', character_set_client = utf8mb4", OFF, {}, OFF, {}),
+        (b"SET sql_mode = DEFAULT", OFF, {}, SqlMode(), {}),
+        (b"SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')", OFF, {}, SqlMode(), {}),
+        (b"SET STATEMENT sql_mode = 'ANSI' FOR SELECT 1", OFF, {}, OFF, {}),
+        (b"SET NAMES utf8mb4", OFF, {}, OFF, {}),
+        (b"SET @a = 'C:\\', sql_mode = 'ANSI'", OFF, {}, ANSI, None),  # 'C:\' ends at '
+        (b"SET @a = 'C:\\', sql_mode = 'ANSI'", SqlMode(), {}, SqlMode(), None),  # and here not
+        (b"SET /* sql_mode = 'ANSI' */ @c = 'ANSI' -- sql_mode = 'ANSI'\n", OFF, {}, OFF, None),
+    ],
+)
+def test_the_sql_mode_a_set_statement_leaves(
+    statement: bytes,
+    before: SqlMode,
+    variables: dict[bytes, SqlMode | None],
+    after: SqlMode,
+    afterwards: dict[bytes, SqlMode | None] | None,
+) -> None:
+    assert set_statement(statement, before, variables) == after
+    if afterwards is not None:
+        assert variables == afterwards
