@@ -365,6 +365,32 @@ def test_a_restore_under_a_new_name_leaves_the_original_alone_whatever_the_routi
     assert not mariadb.root_sql(f"SHOW DATABASES LIKE '{database}'")
 
 
+def test_a_table_whose_column_defaults_to_a_sequence_takes_its_rows_back(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    """mariadb-dump's LOCK TABLES `t` WRITE around a table's rows left out the sequence its
+    DEFAULT NEXTVAL(…) names: the INSERT failed (ERROR 1100, "was not locked")."""
+    database = unique("seq")
+    mariadb.root_sql(f"CREATE DATABASE `{database}`")
+    mariadb.root_sql(
+        "CREATE SEQUENCE z_seq START WITH 500;\n"
+        "CREATE TABLE a_tab (id BIGINT DEFAULT NEXTVAL(z_seq) PRIMARY KEY, v INT);\n"
+        "INSERT INTO a_tab (v) VALUES (1), (2);\n",
+        database,
+    )
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    copy = unique("copy")
+
+    ok("restore", "--into", copy, env=env)
+
+    rows = "SELECT id, v FROM `{}`.a_tab ORDER BY id"
+    assert mariadb.root_sql(rows.format(copy)) == "500\t1\n501\t2\n"
+    assert mariadb_checksums(mariadb, copy, "a_tab") == mariadb_checksums(
+        mariadb, database, "a_tab"
+    )
+
+
 def test_an_object_made_with_databases_by_an_older_release_restores_under_a_new_name(
     mariadb: MariaDBServer, s3: Any, moto_url: str, bucket: str
 ) -> None:
