@@ -286,11 +286,11 @@ async def _into_database(
     if (problem := name_problem(target.database.engine, into)) is not None:
         raise RestoreError(problem)
     source = source_for(target)
-    if into == backup.database and not request.clean:
+    state = await source.database_state(into)
+    if into == backup.database and state == "in use" and not request.clean:
         raise RestoreError(
             f"--into {into} is the backed-up database itself; add --clean to overwrite it"
         )
-    state = await source.database_state(into)
     if state == "in use" and not request.clean:
         raise RestoreError(f"database {into!r} exists and is not empty; add --clean to replace it")
     if isinstance(source, FileSource):

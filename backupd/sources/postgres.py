@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 _VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
 _MISMATCH = re.compile(r"server version: ([\d.]+)[^;]*; pg_dump version: ([\d.]+)")
 PSQL_CONNECTION_FAILED = 2
-_MISSING = re.compile(r'database "((?:[^"]|"")*)" does not exist')
+# Said by the server when a login names what it lacks (``FATAL``), never by a statement
+# (``ERROR``): a restore's ``GRANT ... TO carol`` naming a missing role is no login failure.
+_MISSING = re.compile(r'FATAL:\s+database "((?:[^"]|"")*)" does not exist')
+_NO_LOGIN_ROLE = re.compile(r'FATAL:\s+role "(?:[^"]|"")*" does not exist')
+_NO_ROLE = re.compile(r'ERROR:\s+role "((?:[^"]|"")*)" does not exist')
 # Settings whose value is a list of quoted items (pg_dump's variable_is_guc_list_quote).
 LIST_SETTINGS = frozenset(
     {
@@ -77,7 +81,6 @@ _CONNECT_FAILURES = (
     "connection to server",
     "could not translate host name",
     "no password supplied",
-    "does not exist",
     "timeout expired",
     "pg_hba.conf",
 )
@@ -496,8 +499,16 @@ class PostgresSource:
             return version_problem(mismatch.group(1), mismatch.group(2))
         if (missing := _MISSING.search(stderr)) is not None:
             return missing_database(self.config, missing.group(1).replace('""', '"'))
-        if any(marker in stderr for marker in _CONNECT_FAILURES):
+        if _NO_LOGIN_ROLE.search(stderr) or any(m in stderr for m in _CONNECT_FAILURES):
             return f"cannot log in to PostgreSQL at {self._where()}"
+        if (role := _NO_ROLE.search(stderr)) is not None:
+            name = role.group(1).replace('""', '"')
+            return (
+                f"role {name} does not exist on {self.config.host}:{self.config.effective_port}"
+                " and the backup names it (a grant, a policy, default privileges): create it"
+                " there (a DB_DATABASE=* backup's globals object holds the roles) and restore"
+                " again, or restore onto a server that has it"
+            )
         return None
 
     def _where(self) -> str:

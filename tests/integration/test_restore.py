@@ -295,6 +295,22 @@ def test_a_non_empty_database_is_replaced_only_with_clean(
     assert pg.plain_dump(occupied) == pg.plain_dump(database)
 
 
+def test_a_dropped_database_is_restored_under_its_own_name_without_clean(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """--clean guards the backed-up database itself: once it is gone, nothing is overwritten."""
+    database = unique("gone")
+    pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (8);")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    pg.psql(f"DROP DATABASE {database}")
+
+    result = run_backupd("restore", "--into", database, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert pg.psql("SELECT n FROM t", database) == "8\n"
+
+
 def test_to_file_writes_a_dump_the_stock_tools_accept(
     mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str, tmp_path: Path
 ) -> None:

@@ -129,6 +129,49 @@ def test_running_out_of_lock_slots_names_the_server_setting() -> None:
     assert "raise max_locks_per_transaction on the server" in hint
 
 
+@pytest.mark.parametrize(
+    ("stderr", "hint"),
+    [
+        (
+            'pg_restore: error: could not execute query: ERROR:  role "carol" does not exist\n'
+            "Command was: GRANT SELECT ON TABLE public.t TO carol;",
+            "role carol does not exist on db.example:5432 and the backup names it",
+        ),
+        (
+            'psql: error: connection to server at "db.example" (10.0.0.5), port 5432 failed: '
+            'FATAL:  role "backupd" does not exist',
+            "cannot log in to PostgreSQL at db.example:5432 as backupd",
+        ),
+        (
+            'pg_dump: error: connection to server at "db.example", port 5432 failed: '
+            'FATAL:  database "sh""op" does not exist',
+            'database sh"op does not exist on db.example:5432',
+        ),
+        (
+            'pg_restore: error: could not execute query: ERROR:  schema "app" does not exist\n'
+            "Command was: CREATE TABLE app.t (n integer);",
+            None,
+        ),
+        (
+            'pg_restore: error: could not execute query: ERROR:  database "old" does not exist'
+            "\nCommand was: ALTER DATABASE old SET work_mem TO '8MB';",
+            None,
+        ),
+    ],
+)
+def test_only_a_login_that_names_something_missing_is_a_login_failure(
+    stderr: str, hint: str | None
+) -> None:
+    """A statement failing with "does not exist" is the restore's own failure, not the
+    login's: a missing role it grants to is named, with what to do."""
+    said = PostgresSource(database(DB_HOST="db.example", DB_USER="backupd")).explain_failure(stderr)
+    if hint is None:
+        assert said is None
+    else:
+        assert said is not None
+        assert said.startswith(hint), said
+
+
 def test_option_file_quotes_the_password_so_a_parser_reads_it_back() -> None:
     text = option_file(PASSWORD).decode()
     assert text.startswith("[client]\n")
