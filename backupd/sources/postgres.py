@@ -75,6 +75,43 @@ SELECT json_build_object(
         WHERE s.setdatabase = d.oid), '[]'::json)
 )::text FROM pg_database d WHERE d.datname = current_database()
 """
+# What a restore would collide with or be mixed with: any relation outside the system schemas
+# (an extension's tables too: their rows would mix), any large object, and every object
+# created after initdb (oid >= FirstNormalObjectId, 16384) of the other catalogs a dump fills
+# (schemas, routines, types, operators, casts, text search, foreign data, event triggers,
+# publications, default privileges), except those made along with another (an array type,
+# a table's row type: pg_depend ``i``) or by an extension (``e``). Extensions themselves do not
+# count: pg_dump creates them IF NOT EXISTS. The catalogs are those of PostgreSQL 10 on.
+IN_USE_QUERY = r"""
+SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\_toast%')
+     + (SELECT count(*) FROM pg_largeobject_metadata)
+     + (SELECT count(*) FROM (
+            SELECT 'pg_namespace'::regclass AS classid, oid FROM pg_namespace
+             WHERE nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%'
+            UNION ALL SELECT 'pg_proc'::regclass, oid FROM pg_proc
+            UNION ALL SELECT 'pg_type'::regclass, oid FROM pg_type
+            UNION ALL SELECT 'pg_operator'::regclass, oid FROM pg_operator
+            UNION ALL SELECT 'pg_opclass'::regclass, oid FROM pg_opclass
+            UNION ALL SELECT 'pg_opfamily'::regclass, oid FROM pg_opfamily
+            UNION ALL SELECT 'pg_collation'::regclass, oid FROM pg_collation
+            UNION ALL SELECT 'pg_conversion'::regclass, oid FROM pg_conversion
+            UNION ALL SELECT 'pg_cast'::regclass, oid FROM pg_cast
+            UNION ALL SELECT 'pg_language'::regclass, oid FROM pg_language
+            UNION ALL SELECT 'pg_ts_config'::regclass, oid FROM pg_ts_config
+            UNION ALL SELECT 'pg_ts_dict'::regclass, oid FROM pg_ts_dict
+            UNION ALL SELECT 'pg_ts_parser'::regclass, oid FROM pg_ts_parser
+            UNION ALL SELECT 'pg_ts_template'::regclass, oid FROM pg_ts_template
+            UNION ALL SELECT 'pg_foreign_data_wrapper'::regclass, oid FROM pg_foreign_data_wrapper
+            UNION ALL SELECT 'pg_foreign_server'::regclass, oid FROM pg_foreign_server
+            UNION ALL SELECT 'pg_event_trigger'::regclass, oid FROM pg_event_trigger
+            UNION ALL SELECT 'pg_publication'::regclass, oid FROM pg_publication
+            UNION ALL SELECT 'pg_default_acl'::regclass, oid FROM pg_default_acl
+        ) o WHERE o.oid >= 16384 AND NOT EXISTS (
+            SELECT 1 FROM pg_depend d WHERE d.classid = o.classid AND d.objid = o.oid
+               AND d.deptype IN ('e', 'i')))
+"""
 _CONNECT_FAILURES = (
     "password authentication failed",
     "could not connect",
@@ -520,12 +557,7 @@ class PostgresSource:
         )
         if not found:
             return "missing"
-        objects = await self._query(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
-            " AND n.nspname NOT LIKE 'pg_toast%'",
-            database,
-        )
+        objects = await self._query(IN_USE_QUERY, database)
         return "empty" if objects == ["0"] else "in use"
 
     async def create_database(self, database: str, properties: dict[str, Any]) -> list[str]:

@@ -311,6 +311,39 @@ def test_a_dropped_database_is_restored_under_its_own_name_without_clean(
     assert pg.psql("SELECT n FROM t", database) == "8\n"
 
 
+def test_a_database_holding_only_a_schema_routines_or_types_is_in_use(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """A database without tables is not empty when it holds what a restore would collide with
+    or be mixed with; an extension alone (pg_dump creates it IF NOT EXISTS) is no such thing."""
+    database = unique("source")
+    pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    occupied = {
+        "schema": "CREATE SCHEMA app;",
+        "function": "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+        "type": "CREATE TYPE mood AS ENUM ('ok');",
+        "large object": "SELECT lo_from_bytea(0, 'x');",
+    }
+    for what, sql in occupied.items():
+        name = unique("occupied")
+        pg.create_database(name, sql)
+
+        refused = run_backupd("restore", "--into", name, env=env)
+
+        assert refused.returncode == 1, what
+        assert "is not empty; add --clean" in refused.stdout, what
+        assert pg.psql("SELECT count(*) FROM pg_class WHERE relname = 't'", name) == "0\n"
+    with_extension = unique("extension")
+    pg.create_database(with_extension, "CREATE EXTENSION citext;")
+
+    ok = run_backupd("restore", "--into", with_extension, env=env)
+
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert pg.psql("SELECT n FROM t", with_extension) == "1\n"
+
+
 def test_to_file_writes_a_dump_the_stock_tools_accept(
     mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
