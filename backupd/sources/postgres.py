@@ -352,6 +352,39 @@ def property_statements(database: str, properties: dict[str, Any]) -> list[tuple
     return statements
 
 
+def _fixed_properties(properties: dict[str, Any]) -> dict[str, Any]:
+    """What CREATE DATABASE fixes, from a ``properties``-shaped record (``encoding`` by name,
+    ``row`` the pg_database row as JSON), under the row's column names; the ICU or builtin
+    locale under the name the row gives it (``daticulocale`` before 17, ``datlocale`` from)."""
+    row = properties.get("row") or {}
+    fixed = {"encoding": properties.get("encoding")}
+    fixed |= {name: row.get(name) for name in ("datcollate", "datctype")}
+    fixed["datlocprovider"] = row.get("datlocprovider", "c" if row else None)  # libc before 15
+    locale_name = "daticulocale" if "daticulocale" in row else "datlocale"
+    fixed[locale_name] = row.get("datlocale") or row.get("daticulocale")
+    return fixed
+
+
+def creation_differences(
+    recorded: dict[str, Any], actual: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """(name, recorded, actual) for each property fixed at creation that an existing database
+    (``actual``, shaped as ``recorded``) has otherwise; what the backup did not record (a
+    server before 15 has no provider) is not compared."""
+    want, have = _fixed_properties(recorded), _fixed_properties(actual)
+    have_locale = have.get("datlocale", have.get("daticulocale"))
+    differences = []
+    for name, value in want.items():
+        present = have_locale if name in ("datlocale", "daticulocale") else have.get(name)
+        if value is not None and present != value:
+            differences.append((name, value, present))
+    return differences
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else repr(value)
+
+
 DATABASE_PRIVILEGES = frozenset({"CREATE", "CONNECT", "TEMPORARY"})
 
 
@@ -638,24 +671,24 @@ class PostgresSource:
         return problems
 
     async def _fixed_at_creation(self, database: str, properties: dict[str, Any]) -> list[str]:
-        """Encoding and locale cannot change after CREATE DATABASE: say so where a database
-        that already existed differs from the recorded ones."""
+        """Encoding, locale and locale provider cannot change after CREATE DATABASE: say so
+        where a database that already existed differs from the recorded ones. The server's
+        row is read whole, whatever its version has (``datlocprovider`` and ``daticulocale``
+        from PostgreSQL 15, renamed ``datlocale`` in 17)."""
         if not properties:
             return []
         rows = await self._query(
-            "SELECT json_build_object('encoding', pg_encoding_to_char(encoding),"
-            " 'datcollate', datcollate, 'datctype', datctype)::text"
-            f" FROM pg_database WHERE datname = {pg_literal(database)}",
+            "SELECT json_build_object('encoding', pg_encoding_to_char(d.encoding),"
+            " 'row', to_jsonb(d) - 'datacl')::text"
+            f" FROM pg_database d WHERE d.datname = {pg_literal(database)}",
             "postgres",
         )
-        actual = json.loads(rows[0]) if rows else {}
-        # The row's own "encoding" is pg_database's number; the recorded name is compared.
-        recorded = {**(properties.get("row") or {}), "encoding": properties.get("encoding")}
+        found = json.loads(rows[0]) if rows else {}
         return [
-            f"{database} keeps its {name} {actual[name]!r}; the backup recorded {recorded[name]!r}"
-            " (fixed when a database is created: restore with --clean to re-create it)"
-            for name in ("encoding", "datcollate", "datctype")
-            if recorded.get(name) is not None and actual.get(name) != recorded[name]
+            f"{database} keeps its {name} {_shown(actual)}; the backup recorded"
+            f" {_shown(recorded)} (fixed when a database is created: restore with --clean to"
+            " re-create it)"
+            for name, recorded, actual in creation_differences(properties, found)
         ]
 
     async def drop_database(self, database: str) -> None:

@@ -664,6 +664,27 @@ def test_an_existing_postgres_database_with_another_locale_is_named_in_a_warning
     assert f"{existing} keeps its encoding 'UTF8'; the backup recorded 'LATIN1'" in output
 
 
+def test_an_existing_postgres_database_with_another_locale_provider_is_named_in_a_warning(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """An ICU collation sorts otherwise than libc's: a database that keeps libc says so."""
+    database = unique("icu")
+    pg.psql(f"CREATE DATABASE {database} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'de-DE'")
+    pg.psql("CREATE TABLE t (n int)", database)
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    existing = unique("existing")
+    pg.create_database(existing)  # the server's default provider, libc
+
+    output = ok("restore", "--into", existing, env=env)
+
+    assert f"{existing} keeps its datlocprovider 'c'; the backup recorded 'i'" in output
+    assert f"{existing} keeps its daticulocale none; the backup recorded 'de-DE'" in output
+    copy = unique("copy")
+    assert "WARNING" not in ok("restore", "--into", copy, env=env)
+    assert pg_properties(pg, copy) == pg_properties(pg, database)
+
+
 def test_a_latin1_database_keeps_its_non_ascii_comment_and_settings(
     pg: PostgresServer, moto_url: str, bucket: str
 ) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import configparser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -21,6 +22,7 @@ from backupd.sources.mysql import (
 from backupd.sources.postgres import (
     PostgresSource,
     client_program,
+    creation_differences,
     libpq_env,
     major_version,
     pg_dump_argv,
@@ -170,6 +172,48 @@ def test_only_a_login_that_names_something_missing_is_a_login_failure(
     else:
         assert said is not None
         assert said.startswith(hint), said
+
+
+def pg_database_row(encoding: str = "UTF8", **row: str | None) -> dict[str, Any]:
+    return {"encoding": encoding, "row": {"datcollate": "C", "datctype": "C", **row}}
+
+
+ICU_15 = pg_database_row(datlocprovider="i", daticulocale="de-DE")
+
+
+@pytest.mark.parametrize(
+    ("recorded", "actual", "differences"),
+    [
+        (ICU_15, ICU_15, []),
+        (
+            ICU_15,
+            pg_database_row(datlocprovider="c", daticulocale=None),
+            [("datlocprovider", "i", "c"), ("daticulocale", "de-DE", None)],
+        ),
+        (ICU_15, pg_database_row(datlocprovider="i", datlocale="de-DE"), []),  # onto 17
+        (
+            ICU_15,
+            pg_database_row(datlocprovider="i", datlocale="fr-FR"),
+            [("daticulocale", "de-DE", "fr-FR")],
+        ),
+        (pg_database_row(), pg_database_row(datlocprovider="c", daticulocale=None), []),  # 14
+        (
+            pg_database_row(),
+            pg_database_row(datlocprovider="i", daticulocale="de-DE"),
+            [("datlocprovider", "c", "i")],
+        ),
+        (
+            pg_database_row("LATIN1", datlocprovider="c"),
+            pg_database_row(datlocprovider="c", datcollate="C.UTF-8"),
+            [("encoding", "LATIN1", "UTF8"), ("datcollate", "C", "C.UTF-8")],
+        ),
+        ({}, pg_database_row(), []),
+    ],
+)
+def test_the_locale_provider_and_icu_locale_are_fixed_at_creation_too(
+    recorded: dict[str, Any], actual: dict[str, Any], differences: list[tuple[str, Any, Any]]
+) -> None:
+    assert creation_differences(recorded, actual) == differences
 
 
 def test_option_file_quotes_the_password_so_a_parser_reads_it_back() -> None:
