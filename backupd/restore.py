@@ -36,11 +36,12 @@ from backupd.encryption import (
     without_suffix,
 )
 from backupd.errors import BackupdError
-from backupd.process import Child, spawn, stall_guard
+from backupd.process import Child, Command, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, Source, source_for
 from backupd.sources.mysql import OTHER_COLLATION
 from backupd.sources.mysql_script import DatabaseStatementFilter
+from backupd.sources.postgres import PostgresSource
 from backupd.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -444,7 +445,7 @@ async def _feed_restore_tool(
     request: Request,
     in_one_transaction: bool,
 ) -> None:
-    command = source.restore_command(into, in_one_transaction=in_one_transaction)
+    command = await _restore_command(source, backup, into, in_one_transaction)
     rewrite = statement_filter(backup, target.database.engine, into)
     download = _Download(storage, backup, request.progress, request.identity)
     async with spawn(command.program, command, stdin=asyncio.subprocess.PIPE) as child:
@@ -465,6 +466,20 @@ async def _feed_restore_tool(
                 f"{f'{hint}: ' if hint else ''}{child.name} exited with status {code}: "
                 f"{said or 'no output'}"
             )
+
+
+async def _restore_command(
+    source: Source, backup: Backup, into: str, in_one_transaction: bool
+) -> Command:
+    """The restore tool's command. PostgreSQL's keeps the recorded owners where this server
+    can (see ``owner_plan``); where not, a warning says that the restoring role owns all."""
+    if not isinstance(source, PostgresSource):
+        return source.restore_command(into, in_one_transaction=in_one_transaction)
+    properties = backup.manifest.properties if backup.manifest is not None else {}
+    keep, problem = await source.owners_kept(into, properties)
+    if not keep:
+        log.warning("%s", problem)
+    return source.restore_command(into, in_one_transaction=in_one_transaction, keep_owners=keep)
 
 
 async def _feed(child: Child, download: _Download, rewrite: DatabaseStatementFilter | None) -> None:

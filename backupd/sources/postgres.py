@@ -50,8 +50,51 @@ LIST_SETTINGS = frozenset(
         "unix_socket_directories",
     }
 )
-PROPERTIES_QUERY = """
+# The roles owning what a restore gives an owner (``ALTER ... OWNER TO``, as pg_dump writes
+# it): every object made after initdb (oid >= FirstNormalObjectId, 16384) of the catalogs with
+# an owner, the public schema (pg_dump 15 names its owner unless it is pg_database_owner) and
+# every large object; not an extension's members or what is made along with another object
+# (pg_depend ``e``, ``i``), not temporary objects. pg_database_owner is left out: whoever owns
+# the restored database is it. The catalogs are those of PostgreSQL 10 on.
+OWNERS_QUERY = r"""SELECT coalesce(json_agg(DISTINCT pg_get_userbyid(o.owner)), '[]'::json)
+FROM (
+    SELECT 'pg_namespace'::regclass AS classid, oid, nspowner AS owner FROM pg_namespace
+     WHERE (oid >= 16384 OR nspname = 'public')
+       AND nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%'
+    UNION ALL SELECT 'pg_class'::regclass, oid, relowner FROM pg_class
+     WHERE oid >= 16384 AND relpersistence <> 't'
+    UNION ALL SELECT 'pg_proc'::regclass, oid, proowner FROM pg_proc WHERE oid >= 16384
+    UNION ALL SELECT 'pg_type'::regclass, oid, typowner FROM pg_type WHERE oid >= 16384
+    UNION ALL SELECT 'pg_operator'::regclass, oid, oprowner FROM pg_operator WHERE oid >= 16384
+    UNION ALL SELECT 'pg_opclass'::regclass, oid, opcowner FROM pg_opclass WHERE oid >= 16384
+    UNION ALL SELECT 'pg_opfamily'::regclass, oid, opfowner FROM pg_opfamily WHERE oid >= 16384
+    UNION ALL SELECT 'pg_collation'::regclass, oid, collowner FROM pg_collation
+     WHERE oid >= 16384
+    UNION ALL SELECT 'pg_conversion'::regclass, oid, conowner FROM pg_conversion
+     WHERE oid >= 16384
+    UNION ALL SELECT 'pg_language'::regclass, oid, lanowner FROM pg_language WHERE oid >= 16384
+    UNION ALL SELECT 'pg_ts_config'::regclass, oid, cfgowner FROM pg_ts_config
+     WHERE oid >= 16384
+    UNION ALL SELECT 'pg_ts_dict'::regclass, oid, dictowner FROM pg_ts_dict WHERE oid >= 16384
+    UNION ALL SELECT 'pg_foreign_data_wrapper'::regclass, oid, fdwowner
+     FROM pg_foreign_data_wrapper WHERE oid >= 16384
+    UNION ALL SELECT 'pg_foreign_server'::regclass, oid, srvowner FROM pg_foreign_server
+     WHERE oid >= 16384
+    UNION ALL SELECT 'pg_event_trigger'::regclass, oid, evtowner FROM pg_event_trigger
+     WHERE oid >= 16384
+    UNION ALL SELECT 'pg_publication'::regclass, oid, pubowner FROM pg_publication
+     WHERE oid >= 16384
+    UNION ALL SELECT 'pg_statistic_ext'::regclass, oid, stxowner FROM pg_statistic_ext
+     WHERE oid >= 16384
+    UNION ALL SELECT 'pg_largeobject_metadata'::regclass, oid, lomowner
+     FROM pg_largeobject_metadata
+) o
+WHERE pg_get_userbyid(o.owner) <> 'pg_database_owner'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = o.classid AND d.objid = o.oid
+                  AND d.deptype IN ('e', 'i'))"""
+PROPERTIES_QUERY = f"""
 SELECT json_build_object(
+    'owners', ({OWNERS_QUERY}),
     'encoding', pg_encoding_to_char(d.encoding),
     'row', to_jsonb(d) - 'datacl' - 'datfrozenxid' - 'datminmxid',
     'comment', shobj_description(d.oid, 'pg_database'),
@@ -226,16 +269,21 @@ def pg_identifier(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def pg_restore_argv(database: str, in_one_transaction: bool = True) -> tuple[str, ...]:
+def pg_restore_argv(
+    database: str, in_one_transaction: bool = True, keep_owners: bool = False
+) -> tuple[str, ...]:
     """Stop at the first error; all or nothing (one transaction) unless told otherwise, since
     one transaction holds a lock per table until it ends (``max_locks_per_transaction`` times
-    connections bound them: a few thousand tables exhaust the default). The name goes in a
-    conninfo, so ``=`` is harmless."""
+    connections bound them: a few thousand tables exhaust the default). The objects keep their
+    recorded owners with ``keep_owners`` (pg_restore's ``ALTER ... OWNER TO``, which fails on a
+    role the server lacks), else the restoring role owns them (``--no-owner``). The name goes
+    in a conninfo, so ``=`` is harmless."""
     conninfo = "dbname=" + "'" + database.replace("\\", "\\\\").replace("'", "\\'") + "'"
     single = ("--single-transaction",) if in_one_transaction else ()
+    owners = () if keep_owners else ("--no-owner",)
     return (
         "pg_restore",
-        "--no-owner",
+        *owners,
         "--exit-on-error",
         *single,
         "--no-password",
@@ -323,10 +371,17 @@ def create_database_sql(database: str, properties: dict[str, Any]) -> str:
     return f"CREATE DATABASE {pg_identifier(database)} {' '.join(clauses)}"
 
 
-def property_statements(database: str, properties: dict[str, Any]) -> list[tuple[str, str]]:
-    """(what, SQL) for each recorded default and the comment, applied after the restore."""
+def property_statements(
+    database: str, properties: dict[str, Any], keep_owner: bool = False
+) -> list[tuple[str, str]]:
+    """(what, SQL) for each recorded default and the comment, applied after the restore; with
+    ``keep_owner``, the recorded owner first."""
     name = pg_identifier(database)
-    statements = [
+    owner = properties.get("owner")
+    statements = []
+    if keep_owner and isinstance(owner, str):
+        statements.append(("owner", f"ALTER DATABASE {name} OWNER TO {pg_identifier(owner)}"))
+    statements += [
         (f"setting {split_setting(item)[0]}", f"ALTER DATABASE {name} {set_clause(item)}")
         for item in properties.get("settings") or []
     ]
@@ -338,7 +393,7 @@ def property_statements(database: str, properties: dict[str, Any]) -> list[tuple
                 f"ALTER ROLE {pg_identifier(role)} IN DATABASE {name} {set_clause(setting)}",
             )
         )
-    statements += privilege_statements(name, properties)
+    statements += privilege_statements(name, properties, keep_owner)
     row = properties.get("row") or {}
     limit = row.get("datconnlimit")
     if isinstance(limit, int) and limit != -1:
@@ -385,21 +440,79 @@ def _shown(value: Any) -> str:
     return "none" if value is None else repr(value)
 
 
+def owner_plan(database: str, properties: dict[str, Any], server: dict[str, Any]) -> str | None:
+    """Why ``database`` cannot keep its recorded owners on this server, or None when it can.
+
+    ``server`` is what OWNER_CHECK answers: the restoring role (``user``), whether it is a
+    superuser, and which recorded owners the server has (``roles``). Owners are kept only all
+    together, the database's (``owner``) and its objects' (``owners``): each must exist, and
+    the restoring role must be a superuser unless it is every owner itself. A member of the
+    owners is not enough: pg_restore's ``ALTER ... OWNER TO`` by a non-superuser needs the new
+    owner to hold CREATE on the schema (on ``public`` too: only the database owner has it), and
+    privileges come back only at the end, so the whole restore would fail.
+    """
+    user = server.get("user", "the restoring role")
+    gone = f"everything restored into {database} is owned by {user}, not by its recorded owners"
+    recorded = properties.get("owners")
+    if not isinstance(recorded, list):
+        return f"{gone}: the backup records none (made by an older backupd, or no manifest)"
+    owner = properties.get("owner")
+    wanted = sorted({*recorded, *([owner] if isinstance(owner, str) else [])})
+    missing = [role for role in wanted if role not in (server.get("roles") or [])]
+    if missing:
+        return (
+            f"{gone}: this server has no role {', '.join(missing)} (create them, e.g. from a"
+            " DB_DATABASE=* backup's globals object, and restore again to keep the owners)"
+        )
+    others = [role for role in wanted if role != user]
+    if others and not server.get("superuser"):
+        return (
+            f"{gone}: only a superuser can restore objects owned by {', '.join(others)}"
+            " (restore as one to keep the owners)"
+        )
+    return None
+
+
+def owner_check_sql(properties: dict[str, Any]) -> str:
+    """OWNER_CHECK for the roles ``properties`` records as owners."""
+    owners = properties.get("owners")
+    names = [*(owners if isinstance(owners, list) else []), properties.get("owner")]
+    listed = ", ".join(pg_literal(n) for n in sorted({n for n in names if isinstance(n, str)}))
+    return OWNER_CHECK.format(roles=f"ARRAY[{listed}]::text[]")
+
+
+# The restoring role, whether it is a superuser, and which of the given roles exist.
+OWNER_CHECK = """SELECT json_build_object(
+    'user', current_user,
+    'superuser', (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+    'roles', (SELECT coalesce(json_agg(rolname), '[]') FROM pg_roles WHERE rolname = ANY({roles}))
+)::text"""
+
+
 DATABASE_PRIVILEGES = frozenset({"CREATE", "CONNECT", "TEMPORARY"})
 
 
-def privilege_statements(name: str, properties: dict[str, Any]) -> list[tuple[str, str]]:
+def privilege_statements(
+    name: str, properties: dict[str, Any], keep_owner: bool = False
+) -> list[tuple[str, str]]:
     """The recorded ``acl`` (``aclexplode`` of ``datacl``) as GRANTs on ``name`` (quoted),
     after revoking PUBLIC's default CONNECT and TEMPORARY; none where the database had the
-    default privileges (``acl`` null or absent). The owner's own entries are left out: the
-    restoring role owns the copy (``pg_restore --no-owner``) and holds them as owner."""
+    default privileges (``acl`` null or absent). With ``keep_owner`` (the recorded owner owns
+    the copy) the owner's own entries are restored as recorded, after revoking its defaults;
+    otherwise they are left out: the restoring role owns the copy and holds them as owner."""
     acl = properties.get("acl")
     if not isinstance(acl, list):
         return []
+    owner = properties.get("owner")
     statements = [("privileges of PUBLIC", f"REVOKE ALL ON DATABASE {name} FROM PUBLIC")]
+    if keep_owner and isinstance(owner, str):
+        revoke = f"REVOKE ALL ON DATABASE {name} FROM {pg_identifier(owner)}"
+        statements.append((f"privileges of {owner}", revoke))
     for entry in acl:
         grantee, privilege = entry.get("grantee"), entry.get("privilege")
-        if privilege not in DATABASE_PRIVILEGES or (grantee and grantee == properties.get("owner")):
+        if privilege not in DATABASE_PRIVILEGES or (
+            grantee and grantee == owner and not keep_owner
+        ):
             continue
         to = pg_identifier(grantee) if grantee else "PUBLIC"
         option = " WITH GRANT OPTION" if grantee and entry.get("grantable") else ""
@@ -615,9 +728,17 @@ class PostgresSource:
                 problems.append(f"{database} stays in the default tablespace: {error}")
         return problems
 
+    async def owners_kept(self, database: str, properties: dict[str, Any]) -> tuple[bool, str]:
+        """Whether ``database`` (which exists) can keep the owners ``properties`` records, and
+        if not, why (see ``owner_plan``)."""
+        answer = await self._query(owner_check_sql(properties), database)
+        problem = owner_plan(database, properties, json.loads(answer[0]))
+        return problem is None, problem or ""
+
     async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
         problems = await self._fixed_at_creation(database, properties)
-        statements = property_statements(database, properties)
+        keep_owner = bool(properties) and (await self.owners_kept(database, properties))[0]
+        statements = property_statements(database, properties, keep_owner)
         if statements:
             problems += await self._run_each(database, statements)
         return problems
@@ -703,8 +824,11 @@ class PostgresSource:
             await self._query(f"ALTER DATABASE {name} IS_TEMPLATE false", "postgres")
         await self._query(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", "postgres")
 
-    def restore_command(self, database: str, *, in_one_transaction: bool = True) -> Command:
-        return self._command(pg_restore_argv(database, in_one_transaction), database)
+    def restore_command(
+        self, database: str, *, in_one_transaction: bool = True, keep_owners: bool = False
+    ) -> Command:
+        argv = pg_restore_argv(database, in_one_transaction, keep_owners)
+        return self._command(argv, database)
 
     def _session_command(self, database: str) -> Command:
         argv = ("psql", "--no-psqlrc", "--no-password", "--quiet", "-At", "-v", "ON_ERROR_STOP=1")

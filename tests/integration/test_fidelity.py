@@ -793,6 +793,101 @@ def test_database_privileges_tablespace_and_template_flag_come_back(
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'backupd_drill_%'") == "0\n"
 
 
+def owners_and_privileges(pg: PostgresServer, database: str) -> dict[str, Any]:
+    """Who owns the database and each of its objects, and every privilege on them."""
+    row = pg.psql(
+        "SELECT json_build_object("
+        "'database', (SELECT json_build_object('owner', pg_get_userbyid(datdba), 'acl', datacl)"
+        f"  FROM pg_database WHERE datname = '{database}'),"
+        "'schemas', (SELECT json_agg(json_build_object(nspname, pg_get_userbyid(nspowner),"
+        "  'acl', nspacl) ORDER BY nspname) FROM pg_namespace WHERE nspname !~ '^(pg_|inf)'),"
+        "'relations', (SELECT json_agg(json_build_object(relname, pg_get_userbyid(relowner),"
+        "  'acl', relacl) ORDER BY relname) FROM pg_class WHERE oid >= 16384),"
+        "'routines', (SELECT json_agg(json_build_object(proname, pg_get_userbyid(proowner),"
+        "  'acl', proacl) ORDER BY proname) FROM pg_proc WHERE oid >= 16384),"
+        "'large objects', (SELECT json_agg(json_build_object(pg_get_userbyid(lomowner),"
+        "  lomacl)) FROM pg_largeobject_metadata))",
+        database,
+    )
+    facts: dict[str, Any] = json.loads(row)
+    return facts
+
+
+def test_owners_come_back_and_a_security_definer_function_keeps_its_role(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """Ownership is part of the database: a SECURITY DEFINER function owned by the restoring
+    superuser would bypass the row-level security its real owner is held to, and an owner
+    that lost its database could no longer connect."""
+    alice, bob, database = unique("alice"), unique("bob"), unique("owned")
+    pg.psql(f"CREATE ROLE {alice} LOGIN; CREATE ROLE {bob}")
+    pg.psql(f"CREATE DATABASE {database} OWNER {alice}")
+    pg.psql(f"REVOKE ALL ON DATABASE {database} FROM PUBLIC")
+    pg.run_sql_file(
+        f"""SET ROLE {alice};
+        CREATE TABLE secret (n int);
+        INSERT INTO secret VALUES (1);
+        ALTER TABLE secret ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE secret FORCE ROW LEVEL SECURITY;
+        CREATE POLICY nobody ON secret USING (false);
+        CREATE FUNCTION count_secret() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+            AS 'SELECT count(*) FROM secret';
+        SELECT lo_from_bytea(0, 'x');
+        GRANT SELECT ON secret TO {bob};
+        RESET ROLE;
+        CREATE TABLE bobs (n int);
+        ALTER TABLE bobs OWNER TO {bob};
+        ALTER SCHEMA public OWNER TO {bob};""",
+        database,
+    )
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    before = owners_and_privileges(pg, database)
+    assert pg.psql("SELECT count_secret()", database) == "0\n"
+
+    copy = unique("copy")
+    said = ok("restore", "--into", copy, env=env) + ok(
+        "restore", "--into", database, "--clean", env=env
+    )
+
+    assert "WARNING" not in said, said
+    for name in (copy, database):
+        facts = owners_and_privileges(pg, name)
+        assert facts == before
+        assert facts["database"]["owner"] == alice
+        assert pg.psql("SELECT count_secret()", name) == "0\n"
+
+
+def test_owners_this_server_or_role_cannot_keep_go_to_the_restoring_role_with_a_warning(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """A role missing on the server, or a restoring role that may not act as the owners, does
+    not stop the restore: the restoring role owns everything, and a warning says why. A member
+    of the owners is not enough (pg_restore would fail giving a table in public to another)."""
+    carol, restorer, database = unique("carol"), unique("restorer"), unique("carols")
+    pg.psql(f"CREATE ROLE {carol}; CREATE ROLE {restorer} LOGIN CREATEDB PASSWORD 'pw'")
+    pg.psql(f"GRANT {carol} TO {restorer}")
+    pg.psql(f"CREATE DATABASE {database} OWNER {carol}")
+    pg.run_sql_file(f"CREATE TABLE t (n int); ALTER TABLE t OWNER TO {carol};", database)
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+
+    as_restorer = {**env, "DB_USER": restorer, "DB_PASSWORD": "pw"}
+    not_member, gone = unique("not_member"), unique("gone")
+    said = {not_member: ok("restore", "--into", not_member, env=as_restorer)}
+    pg.psql(f"DROP DATABASE {database}")
+    pg.psql(f"DROP ROLE {carol}")
+    said[gone] = ok("restore", "--into", gone, env=env)
+
+    assert f"only a superuser can restore objects owned by {carol}" in said[not_member]
+    assert f"this server has no role {carol} (create them" in said[gone]
+    for name, owner in ((not_member, restorer), (gone, pg.user)):
+        assert f"everything restored into {name} is owned by {owner}, not by" in said[name]
+        facts = owners_and_privileges(pg, name)
+        assert facts["database"]["owner"] == owner
+        assert facts["relations"] == [{"t": owner, "acl": None}]
+
+
 def test_the_history_of_system_versioned_tables_comes_back(
     mariadb: MariaDBServer, moto_url: str, bucket: str
 ) -> None:

@@ -25,8 +25,11 @@ from backupd.sources.postgres import (
     creation_differences,
     libpq_env,
     major_version,
+    owner_plan,
     pg_dump_argv,
+    pg_restore_argv,
     privilege_statements,
+    property_statements,
     tool_version_of,
     version_problem,
 )
@@ -373,6 +376,73 @@ def test_database_privileges_become_grants_after_revoking_publics_defaults() -> 
     ]
     assert privilege_statements('"db"', {"owner": "alice", "acl": None}) == []
     assert privilege_statements('"db"', {}) == []
+    # The owner kept: its own entries as recorded, not as ALTER OWNER leaves them.
+    assert [sql for _, sql in privilege_statements('"db"', owner_and_reader, True)] == [
+        'REVOKE ALL ON DATABASE "db" FROM PUBLIC',
+        'REVOKE ALL ON DATABASE "db" FROM "alice"',
+        'GRANT CREATE ON DATABASE "db" TO "alice" WITH GRANT OPTION',
+        'GRANT CONNECT ON DATABASE "db" TO "bob" WITH GRANT OPTION',
+        'GRANT TEMPORARY ON DATABASE "db" TO PUBLIC',
+    ]
+    assert property_statements("db", owner_and_reader, True)[0] == (
+        "owner",
+        'ALTER DATABASE "db" OWNER TO "alice"',
+    )
+    assert all(what != "owner" for what, _ in property_statements("db", owner_and_reader))
+
+
+OWNED = {"owner": "alice", "owners": ["alice", "bob"]}
+
+
+@pytest.mark.parametrize(
+    ("properties", "server", "problem"),
+    [
+        (OWNED, {"user": "backupd", "superuser": True, "roles": ["alice", "bob"]}, None),
+        (
+            {"owner": "al", "owners": ["al"]},
+            {"user": "al", "superuser": False, "roles": ["al"]},
+            None,
+        ),
+        (
+            OWNED,
+            {"user": "backupd", "superuser": True, "roles": ["alice"]},
+            "this server has no role bob (create them",
+        ),
+        (
+            {"owner": "carol", "owners": ["dave"]},
+            {"user": "backupd", "superuser": True, "roles": []},
+            "this server has no role carol, dave (create them",
+        ),
+        (
+            OWNED,
+            {"user": "alice", "superuser": False, "roles": ["alice", "bob"]},
+            "only a superuser can restore objects owned by bob",
+        ),
+        (
+            {"owner": "alice"},
+            {"user": "backupd", "superuser": True, "roles": ["alice"]},
+            "the backup records none (made by an older backupd",
+        ),
+        ({}, {"user": "backupd", "superuser": True, "roles": []}, "the backup records none"),
+    ],
+)
+def test_owners_are_kept_only_where_each_exists_and_a_superuser_restores(
+    properties: dict[str, Any], server: dict[str, Any], problem: str | None
+) -> None:
+    said = owner_plan("db", properties, server)
+    if problem is None:
+        assert said is None
+    else:
+        assert said is not None
+        assert said.startswith(
+            f"everything restored into db is owned by {server['user']}, not by its recorded"
+        )
+        assert problem in said
+
+
+@pytest.mark.parametrize(("keep", "no_owner"), [(True, False), (False, True)])
+def test_pg_restore_gives_objects_their_owners_only_when_kept(keep: bool, no_owner: bool) -> None:
+    assert ("--no-owner" in pg_restore_argv("db", keep_owners=keep)) is no_owner
 
 
 @pytest.mark.parametrize(
