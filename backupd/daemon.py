@@ -348,18 +348,11 @@ class Daemon:
         try:
             if claims is None:
                 async with self._slots:
-                    finished: Finished | None = await self._backup(target)
+                    await self._backup(target, None)
             else:
-                finished = await self._claimed_run(target, claims, slot, label)
+                await self._claimed_run(target, claims, slot, label)
         except ShuttingDown:
             self._not_started(target.name, label)
-            return
-        if finished is not None:
-            after = asyncio.create_task(
-                self._after(target, finished, claims), name=f"after-{target.name}"
-            )
-            self._finishing.add(after)
-            after.add_done_callback(self._finishing.discard)
 
     def _not_started(self, name: str, label: str) -> None:
         log.info("%s: the %s run does not start: shutting down", name, label)
@@ -367,10 +360,10 @@ class Daemon:
 
     async def _claimed_run(
         self, target: TargetConfig, claims: Claims, slot: datetime, label: str
-    ) -> Finished | None:
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        finished = None
+        known: list[bool] = []
         try:
             async with claimed(
                 claims,
@@ -381,26 +374,32 @@ class Daemon:
                 on_elsewhere=lambda observed: self._elsewhere(target, observed),
             ) as lease:
                 if lease is None:
-                    return None
+                    return
                 log.info("%s: starting the %s run (claim %s)", target.name, label, lease.key)
                 self._active[task] = (target.name, label)  # again, after a takeover
-                finished = await self._backup(target)
+                await self._backup(target, claims, known)
         except ClaimLost as error:
             log.warning("%s: %s", target.name, error)
-            if finished is None:
+            if not known:  # a result, once known, is counted already
                 self.metrics.runs.labels(target.name, "failure").inc()
         except BackupdError as error:
             log.error("%s: the %s run did not happen: %s", target.name, label, error)
             self.metrics.runs.labels(target.name, "failure").inc()
-        return finished
+
+    def _tell_later(self, target: TargetConfig, finished: Finished, claims: Claims | None) -> None:
+        """Send what there is to tell of a backup whose result is known, in a task of its own
+        that holds no dump slot: the target's next slot finds it not running, a cancelled prune
+        never silences a stored backup, and a shutdown waits for it after the backups."""
+        after = asyncio.create_task(
+            self._after(target, finished, claims), name=f"after-{target.name}"
+        )
+        self._finishing.add(after)
+        after.add_done_callback(self._finishing.discard)
 
     async def _after(self, target: TargetConfig, finished: Finished, claims: Claims | None) -> None:
-        """What is left of a run once its backup is over, in a task of its own that holds no
-        dump slot: the target's next slot finds it not running, and a shutdown waits for it
-        after the backups."""
+        await tell(target, finished.reports, finished.announced)
         if claims is not None:
             await self._sweep(target, claims)
-        await tell(target, finished.reports, finished.announced)
 
     async def _sweep(self, target: TargetConfig, claims: Claims) -> None:
         """Claims are bookkeeping: the replica that ran a slot deletes those a day old."""
@@ -420,18 +419,31 @@ class Daemon:
         log.debug("%s: %s is held by replica %s", target.name, observed.key, observed.claim.replica)
         self.metrics.claimed_elsewhere.labels(target.name, Kind.BACKUP.value).inc()
 
-    async def _backup(self, target: TargetConfig) -> Finished:
+    async def _backup(
+        self, target: TargetConfig, claims: Claims | None, known: list[bool] | None = None
+    ) -> None:
+        """The backup and, when it succeeded, its prune, holding the target. Once the backup's
+        result is known (``known`` gets True), its notifications go out (``_tell_later``),
+        whatever becomes of the prune. Raises ShuttingDown when the target came free only
+        because the shutdown stopped its verify."""
         async with self._busy[target.name]:
+            if self._slots.closed:
+                raise ShuttingDown
             announced = announce(target)  # alongside the dump, never before it
             try:
-                reports = await self._backup_and_prune(target)
+                reports = await self._backup_only(target)
             except asyncio.CancelledError:  # nothing to tell
                 announced.cancel()
                 raise
-        return Finished(reports, announced)
+            if known is not None:
+                known.append(True)
+            self._tell_later(target, Finished(reports, announced), claims)
+            ok = bool(reports) and all(report.ok for report in reports)
+            if ok and target.retention.policy.enabled:
+                await self._prune(target)
 
-    async def _backup_and_prune(self, target: TargetConfig) -> list[Report]:
-        """The run and its prune; its metrics are set as soon as its result is known."""
+    async def _backup_only(self, target: TargetConfig) -> list[Report]:
+        """The run; its metrics are set as soon as its result is known."""
         name = target.name
         self.metrics.in_progress.labels(name).set(1)
         started = time.monotonic()
@@ -447,13 +459,14 @@ class Daemon:
         self.metrics.last_bytes.labels(name).set(sum(report.size for report in reports))
         if ok:
             self.metrics.last_success.labels(name).set(time.time())
-        if ok and target.retention.policy.enabled:
-            pruned = await prune_after_run(target)
-            if pruned is not None:
-                self.metrics.pruned.labels(name).inc(len(pruned.deleted))
-                self.metrics.stored_backups.labels(name).set(pruned.stored_backups)
-                self.metrics.stored_bytes.labels(name).set(pruned.stored_bytes)
         return reports
+
+    async def _prune(self, target: TargetConfig) -> None:
+        pruned = await prune_after_run(target)
+        if pruned is not None:
+            self.metrics.pruned.labels(target.name).inc(len(pruned.deleted))
+            self.metrics.stored_backups.labels(target.name).set(pruned.stored_backups)
+            self.metrics.stored_bytes.labels(target.name).set(pruned.stored_bytes)
 
     # --- verify ----------------------------------------------------------------------------
 
