@@ -115,7 +115,7 @@ def chosen(
     are problems. Backups of other databases under the folder are never chosen, but ``key``
     may name any. ``key``: that backup; ``every``: all of them. A manifest whose object
     is missing (``orphans``) is a problem wherever it would have been chosen: named by
-    ``key``, under ``every``, or newer than its series' newest object.
+    ``key``, under ``every``, or newer than its database's newest object.
     """
     missing = {o.key: f"{o.key}: its object is missing (its manifest remains)" for o in orphans}
     if selection.key is not None:
@@ -141,21 +141,35 @@ def chosen(
     if selection.every:
         problems = [missing[o.key] for o in orphans]
         return backups, problems if backups or problems else ["no backups to verify"]
+    # One group per database: by its manifest, else by the database that the manifests of
+    # its series name (so an incomplete newest backup is its database's), else by its series.
+    owner = {b.parsed.series: _named(b) for b in reversed(backups) if b.manifest is not None}
+
+    def group(series_name: str, backup: Backup | None = None) -> str:
+        if backup is not None and backup.manifest is not None:
+            return _named(backup)
+        return owner.get(series_name, f"series {series_name}")
+
     newest: dict[str, Backup] = {}
     for backup in backups:  # newest first
-        newest.setdefault(backup.parsed.series, backup)
+        newest.setdefault(group(backup.parsed.series, backup), backup)
     problems = [
         missing[o.key]
         for o in orphans
-        if o.parsed.series not in newest or o.taken > newest[o.parsed.series].taken
+        if (g := group(o.parsed.series)) not in newest or o.taken > newest[g].taken
     ]
     problems += [
         f"no backup of database {name} under this target"
         for name in wanted
-        if not series[name] & newest.keys()
+        if not any(b.parsed.series in series[name] for b in newest.values())
         and not any(o.parsed.series in series[name] for o in orphans)
     ]
     return list(newest.values()), problems
+
+
+def _named(backup: Backup) -> str:
+    """The group of a backup with a manifest: its database, or the server globals object."""
+    return "server globals" if backup.is_globals else f"database {backup.database}"
 
 
 def integrity_problem(backup: Backup, size: int, sha256: str) -> str | None:

@@ -425,3 +425,22 @@ def test_a_key_of_an_older_layout_is_chosen_by_its_manifests_database() -> None:
     assert both == [new, old]
     assert underscored == []
     assert problems == ["no backup of database my_db under this target"]
+
+
+def test_a_database_with_keys_of_two_layouts_has_one_newest_backup() -> None:
+    when = T0 + timedelta(hours=1)
+    key = "b/20261101/backup_my_db_20261101_030000.dump"
+    parsed = parse_key(key, "b")
+    assert parsed is not None
+    manifest = Manifest(key, "ab" * 32, 100, when, when, 1.0, "default", "my db", "postgres")
+    old = Backup(key, 100, when, parsed, manifest)
+    new = made("my db", 5)
+    broken = made("my db", 9, complete=False)
+
+    picked, problems = chosen(newest_first(old, new), ("my db",), Selection())
+    everything, _ = chosen(newest_first(old, new), (), Selection())
+    newest_broken, _ = chosen(newest_first(old, new, broken), ("my db",), Selection())
+
+    assert picked == [new] and problems == []
+    assert everything == [new]
+    assert newest_broken == [broken]  # reported as incomplete, as its database's newest
