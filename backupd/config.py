@@ -165,12 +165,32 @@ def _usable_host(host: str, netloc: str) -> bool:
     return len(host) <= 255 and _HOST_NAME.fullmatch(host) is not None
 
 
-def endpoint_problem(
-    url: str, example: str = "https://s3.example.com or http://minio:9000"
-) -> str | None:
-    """What keeps ``url`` from being an S3 endpoint (``STORAGE_ENDPOINT_URL``), or None; the
-    same rule checks every other HTTP address backupd is given (Seq, webhooks), ``example``
-    showing the form the problem suggests.
+def http_url_problem(url: str, example: str) -> str | None:
+    """What keeps ``url`` from being an HTTP address backupd can send to (``SEQ_URL``, the
+    hook URLs), or None: ``http://`` or ``https://``, a host, a port from 1 to 65535 if any,
+    no blanks. Looser than ``endpoint_problem``'s S3 rule: a Compose service name with ``_``
+    or an internationalised name is a host aiohttp reaches. ``example`` shows the form."""
+    if not url.startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    if any(character.isspace() for character in url):
+        return "must not contain blanks (spaces, tabs or line breaks)"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        return f"its host cannot be read; write it like {example}"
+    if not parts.hostname:
+        return f"names no host; write it like {example}"
+    try:
+        port = parts.port
+    except ValueError:  # not digits, or over 65535
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        return "its port must be a number from 1 to 65535"
+    return None
+
+
+def endpoint_problem(url: str) -> str | None:
+    """What keeps ``url`` from being an S3 endpoint (``STORAGE_ENDPOINT_URL``), or None.
 
     The host follows botocore's rule, which refuses any other URL when the client is made
     (``is_valid_endpoint_url`` and ``is_valid_ipv6_endpoint_url`` in ``botocore/utils.py``):
@@ -189,7 +209,7 @@ def endpoint_problem(
     except ValueError:  # an unclosed [ of an IPv6 address
         return _NOT_A_HOST
     if not parts.hostname:
-        return f"names no host; write it like {example}"
+        return "names no host; write it like https://s3.example.com or http://minio:9000"
     if not _usable_host(parts.hostname, parts.netloc):
         return _NOT_A_HOST
     try:
@@ -558,15 +578,16 @@ class EmailOn(enum.StrEnum):
 
 def mail_address_problem(text: str) -> str | None:
     """What keeps ``text`` from being one mail address (``name@example.com``, or
-    ``Name <name@example.com>``), or None. The address needs one ``@`` between a non-empty
-    local part and domain, and no blanks (RFC 5322's addr-spec, without its rare quoted and
-    commented forms); ``email.utils.getaddresses`` takes a display name apart."""
+    ``Name <name@example.com>``), or None. The address needs a non-empty local part and, after
+    an ``@``, a domain, and no blanks (RFC 5322's addr-spec, without its rare quoted and
+    commented forms); ``email.utils.getaddresses`` takes a display name apart. A bare local
+    part (``root``) is taken as it is: a local relay completes it with its own domain."""
     found = getaddresses([text])
     if len(found) > 1:
         return f"{text!r} holds more than one address"
     address = found[0][1] if found else ""
     bare = text.strip() if "<" not in text else address
-    local, at, domain = address.rpartition("@")
+    local, at, domain = address.rpartition("@") if "@" in address else (address, "@", "-")
     if not at or not local or not domain or "@" in local:
         return f"{text!r} is not a mail address (write it like name@example.com)"
     if any(character.isspace() for character in bare):
@@ -638,7 +659,7 @@ class HooksConfig(BaseModel):
         # HTTP client sends it encoded); tabs and line breaks are not.
         if value is not None:
             url = value.get_secret_value().replace(" ", "%20")
-            if problem := endpoint_problem(url, "https://hooks.example.com/..."):
+            if problem := http_url_problem(url, "https://hooks.example.com/..."):
                 raise ValueError(problem)
         return value
 
@@ -670,7 +691,7 @@ class LogConfig(BaseModel):
     @field_validator("seq_url")
     @classmethod
     def _seq_address(cls, value: str | None) -> str | None:
-        if value is not None and (problem := endpoint_problem(value, "http://seq:5341")):
+        if value is not None and (problem := http_url_problem(value, "http://seq:5341")):
             raise ValueError(problem)
         return value
 

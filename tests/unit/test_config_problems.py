@@ -288,11 +288,11 @@ MAIL = {**S3, "EMAIL_SMTP": "smtp.example.com"}
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
-        ("EMAIL_FROM", "backupd", "'backupd' is not a mail address"),
+        ("EMAIL_FROM", "Backups <>", "is not a mail address"),
         ("EMAIL_FROM", "ops@example.com, dev@example.com", "holds more than one address"),
         ("EMAIL_FROM", "ops @example.com", "holds a blank"),
         ("EMAIL_FROM", "ops@", "is not a mail address"),
-        ("EMAIL_TO", "ops@example.com,nobody", "'nobody' is not a mail address"),
+        ("EMAIL_TO", "ops@example.com,no body", "'no body' is not a mail address"),
         ("EMAIL_TO", "@example.com", "is not a mail address"),
     ],
 )
@@ -306,14 +306,20 @@ def test_a_mail_address_without_local_part_and_domain_is_a_problem(
     assert says in problem
 
 
-def test_mail_addresses_with_display_names_are_accepted() -> None:
+def test_mail_addresses_with_display_names_or_without_a_domain_are_accepted() -> None:
     env = {
         **MAIL,
         "EMAIL_FROM": "Backups <backupd@example.com>",
-        "EMAIL_TO": "ops@example.com, root@localhost",
+        "EMAIL_TO": "ops@example.com, root@localhost, root",
     }
+    bare = {**env, "EMAIL_FROM": "backupd"}  # a local relay completes it
 
-    assert load_settings(env).targets[0].email.recipients == ["ops@example.com", "root@localhost"]
+    assert load_settings(env).targets[0].email.recipients == [
+        "ops@example.com",
+        "root@localhost",
+        "root",
+    ]
+    assert load_settings(bare).targets[0].email.sender == "backupd"
 
 
 # Choices (DB_TYPE, COMPRESSION, ...)
@@ -357,3 +363,14 @@ def test_a_bound_must_be_a_finite_number(variable: str, value: str) -> None:
     problem = only_problem({**S3, variable: value})
 
     assert problem.startswith(f"{variable}: must be a finite number"), problem
+
+
+@pytest.mark.parametrize(
+    "url", ["http://seq_server:5341", "https://hooks.bücher.de/x", "http://[::1]:8080/h"]
+)
+def test_an_http_address_aiohttp_reaches_is_accepted_beyond_s3s_rule(url: str) -> None:
+    settings = load_settings({**S3, "SEQ_URL": url, "NOTIFY_WEBHOOK_URL": url})
+
+    assert settings.logs.seq_url == url
+    hook = settings.targets[0].hooks.webhook_url
+    assert hook is not None and hook.get_secret_value() == url
