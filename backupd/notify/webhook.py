@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from backupd.notify.base import Report
 
 TIMEOUT = 10.0
 ATTEMPTS = 3
+MAX_REDIRECTS = 5
+"""Redirects a POST follows (307 and 308 only; see ``request``)."""
 
 
 def payload(report: Report) -> dict[str, Any]:
@@ -51,11 +53,13 @@ async def request(url: str, data: bytes | None = None) -> None:
     it may hold a token, and aiohttp writes it normalised (host lower-cased, ``%7e`` as ``~``,
     a space as ``+``), in a spelling masking would not find.
 
-    Delivered means a 2xx answer. A POST does not follow redirects: on a 301 or 302 a client
-    repeats it as a GET without the body (RFC 9110, section 15.4), so the report would be lost
-    while the receiver answered 200; a 3xx is a failure that asks for the final URL. A GET (a
-    ping) carries nothing and follows redirects, as curl -L does for the pings healthchecks.io
-    documents: an http:// ping URL redirected to https:// still arrives.
+    Delivered means a 2xx answer. A POST follows only the redirects that keep it a POST with
+    its body, 307 and 308 (RFC 9110, section 15.4: what an http:// to https:// redirect of a
+    proxy such as Caddy or Traefik answers), up to ``MAX_REDIRECTS``; on a 301, 302 or 303 a
+    client repeats it as a GET without the body, so the report would be lost while the
+    receiver answered 200: that is a failure that asks for the final URL. A GET (a ping)
+    carries nothing and follows every redirect, as curl -L does for the pings healthchecks.io
+    documents.
     """
     from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout
 
@@ -63,19 +67,12 @@ async def request(url: str, data: bytes | None = None) -> None:
     async with ClientSession(timeout=ClientTimeout(total=TIMEOUT)) as session:
         for attempt in range(ATTEMPTS):
             try:
-                headers = {"Content-Type": "application/json"} if data is not None else {}
-                async with session.request(
-                    "POST" if data is not None else "GET",
-                    url,
-                    data=data,
-                    headers=headers,
-                    allow_redirects=data is None,
-                ) as r:
-                    if r.status < 300:
-                        return
-                    problem = refusal(r.status, r.reason, "Location" in r.headers)
-                    if r.status < 500:
-                        break  # the receiver refuses the request itself: trying again won't help
+                status, reason, located = await _send(session, url, data)
+                if status < 300:
+                    return
+                problem = refusal(status, reason, located)
+                if status < 500:
+                    break  # the receiver refuses the request itself: trying again won't help
             except ClientConnectorError as failure:
                 problem = f"cannot connect: {failure.os_error.strerror or failure.os_error}"
             except TimeoutError:
@@ -86,6 +83,24 @@ async def request(url: str, data: bytes | None = None) -> None:
     raise RuntimeError(problem)
 
 
+async def _send(session: Any, url: str, data: bytes | None) -> tuple[int, str | None, bool]:
+    """One request (see ``request``), following a POST's 307 and 308 redirects; the last
+    answer's status, reason, and whether it named a ``Location``."""
+    target = url
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    for hop in range(MAX_REDIRECTS + 1):
+        method = "POST" if data is not None else "GET"
+        async with session.request(
+            method, target, data=data, headers=headers, allow_redirects=data is None
+        ) as answer:
+            location = answer.headers.get("Location")
+            keeps_body = answer.status in (307, 308) and data is not None
+            if not (keeps_body and location and hop < MAX_REDIRECTS):
+                return answer.status, answer.reason, location is not None
+            target = urljoin(str(answer.url), location)
+    raise AssertionError("unreachable: the last hop returns")
+
+
 def refusal(status: int, reason: str | None, located: bool) -> str:
     """Why an answer other than 2xx is no delivery, in one line without the URL (nor the
     ``Location`` a redirect names: it may carry the token too)."""
@@ -94,9 +109,11 @@ def refusal(status: int, reason: str | None, located: bool) -> str:
         return said
     if not located:
         return f"{said}: the URL answers with a redirect but names no Location; set the final URL"
+    if status in (307, 308):
+        return f"{said}: the URL redirects more than {MAX_REDIRECTS} times; set the final URL"
     return (
-        f"{said}: the URL redirects elsewhere, and a redirected POST arrives as a GET without "
-        "the report, so backupd does not follow it; set the final URL"
+        f"{said}: the URL redirects elsewhere, and a POST redirected by {status} arrives as a "
+        "GET without the report, so backupd does not follow it; set the final URL"
     )
 
 
