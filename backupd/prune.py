@@ -222,7 +222,7 @@ async def plan(
     decisions = decide(candidates(complete, tz), retention.policy, now, tz)
     if database is None:
         cutoff = before(now, retention.abort_uploads_after, tz)
-        ours = _configured_series(target)
+        ours = _configured_series(target, backups)
         # A manifest that exists but cannot be read (a newer format?) is never a leftover.
         result.leftovers = [
             Leftover(
@@ -265,13 +265,17 @@ async def plan(
     return result, locks
 
 
-def _configured_series(target: TargetConfig) -> Callable[[catalogue.ParsedKey], bool]:
+def _configured_series(
+    target: TargetConfig, backups: list[catalogue.Backup]
+) -> Callable[[catalogue.ParsedKey], bool]:
     """Whether a key without a manifest (a leftover) is of a database this target backs up:
-    any with ``DB_DATABASE=*``, else those of the configured databases' series, by key alone.
-    Another deployment sharing the folder keeps its leftovers, as it keeps its backups."""
+    any with ``DB_DATABASE=*``, else one of the configured databases' series
+    (``catalogue.series_of``: their stems, and the series their backups' manifests name,
+    older layouts included). Another deployment sharing the folder keeps its leftovers, as it
+    keeps its backups."""
     if target.database.all_databases:
         return lambda parsed: True
-    series = {catalogue.stem_for(name) for name in target.database.databases}
+    series = {s for name in target.database.databases for s in catalogue.series_of(name, backups)}
     return lambda parsed: parsed.series in series
 
 

@@ -259,6 +259,26 @@ def test_leftovers_of_a_database_not_configured_stay_in_a_shared_folder(
     assert [u["Key"] for u in uploads] == [upload_key]
 
 
+def test_old_layout_leftovers_of_a_configured_database_are_removed(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    """Before a name's stem gained its hash, ``my db``'s keys read ``backup_my_db_...``: its
+    old leftovers are found by the series its manifests name."""
+    old = datetime(2026, 11, 20, 2, tzinfo=BERLIN)
+    folder = f"{FOLDER}/20261120"
+    kept = put_backup(s3, bucket, "my db", old, key=f"{folder}/backup_my_db_20261120_020000.dump")
+    left = put_backup(
+        s3, bucket, "my db", old, complete=False, key=f"{folder}/backup_my_db_20261120_030000.dump"
+    )
+    env = policy_env(moto_url, bucket, DB_DATABASE="my db", RETENTION_KEEP_LAST="5")
+
+    result = run_at("+2d", "prune", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdicts(result.stdout)[left] == ("DELETE", "no manifest, older than the cleanup age")
+    assert keys_of(s3, bucket) == with_manifests([kept])
+
+
 def test_a_deployment_of_another_engine_sharing_the_folder_keeps_its_backups(
     moto_url: str, s3: Any, bucket: str
 ) -> None:
