@@ -20,6 +20,7 @@ TARGETS = [f"t{index:02d}" for index in range(20)]
 SECONDS = 30
 PERIOD = timedelta(seconds=10)
 STARTING = re.compile(r"(t\d+): starting the ([\d-]+ [\d:]+) UTC run")
+NOT_STARTED = re.compile(r"(t\d+): the ([\d-]+ [\d:]+) UTC run does not start: shutting down")
 STORED = re.compile(r"backup of (t\d+) \S+ succeeded: (\S+),")
 
 
@@ -66,8 +67,11 @@ def test_twenty_targets_every_ten_seconds_run_every_slot_once_and_store_every_ob
     assert "skipping this slot" not in output
     assert " FAILED " not in output, output[-3000:]
     slots: dict[str, list[datetime]] = defaultdict(list)
+    # A run still queued for a dump slot when the stop came never starts (the last slot).
+    queued = set(NOT_STARTED.findall(output))
     for target, label in STARTING.findall(output):
-        slots[target].append(datetime.strptime(label, "%Y-%m-%d %H:%M:%S"))
+        if (target, label) not in queued:
+            slots[target].append(datetime.strptime(label, "%Y-%m-%d %H:%M:%S"))
     every = sorted({slot for times in slots.values() for slot in times})
     assert len(every) >= 2, "the run was too short to see two slots"
     assert all(b - a == PERIOD for a, b in itertools.pairwise(every)), every
