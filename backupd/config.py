@@ -165,11 +165,12 @@ def _usable_host(host: str, netloc: str) -> bool:
     return len(host) <= 255 and _HOST_NAME.fullmatch(host) is not None
 
 
-def http_url_problem(url: str, example: str) -> str | None:
+def http_url_problem(url: str, example: str, unreadable: str | None = None) -> str | None:
     """What keeps ``url`` from being an HTTP address backupd can send to (``SEQ_URL``, the
     hook URLs), or None: ``http://`` or ``https://``, a host, a port from 1 to 65535 if any,
     no blanks. Looser than ``endpoint_problem``'s S3 rule: a Compose service name with ``_``
-    or an internationalised name is a host aiohttp reaches. ``example`` shows the form."""
+    or an internationalised name is a host aiohttp reaches. ``example`` shows the form;
+    ``unreadable`` replaces the problem of a host that cannot be read (an unclosed ``[``)."""
     if not url.startswith(("http://", "https://")):
         return "must start with http:// or https://"
     if any(character.isspace() for character in url):
@@ -177,7 +178,7 @@ def http_url_problem(url: str, example: str) -> str | None:
     try:
         parts = urlsplit(url)
     except ValueError:  # an unclosed [ of an IPv6 address
-        return f"its host cannot be read; write it like {example}"
+        return unreadable or f"its host cannot be read; write it like {example}"
     if not parts.hostname:
         return f"names no host; write it like {example}"
     try:
@@ -190,35 +191,21 @@ def http_url_problem(url: str, example: str) -> str | None:
 
 
 def endpoint_problem(url: str) -> str | None:
-    """What keeps ``url`` from being an S3 endpoint (``STORAGE_ENDPOINT_URL``), or None.
+    """What keeps ``url`` from being an S3 endpoint (``STORAGE_ENDPOINT_URL``), or None:
+    ``http_url_problem``'s rule, and a host as botocore takes it.
 
-    The host follows botocore's rule, which refuses any other URL when the client is made
-    (``is_valid_endpoint_url`` and ``is_valid_ipv6_endpoint_url`` in ``botocore/utils.py``):
-    dot-separated labels of letters, digits and ``-`` (at most 63 characters each, 255 in all,
-    none starting or ending with ``-``; one trailing dot allowed), an IPv4 address, or an IPv6
-    address in brackets. The port, which botocore leaves to the HTTP client, is 1 to 65535.
-    Blanks are refused anywhere: botocore refuses tabs and line breaks, and a space is never
-    part of a URL.
+    botocore refuses any other host when the client is made (``is_valid_endpoint_url`` and
+    ``is_valid_ipv6_endpoint_url`` in ``botocore/utils.py``): dot-separated labels of letters,
+    digits and ``-`` (at most 63 characters each, 255 in all, none starting or ending with
+    ``-``; one trailing dot allowed), an IPv4 address, or an IPv6 address in brackets. The
+    port, which botocore leaves to the HTTP client, is 1 to 65535. Blanks are refused
+    anywhere: botocore refuses tabs and line breaks, and a space is never part of a URL.
     """
-    if not url.startswith(("http://", "https://")):
-        return "must start with http:// or https://"
-    if any(character.isspace() for character in url):
-        return "must not contain blanks (spaces, tabs or line breaks)"
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # an unclosed [ of an IPv6 address
-        return _NOT_A_HOST
-    if not parts.hostname:
-        return "names no host; write it like https://s3.example.com or http://minio:9000"
-    if not _usable_host(parts.hostname, parts.netloc):
-        return _NOT_A_HOST
-    try:
-        port = parts.port
-    except ValueError:  # not digits, or over 65535
-        port = 0
-    if port is not None and not 1 <= port <= 65535:
-        return "its port must be a number from 1 to 65535"
-    return None
+    example = "https://s3.example.com or http://minio:9000"
+    if (problem := http_url_problem(url, example, _NOT_A_HOST)) is not None:
+        return problem
+    parts = urlsplit(url)
+    return None if _usable_host(parts.hostname or "", parts.netloc) else _NOT_A_HOST
 
 
 class S3Config(BaseModel):
