@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,14 @@ from tests.conftest import (
     storage_env,
 )
 from tests.procs import dump_processes
-from tests.servers import FaultProxy, MariaDBServer, PostgresServer, free_port, wait_until
+from tests.servers import (
+    FaultProxy,
+    MariaDBServer,
+    PostgresServer,
+    free_port,
+    http_server,
+    wait_until,
+)
 
 EVERY_TWO_SECONDS = "*/2 * * * * *"
 SLOW_ANSWER = 3.0  # seconds a slow webhook or ping service takes to answer
@@ -88,12 +95,8 @@ def slow_receiver() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with http_server(Handler) as url:
+        yield url, seen
 
 
 def start_daemon(

@@ -11,11 +11,10 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.conftest import backupd_command, child_env, mariadb_env, pg_env, run_backupd
-from tests.servers import PostgresServer, free_port
+from tests.servers import PostgresServer, free_port, http_server
 
 
 def no_traceback(result: subprocess.CompletedProcess[str]) -> str:
@@ -264,12 +263,8 @@ def receiver() -> Iterator[tuple[str, list[Received]]]:
         def log_message(self, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with http_server(Handler) as url:
+        yield url, seen
 
 
 class Inbox:

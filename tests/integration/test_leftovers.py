@@ -3,9 +3,8 @@ to remove, and otherwise a sentence that travels with its error to the report.""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from backupd.backup import _removed_unless_recorded, left_behind
 from backupd.errors import DumpError
 from backupd.storage import open_storage
 from tests.integration.test_storage import s3_config
+from tests.servers import http_server
 
 KEY = "backups/20250101/backup_app_20250101_000000_0123abcd.dump"
 
@@ -37,12 +37,8 @@ def no_deletes() -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_server(Refusing) as url:
+        yield url
 
 
 async def test_a_missing_bucket_holds_nothing_to_remove(moto_url: str) -> None:

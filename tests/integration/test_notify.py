@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from backupd.logs import setup_logging
 from backupd.notify import Report, State, webhook
 from backupd.notify import email as email_notify
 from tests.conftest import S3_SECRET, pg_env, run_backupd, storage_env
-from tests.servers import PostgresServer, free_port
+from tests.servers import PostgresServer, free_port, http_server
 
 # The test SMTP server takes AUTH without TLS (EMAIL_TLS=none): no certificates here.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -117,12 +117,8 @@ def receiver() -> Iterator[tuple[str, list[Received]]]:
         def log_message(self, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with http_server(Handler) as url:
+        yield url, seen
 
 
 def mail_env(port: int, **extra: str) -> dict[str, str]:
@@ -324,15 +320,11 @@ def stalled_seq() -> Iterator[tuple[str, threading.Event]]:
         def log_message(self, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalled)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", answer
-    finally:
-        answer.set()
-        server.shutdown()
-        server.server_close()
+    with http_server(Stalled) as url:
+        try:
+            yield url, answer
+        finally:
+            answer.set()
 
 
 def test_a_slow_seq_holds_a_bounded_backlog_and_the_console_says_once_what_was_dropped(

@@ -404,15 +404,21 @@ def test_only_the_configured_databases_backups_are_verified(
     assert found == []
 
 
-def test_a_key_of_an_older_layout_is_chosen_by_its_manifests_database() -> None:
-    """Before a name's stem gained its hash, ``my db``'s keys read ``backup_my_db_...``, like
-    ``my_db``'s do now: the manifest says whose backup it is."""
+def old_layout_my_db() -> Backup:
+    """A backup of ``my db`` made before its stem gained its hash: its key reads like
+    ``my_db``'s do now."""
     when = T0 + timedelta(hours=1)
     key = "b/20261101/backup_my_db_20261101_030000.dump"
     parsed = parse_key(key, "b")
     assert parsed is not None
     manifest = Manifest(key, "ab" * 32, 100, when, when, 1.0, "default", "my db", "postgres")
-    old = Backup(key, 100, when, parsed, manifest)
+    return Backup(key, 100, when, parsed, manifest)
+
+
+def test_a_key_of_an_older_layout_is_chosen_by_its_manifests_database() -> None:
+    """Before a name's stem gained its hash, ``my db``'s keys read ``backup_my_db_...``, like
+    ``my_db``'s do now: the manifest says whose backup it is."""
+    old = old_layout_my_db()
     new = made("my db", 5)
     assert new.parsed.series != old.parsed.series
 
@@ -428,12 +434,7 @@ def test_a_key_of_an_older_layout_is_chosen_by_its_manifests_database() -> None:
 
 
 def test_a_database_with_keys_of_two_layouts_has_one_newest_backup() -> None:
-    when = T0 + timedelta(hours=1)
-    key = "b/20261101/backup_my_db_20261101_030000.dump"
-    parsed = parse_key(key, "b")
-    assert parsed is not None
-    manifest = Manifest(key, "ab" * 32, 100, when, when, 1.0, "default", "my db", "postgres")
-    old = Backup(key, 100, when, parsed, manifest)
+    old = old_layout_my_db()
     new = made("my db", 5)
     broken = made("my db", 9, complete=False)
 
