@@ -11,7 +11,7 @@ import pytest
 
 from backupd.config import TargetConfig
 from backupd.daemon import Daemon
-from backupd.environment import load_settings
+from tests.unit.test_daemon_shutdown import settings as daemon_settings
 
 
 async def test_runs_go_on_after_the_wall_clock_goes_back_hours(
@@ -19,18 +19,7 @@ async def test_runs_go_on_after_the_wall_clock_goes_back_hours(
 ) -> None:
     """The clock runs 3 h ahead, then is set right: the next slot is computed from the new
     time, instead of waiting 3 h for the one computed before."""
-    settings = load_settings(
-        {
-            "DB_TYPE": "postgres",
-            "DB_HOST": "127.0.0.1",
-            "DB_DATABASE": "app",
-            "DB_USER": "backupd",
-            "STORAGE_TYPE": "local",
-            "STORAGE_LOCAL_PATH": "/nonexistent",
-            "CRON_SCHEDULE": "* * * * * *",
-            "RUN_ON_STARTUP": "false",
-        }
-    )
+    settings = daemon_settings(CRON_SCHEDULE="* * * * * *")
     ahead = [timedelta(hours=3)]
     daemon = Daemon(settings, clock=lambda: datetime.now(UTC) + ahead[0])
     started: list[datetime] = []
