@@ -36,12 +36,10 @@ from backupd.encryption import (
     without_suffix,
 )
 from backupd.errors import BackupdError
-from backupd.process import Child, Command, spawn, stall_guard
+from backupd.process import Child, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, Source, source_for
-from backupd.sources.mysql import OTHER_COLLATION
-from backupd.sources.mysql_script import DatabaseStatementFilter
-from backupd.sources.postgres import PostgresSource
+from backupd.sources.base import ScriptFilter
 from backupd.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -407,35 +405,6 @@ def name_problem(engine: Engine, name: str) -> str | None:
     return None
 
 
-def names_database(backup: Backup, engine: Engine) -> bool:
-    """Whether a MySQL/MariaDB dump's SQL names its database (made with ``--databases``):
-    as the manifest says; without one, keys that carry no run id come from those releases."""
-    if engine not in (Engine.MYSQL, Engine.MARIADB):
-        return False
-    if backup.manifest is not None:
-        return backup.manifest.names_database
-    return backup.parsed.run_id is None
-
-
-def statement_filter(backup: Backup, engine: Engine, into: str) -> DatabaseStatementFilter | None:
-    """What a MySQL/MariaDB dump's SQL needs on its way into ``into``, or None to load it
-    unchanged (the fast path: the filter reads every statement, at tens of MiB/s).
-
-    An old ``--databases`` dump loses its ``CREATE DATABASE``/``USE`` statements; a dump
-    whose manifest counts objects under another collation (``OTHER_COLLATION``) loaded under
-    a new name gets that name in its ``ALTER DATABASE`` statements.
-    """
-    if engine not in (Engine.MYSQL, Engine.MARIADB):
-        return None
-    manifest = backup.manifest
-    rename = (manifest.database, into) if manifest is not None else None
-    if names_database(backup, engine):
-        return DatabaseStatementFilter(rename)
-    if manifest is None or manifest.database == into:
-        return None
-    return DatabaseStatementFilter(rename) if manifest.properties.get(OTHER_COLLATION) else None
-
-
 async def _feed_restore_tool(
     storage: Storage,
     source: Source,
@@ -445,8 +414,8 @@ async def _feed_restore_tool(
     request: Request,
     in_one_transaction: bool,
 ) -> None:
-    command = await _restore_command(source, backup, into, in_one_transaction)
-    rewrite = statement_filter(backup, target.database.engine, into)
+    tool = await source.restore_tool(backup, into, in_one_transaction=in_one_transaction)
+    command, rewrite = tool.command, tool.rewrite
     download = _Download(storage, backup, request.progress, request.identity)
     async with spawn(command.program, command, stdin=asyncio.subprocess.PIPE) as child:
         output = asyncio.ensure_future(child.stdout.read_all())  # keep the tool's stdout drained
@@ -468,21 +437,7 @@ async def _feed_restore_tool(
             )
 
 
-async def _restore_command(
-    source: Source, backup: Backup, into: str, in_one_transaction: bool
-) -> Command:
-    """The restore tool's command. PostgreSQL's keeps the recorded owners where this server
-    can (see ``owner_plan``); where not, a warning says that the restoring role owns all."""
-    if not isinstance(source, PostgresSource):
-        return source.restore_command(into, in_one_transaction=in_one_transaction)
-    properties = backup.manifest.properties if backup.manifest is not None else {}
-    keep, problem = await source.owners_kept(into, properties)
-    if not keep:
-        log.warning("%s", problem)
-    return source.restore_command(into, in_one_transaction=in_one_transaction, keep_owners=keep)
-
-
-async def _feed(child: Child, download: _Download, rewrite: DatabaseStatementFilter | None) -> None:
+async def _feed(child: Child, download: _Download, rewrite: ScriptFilter | None) -> None:
     """The verified stream into the tool's stdin. The last piece is held back until the
     checksum matches: a tool that knows where its input ends (pg_restore's archive ends with
     a terminator) would otherwise finish, and commit, before damage in that piece is found.

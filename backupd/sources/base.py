@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from backupd.errors import DumpError
 from backupd.parts import Readable, fill
 from backupd.process import LONG_WAIT, Command, describe_status, spawn
 from backupd.sources.session import DumpSession
+
+if TYPE_CHECKING:
+    from backupd.catalogue import Backup
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,28 @@ class ServerInfo:
     server_version: str
     tool_version: str
     superuser: bool = False
+
+
+class ScriptFilter(Protocol):
+    """Rewrites a dump on its way into the restore tool, fed chunk by chunk."""
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes of ``data`` (with what was held back before) that are ready to go on."""
+        ...
+
+    def flush(self) -> bytes:
+        """At the end of the dump: whatever is still held back."""
+        ...
+
+
+@dataclass(frozen=True)
+class RestoreTool:
+    """How one backup goes back into a database: the restore tool's command (reading the
+    dump on stdin), and ``rewrite`` where the dump needs changes on its way in (None: it is
+    loaded byte for byte)."""
+
+    command: Command
+    rewrite: ScriptFilter | None = None
 
 
 class BackupSource(Protocol):
@@ -133,10 +158,15 @@ class Source(BackupSource, Protocol):
 
     async def drop_database(self, database: str) -> None: ...
 
-    def restore_command(self, database: str, *, in_one_transaction: bool = True) -> Command:
-        """The restore tool, reading a dump of this engine's format on stdin; with
-        ``in_one_transaction`` false, a database this restore created (and drops again on
-        failure) is loaded without one transaction where the engine offers it."""
+    async def restore_tool(
+        self, backup: Backup, database: str, *, in_one_transaction: bool = True
+    ) -> RestoreTool:
+        """How ``backup`` (a dump of this engine's format) is loaded into ``database``, which
+        exists. With ``in_one_transaction`` false, a database this restore created (and drops
+        again on failure) is loaded without one transaction where the engine offers it. What
+        the manifest records decides the rest (PostgreSQL: whether the owners are kept;
+        MySQL/MariaDB: which statements name the database). Raise QueryError when the server
+        cannot be asked what it needs to decide."""
         ...
 
 

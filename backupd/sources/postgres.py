@@ -20,14 +20,17 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backupd.config import DatabaseConfig
 from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
 from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured, spawn
-from backupd.sources.base import ServerInfo, command_output
+from backupd.sources.base import RestoreTool, ServerInfo, command_output
 from backupd.sources.session import DumpSession, client_session, parse_counts
+
+if TYPE_CHECKING:
+    from backupd.catalogue import Backup
 
 log = logging.getLogger(__name__)
 
@@ -824,11 +827,17 @@ class PostgresSource:
             await self._query(f"ALTER DATABASE {name} IS_TEMPLATE false", "postgres")
         await self._query(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", "postgres")
 
-    def restore_command(
-        self, database: str, *, in_one_transaction: bool = True, keep_owners: bool = False
-    ) -> Command:
-        argv = pg_restore_argv(database, in_one_transaction, keep_owners)
-        return self._command(argv, database)
+    async def restore_tool(
+        self, backup: Backup, database: str, *, in_one_transaction: bool = True
+    ) -> RestoreTool:
+        """pg_restore, keeping the recorded owners where this server can (see
+        ``owner_plan``); where not, a warning says that the restoring role owns all."""
+        properties = backup.manifest.properties if backup.manifest is not None else {}
+        keep, problem = await self.owners_kept(database, properties)
+        if not keep:
+            log.warning("%s", problem)
+        argv = pg_restore_argv(database, in_one_transaction, keep)
+        return RestoreTool(self._command(argv, database))
 
     def _session_command(self, database: str) -> Command:
         argv = ("psql", "--no-psqlrc", "--no-password", "--quiet", "-At", "-v", "ON_ERROR_STOP=1")
