@@ -85,12 +85,15 @@ class Claims:
         replica: str,
         lease: float,
         clock: Clock = wall_clock,
+        job: str | None = None,
     ) -> None:
         self.store = store
         self.folder = folder
         self.replica = replica
         self.lease = lease
         self.clock = clock
+        self.job = job
+        """What the target backs up (``coordination.job_of``), part of its claims' keys."""
         self._swept_at: float | None = None
 
     async def sweep(self) -> list[str]:
@@ -114,7 +117,7 @@ class Claims:
     async def try_claim(self, target: str, kind: Kind, slot: datetime) -> Lease | Observed:
         """Create the slot's claim, or take it over when its lease ran out; otherwise say who
         holds it. Raises CoordinationError (naming the key) for a malformed claim."""
-        key = claim_key(self.folder, target, kind, slot)
+        key = claim_key(self.folder, target, kind, slot, self.job)
         nonce = secrets.token_hex(8)
         for _ in range(ATTEMPTS):
             mine = new_claim(target, kind, slot, self.replica, nonce, self.clock(), self.lease)

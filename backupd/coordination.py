@@ -14,6 +14,7 @@ conditional writes are the only distributed primitive, so no lock service is nee
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -58,18 +59,36 @@ def claims_prefix(folder: str) -> str:
     return "/".join(part for part in (folder.strip("/"), CLAIMS_FOLDER) if part) + "/"
 
 
-def claim_key(folder: str, target: str, kind: Kind, slot: datetime) -> str:
-    """``{folder}/.backupd/claims/{target}/{kind}/{YYYYMMDDTHHMMSSZ}.json``, the slot in UTC.
+_JOB = re.compile(r"^[0-9a-f]{8}$")
+
+
+def job_of(engine: str, host: str, port: int, databases: str) -> str:
+    """8 hex digits naming what a target backs up (engine, server, databases), the same on
+    every replica of one deployment. Two deployments sharing a folder and a target name (the
+    unnamed ``default`` of each, say) but backing up other databases thus claim other keys:
+    with one key, the slot one of them claimed would be skipped by the other as "claimed
+    elsewhere", and its databases not backed up at all."""
+    facts = "\0".join((engine, host.lower(), str(port), databases))
+    return hashlib.sha256(facts.encode()).hexdigest()[:8]
+
+
+def claim_key(folder: str, target: str, kind: Kind, slot: datetime, job: str | None = None) -> str:
+    """``{folder}/.backupd/claims/{target}.{job}/{kind}/{YYYYMMDDTHHMMSSZ}.json``, the slot in
+    UTC; without ``job`` (``job_of``), ``{target}`` alone.
 
     ``slot`` is the scheduled instant (aware; whole seconds, as cron gives them). Raises
-    ValueError for a naive ``slot`` or a target name that is not a plain key segment.
+    ValueError for a naive ``slot``, a target name that is not a plain key segment or a
+    ``job`` that is not 8 hex digits.
     """
     if slot.tzinfo is None:
         raise ValueError("a slot must be an aware datetime")
     if not _NAME.match(target):
         raise ValueError(f"target name {target!r} is not a plain key segment")
+    if job is not None and not _JOB.match(job):
+        raise ValueError(f"job {job!r} is not 8 hex digits")
     moment = slot.astimezone(UTC)
-    return f"{claims_prefix(folder)}{target}/{kind.value}/{moment:%Y%m%dT%H%M%SZ}.json"
+    segment = f"{target}.{job}" if job is not None else target
+    return f"{claims_prefix(folder)}{segment}/{kind.value}/{moment:%Y%m%dT%H%M%SZ}.json"
 
 
 @dataclass(frozen=True)

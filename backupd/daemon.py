@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from backupd.claims import Claims, Observed, claimed, self_test
 from backupd.config import S3Config, Settings, TargetConfig
-from backupd.coordination import Kind
+from backupd.coordination import Kind, job_of
 from backupd.errors import BackupdError, ClaimLost
 from backupd.metrics import Metrics, serve
 from backupd.notify import Report, State
@@ -154,8 +154,18 @@ class Daemon:
                 store = await stack.enter_async_context(open_claim_store(config))
                 await self_test(store, target.layout.folder, coordination.replica_id)
                 stores[config] = store
+            database = target.database
             self._claims[target.name] = Claims(
-                stores[config], target.layout.folder, coordination.replica_id, coordination.lease
+                stores[config],
+                target.layout.folder,
+                coordination.replica_id,
+                coordination.lease,
+                job=job_of(
+                    database.engine.value,
+                    database.host,
+                    database.effective_port,
+                    ",".join(sorted(database.databases)) or "*",
+                ),
             )
         log.info(
             "replica %s: every slot is claimed in storage first (lease %.0fs)",

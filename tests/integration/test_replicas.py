@@ -87,7 +87,12 @@ def test_three_replicas_run_every_slot_of_six_targets_exactly_once(
     # then counts it as running: a claim listed meanwhile is counted by the first reading
     # taken after that answer, not necessarily by ``after``.
     claims_then = {
-        name: [k for k in keys_then if f"/.backupd/claims/{name}/backup/" in k] for name in TARGETS
+        name: [
+            k
+            for k in keys_then
+            if re.search(rf"/\.backupd/claims/{name}\.[0-9a-f]{{8}}/backup/", k)
+        ]
+        for name in TARGETS
     }
     heard = after
 
@@ -255,3 +260,52 @@ def test_a_store_that_ignores_if_none_match_is_refused_at_start(
     assert good_check.returncode == 0, good_out
     assert "ok   default coordination: s3 bucket" in good_out
     assert "honours If-None-Match and If-Match" in good_out
+
+
+def test_two_deployments_sharing_a_folder_each_back_up_their_own_databases(
+    pg: PostgresServer,
+    atomic_moto_url: str,
+    s3: Any,
+    bucket: str,
+    daemon_process: list[subprocess.Popen[str]],
+) -> None:
+    """Two deployments (other databases, the same unnamed target ``default``) write to one
+    folder, each with COORDINATION=storage: neither's slots are "claimed elsewhere" by the
+    other, so each backs up its databases at every slot."""
+    apps = ("deploy_one", "deploy_two")
+    for name in apps:
+        pg.create_database(name, "CREATE TABLE t AS SELECT 1 AS x;")
+    env = {
+        **storage_env(atomic_moto_url, bucket),
+        "CRON_SCHEDULE": EVERY_FIVE_SECONDS,
+        "RUN_ON_STARTUP": "false",
+        "COORDINATION": "storage",
+        "COORDINATION_LEASE": "10",
+        "HTTP_HOST": "127.0.0.1",
+    }
+    ports = [free_port() for _ in apps]
+    launched = time.monotonic()
+    deployments = [
+        start_daemon(
+            {**env, **pg_env(pg, name), "HTTP_PORT": str(port), "REPLICA_ID": name},
+            daemon_process,
+        )
+        for name, port in zip(apps, ports, strict=True)
+    ]
+    for port in ports:
+        wait_until(lambda port=port: fetch(port, "/healthz")[0] == 200, 30, "both deployments up")
+    time.sleep(max(0.0, launched + 21 - time.monotonic()))  # at least three slots
+    time.sleep((2.5 - time.time()) % 5)  # mid-slot: the runs of the last one are over
+    for process in deployments:
+        process.send_signal(signal.SIGTERM)
+    outputs = [process.communicate(timeout=60)[0] for process in deployments]
+
+    assert [p.returncode for p in deployments] == [0, 0], outputs
+    keys, _ = bucket_state(s3, bucket)
+    backups = complete_backups(keys)
+    done = claims(s3, bucket)
+    slots = {claim["slot"] for claim in done.values()}
+    assert len(slots) >= 3, done
+    for name, output in zip(apps, outputs, strict=True):
+        mine = [k for k in backups if f"/backup_{name}_" in k]
+        assert len(mine) == len(slots), (name, mine, sorted(slots), output)

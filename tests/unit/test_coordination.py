@@ -19,6 +19,7 @@ from backupd.coordination import (
     claims_prefix,
     finished,
     is_stale,
+    job_of,
     may_take_over,
     new_claim,
     parse_claim,
@@ -94,6 +95,30 @@ def test_claim_names_agree_between_replicas(
 ) -> None:
     assert claim_key(folder, target, kind, slot) == expected
     assert expected.startswith(claims_prefix(folder))
+
+
+def test_deployments_backing_up_other_databases_claim_other_keys() -> None:
+    """Two deployments may share a folder and a target name (each its unnamed ``default``):
+    a slot one of them claimed must not be skipped by the other as claimed elsewhere."""
+    app = job_of("postgres", "db.internal", 5432, "app")
+    assert job_of("postgres", "DB.internal", 5432, "app") == app  # every replica agrees
+    others = {
+        job_of("postgres", "db.internal", 5432, "billing"),
+        job_of("postgres", "db.internal", 5432, "app,billing"),
+        job_of("postgres", "other.internal", 5432, "app"),
+        job_of("postgres", "db.internal", 5433, "app"),
+        job_of("mariadb", "db.internal", 5432, "app"),
+        job_of("postgres", "db.internal", 5432, "*"),
+    }
+    assert app not in others and len(others) == 6
+    key = claim_key("backups", "default", Kind.BACKUP, T0, app)
+    assert key == f"backups/.backupd/claims/default.{app}/backup/20261129T020000Z.json"
+    assert key != claim_key("backups", "default", Kind.BACKUP, T0, job_of("postgres", "h", 1, "x"))
+    with pytest.raises(ValueError):
+        claim_key("backups", "default", Kind.BACKUP, T0, "../x")
+    # the newest slot of each deployment's target is kept by a sweep, as a target's own
+    old = [(key, T0), (claim_key("backups", "default", Kind.BACKUP, T0, "0123abcd"), T0)]
+    assert sweepable(old, "backups", T0 + 3 * STALE_AFTER) == []
 
 
 @pytest.mark.parametrize(
