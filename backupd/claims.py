@@ -229,14 +229,40 @@ class Lease:
 
     async def _leave(self, cancelled: bool) -> None:
         """Stop renewing, then write the slot's final state: done, or handed back when the
-        block was cancelled; nothing once the claim is lost."""
-        if self._keeper is not None:
-            async with self._lock:  # never in the middle of a renewal
-                self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
-        if self.lost is None:
-            final = released(self.claim, self.claims.clock()) if cancelled else finished(self.claim)
-            await self._settle(final)
+        block was cancelled; nothing once the claim is lost.
+
+        Bounded by what is left of the lease (at least a third of one): once it has run out,
+        the slot is any replica's anyway, and a store that stopped answering would otherwise
+        hold the run (and a shutdown, whose cancellation this outlasts) for minutes of
+        retried requests."""
+        bound = max(self._left(), renew_every(self.claims.lease))
+        try:
+            async with asyncio.timeout(bound):
+                if self._keeper is not None:
+                    async with self._lock:  # never in the middle of a renewal
+                        self._keeper.cancel()
+                if self.lost is None:
+                    final = (
+                        released(self.claim, self.claims.clock())
+                        if cancelled
+                        else finished(self.claim)
+                    )
+                    await self._settle(final)
+        except TimeoutError:
+            log.warning(
+                "could not update the claim %s within %.0fs; another replica takes the slot "
+                "over once its lease runs out",
+                self.key,
+                bound,
+            )
+        finally:
+            if self._keeper is not None:
+                self._keeper.cancel()  # whatever the lock did: never renewed after this
+                await asyncio.gather(self._keeper, return_exceptions=True)
+
+    def _left(self) -> float:
+        """Seconds until the claim's lease runs out, on this replica's clock."""
+        return (self.claim.expires - self.claims.clock()).total_seconds()
 
     async def writing(self, key: str) -> None:
         await self.renew(writing=key)

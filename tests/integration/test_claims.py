@@ -17,7 +17,7 @@ from backupd.errors import ClaimLost, CoordinationError, CoordinationUnsupported
 from backupd.parts import Part
 from backupd.storage.s3 import S3Storage
 from tests.conftest import S3_KEY_ID, S3_SECRET
-from tests.servers import FaultProxy
+from tests.servers import FaultProxy, silent_server
 
 SLOT = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -217,6 +217,34 @@ async def test_a_cancelled_run_hands_its_slot_to_a_waiting_replica(store: S3Stor
     async with asyncio.timeout(DEADLINE):
         await waiter
     assert taken == [("b", 2)]
+
+
+async def test_a_cancelled_run_leaves_within_its_lease_when_the_store_stops_answering(
+    store: S3Storage, bucket: str
+) -> None:
+    """Handing the slot back is bounded by the lease: a store that accepts connections and
+    never answers held the run's end (and so a shutdown, even after a second SIGTERM) for
+    minutes of retried requests, although the slot is any replica's once the lease ran out."""
+    claims = replica(store, "a", lambda: datetime.now(UTC))
+    lease = await claims.try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(lease, Lease)
+    inside = asyncio.Event()
+
+    async def run_until_cancelled() -> None:
+        async with lease:
+            inside.set()
+            await asyncio.Event().wait()
+
+    with silent_server() as port:
+        hung = config(f"http://127.0.0.1:{port}", bucket)
+        async with S3Storage.connect(hung) as silent:
+            holder = asyncio.create_task(run_until_cancelled())
+            await inside.wait()
+            claims.store = silent  # the store stops answering mid-run
+            holder.cancel()
+            done, _ = await asyncio.wait([holder], timeout=DEADLINE)
+    assert done == {holder}
+    assert holder.cancelled()
 
 
 async def test_malformed_claims_are_errors_naming_the_key(store: S3Storage) -> None:
