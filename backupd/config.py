@@ -426,8 +426,8 @@ class RetentionConfig(BaseModel):
     abort_uploads_after: str = Field(
         "24h",
         alias="RETENTION_ABORT_UPLOADS_AFTER",
-        description="With a policy: abort multipart uploads and delete objects without a "
-        "manifest older than this",
+        description="With a policy: abort multipart uploads that sent no part for this long, "
+        "and delete objects without a manifest older than this",
     )
 
     @field_validator("keep_within", "abort_uploads_after")

@@ -10,9 +10,10 @@ What may be deleted is decided here once, and narrowly:
   (``retention.decide``); the manifest goes first and the object last, so an interrupted prune
   leaves an incomplete object the next prune finishes, never a manifest without its object;
 - an object without a manifest, a manifest without its object, or a multipart upload, only
-  once it is older than ``RETENTION_ABORT_UPLOADS_AFTER`` (a ``kill -9`` mid-upload leaves no
-  garbage forever, and a backup still being written is never touched), and only of the
-  databases it backs up, told by the key's series;
+  once it is older than ``RETENTION_ABORT_UPLOADS_AFTER`` (an upload: once it has sent no part
+  for that long), so a ``kill -9`` mid-upload leaves no garbage forever, and a backup still
+  being written, however long it runs, is never touched; and only of the databases it backs
+  up, told by the key's series;
 - nothing under Object Lock: a locked object (or manifest) keeps its backup, with one info line.
 
 ``prune_target`` is one coroutine per target, so a caller can wrap it (a claim, a lock).
@@ -247,7 +248,7 @@ async def plan(
             if ours(o.parsed)
         ]
         result.leftovers += [
-            Leftover(u.key, u.initiated.astimezone(tz), 0, "upload", u.initiated < cutoff, u)
+            await _upload_leftover(storage, u, cutoff, tz)
             async for u in storage.list_uploads(target.key_prefix + "/")
             if (parsed := catalogue.parse_key(u.key, target.key_prefix)) is not None
             and ours(parsed)
@@ -263,6 +264,19 @@ async def plan(
         for item in result.leftovers
     ]
     return result, locks
+
+
+async def _upload_leftover(
+    storage: Storage, upload: PendingUpload, cutoff: datetime, tz: tzinfo
+) -> Leftover:
+    """An upload is left over once it has made no progress for the cleanup age, whenever it
+    started: one still running (a dump longer than the age, another replica's, a ``backupd
+    once`` beside the service) keeps sending parts. Only an upload that started before the
+    cutoff is asked for its parts."""
+    active = upload.initiated
+    if active < cutoff:
+        active = await storage.last_activity(upload)
+    return Leftover(upload.key, active.astimezone(tz), 0, "upload", active < cutoff, upload)
 
 
 def _configured_series(

@@ -153,6 +153,12 @@ class Storage(Protocol):
         """Abort ``upload`` and free its parts; no error when it is already gone."""
         ...
 
+    async def last_activity(self, upload: PendingUpload) -> datetime:
+        """When ``upload`` last made progress: its newest part's upload time (S3 ListParts'
+        ``LastModified``), or when it started if it has none or is gone; in a folder, when
+        its temporary file was last written (which ``initiated`` already is)."""
+        ...
+
     async def object_lock_enabled(self) -> bool:
         """Whether the bucket has Object Lock enabled (a folder never has)."""
         ...

@@ -271,6 +271,9 @@ class LocalStorage:
 
         await asyncio.to_thread(remove)
 
+    async def last_activity(self, upload: PendingUpload) -> datetime:
+        return upload.initiated  # the temporary file's mtime: its last write
+
     async def object_lock_enabled(self) -> bool:
         return False
 

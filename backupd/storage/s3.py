@@ -725,6 +725,22 @@ class S3Storage:
                 Bucket=self.config.bucket, Key=upload.key, UploadId=upload.upload_id
             )
 
+    async def last_activity(self, upload: PendingUpload) -> datetime:
+        client = await self.client()
+        newest = upload.initiated
+        pages = client.get_paginator("list_parts").paginate(
+            Bucket=self.config.bucket, Key=upload.key, UploadId=upload.upload_id
+        )
+        # Parts go up concurrently: the newest is not always the last numbered.
+        with (
+            storage_errors(self.config, f"list the parts of {upload.key}"),
+            tolerating("NoSuchUpload"),
+        ):
+            async for page in pages:
+                for part in page.get("Parts", []):
+                    newest = max(newest, part["LastModified"])
+        return newest
+
     async def object_lock_enabled(self) -> bool:
         client = await self.client()
         response = None

@@ -608,3 +608,41 @@ def test_prune_database_globals_means_the_database_where_there_is_one(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert keys_of(s3, bucket) == with_manifests([*roles, database[-1]])
+
+
+def test_an_upload_still_sending_parts_is_kept_however_long_ago_it_started(
+    moto_url: str, s3: Any, bucket: str
+) -> None:
+    """A dump that runs longer than the cleanup age (another replica's, a ``backupd once``
+    beside the service) keeps its upload: what counts is its newest part, not its start. moto
+    reports every upload as started in 2010, so both uploads here started "long ago"."""
+    now = datetime.now(UTC)
+    running = catalogue.object_key(FOLDER, "app", ".dump", now, catalogue.new_run_id())
+    abandoned = catalogue.object_key(
+        FOLDER, "app", ".dump", now - timedelta(days=2), catalogue.new_run_id()
+    )
+    started = {
+        key: s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        for key in (running, abandoned)
+    }
+    s3.upload_part(
+        Bucket=bucket, Key=running, UploadId=started[running], PartNumber=1, Body=b"x" * 1024
+    )
+    put_backup(s3, bucket, "app", now - timedelta(hours=3))
+    env = policy_env(moto_url, bucket, RETENTION_KEEP_LAST="1", RETENTION_ABORT_UPLOADS_AFTER="1h")
+
+    result = subprocess.run(
+        backupd_command("prune"),
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = verdicts(result.stdout)
+    assert seen[running] == ("KEEP", "multipart upload, newer than the cleanup age")
+    assert seen[abandoned] == ("ABORT", "multipart upload, older than the cleanup age")
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == [running]
