@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
@@ -38,6 +38,7 @@ from backupd.coordination import (
     sweepable,
     taken_over,
     watch_delay,
+    went_silent,
 )
 from backupd.errors import (
     BackupdError,
@@ -68,11 +69,13 @@ def wall_clock() -> datetime:
 
 @dataclass(frozen=True)
 class Observed:
-    """A claim held by another replica, as last read."""
+    """A claim held by another replica, as last read, and since when (monotonic seconds) it
+    has been unchanged (the same ETag)."""
 
     key: str
     claim: Claim
     etag: str
+    since: float = field(default_factory=time.monotonic)
 
 
 class Claims:
@@ -114,9 +117,12 @@ class Claims:
         data, etag = found
         return parse_claim(data, key), etag
 
-    async def try_claim(self, target: str, kind: Kind, slot: datetime) -> Lease | Observed:
-        """Create the slot's claim, or take it over when its lease ran out; otherwise say who
-        holds it. Raises CoordinationError (naming the key) for a malformed claim."""
+    async def try_claim(
+        self, target: str, kind: Kind, slot: datetime, silent: Observed | None = None
+    ) -> Lease | Observed:
+        """Create the slot's claim, or take it over when its lease ran out (or it is still
+        ``silent``, the claim ``wait_out`` found unchanged for a whole lease); otherwise say
+        who holds it. Raises CoordinationError (naming the key) for a malformed claim."""
         key = claim_key(self.folder, target, kind, slot, self.job)
         nonce = secrets.token_hex(8)
         for _ in range(ATTEMPTS):
@@ -130,7 +136,10 @@ class Claims:
             claim, etag = seen
             if claim.nonce == nonce:  # our own write, answered 412 on a retried request
                 return Lease(self, key, claim, etag)
-            if not may_take_over(claim, self.clock()):
+            unchanged = silent is not None and silent.etag == etag
+            if not may_take_over(claim, self.clock()) and not (
+                unchanged and claim.state is State.RUNNING
+            ):
                 return Observed(key, claim, etag)
             lease = await self._take_over(key, claim, etag, nonce)
             if lease is not None:
@@ -143,7 +152,8 @@ class Claims:
         if new_etag is None:
             return None  # another replica was faster, or the holder renewed: read again
         log.warning(
-            "took over %s from replica %s, whose lease ran out at %s (fencing token %d)",
+            "took over %s from replica %s, which stopped renewing it (its lease ends at %s on "
+            "its clock; fencing token %d)",
             key,
             claim.replica,
             f"{claim.expires:%H:%M:%S}",
@@ -159,10 +169,13 @@ class Claims:
                     log.info("aborted %d upload(s) of %s left behind", aborted, claim.writing)
         return Lease(self, key, mine, new_etag)
 
-    async def wait_out(self, observed: Observed) -> bool:
-        """Watch another replica's claim. False once it is finished; True when it should be
-        claimed again: its lease ran out unrenewed, or the claim object is gone (deleted by
-        hand to free a stuck slot; logged as a warning naming the key)."""
+    async def wait_out(self, observed: Observed) -> Observed | None:
+        """Watch another replica's claim. None once it is finished; the claim as last read
+        when it should be claimed again (pass it to ``try_claim``): its lease ran out on this
+        replica's clock, or it has not changed for a whole lease as this replica measures
+        time (``went_silent``: a holder that died with its clock ahead of this one), or the
+        claim object is gone (deleted by hand to free a stuck slot; logged as a warning
+        naming the key)."""
         while observed.claim.state is not State.DONE:
             await asyncio.sleep(watch_delay(observed.claim, self.clock(), self.lease))
             try:
@@ -173,11 +186,14 @@ class Claims:
                 continue
             if seen is None:
                 log.warning("the claim %s held by %s is gone", observed.key, observed.claim.replica)
-                return True
-            observed = Observed(observed.key, *seen)
-            if may_take_over(observed.claim, self.clock()):
-                return True
-        return False
+                return observed
+            claim, etag = seen
+            if etag != observed.etag:
+                observed = Observed(observed.key, claim, etag)
+            unchanged_for = time.monotonic() - observed.since
+            if may_take_over(claim, self.clock()) or went_silent(claim, unchanged_for, self.lease):
+                return observed
+        return None
 
 
 class Lease:
@@ -372,9 +388,10 @@ async def claimed(
     ClaimLost out of the block when the slot is taken over meanwhile.
     """
     counted = False
+    silent: Observed | None = None
     while True:
         async with gate if gate is not None else contextlib.nullcontext():
-            outcome = await claims.try_claim(target, kind, slot)
+            outcome = await claims.try_claim(target, kind, slot, silent)
             if isinstance(outcome, Lease):
                 async with outcome:
                     yield outcome
@@ -389,7 +406,8 @@ async def claimed(
             slot,
             outcome.claim.replica,
         )
-        if not await claims.wait_out(outcome):
+        silent = await claims.wait_out(outcome)
+        if silent is None:
             yield None
             return
 

@@ -228,6 +228,14 @@ def may_take_over(claim: Claim, now: datetime) -> bool:
     return claim.state is State.RUNNING and now >= claim.expires
 
 
+def went_silent(claim: Claim, unchanged_for: float, lease: float) -> bool:
+    """True when ``claim`` is unfinished and has not changed for a whole lease as the watching
+    replica measures time (``unchanged_for``, seconds on its monotonic clock): its holder
+    stopped renewing, even if the holder's wall clock runs ahead of the watcher's and the
+    expiry it recorded is still to come. A live holder rewrites its claim every lease/3."""
+    return claim.state is State.RUNNING and unchanged_for >= lease
+
+
 def renew_every(lease: float) -> float:
     """Seconds between renewals: a third of the lease, so two renewals may fail in a row."""
     return lease / 3

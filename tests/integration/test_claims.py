@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -320,6 +321,57 @@ async def test_a_taken_over_upload_is_never_completed(
 
     assert s3.list_objects_v2(Bucket=bucket, Prefix="backups/orders/").get("Contents", []) == []
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_a_dead_holder_whose_clock_runs_ahead_is_taken_over_after_one_lease(
+    store: S3Storage,
+) -> None:
+    """Its claim records an expiry an hour away on the watcher's clock, but has not changed
+    for a whole lease as the watcher measures time: the watcher takes the slot over then,
+    not an hour later."""
+    ahead = Clock()
+    ahead.advance(3600)
+    dead = await replica(store, "a", ahead).try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(dead, Lease)  # never entered: it never renews, as a killed replica
+    taken: list[tuple[str, int]] = []
+    watching = time.monotonic()
+
+    async with asyncio.timeout(DEADLINE):
+        async with claimed(replica(store, "b", Clock()), "orders", Kind.BACKUP, SLOT) as lease:
+            assert lease is not None
+            taken.append((lease.claim.replica, lease.token))
+
+    assert taken == [("b", 2)]
+    assert time.monotonic() - watching >= LEASE
+
+
+async def test_a_renewing_holder_whose_clock_runs_ahead_keeps_its_slot(store: S3Storage) -> None:
+    """Every renewal changes the claim, so a watcher never finds it silent: it waits for the
+    holder to finish, however long that takes."""
+    finish = asyncio.Event()
+
+    def ahead() -> datetime:
+        return datetime.now(UTC) + HOUR
+
+    async def hold() -> None:
+        async with claimed(replica(store, "a", ahead), "orders", Kind.BACKUP, SLOT) as lease:
+            assert lease is not None
+            await finish.wait()
+
+    async def watch() -> Lease | None:
+        async with claimed(replica(store, "b", Clock()), "orders", Kind.BACKUP, SLOT) as lease:
+            return lease
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0.2)
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(3 * LEASE)
+    assert not watcher.done()
+    finish.set()
+
+    async with asyncio.timeout(DEADLINE):
+        await holder
+        assert await watcher is None  # the slot ran on "a"
 
 
 async def test_a_deleted_claim_is_claimed_afresh_by_a_watching_replica(store: S3Storage) -> None:

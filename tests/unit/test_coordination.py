@@ -30,6 +30,7 @@ from backupd.coordination import (
     sweepable,
     taken_over,
     watch_delay,
+    went_silent,
 )
 from backupd.environment import load_settings
 from backupd.errors import ConfigError, CoordinationError
@@ -181,6 +182,21 @@ def test_a_takeover_raises_the_fencing_token_and_forgets_the_upload() -> None:
 )
 def test_who_may_take_a_slot_over(claim: Claim, now: datetime, expected: bool) -> None:
     assert may_take_over(claim, now) is expected
+
+
+@pytest.mark.parametrize(
+    ("claim", "unchanged_for", "expected"),
+    [
+        (CLAIM, 0.0, False),
+        (CLAIM, LEASE - 0.1, False),
+        (CLAIM, LEASE, True),  # whatever the expiry it records
+        (finished(CLAIM), 10 * LEASE, False),
+    ],
+)
+def test_a_claim_unchanged_for_a_whole_lease_on_the_watchers_clock_went_silent(
+    claim: Claim, unchanged_for: float, expected: bool
+) -> None:
+    assert went_silent(claim, unchanged_for, LEASE) is expected
 
 
 @pytest.mark.parametrize(
