@@ -472,7 +472,8 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
             ok = ok and finding.ok
     seq = await seq_finding(settings.logs, args.send_test)
     if seq is not None:
-        print(f"{'ok  ' if seq[0] else 'FAIL'} seq: {seq[1]}", flush=True)
+        detail = mask(seq[1], settings.logs.secrets)
+        print(f"{'ok  ' if seq[0] else 'FAIL'} seq: {detail}", flush=True)
         ok = ok and seq[0]
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -515,9 +516,7 @@ def run_cancellable(main: Coroutine[Any, Any, int], command: str = "") -> int:
 
 def all_secrets(settings: Settings) -> list[str]:
     hidden = [secret for target in settings.targets for secret in secrets_of(target)]
-    if settings.logs.seq_api_key is not None:
-        hidden.append(settings.logs.seq_api_key.get_secret_value())
-    return hidden
+    return hidden + settings.logs.secrets
 
 
 M_ARENA_MAX = -8

@@ -686,6 +686,17 @@ class LogConfig(BaseModel):
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    @property
+    def secrets(self) -> list[str]:
+        """What of the Seq settings must never be shown: the API key, and of ``SEQ_URL`` (a
+        proxy's basic auth, ``?apiKey=``) its password, its query and the URL itself, which
+        the HTTP clients' errors quote (``401 Client Error: ... for url: http://u:p@seq/...``)."""
+        hidden = [self.seq_api_key.get_secret_value()] if self.seq_api_key is not None else []
+        if self.seq_url is not None:
+            parts = urlsplit(self.seq_url)
+            hidden += [self.seq_url, parts.password or "", parts.query]
+        return [secret for secret in hidden if secret]
+
     @field_validator("level")
     @classmethod
     def _known_level(cls, value: str) -> str:

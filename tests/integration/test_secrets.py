@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from tests.conftest import (
     storage_env,
 )
 from tests.procs import cmdlines, descends_from, environ
-from tests.servers import FaultProxy, MariaDBServer, PostgresServer
+from tests.servers import FaultProxy, MariaDBServer, PostgresServer, http_server
 
 DUMP_TOOLS = {"pg_dump", "mariadb-dump", "mysqldump", "psql", "mariadb", "mysql"}
 
@@ -176,3 +177,39 @@ def test_no_secret_in_any_output_even_at_debug(
         assert (result.returncode == 0) == (outcome == "success"), output
         assert pg.password not in output
         assert S3_SECRET not in output
+
+
+class _RefusingSeq(BaseHTTPRequestHandler):
+    """A Seq behind a proxy that wants other credentials: every post is a 401."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_password_or_key_in_seq_url_is_never_printed(pg: PostgresServer, tmp_path: Path) -> None:
+    """SEQ_URL may carry a proxy's basic auth or Seq's ``?apiKey=``; the HTTP clients' errors
+    quote the URL (``401 Client Error: Unauthorized for url: http://user:pass@...``)."""
+    database = f"seq_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database, "CREATE TABLE t (x int);")
+    local = {
+        **pg_env(pg, database),
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(tmp_path / "store"),
+    }
+    with http_server(_RefusingSeq) as url:
+        host = url.removeprefix("http://")
+        for seq_url, secret in (
+            (f"http://seq-user:Seq-Pa55word@{host}", "Seq-Pa55word"),
+            (f"http://{host}/?apiKey=SeqKey0123456789", "SeqKey0123456789"),
+        ):
+            for args in (("once",), ("check", "--send-test")):
+                result = run_backupd(*args, env={**local, "SEQ_URL": seq_url})
+                output = result.stdout + result.stderr
+                assert "Seq" in output or "seq" in output, output  # the failure is told
+                assert secret not in output, output
