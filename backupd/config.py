@@ -604,6 +604,14 @@ class EmailConfig(BaseModel):
     )
     on: EmailOn = Field(EmailOn.ALWAYS, alias="EMAIL_ON", description="always or failure")
 
+    @field_validator("sender", "to")
+    @classmethod
+    def _without_surrounding_blanks(cls, value: str | None) -> str | None:
+        """A value written as a YAML block (``EMAIL_FROM: |``, a Kubernetes ConfigMap) ends
+        with a line break, which no mail header may hold: every mail, and ``check
+        --send-test``, failed on it while ``check`` said the relay was fine."""
+        return value.strip() if value is not None else None
+
     @property
     def enabled(self) -> bool:
         return self.smtp is not None

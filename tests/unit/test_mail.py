@@ -134,3 +134,22 @@ def test_what_a_failed_run_left_behind_reaches_its_report_masked() -> None:
     assert report.left_behind.startswith("this run's object k.dump could not be removed")
     assert "pw-Secret-42" not in report.left_behind
     assert clean.left_behind is None
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", " ", "\t\n"])
+def test_a_sender_ending_in_a_line_break_still_gets_its_mail_composed(ending: str) -> None:
+    """A Kubernetes ConfigMap's ``EMAIL_FROM: |`` block ends the value with a line break."""
+    target = load_target(
+        {
+            **MINIMAL,
+            "EMAIL_SMTP": "relay.internal",
+            "EMAIL_FROM": f"backupd@example.org{ending}",
+            "EMAIL_TO": f"ops@example.org{ending}",
+        }
+    )
+    report = Report("t", "app", "postgres", State.FAILED, datetime.now(UTC), error="boom")
+
+    for message in (check_message(target.email, "t"), compose(target.email, report)):
+        assert message["From"] == "backupd@example.org"
+        assert message["To"] == "ops@example.org"
+        assert message["Message-ID"].endswith("@example.org>")
