@@ -89,7 +89,13 @@ class JsonFormatter(MaskingFormatter):
         }
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
-        return mask(json.dumps(document, ensure_ascii=False, default=str), self.secrets)
+        # Masked before encoding: JSON writes a secret's quote, backslash or control
+        # character escaped (``\"``, ``\\``, ``\t``), a spelling the secret is not found in.
+        masked = {
+            name: mask(value, self.secrets) if isinstance(value, str) else value
+            for name, value in document.items()
+        }
+        return mask(json.dumps(masked, ensure_ascii=False, default=str), self.secrets)
 
 
 class _Warner:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 
@@ -66,3 +67,32 @@ def test_a_traceback_at_debug_keeps_its_lines(console: io.StringIO) -> None:
     assert first.endswith("DEBUG   details of line1\\nBcc: evil@example.com")
     assert rest[0] == "Traceback (most recent call last):"
     assert rest[-1] == "ValueError: boom"
+
+
+@pytest.mark.parametrize("secret", ['pg "s3cr3t" p@ss\\word #1', "tab\tin it", "line\nbreak"])
+def test_a_json_line_masks_a_secret_that_json_writes_escaped(secret: str) -> None:
+    """A dump tool's stderr (logged at DEBUG) or an error quoting the secret: JSON writes its
+    quotes, backslashes and control characters escaped, so it must be masked before."""
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    stream = io.StringIO()
+    config = LogConfig.model_validate({"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json"})
+    logs = setup_logging(config, [secret], stream)
+    try:
+        logging.getLogger("backupd.process").debug("pg_dump: could not log in with %s", secret)
+        try:
+            raise RuntimeError(f"refused {secret}")
+        except RuntimeError:
+            logging.getLogger("backupd.test").debug("details", exc_info=True)
+    finally:
+        logs.close()
+        root.handlers[:], level = before
+        root.setLevel(level)
+
+    output = stream.getvalue()
+    assert json.dumps(secret)[1:-1] not in output
+    assert secret not in output
+    assert [json.loads(line)["message"] for line in output.splitlines()] == [
+        "pg_dump: could not log in with ******",
+        "details",
+    ]
