@@ -102,3 +102,34 @@ def test_every_command_s_help_has_a_description_and_examples() -> None:
         text = command.format_help()
         assert command.description, name
         assert "example" in text, name
+
+
+INTERRUPT_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "backupd.catalogue":  # imported by the command line, before any handler
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["backupd", "once"]
+from backupd.__main__ import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_modules_load_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_WHILE_IMPORTING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == "backupd: interrupted while starting; nothing was done\n"
+    assert result.returncode == 1
