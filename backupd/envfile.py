@@ -69,7 +69,10 @@ def parse_value(raw: str) -> str | None:
 def parse(text: str, origin: str = ".env") -> EnvFile:
     """Parse the text of an env file; ``origin`` names it in problems (``.env line 3: ...``)."""
     result = EnvFile()
-    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+    # Lines end at a line feed (and a CR before it), as for Docker, compose and editors; not
+    # at every break ``str.splitlines`` knows (form feed, NEL, U+2028, ...), which cut a
+    # quoted password holding one in two and named a line the editor does not show.
+    for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -141,3 +141,22 @@ def test_the_readme_examples_hold() -> None:
     assert len(examples) == 5
     for line, value in examples:
         assert envfile.parse(line).values == {"DB_PASSWORD": value}, line
+
+
+@pytest.mark.parametrize("inside", ["\x0b", "\x0c", "\x1c", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_a_quoted_value_holding_a_break_only_python_knows_stays_one_line(
+    tmp_path: Path, inside: str
+) -> None:
+    """Form feed, NEL, U+2028 ... end a line for ``str.splitlines``, not for Docker, compose or
+    an editor: the password was cut in two and a line the file does not have was named."""
+    path = tmp_path / ".env"
+    path.write_text(f'DB_HOST=db\nDB_PASSWORD="pa{inside}ss"\nDB_USER=\n', encoding="utf-8")
+
+    parsed = envfile.read(path)
+
+    assert parsed.problems == []
+    assert parsed.values == {"DB_HOST": "db", "DB_PASSWORD": f"pa{inside}ss", "DB_USER": ""}
+    unclosed = envfile.parse(f'A=1\nB="x{inside}y\nC=2\n')
+    assert unclosed.problems == [
+        '.env line 2: B: the value opens a " quote that does not close on its line'
+    ]
