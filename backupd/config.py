@@ -506,6 +506,16 @@ class DaemonConfig(BaseModel):
         "0.0.0.0", alias="HTTP_HOST", description="Address /healthz and /metrics listen on"
     )
 
+    @field_validator("http_host")
+    @classmethod
+    def _bare_address(cls, value: str) -> str:
+        """An IPv6 address as URLs write it (``[::1]``) is the address without its brackets:
+        ``backupd healthcheck`` took that form, ``run`` called it no address of this machine."""
+        value = value.strip()
+        if value.startswith("[") and value.endswith("]"):
+            return value[1:-1]
+        return value
+
 
 class Coordination(enum.StrEnum):
     NONE = "none"

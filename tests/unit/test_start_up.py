@@ -133,3 +133,32 @@ def test_ctrl_c_while_the_modules_load_is_one_line_not_a_traceback(tmp_path: Pat
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stderr == "backupd: interrupted while starting; nothing was done\n"
     assert result.returncode == 1
+
+
+def test_an_ipv6_http_host_written_in_brackets_is_served_and_asked(unused_port: int) -> None:
+    """``HTTP_HOST=[::1]``, as a URL writes it: ``healthcheck`` took it, ``run`` refused it as
+    "not an address of this machine"."""
+    from backupd.config import DaemonConfig
+    from backupd.metrics import Metrics, serve
+
+    config = DaemonConfig.model_validate({"HTTP_HOST": " [::1] ", "HTTP_PORT": str(unused_port)})
+
+    async def serve_and_close() -> None:
+        runner = await serve(Metrics(), lambda: True, config.http_host, config.http_port)
+        await runner.cleanup()
+
+    assert config.http_host == "::1"
+    assert cli.healthz_host(config.http_host) == "::1"
+    asyncio.run(serve_and_close())
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        return int(probe.getsockname()[1])
