@@ -165,6 +165,20 @@ def _usable_host(host: str, netloc: str) -> bool:
     return len(host) <= 255 and _HOST_NAME.fullmatch(host) is not None
 
 
+def _resolvable(host: str, netloc: str) -> bool:
+    """Whether the resolver can be asked for ``host`` at all: Python encodes a name with the
+    IDNA codec before looking it up, which refuses an empty label (``seq..local``) or one
+    over 63 characters with a UnicodeError (urllib3: LocationParseError) that no HTTP client
+    turns into a connection error. An IPv6 address in brackets is not a name."""
+    if f"[{host}]" in netloc.lower():
+        return True
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def http_url_problem(url: str, example: str, unreadable: str | None = None) -> str | None:
     """What keeps ``url`` from being an HTTP address backupd can send to (``SEQ_URL``, the
     hook URLs), or None: ``http://`` or ``https://``, a host, a port from 1 to 65535 if any,
@@ -181,6 +195,11 @@ def http_url_problem(url: str, example: str, unreadable: str | None = None) -> s
         return unreadable or f"its host cannot be read; write it like {example}"
     if not parts.hostname:
         return f"names no host; write it like {example}"
+    if not _resolvable(parts.hostname, parts.netloc):
+        return (
+            "its host has an empty part (two dots in a row) or a part over 63 characters, "
+            f"which no name can have; write it like {example}"
+        )
     try:
         port = parts.port
     except ValueError:  # not digits, or over 65535

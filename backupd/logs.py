@@ -194,18 +194,25 @@ class Logging:
     """The handlers backupd installed; ``close`` flushes Seq (bounded by its timeout)."""
 
     def __init__(
-        self, listener: logging.handlers.QueueListener | None, drops: _Drops | None = None
+        self,
+        listener: logging.handlers.QueueListener | None,
+        drops: _Drops | None = None,
+        console: logging.Handler | None = None,
     ) -> None:
         self.listener = listener
         self.drops = drops
+        self.console = console if console is not None else logging.StreamHandler()
 
     def close(self) -> None:
         if self.listener is not None:
             self.listener.stop()
             for handler in self.listener.handlers:
-                _drain(handler)
-                handler.flush()  # seqlog's close drops a batch not yet sent
-                handler.close()
+                try:
+                    _drain(handler)
+                    handler.flush()  # seqlog's close drops a batch not yet sent
+                    handler.close()
+                except Exception as error:  # the command's work is done: never a traceback
+                    _console_warning(self.console, "cannot send logs to Seq: %r", error)
             self.listener = None
         if self.drops is not None and self.drops.count:
             _console_warning(
@@ -261,4 +268,4 @@ def setup_logging(
     root.setLevel(config.level)
     for noisy in QUIET:
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return Logging(listener, drops)
+    return Logging(listener, drops, console)

@@ -374,3 +374,30 @@ def test_an_http_address_aiohttp_reaches_is_accepted_beyond_s3s_rule(url: str) -
     assert settings.logs.seq_url == url
     hook = settings.targets[0].hooks.webhook_url
     assert hook is not None and hook.get_secret_value() == url
+
+
+@pytest.mark.parametrize("variable", ["SEQ_URL", "NOTIFY_WEBHOOK_URL", "HEALTHCHECK_PING_URL"])
+@pytest.mark.parametrize(
+    "host", ["seq..internal", ".internal", f"{'a' * 64}.internal", "hooks.example..com"]
+)
+def test_a_url_host_no_resolver_can_be_asked_for_is_a_problem(
+    tmp_path: Path, variable: str, host: str
+) -> None:
+    """An empty label (a doubled dot) or one over 63 characters: the IDNA encoding before the
+    look-up raised UnicodeError, a traceback from ``check`` and, for Seq, from the end of a
+    successful ``once`` (exit 1)."""
+    url = f"https://{host}:5341/Tok3n-s3cret"
+
+    (problem,) = problems_of({**local(tmp_path), variable: url})
+
+    assert problem.startswith(f"{variable}: its host has an empty part")
+    assert "Tok3n-s3cret" not in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://seq_server:5341", "https://hooks.example.com./x", "http://[::1]:5341", "http://séq"],
+)
+def test_a_url_host_the_resolver_takes_is_accepted(tmp_path: Path, url: str) -> None:
+    settings = load_settings({**local(tmp_path), "SEQ_URL": url, "NOTIFY_WEBHOOK_URL": url})
+    assert settings.logs.seq_url == url

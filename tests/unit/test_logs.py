@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.handlers
+import queue
 from collections.abc import Iterator
 
 import pytest
 
 from backupd.config import LogConfig
-from backupd.logs import escape_controls, setup_logging
+from backupd.logs import Logging, escape_controls, setup_logging
 
 FORGED = "line1\nBcc: evil@example.com"
 
@@ -96,3 +98,26 @@ def test_a_json_line_masks_a_secret_that_json_writes_escaped(secret: str) -> Non
         "pg_dump: could not log in with ******",
         "details",
     ]
+
+
+def test_a_seq_handler_that_fails_at_the_end_is_a_warning_not_a_traceback() -> None:
+    """The last batch is posted by ``close``: an error requests does not wrap (urllib3's
+    LocationParseError) escaped the command after its work was done."""
+
+    class Failing(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
+
+        def flush(self) -> None:
+            raise ValueError("Failed to parse: 'seq..local', label empty or too long")
+
+    stream = io.StringIO()
+    console = logging.StreamHandler(stream)
+    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    listener = logging.handlers.QueueListener(records, Failing())
+    listener.start()
+
+    Logging(listener, None, console).close()
+
+    assert "cannot send logs to Seq" in stream.getvalue()
+    assert "label empty or too long" in stream.getvalue()
