@@ -633,6 +633,22 @@ class EmailConfig(BaseModel):
     )
     on: EmailOn = Field(EmailOn.ALWAYS, alias="EMAIL_ON", description="always or failure")
 
+    @field_validator("smtp")
+    @classmethod
+    def _relay_host(cls, value: str | None) -> str | None:
+        """A host name or address the resolver can be asked for; a port goes in EMAIL_PORT."""
+        if value is None:
+            return None
+        value = value.strip()
+        if re.fullmatch(r"[^:\[\]]+:[0-9]+", value):
+            raise ValueError("must be a host name alone; set its port in EMAIL_PORT")
+        if not value or not _resolvable(value, value):
+            raise ValueError(
+                "its host has an empty part (two dots in a row) or a part over 63 characters, "
+                "which no name can have"
+            )
+        return value
+
     @field_validator("sender", "to")
     @classmethod
     def _without_surrounding_blanks(cls, value: str | None) -> str | None:

@@ -101,6 +101,8 @@ async def notification_findings(
             findings.append(finding(True, what, await check))
         except NotifyError as error:
             findings.append(finding(False, what, str(error)))
+        except Exception as error:  # one FAIL line, never a traceback (``finding`` masks)
+            findings.append(finding(False, what, f"{type(error).__name__}: {error}"))
     return findings
 
 

@@ -401,3 +401,31 @@ def test_a_url_host_no_resolver_can_be_asked_for_is_a_problem(
 def test_a_url_host_the_resolver_takes_is_accepted(tmp_path: Path, url: str) -> None:
     settings = load_settings({**local(tmp_path), "SEQ_URL": url, "NOTIFY_WEBHOOK_URL": url})
     assert settings.logs.seq_url == url
+
+
+@pytest.mark.parametrize(
+    ("smtp", "says"),
+    [
+        ("smtp..example.com", "EMAIL_SMTP: its host has an empty part"),
+        (f"{'m' * 64}.example.com", "EMAIL_SMTP: its host has an empty part"),
+        (
+            "smtp.example.com:587",
+            "EMAIL_SMTP: must be a host name alone; set its port in EMAIL_PORT",
+        ),
+    ],
+)
+def test_an_smtp_relay_no_resolver_can_be_asked_for_is_a_problem(
+    tmp_path: Path, smtp: str, says: str
+) -> None:
+    """``check`` printed a traceback (UnicodeError from the IDNA encoding) for the first two."""
+    mail = {"EMAIL_SMTP": smtp, "EMAIL_FROM": "a@example.com", "EMAIL_TO": "b@example.com"}
+
+    (problem,) = problems_of({**local(tmp_path), **mail})
+
+    assert problem.startswith(says)
+
+
+@pytest.mark.parametrize("smtp", ["relay.internal", "127.0.0.1", "::1", " relay ", "mail_relay"])
+def test_an_smtp_relay_the_resolver_takes_is_accepted(tmp_path: Path, smtp: str) -> None:
+    mail = {"EMAIL_SMTP": smtp, "EMAIL_FROM": "a@example.com", "EMAIL_TO": "b@example.com"}
+    assert load_target({**local(tmp_path), **mail}).email.smtp == smtp.strip()
