@@ -123,6 +123,10 @@ def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> 
                 "set it without a target's prefix"
             )
             continue
+        if name.upper() in known and (name.upper().startswith(prefixes) or name in file_names):
+            # Names are read as written: ``db_password`` in the .env file was silently ignored.
+            warnings.append(f"{name} is not a backupd setting; did you mean {name.upper()}?")
+            continue
         if name.startswith(prefixes):
             guess = _suggestion(name, known, SUGGESTION_CUTOFF)
         elif name in file_names:

@@ -97,3 +97,19 @@ def test_a_field_added_to_a_model_is_known_through_its_alias() -> None:
         name: str = Field("x", alias="VERIFY_EVERY")
 
     assert aliases(Outer) == {"RETENTION_KEEP_DAILY", "VERIFY_EVERY"}
+
+
+def test_a_known_name_written_in_lower_case_is_named_with_its_spelling() -> None:
+    """Names are read as written: ``db_password`` in the .env file was ignored without a word,
+    and only "DB_HOST: required but not set" told anything."""
+    from_file = {"db_password": "x", "Db_Host": "db", "timezone": "UTC"}
+    env = {**from_file, "storage_bucket_name": "b", "http_proxy": "http://proxy:3128"}
+
+    warnings = unknown_variables(env, from_file=from_file)
+
+    assert warnings == [
+        "Db_Host is not a backupd setting; did you mean DB_HOST?",
+        "db_password is not a backupd setting; did you mean DB_PASSWORD?",
+        "storage_bucket_name is not a backupd setting; did you mean STORAGE_BUCKET_NAME?",
+        "timezone is not a backupd setting; did you mean TIMEZONE?",
+    ]
