@@ -4,6 +4,7 @@ answer. Results are data; the CLI prints them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from backupd.report import secrets_of
 from backupd.schedule import Schedule, next_fire
 from backupd.sources import FileSource, Source, source_for
 from backupd.storage import Storage, open_claim_store, open_storage
+from backupd.tasks import until_done
 
 
 @dataclass(frozen=True)
@@ -160,8 +162,7 @@ async def check_target(target: TargetConfig, send_test: bool = False) -> list[Fi
     )
     try:
         async with open_storage(target.storage) as storage:
-            await storage.put_bytes(probe_key, b"backupd write probe\n", "text/plain")
-            await storage.delete(probe_key)
+            await write_probe(storage, probe_key)
             findings.append(
                 finding(
                     True, "storage", f"wrote and deleted a probe object in {storage.description}"
@@ -173,6 +174,23 @@ async def check_target(target: TargetConfig, send_test: bool = False) -> list[Fi
         findings.append(finding(False, "storage", str(error)))
     findings += await notification_findings(target, finding, send_test)
     return findings
+
+
+PROBE_CLEANUP = 10.0
+"""Seconds an interrupted check still spends deleting its probe object."""
+
+
+async def write_probe(storage: Storage, key: str) -> None:
+    """Write, then delete, a small probe object at ``key``. Interrupted (SIGTERM) while
+    either request is in flight, it still deletes the probe (the write may have landed),
+    for at most ``PROBE_CLEANUP`` seconds, and is then cancelled. Raises StorageError."""
+    try:
+        await storage.put_bytes(key, b"backupd write probe\n", "text/plain")
+        await storage.delete(key)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BackupdError, TimeoutError):
+            await until_done(asyncio.wait_for(storage.delete(key), PROBE_CLEANUP))
+        raise
 
 
 async def check_coordination(target: TargetConfig, coordination: CoordinationConfig) -> Finding:

@@ -479,8 +479,8 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 INTERRUPTED = {
-    "once": "the backup in progress was aborted and left nothing behind; backups already "
-    "complete are kept",
+    "once": "any backup still in progress was aborted and left nothing behind; backups already "
+    "stored are kept, though their notifications may not have been sent",
     "restore": "the restore was stopped; what it had created (a database, a file) was removed",
     "prune": "the prune was stopped; what it had not deleted yet is kept",
     "verify": "the verify was stopped; a drill's scratch database was dropped",

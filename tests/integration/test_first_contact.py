@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import uuid
@@ -21,8 +22,16 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.conftest import backupd_command, child_env, mariadb_env, pg_env, run_backupd
-from tests.servers import PostgresServer, free_port, http_server
+from tests.conftest import (
+    backupd_command,
+    bucket_state,
+    child_env,
+    mariadb_env,
+    pg_env,
+    run_backupd,
+    storage_env,
+)
+from tests.servers import FaultProxy, PostgresServer, free_port, http_server
 
 
 def no_traceback(result: subprocess.CompletedProcess[str]) -> str:
@@ -396,3 +405,33 @@ def test_restore_to_stdout_refuses_a_terminal(pg: PostgresServer, tmp_path: Path
 
     assert result.returncode == 2
     assert "--to-file - writes the dump to stdout: pipe it into a tool or a file" in result.stderr
+
+
+def test_a_check_interrupted_while_writing_its_probe_leaves_no_probe_behind(
+    pg: PostgresServer, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """SIGTERM while the probe's PUT has landed but not been answered: the check still
+    deletes the probe object on its way out."""
+    proxy.hold = lambda method, target: method == "PUT" and ".backupd-probe-" in target
+    env = {**pg_env(pg, "postgres"), **storage_env(proxy.url, bucket)}
+    child = subprocess.Popen(
+        backupd_command("check"),
+        env=child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proxy.holding.wait(60), "the probe's PUT never reached the store"
+        assert bucket_state(s3, bucket)[0], "the held PUT has landed"
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        proxy.release.set()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    assert child.returncode == 1, out + err
+    assert "Traceback" not in out + err
+    assert bucket_state(s3, bucket) == ([], [])
