@@ -753,9 +753,10 @@ class LogConfig(BaseModel):
     @field_validator("level")
     @classmethod
     def _known_level(cls, value: str) -> str:
-        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
-        return value.upper()
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR (got {value!r})")
+        return level
 
 
 class MSSQLConfig(BaseModel):

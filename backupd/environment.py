@@ -154,12 +154,15 @@ class _Reader:
 
 def canonical_choice(annotation: Any, value: str) -> str:
     """``value`` spelled as the choice it names when ``annotation`` is a set of choices (an
-    enum, or one or None) and it names one in another case (``DB_TYPE=Postgres``, ``EMAIL_TLS=
-    STARTTLS``); anything else unchanged, for the model to judge."""
+    enum, or one or None) and it names one in another case or between blanks (``DB_TYPE=
+    Postgres``, ``EMAIL_TLS= STARTTLS``); a yes/no without its blanks (``RUN_ON_STARTUP=" true"``,
+    as numbers already are); anything else unchanged, for the model to judge."""
     for choices in (annotation, *get_args(annotation)):
+        if choices is bool:
+            return value.strip()
         if isinstance(choices, type) and issubclass(choices, enum.StrEnum):
             for choice in choices:
-                if choice.value.casefold() == value.casefold():
+                if choice.value.casefold() == value.strip().casefold():
                     return choice.value
     return value
 

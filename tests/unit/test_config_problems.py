@@ -347,6 +347,23 @@ def test_a_choice_is_taken_in_any_case() -> None:
     assert target.verify.row_counts == "off"
 
 
+def test_a_choice_a_switch_or_a_level_between_blanks_is_taken_as_a_number_is() -> None:
+    settings = load_settings(
+        {
+            **S3,
+            "DB_TYPE": " mysql ",
+            "DB_PORT": " 3307 ",
+            "RUN_ON_STARTUP": " true",
+            "LOG_LEVEL": " info",
+        }
+    )
+
+    assert settings.targets[0].database.engine == "mysql"
+    assert settings.targets[0].database.effective_port == 3307
+    assert settings.targets[0].schedule.run_on_startup is True
+    assert settings.logs.level == "INFO"
+
+
 def test_a_name_that_is_no_choice_in_any_case_is_still_a_problem() -> None:
     problem = only_problem({**S3, "DB_TYPE": "PostgreSQL"})
 
