@@ -185,16 +185,17 @@ class DatabaseStatementFilter:
 
     def _in_quote(self, buffer: bytes, position: int, eof: bool) -> int | None:
         quote = self._quote
+        body = _quote_body(quote, self._mode.escapes(quote))
         index = position
         while True:
-            found = _next_of(buffer, index, quote, b"\\" if self._mode.escapes(quote) else b"")
-            if found < 0:
+            read = body.match(buffer, index)  # up to a quote, a final backslash, or the end
+            found = read.end() if read is not None else index  # (it matches the empty text)
+            if found >= len(buffer):
                 return len(buffer) if len(buffer) > position else None
-            if buffer[found : found + 1] == b"\\":
-                if found + 1 >= len(buffer) and not eof:
+            if buffer[found : found + 1] == b"\\":  # the buffer's last byte: escapes what follows
+                if not eof:
                     return found if found > position else None
-                index = found + 2
-                continue
+                return len(buffer)
             if found + 1 >= len(buffer) and not eof:
                 return found if found > position else None  # a doubled quote may follow
             if buffer[found + 1 : found + 2] == quote:
@@ -244,15 +245,20 @@ def _special(delimiter: bytes) -> re.Pattern[bytes]:
     return _SPECIALS[delimiter]
 
 
-def _next_of(buffer: bytes, start: int, first: bytes, second: bytes) -> int:
-    """The index of the next ``first`` or ``second`` byte at or after ``start``, or -1."""
-    a = buffer.find(first, start)
-    b = buffer.find(second, start) if second else -1
-    if a < 0:
-        return b
-    if b < 0:
-        return a
-    return min(a, b)
+_QUOTE_BODIES: dict[tuple[bytes, bool], re.Pattern[bytes]] = {}
+
+
+def _quote_body(quote: bytes, escapes: bool) -> re.Pattern[bytes]:
+    """The text of a ``quote`` string up to its next quote (or a backslash that ends the
+    buffer), escapes included when the backslash ``escapes``, read in one pass of the regular
+    expression engine: a long string full of escapes (``\\n`` for every newline of a text)
+    is read in linear time."""
+    if (quote, escapes) not in _QUOTE_BODIES:
+        other = b"[^" + re.escape(quote) + (rb"\\" if escapes else b"") + b"]++"
+        _QUOTE_BODIES[quote, escapes] = re.compile(
+            b"(?s:" + other + (rb"|\\." if escapes else b"") + b")*+"
+        )
+    return _QUOTE_BODIES[quote, escapes]
 
 
 def _space_or_end(buffer: bytes, index: int) -> bool:
