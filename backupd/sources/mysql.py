@@ -75,8 +75,15 @@ _CONNECT_FAILURES = (
     "Got error: 2",
     "at 'handshake",  # ERROR 2013: a server that accepts connections but never speaks
 )
-# ERROR 1153, or the connection closed on an oversized packet (ERROR 2006/2013).
-_PACKET_REFUSED = ("max_allowed_packet", "server has gone away", "lost connection to")
+# ERROR 1153: the server names its max_allowed_packet.
+_PACKET_REFUSED = ("max_allowed_packet",)
+# ERROR 2006/2013: the connection closed, on an oversized statement sent to the server, or
+# because the server stopped or restarted, or the network (a proxy) dropped it.
+_CONNECTION_LOST = ("server has gone away", "lost connection to")
+PACKET_HINT = (
+    "the server refused a statement larger than its max_allowed_packet (a wide row; the "
+    "client allows 1 GiB): raise max_allowed_packet on the server"
+)
 _UNKNOWN_DATABASE = re.compile(r"Unknown database '(.*)'")
 _NAME = re.compile(r"^\w+$", re.ASCII)
 
@@ -410,19 +417,36 @@ class MySQLSource:
         self, database: str, native_compression: bool, snapshot: str | None = None
     ) -> AsyncIterator[Readable]:
         command = await self.dump_command(database, native_compression)
-        async with command_output(command, self.explain_failure) as output:
+        async with command_output(command, self.explain_dump_failure) as output:
             yield output
 
     def open_globals(self, info: ServerInfo) -> None:
         return None
 
-    def explain_failure(self, stderr: str) -> str | None:
-        refused = any(marker in stderr.lower() for marker in _PACKET_REFUSED)
-        if refused and "at 'handshake" not in stderr:
+    def explain_dump_failure(self, stderr: str) -> str | None:
+        """``explain_failure`` for the dump tool, which sends no statement a server could
+        refuse as too large (and takes rows up to 1 GiB): a lost connection is lost."""
+        lowered = stderr.lower()
+        lost = any(marker in lowered for marker in _CONNECTION_LOST)
+        refused = any(marker in lowered for marker in _PACKET_REFUSED)
+        if lost and not refused and "at 'handshake" not in stderr:
             return (
-                "the server refused a statement larger than its max_allowed_packet (a wide "
-                "row; the client allows 1 GiB): raise max_allowed_packet on the server"
+                f"the connection to {self._label()} at {self._where()} was lost during the "
+                "dump: the server stopped or restarted, or the network dropped it (the "
+                "server's error log says which)"
             )
+        return self.explain_failure(stderr)
+
+    def explain_failure(self, stderr: str) -> str | None:
+        lowered = stderr.lower()
+        if "at 'handshake" not in stderr:
+            if any(marker in lowered for marker in _PACKET_REFUSED):
+                return PACKET_HINT
+            if any(marker in lowered for marker in _CONNECTION_LOST):
+                return (
+                    "the connection to the server was lost: either the server stopped or "
+                    f"restarted (its error log says so), or {PACKET_HINT}"
+                )
         if (unknown := _UNKNOWN_DATABASE.search(stderr)) is not None:
             return missing_database(self.config, unknown.group(1))
         if any(marker in stderr for marker in _CONNECT_FAILURES):

@@ -471,3 +471,24 @@ def test_a_server_that_never_speaks_is_a_login_failure_not_a_wide_row() -> None:
     hint = MySQLSource(database(Engine.MARIADB)).explain_failure(stderr)
     assert hint is not None
     assert hint.startswith("cannot log in to MariaDB at ")
+
+
+def test_a_connection_lost_during_a_dump_is_not_blamed_on_a_wide_row() -> None:
+    """The server sends rows of any size and the dump tool takes up to 1 GiB: a dump that
+    loses its connection lost it (a server killed or restarted, a network drop). Its hint
+    sent the operator to raise max_allowed_packet instead."""
+    source = MySQLSource(database(Engine.MARIADB))
+    lost = (
+        "mariadb-dump: Error 2013: Lost connection to server during query when dumping "
+        "table `r` at row: 20727"
+    )
+    said = source.explain_dump_failure(lost)
+    assert said is not None and "was lost during the dump" in said
+    assert "max_allowed_packet" not in said
+    # Loading a statement, the same loss may be a refused packet: both are named.
+    restoring = source.explain_failure("ERROR 2006 (HY000) at line 38: Server has gone away")
+    assert restoring is not None and "raise max_allowed_packet on the server" in restoring
+    assert "stopped or restarted" in restoring
+    refused = "ERROR 1153 (08S01) at line 38: Got a packet bigger than 'max_allowed_packet' bytes"
+    assert source.explain_dump_failure(refused) == source.explain_failure(refused)
+    assert "raise max_allowed_packet on the server" in (source.explain_failure(refused) or "")
