@@ -18,7 +18,7 @@ import secrets
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -49,11 +49,21 @@ class RestoreError(BackupdError):
     step = "restore"
 
 
-class Decompressor(Protocol):
-    """zlib's and zstandard's decompression objects: ``eof`` once the compressed stream has
-    ended, and what came after it in ``unused_data``."""
+PLAIN_PIECE = 1024 * 1024
+"""The most decompressed bytes gzip hands out at a time."""
+ZSTD_SLICE = 256
+"""Compressed bytes zstd decompresses at a time. Its decompression object has no output limit:
+a 1 MiB download chunk of a dump that compresses 1000:1 (rows of repeated text, zero-filled
+blobs) came out as 1 GB at once, and a restore's memory grew with the dump's size. A zstd
+block holds at most 128 KiB and takes at least 4 bytes (an RLE block), so 256 bytes make at
+most 8 MiB; 43 MiB of a dump decompress in 0.06 s so, against 0.04 s at once."""
 
-    def decompress(self, data: bytes) -> bytes: ...
+
+class Decompressor(Protocol):
+    """A compressed stream's bytes in bounded pieces: ``eof`` once the compressed stream has
+    ended, and ``unused_data`` (non-empty) when more came after its end."""
+
+    def pieces(self, data: bytes) -> Iterator[bytes]: ...
 
     @property
     def eof(self) -> bool: ...
@@ -66,8 +76,55 @@ class _Plain:
     eof = True
     unused_data = b""
 
-    def decompress(self, data: bytes) -> bytes:
-        return data
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        if data:
+            yield data
+
+
+class _Gzip:
+    def __init__(self) -> None:
+        self._inner = zlib.decompressobj(31)
+
+    @property
+    def eof(self) -> bool:
+        return self._inner.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._inner.unused_data
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            plain = self._inner.decompress(data, PLAIN_PIECE)
+            data = self._inner.unconsumed_tail
+            if plain:
+                yield plain
+            if self._inner.eof or (not data and len(plain) < PLAIN_PIECE):
+                return  # (a full piece may leave output behind though all input was read)
+
+
+class _Zstd:
+    def __init__(self) -> None:
+        self._inner = zstandard.ZstdDecompressor().decompressobj()
+        self._after = b""  # the start of what came after the frame's end
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._inner.eof)
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._inner.unused_data or self._after
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        with memoryview(data) as view:
+            for start in range(0, len(view), ZSTD_SLICE):
+                if self._inner.eof:  # it takes no more input once its frame has ended
+                    self._after = self._after or bytes(view[start : start + 16])
+                    return
+                plain = self._inner.decompress(view[start : start + ZSTD_SLICE])
+                if plain:
+                    yield plain
 
 
 def stream_end_problem(key: str, decompressor: Decompressor) -> str | None:
@@ -84,9 +141,9 @@ def stream_end_problem(key: str, decompressor: Decompressor) -> str | None:
 def decompressor_for(key: str) -> Decompressor:
     key = without_suffix(key)  # decryption comes first
     if key.endswith(".zst"):
-        return zstandard.ZstdDecompressor().decompressobj()
+        return _Zstd()
     if key.endswith(".gz"):
-        return zlib.decompressobj(31)
+        return _Gzip()
     return _Plain()
 
 
@@ -204,8 +261,7 @@ class _Download:
                 stored = (await stack.enter_async_context(self._decryption)).plaintext()
             try:
                 async for chunk in stored:
-                    plain = self._decompressor.decompress(chunk)
-                    if plain:
+                    for plain in self._decompressor.pieces(chunk):
                         yield plain
             except (zstandard.ZstdError, zlib.error) as error:
                 await self.drain()
