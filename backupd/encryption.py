@@ -288,6 +288,17 @@ async def probe(recipients: Sequence[str]) -> str:
     return f"age {version.strip() if code == 0 else '?'} encrypts to {len(recipients)} recipient(s)"
 
 
+async def is_recipient(identity: Path, recipients: Sequence[str]) -> bool:
+    """Whether the public key of the age identity file ``identity`` (``age-keygen -y``, given
+    the file's name, never its contents) is one of ``recipients``; False when it cannot be
+    told (no age-keygen, an SSH or passphrase-protected identity, an unreadable file)."""
+    if shutil.which("age-keygen") is None:
+        return False
+    command = Command(("age-keygen", "-y", str(identity)), child_environment({}))
+    code, out, _ = await run_captured("age-keygen", command)
+    return code == 0 and any(line.strip() in recipients for line in out.splitlines() if line)
+
+
 def is_encrypted(key: str) -> bool:
     """Whether the object ``key`` names is an age file (backupd's keys end in ``.age``)."""
     return key.endswith(SUFFIX)

@@ -31,8 +31,10 @@ from backupd.config import Engine, TargetConfig
 from backupd.encryption import (
     DecryptError,
     Decryption,
+    WrongIdentity,
     check_identity,
     identity_for,
+    is_recipient,
     without_suffix,
 )
 from backupd.errors import BackupdError
@@ -213,7 +215,7 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
         check_stored_size(chosen)
         identity = identity_for(chosen.key, request.identity)  # None: not encrypted
         if identity is not None:  # before anything is created
-            await check_identity(storage.download(chosen.key), identity, chosen.key)
+            await check_decryptable(storage, chosen, identity, request.progress)
         request = replace(request, identity=identity)
         log.info("restoring %s (%s)", chosen.key, chosen.taken.astimezone(target.layout.tz))
         if request.to_file is not None and str(request.to_file) == "-":
@@ -224,6 +226,23 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
             assert request.into is not None
             await _into_database(storage, target, chosen, request)
     return chosen
+
+
+async def check_decryptable(
+    storage: Storage, backup: Backup, identity: Path, progress: Progress
+) -> None:
+    """``check_identity`` for ``backup``, whose header a damaged object can make refuse every
+    identity: when ``identity`` is one of the recipients its manifest records, the object is
+    read back against its manifest first, and a mismatch is reported as such (RestoreError),
+    not as a wrong identity."""
+    try:
+        await check_identity(storage.download(backup.key), identity, backup.key)
+    except WrongIdentity:
+        recorded = backup.manifest.encryption if backup.manifest is not None else None
+        recipients = (recorded or {}).get("recipients")
+        if isinstance(recipients, list) and await is_recipient(identity, recipients):
+            await _Download(storage, backup, progress).drain()
+        raise
 
 
 class _Download:

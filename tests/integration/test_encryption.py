@@ -492,3 +492,39 @@ def test_a_stopped_encrypted_backup_leaves_no_child_and_stores_nothing(
     assert bucket_state(s3, bucket) == ([], [])
     assert age_processes(recipient) == []
     assert dump_processes(big_pg_database) == []
+
+
+def test_a_damaged_header_is_a_checksum_mismatch_not_a_wrong_identity(
+    mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any]
+) -> None:
+    """A flipped byte in the age header's recipient stanza makes age answer "no identity
+    matched", as for a wrong key: the one identity the backup was made for was called
+    unable to decrypt it. Where the identity is a recorded recipient, the object is damaged,
+    and the restore says so; another identity is still a wrong identity, in one line."""
+    database = unique("shop")
+    mariadb.create_database(database, "CREATE TABLE t (n INT); INSERT INTO t VALUES (1);")
+    env = {
+        **mariadb_env(mariadb, database),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS": keys["key_public"],
+    }
+    assert run_backupd("once", env=env).returncode == 0
+    key = only_backup_key(s3, bucket)
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    # The wrapped file key: the line after "-> X25519 <share>", in unpadded base64. Another
+    # base64 letter keeps the header well-formed; only the unwrapping fails.
+    wrapped = body.index(b"\n", body.index(b"\n-> X25519 ") + 1) + 1
+    body[wrapped] = ord("B") if body[wrapped] != ord("B") else ord("C")
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    restored, other = unique("restored"), unique("other")
+
+    damaged = run_backupd("restore", "--into", restored, "--identity", str(keys["key"]), env=env)
+    wrong = run_backupd("restore", "--into", other, "--identity", str(keys["other"]), env=env)
+
+    assert damaged.returncode == 1, damaged.stdout + damaged.stderr
+    assert f"checksum mismatch for {key}" in damaged.stdout
+    assert "none of the identities" not in damaged.stdout
+    assert wrong.returncode == 1
+    assert f"none of the identities in {keys['other']} can decrypt {key}" in wrong.stdout
+    for name in (restored, other):
+        assert not mariadb.root_sql(f"SHOW DATABASES LIKE '{name}'")
