@@ -517,3 +517,17 @@ def choose(
             f"no complete backup of database {database!r}{when}; `backupd list` shows what there is"
         )
     return newest_first(candidates)[0]
+
+
+def passed_over(backups: list[Backup], chosen: Backup, at: datetime | None) -> list[Backup]:
+    """Objects of ``chosen``'s series newer than it (and not after ``at``) that are not
+    complete backups: a manifest that cannot be read (damaged, cut short), or none. ``choose``
+    skips them, so without a word a restore would bring back older data than the user asked."""
+    return [
+        b
+        for b in backups
+        if not b.complete
+        and b.parsed.series == chosen.parsed.series
+        and b.taken > chosen.taken
+        and (at is None or b.taken <= at)
+    ]

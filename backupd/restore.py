@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import zstandard
 
-from backupd.catalogue import Backup, Manifest, choose, engine_family, scan
+from backupd.catalogue import Backup, Manifest, choose, engine_family, passed_over, scan
 from backupd.config import Engine, TargetConfig
 from backupd.encryption import (
     DecryptError,
@@ -204,14 +204,25 @@ class Request:
 async def restore(target: TargetConfig, request: Request) -> Backup:
     """Restore the chosen backup into ``request.into`` or write it to ``request.to_file``."""
     async with open_storage(target.storage) as storage:
+        backups = await scan(storage, target.key_prefix)
         chosen = choose(
-            await scan(storage, target.key_prefix),
+            backups,
             database=request.database,
             key=request.key,
             at=request.at,
             force=request.force,
             engine=target.database.engine,
         )
+        if request.key is None:
+            for newer in passed_over(backups, chosen, request.at):
+                log.warning(
+                    "%s is a newer backup of %s that is not complete (%s): restoring the "
+                    "older %s instead",
+                    newer.key,
+                    chosen.database,
+                    newer.problem or "it has no manifest",
+                    chosen.key,
+                )
         check_stored_size(chosen)
         identity = identity_for(chosen.key, request.identity)  # None: not encrypted
         if identity is not None:  # before anything is created

@@ -430,3 +430,29 @@ def test_a_new_database_is_restored_without_one_transaction_an_existing_one_with
         (tools[into],) = {a for a in watcher.argvs() if a and Path(a[0]).name == "pg_restore"}
 
     assert [("--single-transaction" in argv) for argv in tools.values()] == [False, True]
+
+
+def test_a_newer_backup_whose_manifest_is_damaged_is_named_when_an_older_one_is_restored(
+    mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    """The newest backup's manifest cut short: it counts as incomplete, and the restore
+    silently brought back the backup before it, older data, with exit 0 and not a word."""
+    database = unique("shop")
+    mariadb.create_database(database, "CREATE TABLE t (n INT); INSERT INTO t VALUES (1);")
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    time.sleep(1.1)  # another second in the key
+    mariadb.root_sql("UPDATE t SET n = 2", database)
+    backup(env)
+    older, newest = sorted(keys_of(s3, bucket))
+    document = s3.get_object(Bucket=bucket, Key=manifest_key(newest))["Body"].read()
+    s3.put_object(Bucket=bucket, Key=manifest_key(newest), Body=document[:-20])
+    restored = unique("restored")
+
+    result = run_backupd("restore", "--into", restored, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mariadb.root_sql("SELECT n FROM t", restored).strip() == "1"
+    warning = next(line for line in result.stdout.splitlines() if "WARNING" in line)
+    assert f"{newest} is a newer backup of {database} that is not complete" in warning
+    assert "is not a backupd manifest" in warning and f"restoring the older {older}" in warning
