@@ -392,7 +392,11 @@ async def _into_database(
     if state != "missing" and (request.clean or not source.restores_atomically):
         # Nothing of an existing database is dropped or written before the object is known
         # to be intact: read it back once against its manifest (a second download, no disk).
-        await _verify_stored(storage, backup, request.progress)
+        limit = await source.statement_limit()
+        if limit is None:
+            await _verify_stored(storage, backup, request.progress)
+        else:
+            await _check_statements_fit(storage, backup, request, limit)
     await _restore_database(storage, source, target, backup, request, state, properties)
 
 
@@ -441,6 +445,40 @@ async def _verify_stored(storage: Storage, backup: Backup, progress: Progress) -
         return  # --force: nothing to compare with, as the restore itself will say
     log.info("checking %s against its manifest before changing an existing database", backup.key)
     await _Download(storage, backup, progress).drain()
+
+
+async def _check_statements_fit(
+    storage: Storage, backup: Backup, request: Request, limit: int
+) -> None:
+    """``_verify_stored`` for a dump of SQL text whose statements of rows are one line each
+    (MySQL/MariaDB), reading it (decrypted, decompressed) for its longest line: one longer than
+    ``limit`` bytes, the most the server takes as one statement (``Source.statement_limit``:
+    max_allowed_packet; a binary value of more than half of it, which ``--hex-blob`` doubles),
+    would fail the restore, and with ``--clean`` after the database was dropped. Raise
+    RestoreError before anything changes."""
+    if backup.manifest is None:
+        return  # --force: nothing to compare with, as the restore itself will say
+    log.info("checking %s against its manifest before changing an existing database", backup.key)
+    download = _Download(storage, backup, request.progress, request.identity)
+    longest = current = 0
+    async for chunk in download.chunks():
+        lines = chunk.split(b"\n")  # a dump's statements of rows are one line each
+        if len(lines) == 1:
+            current += len(chunk)
+            continue
+        inner = max(map(len, lines[1:-1]), default=0)
+        longest = max(longest, current + len(lines[0]), inner)
+        current = len(lines[-1])
+    download.verifier.check()
+    longest = max(longest, current)
+    if longest > limit:
+        raise RestoreError(
+            f"{backup.key} holds a statement of {longest:,} bytes (a wide row; binary values "
+            f"are written in hex, at twice their size), more than this server's "
+            f"max_allowed_packet of {limit:,}: raise max_allowed_packet on the server to at "
+            f"least {longest + 1024:,} (SET GLOBAL max_allowed_packet = {longest + 1024}), "
+            f"then restore again; nothing was changed"
+        )
 
 
 async def restore_into(

@@ -158,6 +158,14 @@ class Source(BackupSource, Protocol):
 
     async def drop_database(self, database: str) -> None: ...
 
+    async def statement_limit(self) -> int | None:
+        """The longest line of this engine's dump (bytes) the server takes as one statement,
+        for a dump of SQL text whose statements of rows are one line each (MySQL/MariaDB:
+        max_allowed_packet), so that a restore can refuse a dump it would fail on before it
+        changes anything; None where the engine's restore has no such limit or it cannot be
+        read."""
+        ...
+
     async def restore_tool(
         self, backup: Backup, database: str, *, in_one_transaction: bool = True
     ) -> RestoreTool:

@@ -459,6 +459,14 @@ class MySQLSource:
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.effective_port} as {self.config.user}"
 
+    async def statement_limit(self) -> int | None:
+        """The server's max_allowed_packet (bytes), or None when it cannot be read."""
+        try:
+            rows = await self._query("SELECT @@GLOBAL.max_allowed_packet")
+        except QueryError:
+            return None
+        return int(rows[0]) if rows and rows[0].isdigit() else None
+
     async def database_state(self, database: str) -> str:
         name = sql_literal(database)
         found = await self._query(

@@ -827,6 +827,9 @@ class PostgresSource:
             await self._query(f"ALTER DATABASE {name} IS_TEMPLATE false", "postgres")
         await self._query(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", "postgres")
 
+    async def statement_limit(self) -> int | None:
+        return None  # pg_restore reads an archive, not statements of lines
+
     async def restore_tool(
         self, backup: Backup, database: str, *, in_one_transaction: bool = True
     ) -> RestoreTool:

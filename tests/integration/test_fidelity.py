@@ -942,3 +942,37 @@ def test_a_sql_ascii_database_with_bytes_that_are_not_utf8_is_still_backed_up(
     copy = unique("copy")
     ok("restore", "--into", copy, env=env)
     assert pg.psql("SELECT n FROM t", copy) == "1\n"
+
+
+def test_clean_drops_nothing_when_the_dump_holds_a_statement_the_server_refuses(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    """--hex-blob writes a binary value at twice its size: a 36 MB value, which this server
+    (max_allowed_packet 64 MiB) took, is a 72 MB INSERT. `restore --into <itself> --clean`
+    dropped the live database, then failed on that statement: the database was gone until
+    the server was reconfigured. Now the statements are measured while the object is read
+    back, before anything is dropped."""
+    database = make_mariadb_database(
+        mariadb,
+        "CREATE TABLE wide (id INT PRIMARY KEY, payload LONGBLOB);"
+        "INSERT INTO wide VALUES (1, REPEAT(0xAB, 36000000));"
+        "CREATE TABLE small (n INT); INSERT INTO small VALUES (42);",
+    )
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    mariadb.root_sql("UPDATE small SET n = 43", database)
+
+    refused = run_backupd("restore", "--into", database, "--clean", env=env)
+
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 1, output[-2000:]
+    assert "raise max_allowed_packet on the server to at least 72,00" in output
+    assert "nothing was changed" in output and len(output) < 5_000
+    assert mariadb.root_sql("SELECT n FROM small", database).strip() == "43"
+    mariadb.root_sql("SET GLOBAL max_allowed_packet = 128 * 1024 * 1024")
+    try:
+        ok("restore", "--into", database, "--clean", env=env)
+    finally:
+        mariadb.root_sql("SET GLOBAL max_allowed_packet = 64 * 1024 * 1024")
+    assert mariadb.root_sql("SELECT n FROM small", database).strip() == "42"
+    assert mariadb.root_sql("SELECT LENGTH(payload) FROM wide", database).strip() == "36000000"
