@@ -69,6 +69,23 @@ DEFAULT_PORTS = {
 }
 
 
+class SSLMode(enum.StrEnum):
+    """How the connection to the database is protected: libpq's ``sslmode`` names (PostgreSQL
+    documentation, "SSL Support": "Protection Provided in Different Modes"), without ``allow``.
+    Unset (None where a config holds one): the client tools' own defaults."""
+
+    DISABLE = "disable"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+    @property
+    def verifies(self) -> bool:
+        """Whether the server's certificate is checked against ``DB_SSL_CA``."""
+        return self in (SSLMode.VERIFY_CA, SSLMode.VERIFY_FULL)
+
+
 class Compression(enum.StrEnum):
     AUTO = "auto"
     NONE = "none"
@@ -118,6 +135,24 @@ class DatabaseConfig(BaseModel):
         alias="DB_DATABASE",
         min_length=1,
         description="Database to back up; a comma-separated list; or * for all",
+    )
+    ssl_mode: SSLMode | None = Field(
+        None,
+        alias="DB_SSL_MODE",
+        description="TLS to the database: disable, prefer, require, verify-ca or verify-full "
+        "(see TLS to the database); unset: the client tools' defaults",
+    )
+    ssl_ca: Path | None = Field(
+        None,
+        alias="DB_SSL_CA",
+        description="PEM file of the CA certificate(s) the server's must chain to "
+        "(verify-ca, verify-full)",
+    )
+    ssl_cert: Path | None = Field(
+        None, alias="DB_SSL_CERT", description="PEM client certificate (with DB_SSL_KEY)"
+    )
+    ssl_key: Path | None = Field(
+        None, alias="DB_SSL_KEY", description="The client certificate's private key file"
     )
 
     @property

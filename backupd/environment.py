@@ -25,6 +25,7 @@ from backupd.config import (
     DatabaseConfig,
     EmailConfig,
     EncryptionConfig,
+    Engine,
     HooksConfig,
     LayoutConfig,
     LimitsConfig,
@@ -35,6 +36,7 @@ from backupd.config import (
     S3Config,
     ScheduleConfig,
     Settings,
+    SSLMode,
     StorageType,
     TargetConfig,
     VerifyConfig,
@@ -60,6 +62,7 @@ SECRET_NAMES = frozenset(
 ECHOED_NAMES = frozenset(
     {
         "DB_TYPE",
+        "DB_SSL_MODE",
         "STORAGE_TYPE",
         "COMPRESSION",
         "STORAGE_PART_SIZE",
@@ -264,6 +267,8 @@ def load_target(
     anomaly = reader.validate(AnomalyConfig)
     if email is not None and email.enabled:
         reader.problems += _email_problems(email, reader)
+    if database is not None:
+        reader.problems += _tls_problems(database, reader)
     if reader.problems or storage is None:
         raise ConfigError(sorted(set(reader.problems), key=reader.problems.index))
     return TargetConfig(
@@ -308,6 +313,102 @@ def _load_encryption(reader: _Reader) -> EncryptionConfig:
         reader.problems += [f"{variable}: {path} {problem}" for problem in problems]
         recipients += found
     return config.model_copy(update={"recipients": tuple(dict.fromkeys(recipients))})
+
+
+PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+TLS_FILE_PEEK = 1024 * 1024
+"""The most of a certificate file read to find its first PEM certificate."""
+
+
+def tls_file_problem(path: Path, certificate: bool) -> str | None:
+    """What keeps ``path`` from being a file the client tools can read: missing, a folder,
+    or unreadable by backupd (the tools run as backupd's user); with ``certificate``, also one
+    holding no PEM certificate (a DER file, a key in its place), which libpq and the MariaDB
+    client refuse with a less telling error. A key file is opened but never read: its contents
+    never reach a message. Else None."""
+    try:
+        if path.is_dir():
+            return f"{path} is a folder, not a file"
+        with path.open("rb") as file:
+            head = file.read(TLS_FILE_PEEK) if certificate else b""
+    except OSError as error:
+        if error.errno == errno.ENOENT:
+            return f"{path} does not exist"
+        return f"cannot read {path}: {error.strerror or error}"
+    if certificate and PEM_CERTIFICATE not in head:
+        return f"{path} holds no PEM certificate (a {PEM_CERTIFICATE.decode()} block)"
+    return None
+
+
+# MariaDB Connector/C (the MariaDB 10.11 client tools, tested): ``ssl`` alone, with or without
+# ``ssl-ca``, goes on unencrypted when the server offers no TLS; only
+# ``ssl-verify-server-cert`` refuses that, and it always checks the host name too.
+MARIADB_UNENFORCEABLE = {
+    SSLMode.REQUIRE: (
+        "require cannot be enforced by the MariaDB client tools: without certificate "
+        "verification they go on unencrypted when the server offers no TLS; use verify-full "
+        "with DB_SSL_CA, or prefer"
+    ),
+    SSLMode.VERIFY_CA: (
+        "verify-ca cannot be had with the MariaDB client tools: they enforce TLS only together "
+        "with the host-name check; use verify-full (the certificate must name DB_HOST)"
+    ),
+}
+
+
+def _tls_problems(database: DatabaseConfig, reader: _Reader) -> list[str]:
+    """Rules that span the ``DB_SSL_*`` variables and ``DB_TYPE`` (see the README's "TLS to
+    the database"): each file readable, a certificate and its key together, a CA exactly when
+    the mode verifies (libpq's verify-ca and verify-full need one: backupd never falls back to
+    ``~/.postgresql/root.crt``), no client certificate with TLS off, the modes the engine's
+    client tools can enforce, and nothing for SQL Server, whose sqlcmd has no such options."""
+
+    def name(alias: str) -> str:
+        return reader.source.get(alias, reader.name_for(alias))
+
+    files = {
+        "DB_SSL_CA": database.ssl_ca,
+        "DB_SSL_CERT": database.ssl_cert,
+        "DB_SSL_KEY": database.ssl_key,
+    }
+    mode = database.ssl_mode
+    if database.engine is Engine.MSSQL:
+        given = ["DB_SSL_MODE"] * (mode is not None) + [a for a, p in files.items() if p]
+        return [
+            f"{name(alias)}: not used for DB_TYPE=mssql (sqlcmd takes no such settings; "
+            "see MSSQL_TRUST_SERVER_CERTIFICATE)"
+            for alias in given
+        ]
+    problems = [
+        f"{name(alias)}: {problem}"
+        for alias, path in files.items()
+        if path is not None
+        and (problem := tls_file_problem(path, certificate=alias != "DB_SSL_KEY")) is not None
+    ]
+    if (database.ssl_cert is None) != (database.ssl_key is None):
+        problems.append(f"{name('DB_SSL_CERT')}: set both DB_SSL_CERT and DB_SSL_KEY, or neither")
+    if mode is not None and mode.verifies and database.ssl_ca is None:
+        problems.append(
+            f"{name('DB_SSL_CA')}: required for DB_SSL_MODE={mode} (the CA certificate the "
+            "server's must chain to)"
+        )
+    if database.ssl_ca is not None and (mode is None or not mode.verifies):
+        problems.append(
+            f"{name('DB_SSL_CA')}: used only with DB_SSL_MODE=verify-ca or verify-full "
+            f"(DB_SSL_MODE is {mode or 'unset'})"
+        )
+    if mode is SSLMode.DISABLE and database.ssl_cert is not None:
+        problems.append(
+            f"{name('DB_SSL_CERT')}: a client certificate needs TLS, which DB_SSL_MODE=disable "
+            "turns off"
+        )
+    if (
+        database.engine is not Engine.POSTGRES
+        and mode is not None
+        and mode in MARIADB_UNENFORCEABLE
+    ):
+        problems.append(f"{name('DB_SSL_MODE')}: {MARIADB_UNENFORCEABLE[mode]}")
+    return problems
 
 
 def _email_problems(email: EmailConfig, reader: _Reader) -> list[str]:

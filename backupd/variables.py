@@ -39,6 +39,14 @@ READ_BY_LOADER = frozenset({"STORAGE_TYPE", "BACKUPD_TARGETS"})
 KUBERNETES_SERVICE = re.compile(
     r".+_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)"
 )
+# libpq reads these from its environment, but the tools backupd runs get a minimal one
+# (``process.INHERITED_ENV``): set where the older tool honoured them, they now change nothing.
+LIBPQ_TLS = {
+    "PGSSLMODE": "DB_SSL_MODE",
+    "PGSSLROOTCERT": "DB_SSL_CA",
+    "PGSSLCERT": "DB_SSL_CERT",
+    "PGSSLKEY": "DB_SSL_KEY",
+}
 SUGGESTION_CUTOFF = 0.6
 # A name without a backupd prefix, written in the .env file, is named only when this close to one.
 CLOSE_CUTOFF = 0.85
@@ -104,7 +112,8 @@ def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> 
 
     Looked at: every name with a backupd prefix (``DB_``, ``STORAGE_``, ... or a target's
     ``<TARGET>_``); names from the ``.env`` file (``from_file``) without such a prefix only
-    when they are very close to a known one (``TIMEZON``). E.g.
+    when they are very close to a known one (``TIMEZON``); libpq's TLS variables
+    (``LIBPQ_TLS``), which never reach the tools. E.g.
     ``"DB_PASS is not a backupd setting; did you mean DB_PASSWORD?"``.
     """
     targets = _targets(env)
@@ -114,6 +123,12 @@ def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> 
     warnings = []
     process_wide = aliases(Settings) - target_settings()
     for name in sorted(env):
+        if name in LIBPQ_TLS:
+            warnings.append(
+                f"{name} is not passed to pg_dump, psql or pg_restore (backupd gives them "
+                f"only its own settings): set {LIBPQ_TLS[name]} instead"
+            )
+            continue
         if name in known or KUBERNETES_SERVICE.fullmatch(name):
             continue
         unprefixed = _without_target(name, prefixes[len(PREFIXES) :])

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from backupd.config import DatabaseConfig, Engine
+from backupd.config import DatabaseConfig, Engine, SSLMode
 from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
 from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
@@ -210,13 +210,50 @@ def alter_database_sql(database: str, properties: dict[str, Any]) -> str | None:
     return f"ALTER DATABASE {sql_identifier(database)} {' '.join(clauses)}" if clauses else None
 
 
-def option_file(password: str | None) -> bytes:
-    """A ``[client]`` option file carrying the password, quoted per MySQL's option-file rules."""
+def option_value(text: str) -> str:
+    """``text`` double-quoted per MySQL's option-file rules (backslashes, double quotes and
+    line breaks escaped): read back exactly, blanks, ``#`` and ``=`` included."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def option_file(password: str | None, tls: tuple[str, ...] = ()) -> bytes:
+    """A ``[client]`` option file carrying the password, quoted per MySQL's option-file rules,
+    and the ``tls`` option lines (``tls_options``)."""
     lines = ["[client]"]
     if password is not None:
-        escaped = password.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        lines.append(f'password="{escaped}"')
+        lines.append(f"password={option_value(password)}")
+    lines += tls
     return ("\n".join(lines) + "\n").encode()
+
+
+def tls_options(config: DatabaseConfig) -> tuple[str, ...]:
+    """The MariaDB client options for ``config``'s DB_SSL_* settings, as option-file lines.
+
+    What the MariaDB 10.11 client tools (Connector/C) were found to do, and so the mapping:
+    ``skip-ssl`` never uses TLS (disable); ``ssl``, the tools' own default, uses TLS when the
+    server offers it and goes on unencrypted when not, verifying nothing (prefer; with
+    ``ssl-ca`` the chain is checked, but the fallback stays); only ``ssl-verify-server-cert``
+    refuses a server without TLS, and it checks the chain and the host name together
+    (verify-full; the MariaDB documentation's "Secure Connections Overview"). require and
+    verify-ca have no exact form: the loader refuses them, and were they given here they
+    would get verify-full's options, the stricter ones. Unset: only a client certificate, if
+    any. Oracle's MySQL client tools take ``ssl-mode`` instead and are not tested.
+    """
+    lines: list[str] = []
+    mode = config.ssl_mode
+    if mode is SSLMode.DISABLE:
+        lines.append("skip-ssl")
+    elif mode is SSLMode.PREFER:
+        lines.append("ssl")
+    elif mode is not None:
+        lines += ["ssl", "ssl-verify-server-cert"]
+    if config.ssl_ca is not None:
+        lines.append(f"ssl-ca={option_value(str(config.ssl_ca))}")
+    if config.ssl_cert is not None and config.ssl_key is not None:
+        lines.append(f"ssl-cert={option_value(str(config.ssl_cert))}")
+        lines.append(f"ssl-key={option_value(str(config.ssl_key))}")
+    return tuple(lines)
 
 
 def is_mariadb_tool(version_output: str) -> bool:
@@ -312,7 +349,7 @@ class MySQLSource:
         return Command(
             argv,
             child_environment({}),
-            pipe_file=option_file(password),
+            pipe_file=option_file(password, tls_options(self.config)),
             pipe_file_flag="--defaults-extra-file=",
         )
 

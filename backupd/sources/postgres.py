@@ -199,7 +199,11 @@ def client_program(name: str, search_path: str | None, binroot: Path = PG_BINROO
 
 
 def libpq_env(config: DatabaseConfig, database: str) -> dict[str, str]:
-    """libpq's environment for one database; holds the password, so never log it."""
+    """libpq's environment for one database; holds the password, so never log it.
+
+    The TLS settings go in ``PGSSLMODE``, ``PGSSLROOTCERT``, ``PGSSLCERT`` and ``PGSSLKEY``
+    (libpq's "Environment Variables"), paths only; each unset leaves libpq's default
+    (``sslmode=prefer``; ``~/.postgresql/postgresql.crt`` and its key if they exist)."""
     env = {
         "PGHOST": config.host,
         "PGPORT": str(config.effective_port),
@@ -210,6 +214,18 @@ def libpq_env(config: DatabaseConfig, database: str) -> dict[str, str]:
     }
     if config.password is not None:
         env["PGPASSWORD"] = config.password.get_secret_value()
+    return env | libpq_tls_env(config)
+
+
+def libpq_tls_env(config: DatabaseConfig) -> dict[str, str]:
+    """The ``PGSSL*`` variables for ``config``'s DB_SSL_* settings (see ``libpq_env``)."""
+    env: dict[str, str] = {}
+    if config.ssl_mode is not None:
+        env["PGSSLMODE"] = str(config.ssl_mode)
+    if config.ssl_ca is not None:
+        env["PGSSLROOTCERT"] = str(config.ssl_ca)
+    if config.ssl_cert is not None and config.ssl_key is not None:
+        env["PGSSLCERT"], env["PGSSLKEY"] = str(config.ssl_cert), str(config.ssl_key)
     return env
 
 
