@@ -74,6 +74,7 @@ _CONNECT_FAILURES = (
     "Unknown MySQL server host",
     "Got error: 2",
     "at 'handshake",  # ERROR 2013: a server that accepts connections but never speaks
+    "TLS/SSL error",  # ERROR 2026: no TLS, or a certificate that did not verify (DB_SSL_*)
 )
 # ERROR 1153: the server names its max_allowed_packet.
 _PACKET_REFUSED = ("max_allowed_packet",)
@@ -361,7 +362,7 @@ class MySQLSource:
         )
         if code != 0 and any(marker in err for marker in _CONNECT_FAILURES):
             where = f"{self._label()} at {self._where()}"
-            raise ConnectError(f"cannot log in to {where}: {err}")
+            raise ConnectError(f"cannot log in to {where}: {err}{self._tls_hint(err)}")
         if code != 0:
             raise QueryError(err or f"{client} exited {code}")
         return [line for line in out.splitlines() if line]
@@ -489,6 +490,14 @@ class MySQLSource:
         if any(marker in stderr for marker in _CONNECT_FAILURES):
             return f"cannot log in to {self._label()} at {self._where()}"
         return None
+
+    def _tls_hint(self, stderr: str) -> str:
+        """What DB_SSL_MODE=disable may have to do with a refused login: MariaDB answers a
+        plain connection to a server or user that requires TLS with ERROR 1045 (Access
+        denied), as it does a wrong password (MariaDB 10.11, tested)."""
+        if self.config.ssl_mode is SSLMode.DISABLE and "Access denied" in stderr:
+            return " (DB_SSL_MODE=disable: a server or user requiring TLS refuses it so too)"
+        return ""
 
     def _label(self) -> str:
         return "MariaDB" if self.config.engine is Engine.MARIADB else "MySQL"
