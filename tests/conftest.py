@@ -8,6 +8,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,14 @@ import boto3
 import pytest
 
 from tests.servers import (
+    CERTIFIED_USER,
     FaultProxy,
     MariaDBServer,
     PostgresServer,
+    TLSFiles,
     atomic_moto_endpoint,
+    issue,
+    make_ca,
     moto_endpoint,
 )
 
@@ -60,9 +65,9 @@ def _scratch_dir(prefix: str) -> Path:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(tls: TLSFiles | None = None) -> Iterator[PostgresServer]:
     root = _scratch_dir("backupd-pg-")
-    server = PostgresServer(root / "pg")
+    server = PostgresServer(root / "pg", tls=tls)
     server.start()
     try:
         yield server
@@ -86,16 +91,22 @@ def big_pg_database(pg: PostgresServer) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
-def mariadb() -> Iterator[MariaDBServer]:
+@contextlib.contextmanager
+def mariadb_server(tls: TLSFiles | None = None) -> Iterator[MariaDBServer]:
     root = _scratch_dir("backupd-mariadb-")
-    server = MariaDBServer(root / "mariadb")
+    server = MariaDBServer(root / "mariadb", tls=tls)
     server.start()
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    with mariadb_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -214,3 +225,42 @@ def bucket_state(s3: Any, bucket: str) -> tuple[list[str], list[str]]:
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     uploads = [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
     return keys, uploads
+
+
+@dataclass(frozen=True)
+class TLSSetup:
+    """The files of the TLS servers: ``server`` names 127.0.0.1 and localhost (not
+    ``OTHER_LOOPBACK``), ``client`` is ``CERTIFIED_USER``'s, and ``wrong_ca`` is another
+    self-signed CA that signed neither."""
+
+    server: TLSFiles
+    client: TLSFiles
+    wrong_ca: Path
+
+
+@pytest.fixture(scope="session")
+def tls_setup() -> Iterator[TLSSetup]:
+    root = _scratch_dir("backupd-tls-")
+    ca = make_ca(root, "ca")
+    try:
+        yield TLSSetup(
+            server=issue(ca, root, "server", "server", "IP:127.0.0.1,DNS:localhost"),
+            client=issue(ca, root, "client", CERTIFIED_USER, ""),
+            wrong_ca=make_ca(root, "wrong-ca")[0],
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_tls(tls_setup: TLSSetup) -> Iterator[PostgresServer]:
+    """A PostgreSQL that accepts TLS connections only."""
+    with postgres_server(tls_setup.server) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb_tls(tls_setup: TLSSetup) -> Iterator[MariaDBServer]:
+    """A MariaDB that accepts TLS connections only (but on its socket)."""
+    with mariadb_server(tls_setup.server) as server:
+        yield server

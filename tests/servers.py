@@ -26,6 +26,11 @@ from backupd.catalogue import MANIFEST_SUFFIX
 
 PG_PASSWORD = 'pg "s3cr3t" p@ss\\word #1'
 MARIADB_PASSWORD = 'my "s3cr3t" p@ss\\word #2'
+OTHER_LOOPBACK = "127.0.0.2"
+"""A TLS server listens here too: an address its certificate does not name (Linux routes all
+of 127.0.0.0/8 to the loopback interface)."""
+CERTIFIED_USER = "certified"
+"""On a TLS server: the login that also needs a client certificate (its CN, for PostgreSQL)."""
 
 
 def free_port() -> int:
@@ -41,6 +46,56 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
             return
         time.sleep(0.05)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A certificate authority and a certificate it signed, with its key (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+"""P-256 keys: made in milliseconds, where RSA keys take a noticeable while."""
+
+
+def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA in ``folder``: (certificate, key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subject = f"/CN={name}"
+    _openssl("req", "-x509", *EC_KEY, "-keyout", str(key), "-out", str(cert), "-subj", subject)
+    return cert, key
+
+
+def issue(ca: tuple[Path, Path], folder: Path, name: str, subject: str, san: str) -> TLSFiles:
+    """A certificate for ``subject`` (a CN) with ``san`` (``IP:127.0.0.1,DNS:localhost``, or
+    empty for none), signed by ``ca``, and its key, in ``folder``; valid for two days."""
+    cert, key, request = (folder / f"{name}{end}" for end in (".pem", ".key", ".csr"))
+    extensions = folder / f"{name}.ext"
+    extensions.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+    new = ["-keyout", str(key), "-out", str(request), "-subj", f"/CN={subject}"]
+    _openssl("req", "-new", *EC_KEY, *new)
+    serial = str(int.from_bytes(os.urandom(8), "big"))
+    signing = ["-CA", str(ca[0]), "-CAkey", str(ca[1]), "-set_serial", serial, "-days", "2"]
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(request),
+        *signing,
+        "-extfile",
+        str(extensions),
+        "-out",
+        str(cert),
+    )
+    return TLSFiles(ca[0], cert, key)
 
 
 def _as_user(user: str | None) -> list[str]:
@@ -69,6 +124,9 @@ class PostgresServer:
     user: str = "backupd"
     password: str = PG_PASSWORD
     os_user: str | None = None
+    tls: TLSFiles | None = None
+    """Set: the server accepts TLS connections only (``hostnossl ... reject``), and the role
+    ``CERTIFIED_USER`` logs in only with a client certificate naming it."""
 
     def start(self) -> None:
         bindir = _pg_bindir()
@@ -98,7 +156,10 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        listen = "127.0.0.1" if self.tls is None else f"127.0.0.1,{OTHER_LOOPBACK}"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses={listen} -c fsync=off"
+        if self.tls is not None:
+            options += self._tls_options(self.tls)
         subprocess.run(
             [
                 *_as_user(self.os_user),
@@ -114,6 +175,35 @@ class PostgresServer:
             ],
             check=True,
             capture_output=True,
+        )
+
+        if self.tls is not None:
+            escaped = self.password.replace("'", "''")
+            self.psql(f"CREATE ROLE {CERTIFIED_USER} LOGIN PASSWORD '{escaped}' SUPERUSER")
+
+    def _tls_options(self, tls: TLSFiles) -> str:
+        """The server's copies of ``tls`` (its key owned by the server's user, mode 0600, as
+        PostgreSQL demands) and an hba file that refuses every connection without TLS."""
+        folder = self.root / "tls"
+        folder.mkdir()
+        for source in (tls.ca, tls.cert, tls.key):
+            shutil.copy(source, folder / source.name)
+        (folder / tls.key.name).chmod(0o600)
+        hba = folder / "pg_hba.conf"
+        hba.write_text(
+            "local all all scram-sha-256\n"
+            f"hostssl all {CERTIFIED_USER} 127.0.0.0/8 scram-sha-256 clientcert=verify-full\n"
+            "hostssl all all 127.0.0.0/8 scram-sha-256\n"
+            "hostnossl all all all reject\n"
+        )
+        if self.os_user:
+            entry = pwd.getpwnam(self.os_user)
+            for path in (folder, *folder.iterdir()):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        return (
+            f" -c ssl=on -c ssl_ca_file={folder / tls.ca.name}"
+            f" -c ssl_cert_file={folder / tls.cert.name}"
+            f" -c ssl_key_file={folder / tls.key.name} -c hba_file={hba}"
         )
 
     def stop(self) -> None:
@@ -132,12 +222,16 @@ class PostgresServer:
         )
 
     def env(self, database: str = "postgres") -> dict[str, str]:
+        tls = (
+            {} if self.tls is None else {"PGSSLMODE": "require", "PGSSLROOTCERT": str(self.tls.ca)}
+        )
         return {
             "PGHOST": "127.0.0.1",
             "PGPORT": str(self.port),
             "PGUSER": self.user,
             "PGPASSWORD": self.password,
             "PGDATABASE": database,
+            **tls,
         }
 
     def psql(self, sql: str, database: str = "postgres") -> str:
@@ -199,6 +293,10 @@ class MariaDBServer:
     user: str = "backupd"
     password: str = MARIADB_PASSWORD
     process: subprocess.Popen[bytes] | None = None
+    tls: TLSFiles | None = None
+    """Set: the server accepts TLS connections only (``require_secure_transport``), its users
+    are created ``REQUIRE SSL``, and ``CERTIFIED_USER`` ``REQUIRE X509`` (a client certificate
+    signed by the CA)."""
 
     @property
     def socket(self) -> Path:
@@ -211,6 +309,7 @@ class MariaDBServer:
             entry = pwd.getpwnam(os_user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         data = self.root / "data"
+        listen = "127.0.0.1" if self.tls is None else f"127.0.0.1,{OTHER_LOOPBACK}"
         subprocess.run(
             [
                 "mariadb-install-db",
@@ -230,23 +329,49 @@ class MariaDBServer:
                 f"--datadir={data}",
                 f"--socket={self.socket}",
                 f"--port={self.port}",
-                "--bind-address=127.0.0.1",
+                f"--bind-address={listen}",
                 f"--user={os_user}",
                 f"--pid-file={self.root / 'pid'}",
                 "--innodb-flush-log-at-trx-commit=0",
                 "--max-allowed-packet=64M",
                 "--skip-name-resolve",
                 f"--log-error={self.root / 'log'}",
+                *self._tls_options(os_user),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_until(self._ready, 60, "MariaDB to accept connections")
         escaped = self.password.replace("\\", "\\\\").replace("'", "\\'")
-        self.root_sql(
-            f"CREATE USER '{self.user}'@'%' IDENTIFIED BY '{escaped}';"
-            f"GRANT ALL ON *.* TO '{self.user}'@'%' WITH GRANT OPTION;"
-        )
+        users = [(self.user, "")]
+        if self.tls is not None:
+            users = [(self.user, " REQUIRE SSL"), (CERTIFIED_USER, " REQUIRE X509")]
+        for user, requirement in users:
+            self.root_sql(
+                f"CREATE USER '{user}'@'%' IDENTIFIED BY '{escaped}'{requirement};"
+                f"GRANT ALL ON *.* TO '{user}'@'%' WITH GRANT OPTION;"
+            )
+
+    def _tls_options(self, os_user: str) -> list[str]:
+        """The server's copies of ``tls``, readable by ``os_user``, as mariadbd options, with
+        every connection but the local socket's required to use TLS."""
+        if self.tls is None:
+            return []
+        folder = self.root / "tls"
+        folder.mkdir()
+        entry = pwd.getpwnam(os_user)
+        copies = []
+        for source in (self.tls.ca, self.tls.cert, self.tls.key):
+            copies.append(Path(shutil.copy(source, folder / source.name)))
+            os.chown(copies[-1], entry.pw_uid, entry.pw_gid)
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+        ca, cert, key = copies
+        return [
+            f"--ssl-ca={ca}",
+            f"--ssl-cert={cert}",
+            f"--ssl-key={key}",
+            "--require-secure-transport=ON",
+        ]
 
     def _ready(self) -> bool:
         probe = subprocess.run(
