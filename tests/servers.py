@@ -534,6 +534,10 @@ class FaultProxy:
         self.lost: list[tuple[str, str]] = []
         """``(method, target)`` of each request whose answer was lost."""
         self.hold: Match = lambda method, target: False
+        self.cut_answers: Match = lambda method, target: False
+        """Requests picked get only the first ``cut_after`` bytes of their answer, then the
+        connection closes: a download cut short mid-body."""
+        self.cut_after = 0
         self.precondition_failed: Match = lambda method, target: False
         """Requests picked are answered 412 PreconditionFailed, without reaching upstream."""
         self.holding = threading.Event()
@@ -585,6 +589,7 @@ class FaultProxy:
                     return
                 answers.lose = self.lose_answers(method, target)
                 answers.hold = self.hold(method, target)
+                answers.cut = self.cut_answers(method, target)
                 upstream.sendall(self._strip(head))
                 buffer = self._forward_body(client, upstream, length, buffer)
                 if answers.lose:
@@ -679,8 +684,15 @@ class FaultProxy:
         self, source: socket.socket, sink: socket.socket, answers: _Answers | None = None
     ) -> None:
         """Copy the server's answers to the client, losing or holding them as ``answers`` says."""
+        sent = 0
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if answers is not None and answers.cut:
+                    data = data[: max(self.cut_after - sent, 0)]
+                    sent += len(data)
+                    if not data:
+                        sink.shutdown(socket.SHUT_RDWR)
+                        return
                 if answers is not None and (answers.lose or answers.hold):
                     data = self._pass_interim(data, sink)
                     if not data:
@@ -712,6 +724,7 @@ class _Answers:
 
     lose: bool = False
     hold: bool = False
+    cut: bool = False
     came: threading.Event = field(default_factory=threading.Event)
     """Set once the server answered a request whose answer is lost or held."""
 

@@ -343,3 +343,47 @@ async def test_a_login_failing_as_the_upload_aborts_waits_for_the_abort(
 def pg_env_stub() -> dict[str, str]:
     """A PostgreSQL target's settings; nothing here connects to it."""
     return {"DB_TYPE": "postgres", "DB_HOST": "127.0.0.1", "DB_USER": "u", "DB_DATABASE": "shop"}
+
+
+def test_a_download_cut_short_is_one_line_naming_the_key(
+    proxy: FaultProxy, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """botocore wraps aiohttp's errors while a request is sent, not while its body is read:
+    a connection lost mid-download raised aiohttp's ClientPayloadError, a traceback out of
+    ``restore`` and ``verify`` (and out of a scheduled verify's task)."""
+    data = bytes(range(256)) * (12 * MIB // 256)
+    key = f"{FOLDER}/20261101/backup_app_20261101_020000_0123abcd.dump"
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    manifest = {
+        "key": key,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "started": "2026-11-01T02:00:00+00:00",
+        "finished": "2026-11-01T02:00:01+00:00",
+        "duration_s": 1.0,
+        "target": "default",
+        "database": "app",
+        "engine": "postgres",
+    }
+    s3.put_object(Bucket=bucket, Key=key + MANIFEST_SUFFIX, Body=json.dumps(manifest).encode())
+    proxy.cut_answers = lambda method, target: (
+        method == "GET" and target.split("?")[0].endswith(".dump")
+    )
+    proxy.cut_after = 3 * MIB
+    env = {
+        **pg_env_stub(),
+        **storage_env(proxy.url, bucket),
+        "DB_DATABASE": "app",
+        "STORAGE_DESTINATION_FOLDER": FOLDER,
+    }
+
+    out = tmp_path / "app.dump"
+    restored = run_backupd("restore", "--to-file", str(out), env=env)
+    verified = run_backupd("verify", "--key", key, env=env)
+
+    for result in (restored, verified):
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert "Traceback" not in output, output
+        assert f"download {key}" in output, output
+    assert not out.exists()
