@@ -109,7 +109,11 @@ class LocalUpload:
 
     def discard(self) -> None:
         if self._file is not None:
-            self._file.close()
+            # Closing flushes what is still buffered, and fails again as the flush did (a full
+            # disk): the file is closed all the same, and must not keep the failure that is
+            # being raised from being told, nor the temporary file from being removed.
+            with contextlib.suppress(OSError):
+                self._file.close()
         with contextlib.suppress(OSError):  # never created, or its folder is not one
             self._temporary.unlink()
 

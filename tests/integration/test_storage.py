@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -387,3 +387,31 @@ def test_a_download_cut_short_is_one_line_naming_the_key(
         assert "Traceback" not in output, output
         assert f"download {key}" in output, output
     assert not out.exists()
+
+
+async def test_a_folder_that_fills_up_as_a_write_is_flushed_keeps_nothing_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small write (a manifest, a dump's last few KiB) sits in the file's buffer until the
+    commit flushes it. On a full disk that flush fails, and so did closing the file after
+    it: a bare OSError (no retry of the manifest, no one-line failure, the run's other
+    databases skipped) and the temporary file left behind."""
+    original = local.LocalUpload.open
+
+    def full_disk() -> BinaryIO:
+        return Path("/dev/full").open("wb")  # every flush fails: ENOSPC
+
+    async def on_a_full_disk(self: local.LocalUpload) -> None:
+        await original(self)  # the temporary file exists, as it would
+        assert self._file is not None
+        self._file.close()
+        self._file = await asyncio.to_thread(full_disk)
+
+    monkeypatch.setattr(local.LocalUpload, "open", on_a_full_disk)
+    storage = local.LocalStorage(LocalConfig.model_validate({"STORAGE_LOCAL_PATH": str(tmp_path)}))
+
+    with pytest.raises(StorageError, match="No space left on device"):
+        await storage.put_bytes("backups/20261101/x.dump.manifest.json", b"{}", "text/plain")
+
+    left = await asyncio.to_thread(lambda: [p.name for p in tmp_path.rglob("*") if p.is_file()])
+    assert left == []
