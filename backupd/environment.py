@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -191,7 +192,38 @@ def _storage_problems(kind: StorageType, reader: _Reader) -> list[str]:
             f"{reader.name_for('STORAGE_ACCESS_KEY_ID')}: "
             "set both STORAGE_ACCESS_KEY_ID and STORAGE_SECRET_ACCESS_KEY, or neither"
         )
+    endpoint = reader.get("STORAGE_ENDPOINT_URL")
+    if endpoint is not None:
+        problem = endpoint_path_problem(kind, endpoint, reader.get("STORAGE_BUCKET_NAME"))
+        if problem is not None:
+            var = reader.source.get("STORAGE_ENDPOINT_URL", reader.name_for("STORAGE_ENDPOINT_URL"))
+            problems.append(f"{var}: {problem}")
     return problems
+
+
+def endpoint_path_problem(kind: StorageType, endpoint: str, bucket: str | None) -> str | None:
+    """What is wrong with the path of an S3 endpoint URL, or None.
+
+    botocore puts the endpoint's path in front of ``/{bucket}/{key}`` in every request. With
+    the bucket's name there (Cloudflare's dashboard shows R2's S3 API URL as
+    ``https://<account id>.r2.cloudflarestorage.com/<bucket>``), each object is written under
+    ``<bucket>/`` plus its key, while a listing asks for an object named after the bucket
+    (NoSuchKey): backups "succeed" and ``check`` passes, but list, restore, verify and
+    retention never find them. R2's endpoint has no path at all; another store may sit
+    behind a proxy's path, which is kept unless it names the bucket."""
+    try:
+        path = urlsplit(endpoint).path.strip("/")
+    except ValueError:
+        return None  # the endpoint's own rule names what is wrong with it
+    if not path:
+        return None
+    if kind is StorageType.R2 or (bucket is not None and bucket in path.split("/")):
+        return (
+            f"must not have a path (/{path}): give the endpoint alone, like "
+            "https://<account id>.r2.cloudflarestorage.com; the bucket goes in "
+            "STORAGE_BUCKET_NAME and a folder in STORAGE_DESTINATION_FOLDER"
+        )
+    return None
 
 
 def local_path_problem(path: Path) -> str | None:

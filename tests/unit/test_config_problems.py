@@ -116,6 +116,32 @@ def test_an_endpoint_url_botocore_takes_is_accepted(url: str) -> None:
     assert s3_storage({**S3, "STORAGE_ENDPOINT_URL": url}).endpoint_url == url
 
 
+@pytest.mark.parametrize(
+    ("kind", "url"),
+    [
+        ("r2", "https://abc123.r2.cloudflarestorage.com/my-backups"),
+        ("r2", "https://abc123.r2.cloudflarestorage.com/my-backups/"),
+        ("r2", "https://abc123.r2.cloudflarestorage.com/backups"),
+        ("s3", "http://minio:9000/my-backups"),
+        ("s3", "https://s3.example.com/s3/my-backups/"),
+    ],
+)
+def test_an_endpoint_url_with_a_path_naming_the_bucket_is_a_problem(kind: str, url: str) -> None:
+    """Cloudflare's dashboard shows R2's S3 API URL with the bucket's name after it. botocore
+    puts that path in front of ``/{bucket}/{key}``: objects were written under another key
+    and every listing failed (NoSuchKey), so backups and ``check`` passed while list, restore,
+    verify and retention found nothing."""
+    problem = only_problem({**S3, "STORAGE_TYPE": kind, "STORAGE_ENDPOINT_URL": url})
+
+    assert problem.startswith("STORAGE_ENDPOINT_URL: must not have a path (/")
+    assert "STORAGE_BUCKET_NAME" in problem
+
+
+@pytest.mark.parametrize("url", ["https://gateway.example.com/s3", "http://minio:9000//"])
+def test_an_s3_endpoint_behind_a_proxy_path_is_accepted(url: str) -> None:
+    assert s3_storage({**S3, "STORAGE_ENDPOINT_URL": url}).endpoint_url == url
+
+
 # STORAGE_REGION
 
 
