@@ -310,6 +310,7 @@ class S3Upload:
         self._failure: BaseException | None = None
         self._completing = False
         self.committed = False
+        self.create_retried = False
 
     def part_size(self, number: int) -> int:
         return part_size_for(number, self._base, self._may_grow)
@@ -439,6 +440,9 @@ class S3Upload:
                 **lock_arguments(self._config, datetime.now(UTC), self._locked),
             )
         self._upload_id = response["UploadId"]
+        # botocore resends a request whose answer was lost; a resent CreateMultipartUpload
+        # starts a second upload, and the first stays open, unknown to this one.
+        self.create_retried = response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
 
     async def _start_part(self, number: int, part: Part) -> None:
         amount = await self._budget.acquire(part.size)
@@ -603,6 +607,20 @@ class S3Storage:
                 # Cancelled meanwhile (a failed login stops the store), the abort still ends
                 # before this does: an upload left open is billed until retention aborts it.
                 await finish_in_flight(upload.abort(), key)
+            if upload.create_retried:
+                await finish_in_flight(self._abort_strays(key), key)
+
+    async def _abort_strays(self, key: str) -> None:
+        """Abort the uploads of ``key`` left open by a CreateMultipartUpload that was resent
+        after its answer was lost: the key carries this run's id, so once this upload is
+        complete or aborted, any upload of it still open is one of those."""
+        try:
+            aborted = await self.abort_uploads(key)
+        except StorageError as error:
+            log.warning("%s; it stays open until retention aborts it", error)
+        else:
+            if aborted:
+                log.info("aborted %d stray multipart upload(s) of %s", aborted, key)
 
     async def put_bytes(
         self, key: str, data: bytes, content_type: str, *, locked: bool = False

@@ -415,3 +415,29 @@ async def test_a_folder_that_fills_up_as_a_write_is_flushed_keeps_nothing_of_it(
 
     left = await asyncio.to_thread(lambda: [p.name for p in tmp_path.rglob("*") if p.is_file()])
     assert left == []
+
+
+async def test_a_lost_answer_to_the_uploads_start_leaves_no_upload_open(
+    proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """botocore resends a CreateMultipartUpload whose answer was lost: the store then holds
+    two uploads of the key, and the first, which no part ever reaches, stayed open after the
+    backup was published (until a retention policy aborts it, if there is one)."""
+    lost: list[str] = []
+
+    def lose_the_first_start(method: str, target: str) -> bool:
+        if method == "POST" and target.endswith("?uploads") and not lost:
+            lost.append(target)
+            return True
+        return False
+
+    proxy.lose_answers = lose_the_first_start
+    config = s3_config(proxy.url, bucket, STORAGE_PART_SIZE="5MiB")
+
+    async with open_storage(config) as storage, storage.upload("backups/app/x.dump", {}) as upload:
+        for _ in range(3):
+            await upload.write(part(5 * MIB))
+        await upload.commit()
+
+    assert lost
+    assert bucket_state(s3, bucket) == (["backups/app/x.dump"], [])
