@@ -76,6 +76,24 @@ _CONNECT_FAILURES = (
     "at 'handshake",  # ERROR 2013: a server that accepts connections but never speaks
     "TLS/SSL error",  # ERROR 2026: no TLS, or a certificate that did not verify (DB_SSL_*)
 )
+# A statement the server refused once the login had succeeded: the client's "ERROR 1044
+# (42000) at line 1: Access denied for user ... to database ..." (CREATE DATABASE without the
+# privilege), and the dump tool's "Couldn't execute '...': Access denied; you need ...". Its
+# "Access denied" is a privilege the user lacks, not a failed login.
+_STATEMENT_REFUSED = re.compile(r"ERROR \d+ \(\w+\) at line \d+:|Couldn't execute '")
+
+
+def login_failed(stderr: str) -> bool:
+    """Whether a MySQL/MariaDB tool's ``stderr`` says it could not log in (or reach the
+    server): one of ``_CONNECT_FAILURES``, except an "Access denied" answering a statement."""
+    statement = _STATEMENT_REFUSED.search(stderr) is not None
+    return any(
+        marker in stderr
+        for marker in _CONNECT_FAILURES
+        if not (statement and marker == "Access denied")
+    )
+
+
 # ERROR 1153: the server names its max_allowed_packet.
 _PACKET_REFUSED = ("max_allowed_packet",)
 # ERROR 2006/2013: the connection closed, on an oversized statement sent to the server, or
@@ -360,7 +378,7 @@ class MySQLSource:
         code, out, err = await run_captured(
             client, self._command(client_argv(client, self.config, sql))
         )
-        if code != 0 and any(marker in err for marker in _CONNECT_FAILURES):
+        if code != 0 and login_failed(err):
             where = f"{self._label()} at {self._where()}"
             raise ConnectError(f"cannot log in to {where}: {err}{self._tls_hint(err)}")
         if code != 0:
@@ -487,7 +505,7 @@ class MySQLSource:
                 )
         if (unknown := _UNKNOWN_DATABASE.search(stderr)) is not None:
             return missing_database(self.config, unknown.group(1))
-        if any(marker in stderr for marker in _CONNECT_FAILURES):
+        if login_failed(stderr):
             return f"cannot log in to {self._label()} at {self._where()}"
         return None
 

@@ -8,6 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from backupd.config import DatabaseConfig, Engine
+from backupd.errors import ConnectError, QueryError
 from backupd.process import Command, child_environment, mask
 from backupd.sources.mysql import (
     DUMP_OPTIONS,
@@ -492,3 +493,43 @@ def test_a_connection_lost_during_a_dump_is_not_blamed_on_a_wide_row() -> None:
     refused = "ERROR 1153 (08S01) at line 38: Got a packet bigger than 'max_allowed_packet' bytes"
     assert source.explain_dump_failure(refused) == source.explain_failure(refused)
     assert "raise max_allowed_packet on the server" in (source.explain_failure(refused) or "")
+
+
+# What the MariaDB 10.11 client printed for a user who logged in but may not create the drill's
+# scratch database, and for a wrong password (both tested against a server the suite starts).
+NO_CREATE_PRIVILEGE = (
+    "--------------\nCREATE DATABASE `backupd_drill_shop_a0f91379`\n--------------\n\n"
+    "ERROR 1044 (42000) at line 1: Access denied for user 'ro'@'%' to database "
+    "'backupd_drill_shop_a0f91379'"
+)
+WRONG_PASSWORD = "ERROR 1045 (28000): Access denied for user 'ro'@'localhost' (using password: YES)"
+
+
+async def test_a_statement_refused_for_a_privilege_is_not_a_failed_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A drill run as a user without CREATE said "cannot log in to MariaDB ... as ro" and
+    "could not drop the scratch database": the login had worked, a statement was refused."""
+    source = MySQLSource(database(Engine.MARIADB))
+    answers = {"refused": NO_CREATE_PRIVILEGE, "login": WRONG_PASSWORD}
+
+    async def client(program: str, command: Command) -> tuple[int, str, str]:
+        return 1, "", answers[current]
+
+    monkeypatch.setattr("backupd.sources.mysql.run_captured", client)
+    current = "refused"
+    with pytest.raises(QueryError) as refused:
+        await source.drop_database("backupd_drill_shop_a0f91379")
+    assert not isinstance(refused.value, ConnectError)
+    assert "cannot log in" not in str(refused.value)
+    assert "Access denied for user 'ro'@'%' to database" in str(refused.value)
+    assert source.explain_failure(NO_CREATE_PRIVILEGE) is None
+    dump_refused = (
+        "mariadb-dump: Couldn't execute 'SHOW CREATE PROCEDURE `p`': Access denied; you need "
+        "(at least one of) the SHOW CREATE ROUTINE privilege(s) for this operation (1227)"
+    )
+    assert source.explain_dump_failure(dump_refused) is None
+    current = "login"
+    with pytest.raises(ConnectError, match="cannot log in to MariaDB at "):
+        await source.drop_database("backupd_drill_shop_a0f91379")
+    assert (source.explain_failure(WRONG_PASSWORD) or "").startswith("cannot log in to MariaDB")
