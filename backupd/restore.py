@@ -400,6 +400,16 @@ async def _into_database(
     await _restore_database(storage, source, target, backup, request, state, properties)
 
 
+async def _drop_after_failure(source: Source, into: str) -> None:
+    """Drop the database a failed restore created (or meant to create). A drop that fails
+    too is a warning: the error that failed the restore is the one to report. (A user without
+    the CREATE privilege was told that the clean-up's DROP DATABASE was denied.)"""
+    try:
+        await asyncio.shield(source.drop_database(into))
+    except BackupdError as error:
+        log.warning("could not drop %s after the failed restore: %s", into, error)
+
+
 async def _restore_database(
     storage: Storage,
     source: Source,
@@ -428,7 +438,7 @@ async def _restore_database(
         _warn(await source.apply_properties(into, properties))
     except BaseException:
         if created:
-            await asyncio.shield(source.drop_database(into))
+            await _drop_after_failure(source, into)
         if replaced:
             log.error(
                 "the database %s that --clean replaced was dropped before the restore and is "
