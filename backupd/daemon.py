@@ -198,7 +198,7 @@ class Daemon:
                     )
             log.info(
                 "backupd running %d target(s); at most %d at once",
-                len(self._schedulers),
+                len(self.settings.targets),
                 daemon.max_concurrent,
             )
             await self._stopping.wait()

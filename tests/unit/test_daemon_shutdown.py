@@ -105,3 +105,17 @@ async def test_a_stored_backup_is_told_when_its_prune_is_cut_short(
     await daemon._drain()
 
     assert told == [succeeded]
+
+
+async def test_the_start_line_counts_targets_not_schedules(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With VERIFY_SCHEDULE each target has two schedules (backups, verifies): one target was
+    announced as "backupd running 2 target(s)"."""
+    caplog.set_level("INFO", logger="backupd")
+    daemon = Daemon(settings(VERIFY_SCHEDULE="0 0 1 1 *", HTTP_PORT="0"))
+    serving = asyncio.create_task(daemon._serve())
+    await asyncio.sleep(0.2)
+    daemon._on_signal(signal.SIGTERM)
+    assert await serving == 0
+    assert "backupd running 1 target(s); at most 2 at once" in caplog.text
