@@ -290,7 +290,7 @@ class S3Config(BaseModel):
         alias="STORAGE_PART_SIZE",
         description=(
             "Multipart part size, e.g. 16MiB; on r2 10,000 parts cap a dump (unset: grown for"
-            " databases estimated over 39 GiB)"
+            " databases estimated over 39 GiB); local: 1MiB to 1GiB, default 16MiB"
         ),
     )
     upload_concurrency: int = Field(
@@ -298,7 +298,8 @@ class S3Config(BaseModel):
         alias="STORAGE_UPLOAD_CONCURRENCY",
         ge=1,
         le=64,
-        description="Parts uploaded at once; memory is about part size x (this + 1)",
+        description="Parts uploaded at once; memory is about part size x (this + 1); "
+        "local: default 1",
     )
     object_lock_days: int | None = Field(
         None,
