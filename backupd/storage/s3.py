@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -230,18 +229,14 @@ def storage_errors(config: S3Config, action: str) -> Iterator[None]:
     except OSError as error:
         raise StorageError(f"{action}: {error}") from error
     except Exception as error:
-        if not _is_transport_error(error):
+        # botocore wraps aiohttp's errors while a request is sent, not those of reading a
+        # response body afterwards (a download cut short: ClientPayloadError). aiohttp comes
+        # with the client, which is imported lazily: looked up only on this path.
+        import aiohttp
+
+        if not isinstance(error, aiohttp.ClientError):
             raise
         raise StorageError(f"{action}: {type(error).__name__}: {error}") from error
-
-
-def _is_transport_error(error: Exception) -> bool:
-    """Whether ``error`` is aiohttp's own: botocore wraps aiohttp's errors while a request is
-    sent, but not those of reading a response body afterwards (a download cut short raises
-    ``ClientPayloadError``). aiohttp is imported only by the client, so a process that has not
-    loaded it cannot have raised one."""
-    aiohttp = sys.modules.get("aiohttp")
-    return aiohttp is not None and isinstance(error, aiohttp.ClientError)
 
 
 @contextlib.contextmanager
