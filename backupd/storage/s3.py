@@ -209,10 +209,14 @@ def explain(error: Exception, config: S3Config, action: str) -> str:
         message = error.response.get("Error", {}).get("Message", "")
         return f"{action}: {where} answered {code}" + (f": {message}" if message else "")
     if isinstance(error, EndpointConnectionError):
-        return f"{action}: cannot reach {config.endpoint_url or 'S3'} (STORAGE_ENDPOINT_URL)"
+        if config.endpoint_url is None:  # AWS itself: the network, or STORAGE_REGION
+            return f"{action}: cannot reach AWS S3 ({error}; check STORAGE_REGION)"
+        return f"{action}: cannot reach {config.endpoint_url} (STORAGE_ENDPOINT_URL)"
     if isinstance(error, ReadTimeoutError):
+        if config.endpoint_url is None:
+            return f"{action}: AWS S3 accepted the connection but did not answer"
         return (
-            f"{action}: {config.endpoint_url or 'S3'} accepted the connection but did not "
+            f"{action}: {config.endpoint_url} accepted the connection but did not "
             "answer (STORAGE_ENDPOINT_URL: is it an S3 endpoint?)"
         )
     if isinstance(error, NoCredentialsError):
