@@ -98,7 +98,9 @@ class Claim:
     ``token`` is the fencing token: 1 when the claim is created, one higher at every takeover.
     ``nonce`` is random per attempt, so a replica recognises its own write when a retried request
     answers 412. ``writing`` is the key the holder is uploading, so that a replica taking the slot
-    over can abort the dead holder's multipart upload. Times are UTC.
+    over can abort the dead holder's multipart upload. ``lease`` is the holder's
+    ``COORDINATION_LEASE`` in seconds (None in claims written before it was recorded), so that a
+    watcher with a shorter lease does not find a live holder silent. Times are UTC.
     """
 
     target: str
@@ -110,6 +112,7 @@ class Claim:
     expires: datetime
     state: State = State.RUNNING
     writing: str | None = None
+    lease: float | None = None
 
     def to_bytes(self) -> bytes:
         document = {
@@ -123,6 +126,7 @@ class Claim:
             "expires": _iso(self.expires),
             "state": self.state.value,
             "writing": self.writing,
+            "lease": self.lease,
         }
         return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
@@ -138,6 +142,11 @@ def parse_claim(data: bytes, key: str) -> Claim:
         if not isinstance(document, dict):
             raise TypeError("not a JSON object")
         writing = document.get("writing")
+        lease = document.get("lease")
+        if lease is not None and (
+            not isinstance(lease, int | float) or isinstance(lease, bool) or lease <= 0
+        ):
+            raise ValueError("lease must be a positive number of seconds")
         return Claim(
             target=_text(document, "target"),
             kind=Kind(document["kind"]),
@@ -148,6 +157,7 @@ def parse_claim(data: bytes, key: str) -> Claim:
             expires=_moment(document, "expires"),
             state=State(document["state"]),
             writing=writing if isinstance(writing, str) and writing else None,
+            lease=float(lease) if lease is not None else None,
         )
     except (ValueError, TypeError, KeyError) as error:
         raise CoordinationError(
@@ -189,6 +199,7 @@ def new_claim(
         nonce=nonce,
         token=1,
         expires=expiry(now, lease),
+        lease=lease,
     )
 
 
@@ -198,7 +209,7 @@ def expiry(now: datetime, lease: float) -> datetime:
 
 def renewed(claim: Claim, now: datetime, lease: float, writing: str | None = None) -> Claim:
     """``claim`` held for another full lease from ``now``; ``writing`` replaces the key noted."""
-    return replace(claim, expires=expiry(now, lease), writing=writing or claim.writing)
+    return replace(claim, expires=expiry(now, lease), writing=writing or claim.writing, lease=lease)
 
 
 def taken_over(claim: Claim, replica: str, nonce: str, now: datetime, lease: float) -> Claim:
@@ -211,6 +222,7 @@ def taken_over(claim: Claim, replica: str, nonce: str, now: datetime, lease: flo
         expires=expiry(now, lease),
         state=State.RUNNING,
         writing=None,
+        lease=lease,
     )
 
 
@@ -232,8 +244,10 @@ def went_silent(claim: Claim, unchanged_for: float, lease: float) -> bool:
     """True when ``claim`` is unfinished and has not changed for a whole lease as the watching
     replica measures time (``unchanged_for``, seconds on its monotonic clock): its holder
     stopped renewing, even if the holder's wall clock runs ahead of the watcher's and the
-    expiry it recorded is still to come. A live holder rewrites its claim every lease/3."""
-    return claim.state is State.RUNNING and unchanged_for >= lease
+    expiry it recorded is still to come. A live holder rewrites its claim every third of its
+    own lease, which may be longer than the watcher's ``lease``: the longer of the two counts."""
+    holders = claim.lease if claim.lease is not None else lease
+    return claim.state is State.RUNNING and unchanged_for >= max(lease, holders)
 
 
 def renew_every(lease: float) -> float:

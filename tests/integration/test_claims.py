@@ -374,6 +374,32 @@ async def test_a_renewing_holder_whose_clock_runs_ahead_keeps_its_slot(store: S3
         assert await watcher is None  # the slot ran on "a"
 
 
+async def test_a_watcher_with_a_shorter_lease_leaves_a_renewing_holder_its_slot(
+    store: S3Storage,
+) -> None:
+    """The holder renews every third of its own lease (2 s), longer than the watcher's whole
+    lease (1.5 s): the watcher judges silence by the longer lease, recorded in the claim."""
+    outcome: list[str] = []
+
+    async def hold() -> None:
+        holder = Claims(store, "backups", "a", 4 * LEASE, lambda: datetime.now(UTC))
+        async with claimed(holder, "orders", Kind.BACKUP, SLOT) as lease:
+            assert lease is not None
+            await asyncio.sleep(4.0)
+            outcome.append("a finished")
+
+    async def watch() -> None:
+        async with claimed(replica(store, "b", Clock()), "orders", Kind.BACKUP, SLOT) as lease:
+            outcome.append("b ran the slot" if lease is not None else "b saw it done")
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0.2)
+    async with asyncio.timeout(DEADLINE):
+        await asyncio.gather(holder, watch())
+
+    assert outcome == ["a finished", "b saw it done"]
+
+
 async def test_a_deleted_claim_is_claimed_afresh_by_a_watching_replica(store: S3Storage) -> None:
     clock = Clock()  # stands still: the lease cannot expire, only the deletion frees the slot
     holder = await replica(store, "a", clock).try_claim("orders", Kind.BACKUP, SLOT)

@@ -191,6 +191,9 @@ def test_who_may_take_a_slot_over(claim: Claim, now: datetime, expected: bool) -
         (CLAIM, LEASE - 0.1, False),
         (CLAIM, LEASE, True),  # whatever the expiry it records
         (finished(CLAIM), 10 * LEASE, False),
+        (replace(CLAIM, lease=10 * LEASE), 2 * LEASE, False),  # the holder's lease is longer
+        (replace(CLAIM, lease=10 * LEASE), 10 * LEASE, True),
+        (replace(CLAIM, lease=None), LEASE, True),  # written before leases were recorded
     ],
 )
 def test_a_claim_unchanged_for_a_whole_lease_on_the_watchers_clock_went_silent(
