@@ -30,7 +30,7 @@ from datetime import UTC, datetime, tzinfo
 from backupd import catalogue
 from backupd.catalogue import manifest_key
 from backupd.config import TargetConfig
-from backupd.errors import BackupdError
+from backupd.errors import BackupdError, StorageError
 from backupd.retention import Candidate, Decision, before, decide
 from backupd.storage import Storage, open_storage
 from backupd.storage.base import Lock, PendingUpload, Removal
@@ -53,14 +53,14 @@ class Leftover:
     key: str
     since: datetime
     size: int
-    kind: str  # "incomplete", "unreadable", "no object" or "upload"
+    kind: str  # "incomplete", "unreadable", "no object", "upload" or "unlisted upload"
     delete: bool
     upload: PendingUpload | None = None
 
     def line(self) -> str:
         verdict = ("ABORT" if self.kind == "upload" else "DELETE") if self.delete else "KEEP"
         why = _LEFTOVER[self.kind]
-        if self.kind != "unreadable":
+        if self.kind not in _NEVER:
             why += f", {'older' if self.delete else 'newer'} than the cleanup age"
         label = f"({self.kind})"
         return f"{verdict:<6}  {self.since:%Y-%m-%d %H:%M:%S %Z}  {label:<16}  {self.key}  {why}"
@@ -74,7 +74,11 @@ _LEFTOVER = {
     "incomplete": "no manifest",
     "no object": "a manifest whose object is gone",
     "unreadable": "its manifest cannot be read; never deleted",
+    "unlisted upload": "multipart upload whose parts cannot be listed "
+    "(s3:ListMultipartUploadParts); kept, as it may still be written",
 }
+_NEVER = {"unreadable", "unlisted upload"}
+"""Leftovers kept whatever their age."""
 
 
 @dataclass
@@ -272,10 +276,15 @@ async def _upload_leftover(
     """An upload is left over once it has made no progress for the cleanup age, whenever it
     started: one still running (a dump longer than the age, another replica's, a ``backupd
     once`` beside the service) keeps sending parts. Only an upload that started before the
-    cutoff is asked for its parts."""
+    cutoff is asked for its parts; one whose parts cannot be listed (the permission refused) is
+    kept, with a warning: aborting it on a guess could cut a running backup short."""
     active = upload.initiated
     if active < cutoff:
-        active = await storage.last_activity(upload)
+        try:
+            active = await storage.last_activity(upload)
+        except StorageError as error:  # a refused ListParts: no guess either way
+            log.warning("%s", error)
+            return Leftover(upload.key, active.astimezone(tz), 0, "unlisted upload", False, upload)
     return Leftover(upload.key, active.astimezone(tz), 0, "upload", active < cutoff, upload)
 
 

@@ -540,6 +540,8 @@ class FaultProxy:
         self.cut_after = 0
         self.precondition_failed: Match = lambda method, target: False
         """Requests picked are answered 412 PreconditionFailed, without reaching upstream."""
+        self.access_denied: Match = lambda method, target: False
+        """Requests picked are answered 403 AccessDenied, without reaching upstream."""
         self.holding = threading.Event()
         """Set once the server has answered a request picked by ``hold``."""
         self.release = threading.Event()
@@ -626,6 +628,8 @@ class FaultProxy:
         refused = {"PUT": self.refuse_puts_ending, "GET": self.refuse_gets_ending}
         ending = refused.get(method)
         answer = ACCESS_DENIED if ending and path.endswith(ending) else None
+        if self.access_denied(method, target):
+            answer = ACCESS_DENIED
         if self.precondition_failed(method, target):
             answer = PRECONDITION_FAILED
         if answer is not None:

@@ -646,3 +646,38 @@ def test_an_upload_still_sending_parts_is_kept_however_long_ago_it_started(
     assert seen[abandoned] == ("ABORT", "multipart upload, older than the cleanup age")
     uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [u["Key"] for u in uploads] == [running]
+
+
+def test_an_upload_whose_parts_cannot_be_listed_is_kept_with_a_warning(
+    proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """A policy without s3:ListMultipartUploadParts: the prune cannot tell whether the upload
+    is still being written, so it keeps it (and says why) and goes on with the rest."""
+    now = datetime.now(UTC)
+    upload = catalogue.object_key(FOLDER, "app", ".dump", now, catalogue.new_run_id())
+    s3.create_multipart_upload(Bucket=bucket, Key=upload)  # started "in 2010", as moto says
+    old = put_backup(s3, bucket, "app", now - timedelta(days=3))
+    put_backup(s3, bucket, "app", now - timedelta(hours=3))
+    proxy.access_denied = lambda method, target: method == "GET" and "uploadId=" in target
+    env = policy_env(proxy.url, bucket, RETENTION_KEEP_LAST="1")
+
+    result = subprocess.run(
+        backupd_command("prune"),
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = verdicts(result.stdout)
+    assert seen[upload] == (
+        "KEEP",
+        "multipart upload whose parts cannot be listed (s3:ListMultipartUploadParts); kept, "
+        "as it may still be written",
+    )
+    assert seen[old] == ("DELETE", "no rule keeps it")
+    assert f"list the parts of {upload}" in result.stdout + result.stderr
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket)["Uploads"]] == [upload]
+    assert old not in keys_of(s3, bucket)
