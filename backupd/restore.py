@@ -465,10 +465,9 @@ async def _check_statements_fit(
     ``limit`` bytes, the most the server takes as one statement (``Source.statement_limit``:
     max_allowed_packet; a binary value of more than half of it, which ``--hex-blob`` doubles),
     would fail the restore, and with ``--clean`` after the database was dropped. Raise
-    RestoreError before anything changes."""
-    if backup.manifest is None:
-        return  # --force: nothing to compare with, as the restore itself will say
-    log.info("checking %s against its manifest before changing an existing database", backup.key)
+    RestoreError before anything changes. Without a manifest (``--force``) the statements
+    are measured all the same; only the checksum has nothing to be compared with."""
+    log.info("reading %s before changing an existing database", backup.key)
     download = _Download(storage, backup, request.progress, request.identity)
     longest = current = 0
     async for chunk in download.chunks():
@@ -479,7 +478,8 @@ async def _check_statements_fit(
         inner = max(map(len, lines[1:-1]), default=0)
         longest = max(longest, current + len(lines[0]), inner)
         current = len(lines[-1])
-    download.verifier.check()
+    if backup.manifest is not None:  # without one, the restore itself warns of it
+        download.verifier.check()
     longest = max(longest, current)
     if longest > limit:
         raise RestoreError(

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
+from backupd.catalogue import MANIFEST_SUFFIX
+from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, s3_client, storage_env
 from tests.servers import MariaDBServer, PostgresServer
 
 
@@ -969,6 +970,16 @@ def test_clean_drops_nothing_when_the_dump_holds_a_statement_the_server_refuses(
     assert "raise max_allowed_packet on the server to at least 72,00" in output
     assert "nothing was changed" in output and len(output) < 5_000
     assert mariadb.root_sql("SELECT n FROM small", database).strip() == "43"
+    # Without its manifest (--force), the statements are measured all the same.
+    s3 = s3_client(moto_url)
+    (key,) = [k for k in bucket_state(s3, bucket)[0] if not k.endswith(MANIFEST_SUFFIX)]
+    manifest = s3.get_object(Bucket=bucket, Key=key + MANIFEST_SUFFIX)["Body"].read()
+    s3.delete_object(Bucket=bucket, Key=key + MANIFEST_SUFFIX)
+    forced = run_backupd("restore", "--key", key, "--force", "--into", database, "--clean", env=env)
+    assert forced.returncode == 1, (forced.stdout + forced.stderr)[-2000:]
+    assert "nothing was changed" in forced.stdout + forced.stderr
+    assert mariadb.root_sql("SELECT n FROM small", database).strip() == "43"
+    s3.put_object(Bucket=bucket, Key=key + MANIFEST_SUFFIX, Body=manifest)
     mariadb.root_sql("SET GLOBAL max_allowed_packet = 128 * 1024 * 1024")
     try:
         ok("restore", "--into", database, "--clean", env=env)
