@@ -68,7 +68,7 @@ def job_of(engine: str, host: str, port: int, databases: str) -> str:
     unnamed ``default`` of each, say) but backing up other databases thus claim other keys:
     with one key, the slot one of them claimed would be skipped by the other as "claimed
     elsewhere", and its databases not backed up at all."""
-    facts = "\0".join((engine, host.lower(), str(port), databases))
+    facts = "\0".join((engine, host.lower().rstrip("."), str(port), databases))
     return hashlib.sha256(facts.encode()).hexdigest()[:8]
 
 

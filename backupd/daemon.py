@@ -155,17 +155,26 @@ class Daemon:
                 await self_test(store, target.layout.folder, coordination.replica_id)
                 stores[config] = store
             database = target.database
+            facts = (
+                database.engine.value,
+                database.host,
+                database.effective_port,
+                ",".join(sorted(database.databases)) or "*",
+            )
+            job = job_of(*facts)
+            log.info(
+                "target %s claims slots as job %s (%s %s:%d, databases %s); its replicas "
+                "must show the same",
+                target.name,
+                job,
+                *facts,
+            )
             self._claims[target.name] = Claims(
                 stores[config],
                 target.layout.folder,
                 coordination.replica_id,
                 coordination.lease,
-                job=job_of(
-                    database.engine.value,
-                    database.host,
-                    database.effective_port,
-                    ",".join(sorted(database.databases)) or "*",
-                ),
+                job=job,
             )
         log.info(
             "replica %s: every slot is claimed in storage first (lease %.0fs)",

@@ -102,7 +102,7 @@ def test_deployments_backing_up_other_databases_claim_other_keys() -> None:
     """Two deployments may share a folder and a target name (each its unnamed ``default``):
     a slot one of them claimed must not be skipped by the other as claimed elsewhere."""
     app = job_of("postgres", "db.internal", 5432, "app")
-    assert job_of("postgres", "DB.internal", 5432, "app") == app  # every replica agrees
+    assert job_of("postgres", "DB.internal.", 5432, "app") == app  # every replica agrees
     others = {
         job_of("postgres", "db.internal", 5432, "billing"),
         job_of("postgres", "db.internal", 5432, "app,billing"),
