@@ -59,6 +59,8 @@ RETRY_RENEWAL = 1.0
 """Seconds between renewal attempts after one failed (the lease itself bounds how long)."""
 SETTLE_ATTEMPTS = 3
 """Attempts at writing a claim's final state (done, or handed back)."""
+HAND_BACK_WAIT = 10.0
+"""Seconds a cancelled run (a shutdown) waits at most to hand its claim back."""
 SWEEP_EVERY = 3600.0
 """Seconds between two sweeps of stale claims by one replica (``Claims.sweep``)."""
 
@@ -250,8 +252,11 @@ class Lease:
         Bounded by what is left of the lease (at least a third of one): once it has run out,
         the slot is any replica's anyway, and a store that stopped answering would otherwise
         hold the run (and a shutdown, whose cancellation this outlasts) for minutes of
-        retried requests."""
+        retried requests. Handing back waits at most ``HAND_BACK_WAIT``: a stopping replica
+        must not wait out a long lease, which hands the slot over by itself."""
         bound = max(self._left(), renew_every(self.claims.lease))
+        if cancelled:
+            bound = min(bound, HAND_BACK_WAIT)
         try:
             async with asyncio.timeout(bound):
                 if self._keeper is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from backupd import claims as claims_module
 from backupd.claims import Claims, Lease, Observed, claimed, delete_stale_claims, self_test
 from backupd.config import S3Config
 from backupd.coordination import Kind, State, claim_key, parse_claim
@@ -242,6 +243,34 @@ async def test_a_cancelled_run_leaves_within_its_lease_when_the_store_stops_answ
             holder = asyncio.create_task(run_until_cancelled())
             await inside.wait()
             claims.store = silent  # the store stops answering mid-run
+            holder.cancel()
+            done, _ = await asyncio.wait([holder], timeout=DEADLINE)
+    assert done == {holder}
+    assert holder.cancelled()
+
+
+async def test_a_cancelled_run_with_a_long_lease_hands_back_within_the_wait(
+    store: S3Storage, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an hour's lease and a store that stopped answering, a stopping replica waits
+    HAND_BACK_WAIT (1 s here) to hand its claim back, not what is left of the hour."""
+    monkeypatch.setattr(claims_module, "HAND_BACK_WAIT", 1.0)
+    claims = Claims(store, "backups", "a", 3600.0, lambda: datetime.now(UTC))
+    lease = await claims.try_claim("orders", Kind.BACKUP, SLOT)
+    assert isinstance(lease, Lease)
+    inside = asyncio.Event()
+
+    async def run_until_cancelled() -> None:
+        async with lease:
+            inside.set()
+            await asyncio.Event().wait()
+
+    with silent_server() as port:
+        hung = config(f"http://127.0.0.1:{port}", bucket)
+        async with S3Storage.connect(hung) as silent:
+            holder = asyncio.create_task(run_until_cancelled())
+            await inside.wait()
+            claims.store = silent
             holder.cancel()
             done, _ = await asyncio.wait([holder], timeout=DEADLINE)
     assert done == {holder}
