@@ -777,13 +777,15 @@ class LogConfig(BaseModel):
 
     @property
     def secrets(self) -> list[str]:
-        """What of the Seq settings must never be shown: the API key, and of ``SEQ_URL`` (a
-        proxy's basic auth, ``?apiKey=``) its password, its query and the URL itself, which
-        the HTTP clients' errors quote (``401 Client Error: ... for url: http://u:p@seq/...``)."""
+        """What of the Seq settings must never be shown: the API key, and of a ``SEQ_URL`` that
+        carries credentials (a proxy's basic auth, ``?apiKey=``) its password, its query and
+        the URL itself, which the HTTP clients' errors quote (``401 Client Error: ... for url:
+        http://u:p@seq/...``). A URL without them stays readable: it says where logs go."""
         hidden = [self.seq_api_key.get_secret_value()] if self.seq_api_key is not None else []
         if self.seq_url is not None:
             parts = urlsplit(self.seq_url)
-            hidden += [self.seq_url, parts.password or "", parts.query]
+            if parts.password or parts.query:
+                hidden += [self.seq_url, parts.password or "", parts.query]
         return [secret for secret in hidden if secret]
 
     @field_validator("level")

@@ -9,6 +9,7 @@ from backupd.config import (
     Compression,
     Engine,
     LocalConfig,
+    LogConfig,
     RowCounts,
     S3Config,
     StorageType,
@@ -362,3 +363,23 @@ def test_row_counts_are_exact_unless_turned_off_and_nothing_else_is_accepted() -
 
     assert "VERIFY_ROW_COUNTS" in problem
     assert "exact" in problem and "off" in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden"),
+    [
+        ("http://seq.internal:5341", []),  # says where logs go: stays readable
+        (
+            "http://user:Pa55word@seq.internal:5341",
+            ["http://user:Pa55word@seq.internal:5341", "Pa55word"],
+        ),
+        (
+            "http://seq.internal:5341/?apiKey=k123456",
+            ["http://seq.internal:5341/?apiKey=k123456", "apiKey=k123456"],
+        ),
+    ],
+)
+def test_a_seq_url_is_a_secret_only_when_it_carries_credentials(
+    url: str, hidden: list[str]
+) -> None:
+    assert LogConfig.model_validate({"SEQ_URL": url}).secrets == hidden
