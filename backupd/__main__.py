@@ -22,6 +22,7 @@ def main() -> NoReturn:
 
         command_line()
     except KeyboardInterrupt:
+        sys.stdout.flush()  # whatever was printed before stays printed
         sys.stderr.write(INTERRUPTED_AT_START)
         sys.stderr.flush()
         os._exit(1)
