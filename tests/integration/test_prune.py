@@ -23,7 +23,7 @@ from backupd import catalogue
 from backupd.environment import load_target
 from backupd.prune import prune
 from backupd.storage.local import LocalStorage
-from tests.conftest import backupd_command, child_env, pg_env, storage_env
+from tests.conftest import backupd_command, child_env, pg_env, run_backupd, storage_env
 from tests.integration.test_daemon import fetch, metric, start_daemon, stop
 from tests.servers import FaultProxy, PostgresServer, free_port, wait_until
 
@@ -631,14 +631,7 @@ def test_an_upload_still_sending_parts_is_kept_however_long_ago_it_started(
     put_backup(s3, bucket, "app", now - timedelta(hours=3))
     env = policy_env(moto_url, bucket, RETENTION_KEEP_LAST="1", RETENTION_ABORT_UPLOADS_AFTER="1h")
 
-    result = subprocess.run(
-        backupd_command("prune"),
-        env=child_env(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_backupd("prune", env=env)
 
     assert result.returncode == 0, result.stdout + result.stderr
     seen = verdicts(result.stdout)
@@ -661,14 +654,7 @@ def test_an_upload_whose_parts_cannot_be_listed_is_kept_with_a_warning(
     proxy.access_denied = lambda method, target: method == "GET" and "uploadId=" in target
     env = policy_env(proxy.url, bucket, RETENTION_KEEP_LAST="1")
 
-    result = subprocess.run(
-        backupd_command("prune"),
-        env=child_env(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_backupd("prune", env=env)
 
     assert result.returncode == 0, result.stdout + result.stderr
     seen = verdicts(result.stdout)
