@@ -30,7 +30,7 @@ from backupd.logs import setup_logging
 from backupd.process import STOP_SIGNALS, mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.prune import keep_column, prune_after_run, prune_target
-from backupd.report import backup_and_report, secrets_of
+from backupd.report import backup_and_report, prune_wanted, secrets_of
 from backupd.units import human_size
 from backupd.variables import unknown_variables
 
@@ -199,7 +199,7 @@ async def _once(settings: Settings, args: argparse.Namespace) -> int:
     for target in targets:
         reports = await backup_and_report(target, progress)
         ok = ok and all(report.ok for report in reports)
-        if all(report.ok for report in reports) and target.retention.policy.enabled:
+        if prune_wanted(target, reports):
             ok = await prune_after_run(target) is not None and ok
     return EXIT_OK if ok else EXIT_FAILED
 

@@ -42,7 +42,7 @@ from backupd.metrics import Metrics, serve
 from backupd.notify import Report, State
 from backupd.process import STOP_SIGNALS
 from backupd.prune import prune_after_run
-from backupd.report import announce, backup_and_log, tell
+from backupd.report import announce, backup_and_log, prune_wanted, tell
 from backupd.schedule import (
     MISSED_CAP,
     Schedule,
@@ -457,8 +457,7 @@ class Daemon:
             if known is not None:
                 known.append(True)
             self._tell_later(target, Finished(reports, announced), claims)
-            ok = bool(reports) and all(report.ok for report in reports)
-            if ok and target.retention.policy.enabled:
+            if prune_wanted(target, reports):
                 await self._prune(target)
 
     async def _backup_only(self, target: TargetConfig) -> list[Report]:

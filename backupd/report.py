@@ -116,6 +116,28 @@ async def judged(
     ]
 
 
+def prune_wanted(target: TargetConfig, reports: list[Report]) -> bool:
+    """Whether a run's prune goes ahead: the target has a policy, the run succeeded, and no
+    backup of it looks anomalous. A database that shrank sharply (emptied by mistake) must not
+    push its good backups out: with ``RETENTION_KEEP_LAST=3`` three runs of the emptied
+    database would otherwise delete every good backup, while the median still flagged them.
+    A prune held back is a warning naming the databases."""
+    if not target.retention.policy.enabled or not reports:
+        return False
+    if not all(report.ok for report in reports):
+        return False
+    odd = [report.database for report in reports if report.state is State.ANOMALY]
+    if odd:
+        log.warning(
+            "%s: not pruning: the backup of %s looks anomalous; nothing is deleted until a "
+            "run looks normal again (or run backupd prune by hand)",
+            target.name,
+            ", ".join(odd),
+        )
+        return False
+    return True
+
+
 def log_reports(reports: list[Report]) -> bool:
     """One log line per report, with its fields as structured properties; True if all succeeded."""
     for report in reports:

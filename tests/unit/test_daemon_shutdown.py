@@ -119,3 +119,33 @@ async def test_the_start_line_counts_targets_not_schedules(
     daemon._on_signal(signal.SIGTERM)
     assert await serving == 0
     assert "backupd running 1 target(s); at most 2 at once" in caplog.text
+
+
+async def test_an_anomalous_backup_prunes_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database emptied by mistake backs up small: the run is an anomaly, and its prune
+    must not push the good backups out (with RETENTION_KEEP_LAST=3, three such runs deleted
+    every good one while the alerts were still going out). A normal run prunes."""
+    daemon = Daemon(settings(RETENTION_KEEP_LAST="3"))
+    target = daemon.settings.targets[0]
+    now = datetime.now(UTC)
+    states = [State.ANOMALY, State.SUCCEEDED]
+    pruned: list[str] = []
+
+    async def backup(target: TargetConfig, progress: Any = None) -> list[Report]:
+        return [Report(target.name, "app", "postgres", states.pop(0), now)]
+
+    async def prune(target: TargetConfig) -> None:
+        pruned.append(target.name)
+
+    monkeypatch.setattr(daemon_module, "backup_and_log", backup)
+    monkeypatch.setattr(daemon_module, "prune_after_run", prune)
+    quiet_notifications(monkeypatch, [])
+
+    await daemon._backup(target, None)
+    assert pruned == []
+    assert "not pruning: the backup of app looks anomalous" in caplog.text
+    await daemon._backup(target, None)
+    assert pruned == [target.name]
+    await asyncio.gather(*daemon._finishing)
