@@ -55,7 +55,7 @@ from backupd.schedule import (
 )
 from backupd.storage import ClaimStore, open_claim_store
 from backupd.verify import Checked, Selection
-from backupd.verify_run import verify_and_report
+from backupd.verify_run import tell_verified, verify_and_log
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ class Daemon:
         """Run tasks waiting for a dump slot, claiming or backing up a target (not watching
         another replica's claim): (target, slot label)."""
         self._finishing: set[asyncio.Task[None]] = set()
-        """What is left of runs whose backup is over (old claims deleted, notifications sent),
-        holding no dump slot and not counted as running."""
+        """What is left of runs whose backup or verify is over (old claims deleted,
+        notifications sent), holding no dump slot and not counted as running."""
         self._claims: dict[str, Claims] = {}
         self._busy: dict[str, asyncio.Lock] = {t.name: asyncio.Lock() for t in settings.targets}
         """Held by a target's backup (and prune) or verify: the two never overlap."""
@@ -535,9 +535,15 @@ class Daemon:
             log.info("%s: the verify run does not start: shutting down", target.name)
 
     async def _verify_now(self, target: TargetConfig) -> None:
+        """The verify, holding the target (and the caller's dump slot); its mail and webhooks
+        go out afterwards in a task of their own, as a backup's do: a slow or dead notifier
+        never holds a dump slot or the target, and a shutdown waits for them."""
         async with self._busy[target.name]:
-            results = await verify_and_report(target, Selection(drill=target.verify.drill))
+            results = await verify_and_log(target, Selection(drill=target.verify.drill))
         self._record_verify(target.name, results)
+        told = asyncio.create_task(tell_verified(target, results), name=f"told-{target.name}")
+        self._finishing.add(told)
+        told.add_done_callback(self._finishing.discard)
 
     def _record_verify(self, name: str, results: list[Checked]) -> None:
         ok = bool(results) and all(checked.ok for checked in results)

@@ -55,11 +55,11 @@ def reports_of(target: TargetConfig, results: list[Checked]) -> list[Report]:
     ]
 
 
-async def verify_and_report(
+async def verify_and_log(
     target: TargetConfig, selection: Selection, progress: Progress | None = None
 ) -> list[Checked]:
-    """Verify one target and tell everyone how it went; a storage that cannot be listed is
-    one failure for the whole target."""
+    """Verify one target and log how it went, one line per backup; nothing is notified. A
+    storage that cannot be listed is one failure for the whole target."""
     hidden = secrets_of(target)
     try:
         results = await verify_target(target, selection, progress)
@@ -71,5 +71,20 @@ async def verify_and_report(
             log.info("%s: %s", target.name, line)
         else:
             log.error("%s: %s", target.name, line)
-    await notify.run_finished(target, reports_of(target, results), hidden, ping=False)
+    return results
+
+
+async def tell_verified(target: TargetConfig, results: list[Checked]) -> None:
+    """Mail and webhooks about a verify run (not the dead-man's switch, which watches
+    backups); bounded by each notifier's timeouts, never raises."""
+    await notify.run_finished(target, reports_of(target, results), secrets_of(target), ping=False)
+
+
+async def verify_and_report(
+    target: TargetConfig, selection: Selection, progress: Progress | None = None
+) -> list[Checked]:
+    """Verify one target and tell everyone how it went (``verify_and_log``, then
+    ``tell_verified``)."""
+    results = await verify_and_log(target, selection, progress)
+    await tell_verified(target, results)
     return results

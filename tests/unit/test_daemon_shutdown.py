@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 import backupd.daemon as daemon_module
+import backupd.verify_run as verify_run
+from backupd import notify
 from backupd.config import Settings, TargetConfig
 from backupd.daemon import Daemon
 from backupd.environment import load_settings
@@ -64,7 +66,7 @@ async def test_a_run_waiting_for_its_targets_verify_does_not_start_after_sigterm
         dumps.append(target.name)
         return []
 
-    monkeypatch.setattr(daemon_module, "verify_and_report", slow_verify)
+    monkeypatch.setattr(daemon_module, "verify_and_log", slow_verify)
     monkeypatch.setattr(daemon_module, "backup_and_log", backup)
     quiet_notifications(monkeypatch, [])
 
@@ -149,3 +151,43 @@ async def test_an_anomalous_backup_prunes_nothing(
     await daemon._backup(target, None)
     assert pruned == [target.name]
     await asyncio.gather(*daemon._finishing)
+
+
+async def test_a_verify_tells_its_result_without_holding_a_dump_slot_or_its_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A verify's mail and webhook wait on a relay that hangs (up to ~30 s each): meanwhile
+    the target's next backup, and any other target's with MAX_CONCURRENT_BACKUPS=1, must get
+    their dump slot; they used to wait for the notifications and skip slots. A shutdown still
+    waits for the verify's notifications."""
+    daemon = Daemon(settings(MAX_CONCURRENT_BACKUPS="1", SHUTDOWN_TIMEOUT="2"))
+    target = daemon.settings.targets[0]
+    dumps: list[str] = []
+    told: list[str] = []
+
+    async def verify_target(target: TargetConfig, selection: Any, progress: Any) -> list[Any]:
+        return []
+
+    async def slow_notifications(target: TargetConfig, reports: Any, *args: Any, **kw: Any) -> None:
+        await asyncio.sleep(0.5)
+        told.append(target.name)
+
+    async def backup(target: TargetConfig, progress: Any = None) -> list[Report]:
+        dumps.append(target.name)
+        return []
+
+    monkeypatch.setattr(verify_run, "verify_target", verify_target)
+    monkeypatch.setattr(notify, "run_finished", slow_notifications)
+    monkeypatch.setattr(daemon_module, "backup_and_log", backup)
+    quiet_notifications(monkeypatch, [])
+
+    verify_task = asyncio.create_task(daemon._verify(target, datetime.now(UTC)))
+    daemon._tasks.add(verify_task)
+    await asyncio.sleep(0.05)  # verified; its notifications are on their way
+    daemon._start(target, datetime.now(UTC), "next")
+    await asyncio.sleep(0.2)
+    assert dumps == [target.name]  # the backup did not wait for the verify's mail
+    assert told == []
+    daemon._on_signal(signal.SIGTERM)
+    await daemon._drain()
+    assert told == [target.name]  # sent before the exit
