@@ -231,8 +231,11 @@ def drill_target(target: TargetConfig) -> TargetConfig:
 
 
 def scratch_name(prefix: str, database: str) -> str:
-    """``{prefix}{safe name}_{8 hex}``, at most 63 characters (PostgreSQL's limit)."""
-    return f"{prefix}{safe_name(database)}"[:50] + f"_{secrets.token_hex(4)}"
+    """``{prefix}{safe name}_{8 hex}``, at most 63 bytes (PostgreSQL's limit, in bytes: a
+    name of non-ASCII letters, which ``safe_name`` keeps, takes two to four bytes each), cut
+    between characters."""
+    head = f"{prefix}{safe_name(database)}".encode()[:54].decode("utf-8", "ignore")
+    return f"{head}_{secrets.token_hex(4)}"
 
 
 def is_encrypted(backup: Backup) -> bool:

@@ -15,6 +15,7 @@ from backupd.environment import load_target
 from backupd.errors import ConfigError, QueryError
 from backupd.notify.base import Report, State
 from backupd.notify.email import subject
+from backupd.restore import name_problem
 from backupd.sources.postgres import pg_dump_argv
 from backupd.sources.session import parse_counts
 from backupd.storage.base import StoredObject
@@ -275,6 +276,17 @@ def test_scratch_names_are_unique_and_fit_postgres_identifiers() -> None:
 
     assert len(names) == 20
     assert all(len(name) <= 63 and name.startswith("backupd_drill_xxx") for name in names)
+
+
+@pytest.mark.parametrize("database", ["ü" * 25, "日本語のデータベース名前", "д" * 31])
+def test_scratch_names_of_non_ascii_databases_fit_postgres_63_bytes(database: str) -> None:
+    # PostgreSQL's limit is in bytes: a drill of a database named with 25 'ü' (50 bytes, a
+    # valid name) was refused ("longer than PostgreSQL's 63 bytes") and always failed.
+    name = scratch_name("backupd_drill_", database)
+
+    assert len(name.encode()) <= 63
+    assert name_problem(Engine.POSTGRES, name) is None
+    assert name.startswith("backupd_drill_" + database[:3])
 
 
 @pytest.mark.parametrize(
