@@ -246,6 +246,15 @@ WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
   AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                   AND d.objid = c.oid AND d.deptype = 'e')"""
+# The server's time limits, off as pg_dump turns them off for itself: a database's (or
+# role's) ``statement_timeout`` cancelled the count of a big table (no counts recorded, no
+# drill check), and its ``idle_in_transaction_session_timeout`` ended the session, and with it
+# the exported snapshot, while it waited idle for pg_dump to import it (the backup failed:
+# "invalid snapshot identifier"). Each only where the server has it (transaction_timeout: 17).
+# ``{scope}``: LOCAL inside a transaction, else empty.
+TIMEOUTS_OFF = r"""SELECT format('SET {scope} %I = 0', name) FROM pg_settings
+WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', 'transaction_timeout')
+\gexec"""
 # The snapshot, and the tables locked as pg_dump locks them (ACCESS SHARE), so that no table
 # rewrite queued meanwhile can make a later count see other rows than the dump. The counts run
 # as this one backend, never with parallel workers: on a small host those would take the cores
@@ -254,6 +263,7 @@ WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
 EXPORT_SNAPSHOT = rf"""BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 SET LOCAL max_parallel_workers_per_gather = 0;
 SET LOCAL lock_timeout = '{{lock_timeout}}';
+{TIMEOUTS_OFF.replace("{scope}", "LOCAL")}
 SELECT pg_export_snapshot();
 SELECT 'LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', ')
     || ' IN ACCESS SHARE MODE'
@@ -889,4 +899,4 @@ class PostgresSource:
     async def count_rows(self, database: str) -> list[dict[str, Any]]:
         """Every table of ``database`` with its exact row count (a drill's check)."""
         async with client_session("psql", self._session_command(database)) as session:
-            return parse_counts(await session.ask(COUNT_ROWS))
+            return parse_counts(await session.ask(f"{TIMEOUTS_OFF.format(scope='')}\n{COUNT_ROWS}"))

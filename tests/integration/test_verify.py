@@ -442,3 +442,45 @@ def test_a_backup_whose_object_is_gone_but_manifest_remains_fails_naming_it(
         assert f"{newest}: its object is missing (its manifest remains)" in result.stdout
         assert "Traceback" not in result.stdout + result.stderr
     assert run_backupd("verify", "--key", older, env=env).returncode == 0
+
+
+def test_postgres_counts_ignore_the_databases_statement_and_idle_timeouts(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    # Production databases set these. statement_timeout cancelled the counting session's count
+    # (here its lock wait on a table another session holds a moment): no counts were recorded
+    # and no drill could check the rows. idle_in_transaction_session_timeout ended the session
+    # while it waited idle for pg_dump to import its snapshot: the backup failed with
+    # "invalid snapshot identifier". pg_dump turns both off for itself; the session must too.
+    database = unique("limits")
+    pg.create_database(database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+    pg.psql(f"ALTER DATABASE {database} SET statement_timeout = '500ms'")
+    pg.psql(f"ALTER DATABASE {database} SET idle_in_transaction_session_timeout = '5ms'")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    locker = subprocess.Popen(
+        [
+            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-c", "SET statement_timeout = 0",
+            "-c", "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(2); COMMIT",
+        ],
+        env={**child_env({}), **pg.env(database)},
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        held = "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted"
+        wait_until(lambda: pg.psql(held, database).strip() != "0", 10, "the lock")
+        result = run_backupd("once", env=env)
+    finally:
+        locker.wait(timeout=30)
+
+    unlocked = run_backupd("once", env=env)  # the count is done long before pg_dump starts
+
+    for said in (result, unlocked):
+        assert said.returncode == 0, said.stdout + said.stderr
+        assert "row counts are not recorded" not in said.stdout + said.stderr
+    keys = [k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json")]
+    assert len(keys) == 2
+    for key in keys:
+        manifest = manifest_of(s3, bucket, key)
+        assert manifest.row_counts == "dump snapshot"
+        assert manifest.tables == [{"schema": "public", "name": "t", "rows": 100}]
