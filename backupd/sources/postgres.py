@@ -271,9 +271,21 @@ SELECT 'LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', ')
 \gexec"""
 # One count query per table, run by psql's \gexec; each prints ``schema<TAB>name<TAB>rows``
 # with the names hex-encoded.
-COUNT_ROWS = rf"""SELECT format('SELECT %L || E''\t'' || %L || E''\t'' || count(*) FROM %I.%I',
+_COUNT = r"""format('SELECT %L || E''\t'' || %L || E''\t'' || count(*) FROM %I.%I',
     encode(convert_to(n.nspname, 'UTF8'), 'hex'), encode(convert_to(c.relname, 'UTF8'), 'hex'),
-    n.nspname, c.relname)
+    n.nspname, c.relname)"""
+COUNT_ROWS = rf"""SELECT {_COUNT}
+{DUMPED_TABLES}
+ORDER BY n.nspname, c.relname
+\gexec"""
+# The same in the dump's snapshot, each count in a savepoint rolled back once it has printed:
+# planning a count locks the table's indexes too, and the transaction that holds the snapshot
+# would keep those locks to the end, beside the tables' own (kept by the LOCK above) and
+# pg_dump's. A database of some 6,000 tables with an index each, which pg_dump alone dumps
+# under the default max_locks_per_transaction, ran the server out of lock slots and the
+# backup failed. Rolled back, a savepoint gives up the locks it took; the snapshot stays.
+COUNT_ROWS_IN_SNAPSHOT = rf"""SELECT 'SAVEPOINT backupd_count', {_COUNT},
+    'ROLLBACK TO SAVEPOINT backupd_count'
 {DUMPED_TABLES}
 ORDER BY n.nspname, c.relname
 \gexec"""
@@ -889,7 +901,7 @@ class PostgresSource:
                 bound = f"{max(1, round(lock_wait * 1000))}ms" if lock_wait else "0"
                 export = EXPORT_SNAPSHOT.format(lock_timeout=bound)
                 snapshot = (await session.ask(export))[0].strip()
-                found = DumpSession(snapshot, "dump snapshot", session, COUNT_ROWS)
+                found = DumpSession(snapshot, "dump snapshot", session, COUNT_ROWS_IN_SNAPSHOT)
             except (QueryError, IndexError) as error:
                 # A login failure is the dump's to report, once: not a warning here too.
                 said = log.debug if self.explain_failure(str(error)) else log.warning

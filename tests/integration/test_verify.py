@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from backupd.catalogue import Manifest, manifest_key
+from backupd.config import DatabaseConfig
+from backupd.sources.postgres import PostgresSource
 from tests.conftest import (
     backupd_command,
     bucket_state,
@@ -484,3 +486,47 @@ def test_postgres_counts_ignore_the_databases_statement_and_idle_timeouts(
         manifest = manifest_of(s3, bucket, key)
         assert manifest.row_counts == "dump snapshot"
         assert manifest.tables == [{"schema": "public", "name": "t", "rows": 100}]
+
+
+async def test_postgres_counting_session_keeps_the_tables_locks_but_not_their_indexes(
+    pg: PostgresServer,
+) -> None:
+    # The session holding the dump's snapshot kept every lock its counts took to the end of
+    # the dump: planning a count locks the table's indexes as well. With pg_dump's own locks
+    # beside them, a database of 6,000 tables with a primary key each (which pg_dump alone
+    # dumps under the default max_locks_per_transaction) failed every backup: "out of shared
+    # memory". The tables stay locked, as pg_dump locks them; their indexes must not.
+    database = unique("locks")
+    pg.create_database(
+        database,
+        "CREATE TABLE t (id int PRIMARY KEY, a int UNIQUE, b int);"
+        " CREATE INDEX ON t (b); CREATE TABLE u (id int PRIMARY KEY);"
+        " INSERT INTO t SELECT g, g, g FROM generate_series(1, 50) g;",
+    )
+    config = DatabaseConfig.model_validate(
+        {
+            "DB_TYPE": "postgres",
+            "DB_HOST": "127.0.0.1",
+            "DB_PORT": str(pg.port),
+            "DB_USER": pg.user,
+            "DB_PASSWORD": pg.password,
+            "DB_DATABASE": database,
+        }
+    )
+    held = (
+        "SELECT string_agg(format('%s:%s', c.relname, c.relkind), ',' ORDER BY c.relname)"
+        " FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+        " JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE a.application_name = 'backupd' AND a.datname = current_database()"
+        " AND c.relnamespace = 'public'::regnamespace"
+    )
+    async with PostgresSource(config).dump_session(database) as session:
+        assert session.snapshot is not None
+        tables = await session.count()
+        locks = pg.psql(held, database).strip()
+
+    assert tables == [
+        {"schema": "public", "name": "t", "rows": 50},
+        {"schema": "public", "name": "u", "rows": 0},
+    ]
+    assert locks == "t:r,u:r"
