@@ -38,7 +38,7 @@ from backupd.encryption import (
     without_suffix,
 )
 from backupd.errors import BackupdError
-from backupd.process import Child, spawn, stall_guard
+from backupd.process import Child, describe_status, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, Source, source_for
 from backupd.sources.base import ScriptFilter
@@ -566,8 +566,8 @@ async def _feed_restore_tool(
             said = child.stderr_text()
             hint = source.explain_failure(said)
             raise RestoreError(
-                f"{f'{hint}: ' if hint else ''}{child.name} exited with status {code}: "
-                f"{said or 'no output'}"
+                f"{f'{hint}: ' if hint else ''}{child.name} exited with status "
+                f"{describe_status(code)}: {said or 'no output'}"
             )
 
 
