@@ -481,6 +481,8 @@ class Daemon:
 
     async def _prune(self, target: TargetConfig) -> None:
         pruned = await prune_after_run(target)
+        result = "failure" if pruned is None else "success"
+        self.metrics.prune_runs.labels(target.name, result).inc()
         if pruned is not None:
             self.metrics.pruned.labels(target.name).inc(len(pruned.deleted))
             self.metrics.stored_backups.labels(target.name).set(pruned.stored_backups)

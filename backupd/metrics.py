@@ -73,6 +73,12 @@ class Metrics:
             ["target"],
             registry=self.registry,
         )
+        self.prune_runs = Counter(
+            "backupd_prune_runs",
+            "Prunes after a run, by result (success, failure)",
+            ["target", "result"],
+            registry=self.registry,
+        )
         self.stored_backups = Gauge(
             "backupd_stored_backups",
             "Complete backups in storage, counted at the last prune",
@@ -120,6 +126,8 @@ class Metrics:
         for result in ("success", "failure", "skipped"):
             self.verify_runs.labels(target, result)
         self.pruned.labels(target)
+        for result in ("success", "failure"):
+            self.prune_runs.labels(target, result)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -481,8 +481,52 @@ def test_the_service_prunes_after_each_run_and_counts_it(
     assert process.returncode == 0, output
     assert metric(text, "backupd_stored_backups", target="default") == 2
     assert metric(text, "backupd_stored_bytes", target="default") > 0
+    assert metric(text, "backupd_prune_runs_total", target="default", result="success") == 1
+    assert metric(text, "backupd_prune_runs_total", target="default", result="failure") == 0
     assert len([k for k in keys_of(s3, bucket) if k.endswith(".dump")]) == 2
     assert "Traceback" not in output
+
+
+def test_a_failed_prune_of_the_service_is_counted_for_alerts(
+    pg: PostgresServer,
+    proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    services: list[subprocess.Popen[str]],
+) -> None:
+    """Deletes refused (a policy without s3:DeleteObject): the backup succeeds, the prune
+    fails, and backupd_prune_runs_total{result="failure"} says so (BackupdPruneFailed)."""
+    database = f"svc_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS n;")
+    earlier = datetime.now(UTC) - timedelta(days=3)
+    for hour in range(3):
+        put_backup(s3, bucket, database, earlier + timedelta(hours=hour), prefix="backups")
+    proxy.access_denied = lambda method, target: method == "POST" and "?delete" in target
+    port = free_port()
+    env = {
+        **pg_env(pg, database),
+        **storage_env(proxy.url, bucket),
+        "CRON_SCHEDULE": "0 0 1 1 *",  # the run at start-up only
+        "RETENTION_KEEP_LAST": "2",
+        "ANOMALY_GROWTH": "1000",  # 40-byte stand-ins before the real dump
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    process = start_daemon(env, services)
+
+    def prune_failed() -> bool:
+        _, text = fetch(port, "/metrics")
+        return metric(text, "backupd_prune_runs_total", target="default", result="failure") >= 1
+
+    wait_until(prune_failed, 60, "the failed prune counted")
+    _, text = fetch(port, "/metrics")
+    output = stop(process)
+
+    assert process.returncode == 0, output
+    assert metric(text, "backupd_runs_total", target="default", result="success") == 1
+    assert metric(text, "backupd_prune_runs_total", target="default", result="success") == 0
+    assert "pruning FAILED" in output
+    assert len([k for k in keys_of(s3, bucket) if k.endswith(".dump")]) == 4
 
 
 def test_prune_without_a_policy_is_a_usage_error(moto_url: str, bucket: str) -> None:
