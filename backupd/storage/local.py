@@ -69,16 +69,19 @@ class LocalUpload:
         return self._part_size
 
     async def open(self) -> None:
-        def _open() -> BinaryIO:
+        def _open() -> None:
             for _ in range(OPEN_ATTEMPTS):
                 self._final.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    return self._temporary.open("xb")
+                    self._file = self._temporary.open("xb")
+                    return
                 except FileNotFoundError:
                     continue  # a prune removed the folder, empty, between the two steps
-            return self._temporary.open("xb")
+            self._file = self._temporary.open("xb")
 
-        self._file = await asyncio.to_thread(_open)
+        # Cancelled (the dump failed at once), the thread goes on all the same: wait until the
+        # temporary file is created or not, so that ``discard`` removes it and never runs first.
+        await finish_in_flight(asyncio.to_thread(_open), str(self._temporary))
 
     async def write(self, part: Part) -> None:
         assert self._file is not None

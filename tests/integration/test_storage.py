@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -171,6 +172,55 @@ async def test_local_storage_publishes_atomically_and_never_overwrites(tmp_path:
     assert sorted(p.name for p in (tmp_path / "a/b").iterdir()) == ["file.dump"]
     with pytest.raises(StorageError, match="escapes STORAGE_LOCAL_PATH"):
         storage.path_for("../outside")
+
+
+async def test_a_write_cancelled_while_its_file_is_being_created_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """A dump that fails at once (no such database) cancels the write while the thread that
+    creates its temporary file may not have run yet: the clean-up ran first, the file was
+    created after it, and a ``.partial`` file stayed in the folder for good."""
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+    release = threading.Event()
+
+    class Gated(concurrent.futures.ThreadPoolExecutor):
+        """Holds every job after the first (which makes STORAGE_LOCAL_PATH) until released."""
+
+        submitted = 0
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            Gated.submitted += 1
+            if Gated.submitted == 1:
+                return super().submit(fn, *args, **kwargs)
+
+            def held() -> Any:
+                loop.call_soon_threadsafe(started.set)
+                release.wait(10)
+                return fn(*args, **kwargs)
+
+            return super().submit(held)
+
+    executor = Gated(max_workers=2)
+    loop.set_default_executor(executor)
+    storage = local.LocalStorage(LocalConfig.model_validate({"STORAGE_LOCAL_PATH": str(tmp_path)}))
+
+    async def write() -> None:
+        async with storage.upload("backups/20261130/x.dump", {}):
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(write())
+    await asyncio.wait_for(started.wait(), 10)  # the file's creation is submitted, and held
+    task.cancel()
+    await asyncio.sleep(0.2)  # the clean-up, when it does not wait, has run by now
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    executor.shutdown(wait=True)  # whatever the gate held has run
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+
+    left = await asyncio.to_thread(lambda: [p.name for p in tmp_path.rglob("*") if p.is_file()])
+    assert left == []
 
 
 def test_local_backup_round_trip(pg: PostgresServer, tmp_path: Path) -> None:
