@@ -6,8 +6,11 @@ SOURCES := backupd tests bench deploy
 
 .PHONY: test lint typecheck unit integration demo bench clean
 
+# Two workers, each with its own servers: most of a test's time is spent waiting on them.
+TEST_WORKERS ?= 2
+
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check $(SOURCES)
