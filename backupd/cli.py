@@ -29,8 +29,8 @@ from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
 from backupd.logs import setup_logging
 from backupd.process import STOP_SIGNALS, mask
 from backupd.progress import LogProgress, TerminalProgress
-from backupd.prune import keep_column, prune_after_run, prune_target
-from backupd.report import backup_and_report, prune_wanted, secrets_of
+from backupd.prune import PruneFailure, keep_column, prune_after_run, prune_target
+from backupd.report import backup_and_report, prune_wanted, secrets_of, tell_prune_failed
 from backupd.units import human_size
 from backupd.variables import unknown_variables
 
@@ -200,7 +200,10 @@ async def _once(settings: Settings, args: argparse.Namespace) -> int:
         reports = await backup_and_report(target, progress)
         ok = ok and all(report.ok for report in reports)
         if prune_wanted(target, reports):
-            ok = await prune_after_run(target) is not None and ok
+            pruned = await prune_after_run(target)
+            if isinstance(pruned, PruneFailure):
+                ok = False
+                await tell_prune_failed(target, pruned)
     return EXIT_OK if ok else EXIT_FAILED
 
 

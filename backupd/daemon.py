@@ -29,7 +29,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -41,8 +41,8 @@ from backupd.errors import BackupdError, ClaimLost
 from backupd.metrics import Metrics, serve
 from backupd.notify import Report, State
 from backupd.process import STOP_SIGNALS
-from backupd.prune import prune_after_run
-from backupd.report import announce, backup_and_log, prune_wanted, tell
+from backupd.prune import PruneFailure, prune_after_run
+from backupd.report import announce, backup_and_log, prune_wanted, tell, tell_prune_failed
 from backupd.schedule import (
     MISSED_CAP,
     Schedule,
@@ -409,11 +409,14 @@ class Daemon:
         """Send what there is to tell of a backup whose result is known, in a task of its own
         that holds no dump slot: the target's next slot finds it not running, a cancelled prune
         never silences a stored backup, and a shutdown waits for it after the backups."""
-        after = asyncio.create_task(
-            self._after(target, finished, claims), name=f"after-{target.name}"
-        )
-        self._finishing.add(after)
-        after.add_done_callback(self._finishing.discard)
+        self._finish_later(self._after(target, finished, claims), f"after-{target.name}")
+
+    def _finish_later(self, telling: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``telling`` (notifications, bounded by their timeouts) in a task of its own,
+        which a shutdown waits for after the backups."""
+        task = asyncio.create_task(telling, name=name)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def _after(self, target: TargetConfig, finished: Finished, claims: Claims | None) -> None:
         await tell(target, finished.reports, finished.announced)
@@ -480,13 +483,18 @@ class Daemon:
         return reports
 
     async def _prune(self, target: TargetConfig) -> None:
+        """Prune after a backup; a failure is counted and told (in a task of its own that
+        holds no dump slot, as a backup's result is)."""
         pruned = await prune_after_run(target)
-        result = "failure" if pruned is None else "success"
-        self.metrics.prune_runs.labels(target.name, result).inc()
-        if pruned is not None:
-            self.metrics.pruned.labels(target.name).inc(len(pruned.deleted))
-            self.metrics.stored_backups.labels(target.name).set(pruned.stored_backups)
-            self.metrics.stored_bytes.labels(target.name).set(pruned.stored_bytes)
+        failed = isinstance(pruned, PruneFailure)
+        self.metrics.prune_runs.labels(target.name, "failure" if failed else "success").inc()
+        result = pruned.result if isinstance(pruned, PruneFailure) else pruned
+        if result is not None:
+            self.metrics.pruned.labels(target.name).inc(len(result.deleted))
+            self.metrics.stored_backups.labels(target.name).set(result.stored_backups)
+            self.metrics.stored_bytes.labels(target.name).set(result.stored_bytes)
+        if isinstance(pruned, PruneFailure):
+            self._finish_later(tell_prune_failed(target, pruned), f"pruned-{target.name}")
 
     # --- verify ----------------------------------------------------------------------------
 
@@ -543,9 +551,7 @@ class Daemon:
         async with self._busy[target.name]:
             results = await verify_and_log(target, Selection(drill=target.verify.drill))
         self._record_verify(target.name, results)
-        told = asyncio.create_task(tell_verified(target, results), name=f"told-{target.name}")
-        self._finishing.add(told)
-        told.add_done_callback(self._finishing.discard)
+        self._finish_later(tell_verified(target, results), f"told-{target.name}")
 
     def _record_verify(self, name: str, results: list[Checked]) -> None:
         ok = bool(results) and all(checked.ok for checked in results)

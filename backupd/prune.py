@@ -374,13 +374,41 @@ async def prune_target(
         return await prune(storage, target, database=database, dry_run=dry_run, now=now)
 
 
-async def prune_after_run(target: TargetConfig) -> PruneResult | None:
-    """Prune after a successful run; a failure is logged (never raised) and gives None."""
+@dataclass(frozen=True)
+class PruneFailure:
+    """A prune after a run that did not do all its work: what stopped it, in one line, and
+    what it did do when it got as far as deleting (``result``, else None)."""
+
+    reason: str
+    result: PruneResult | None = None
+
+
+def failure_of(result: PruneResult) -> PruneFailure | None:
+    """A prune whose deletes the store refused key by key is a failure too: DeleteObjects
+    answers 200 and lists each key it did not delete (AWS S3 does so for a policy without
+    s3:DeleteObject), so the request raises nothing while storage keeps growing."""
+    if not result.failed:
+        return None
+    key, why = next(iter(result.failed.items()))
+    return PruneFailure(
+        f"the store refused to delete {len(result.failed)} key(s), first {key}: {why}", result
+    )
+
+
+async def prune_after_run(target: TargetConfig) -> PruneResult | PruneFailure:
+    """Prune after a successful run. A failure is logged and returned, never raised: a prune
+    that fails never fails the backup before it, nor takes the service down."""
     try:
-        return await prune_target(target)
+        result = await prune_target(target)
     except BackupdError as error:
-        log.error("%s: pruning FAILED: %s", target.name, error)
+        failure = PruneFailure(str(error))
     except Exception as error:  # isolation: a failed prune never takes the service down
         log.debug("details", exc_info=True)
-        log.error("%s: pruning FAILED: unexpected error: %r", target.name, error)
-    return None
+        failure = PruneFailure(f"unexpected error: {error!r}")
+    else:
+        refused = failure_of(result)
+        if refused is None:
+            return result
+        failure = refused
+    log.error("%s: pruning FAILED: %s", target.name, failure.reason)
+    return failure

@@ -15,6 +15,7 @@ from backupd.errors import BackupdError
 from backupd.notify import Report, State
 from backupd.process import mask
 from backupd.progress import Progress
+from backupd.prune import PruneFailure
 from backupd.storage import Storage, open_storage
 from backupd.units import human_rate, human_size
 
@@ -181,6 +182,29 @@ async def tell(target: TargetConfig, reports: list[Report], announced: asyncio.T
     Bounded by each notifier's own timeouts (see ``notify``); never raises."""
     await announced
     await notify.run_finished(target, reports, secrets_of(target))
+
+
+def prune_report(target: TargetConfig, failure: PruneFailure) -> Report:
+    """The report of a failed prune, for the whole target (``database`` is DB_DATABASE as
+    configured), masked. A successful prune is not told: its lines are in the log."""
+    hidden = secrets_of(target)
+    return Report(
+        target.name,
+        mask(target.database.database, hidden),
+        target.database.engine.value,
+        State.FAILED,
+        datetime.now(target.layout.tz),
+        step="prune",
+        error=mask(failure.reason, hidden),
+        kind="prune",
+    )
+
+
+async def tell_prune_failed(target: TargetConfig, failure: PruneFailure) -> None:
+    """Mail and webhooks about a failed prune (not the dead-man's switch: the backup before it
+    succeeded); bounded by each notifier's timeouts, never raises."""
+    report = prune_report(target, failure)
+    await notify.run_finished(target, [report], secrets_of(target), ping=False)
 
 
 async def backup_and_log(target: TargetConfig, progress: Progress | None = None) -> list[Report]:

@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -488,6 +489,25 @@ def _error_answer(status: str, code: str) -> bytes:
     ).encode() + body
 
 
+def _keys_refused(request_body: bytes) -> bytes:
+    """A DeleteObjects answer that deletes nothing: 200, and an AccessDenied ``Error`` for each
+    key of the request, as AWS S3 answers an identity without s3:DeleteObject."""
+    keys = re.findall(rb"<Key>(.*?)</Key>", request_body)
+    errors = b"".join(
+        b"<Error><Key>%s</Key><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        % key
+        for key in keys
+    )
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b'<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">%s</DeleteResult>' % errors
+    )
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+
+
 ACCESS_DENIED = _error_answer("403 Forbidden", "AccessDenied")
 PRECONDITION_FAILED = _error_answer("412 Precondition Failed", "PreconditionFailed")
 
@@ -542,6 +562,9 @@ class FaultProxy:
         """Requests picked are answered 412 PreconditionFailed, without reaching upstream."""
         self.access_denied: Match = lambda method, target: False
         """Requests picked are answered 403 AccessDenied, without reaching upstream."""
+        self.refuse_each_delete = False
+        """DeleteObjects requests are answered 200 with an AccessDenied error for every key,
+        without reaching upstream."""
         self.holding = threading.Event()
         """Set once the server has answered a request picked by ``hold``."""
         self.release = threading.Event()
@@ -587,6 +610,10 @@ class FaultProxy:
                 head, method, target, length, buffer = request
                 self.requests.append((method, target, length))
                 self.arrivals.append((time.monotonic(), method, target))
+                if self.refuse_each_delete and method == "POST" and "?delete" in target:
+                    body, buffer = self._read_body(client, length, buffer)
+                    client.sendall(_keys_refused(body))
+                    return
                 if not self._allow(client, method, target):
                     return
                 answers.lose = self.lose_answers(method, target)
@@ -668,6 +695,16 @@ class FaultProxy:
             if name.strip().lower() == b"content-length":
                 length = int(value.strip())
         return head + b"\r\n\r\n", method, target, length, rest
+
+    @staticmethod
+    def _read_body(client: socket.socket, length: int, buffer: bytes) -> tuple[bytes, bytes]:
+        """The request's ``length`` body bytes, and what was read beyond them."""
+        while len(buffer) < length:
+            data = client.recv(65536)
+            if not data:
+                raise ConnectionResetError("client went away mid-body")
+            buffer += data
+        return buffer[:length], buffer[length:]
 
     @staticmethod
     def _forward_body(

@@ -30,6 +30,8 @@ def subject(report: Report) -> str:
     if report.kind == "verify":
         word = "verified" if report.ok else "VERIFY FAILED"
         return escape_controls(f"[backupd] {report.target}: {report.database} {word}")
+    if report.kind == "prune":
+        return escape_controls(f"[backupd] {report.target}: prune FAILED")
     word = {State.FAILED: "FAILED", State.ANOMALY: "looks ANOMALOUS"}.get(report.state, "succeeded")
     return escape_controls(f"[backupd] {report.target}: backup of {report.database} {word}")
 
@@ -38,6 +40,8 @@ def body(report: Report) -> str:
     when = f"{report.finished:%Y-%m-%d %H:%M:%S %Z}"
     if report.kind == "verify":
         return f"{report.note or report.error}\n\nFinished: {when}\n"
+    if report.kind == "prune":
+        return _prune_body(report, when)
     what = escape_controls(f"{report.database} ({report.engine}, target {report.target})")
     if report.ok:
         lines = [
@@ -64,6 +68,23 @@ def body(report: Report) -> str:
             "",
             _leftovers(report),
         ]
+    return "\n".join(lines) + "\n"
+
+
+def _prune_body(report: Report, when: str) -> str:
+    """A prune's failure: nothing the policy keeps was deleted, but storage is growing."""
+    what = escape_controls(f"target {report.target} ({report.engine}, {report.database})")
+    lines = [
+        f"Pruning {what} after its backup FAILED. The backup itself succeeded.",
+        "",
+        f"Finished: {when}",
+        "",
+        f"Error: {report.error}",
+        "",
+        "Nothing the retention policy keeps was deleted. The backups it no longer keeps stay in",
+        "the storage (and cost what they cost there) until a prune succeeds: the next run",
+        f"prunes again, or run `backupd prune --target {escape_controls(report.target)}`.",
+    ]
     return "\n".join(lines) + "\n"
 
 

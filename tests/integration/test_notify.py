@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -28,7 +28,8 @@ from backupd.logs import setup_logging
 from backupd.notify import Report, State, webhook
 from backupd.notify import email as email_notify
 from tests.conftest import S3_SECRET, pg_env, run_backupd, storage_env
-from tests.servers import PostgresServer, free_port, http_server
+from tests.integration.test_prune import put_backup
+from tests.servers import FaultProxy, PostgresServer, free_port, http_server
 
 # The test SMTP server takes AUTH without TLS (EMAIL_TLS=none): no certificates here.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -387,6 +388,71 @@ def test_webhook_and_dead_mans_switch(
     ]
     assert hooks[0]["key"].endswith(".dump") and hooks[0]["size"] > 0 and hooks[0]["error"] is None
     assert "password authentication failed" in hooks[1]["error"]
+
+
+@pytest.mark.parametrize("refusal", ["request", "each key"])
+def test_a_failed_prune_after_a_backup_is_mailed_and_posted(
+    pg: PostgresServer,
+    shop: str,
+    proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    smtp: tuple[int, Inbox],
+    receiver: tuple[str, list[Received]],
+    refusal: str,
+) -> None:
+    """The backup succeeds and its prune's deletes are refused: the whole request (403), or
+    key by key in a 200 answer, as AWS S3 answers an identity without s3:DeleteObject. The
+    run fails, and mail and the webhook say the prune failed (the ping, which watches
+    backups, says success). Refused key by key, the prune passed as a success with warning
+    lines, and neither was told: storage grew without anyone hearing of it."""
+    port, inbox = smtp
+    url, seen = receiver
+    earlier = datetime.now(UTC) - timedelta(days=3)
+    stored = [
+        put_backup(s3, bucket, shop, earlier + timedelta(hours=hour), prefix="backups")
+        for hour in range(3)
+    ]
+    if refusal == "request":
+        proxy.access_denied = lambda method, target: method == "POST" and "?delete" in target
+    else:
+        proxy.refuse_each_delete = True
+    check = uuid.uuid4().hex
+    env = {
+        **pg_env(pg, shop),
+        **storage_env(proxy.url, bucket),
+        **mail_env(port, EMAIL_ON="failure"),
+        "NOTIFY_WEBHOOK_URL": f"{url}/hook",
+        "HEALTHCHECK_PING_URL": f"{url}/ping/{check}",
+        "RETENTION_KEEP_LAST": "2",
+        "ANOMALY_GROWTH": "1000",  # 40-byte stand-ins before the real dump
+    }
+
+    result = run_backupd("once", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "pruning FAILED" in output
+    assert "Traceback" not in output
+    assert set(stored) <= {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    ((_, _, mail),) = inbox.messages  # EMAIL_ON=failure: the backup's success is not mailed
+    assert mail["Subject"] == "[backupd] default: prune FAILED"
+    text = mail.get_payload(decode=True).decode()
+    assert f"Pruning target default (postgres, {shop}) after its backup FAILED" in text
+    assert "AccessDenied" in text
+    assert "backupd prune --target default" in text
+    hooks = [json.loads(r.body) for r in seen if r.path.startswith("/hook")]
+    assert [(h["kind"], h["result"], h["step"]) for h in hooks] == [
+        ("backup", "succeeded", None),
+        ("prune", "failed", "prune"),
+    ]
+    assert "AccessDenied" in hooks[1]["error"]
+    assert [r.path for r in seen if r.path.startswith("/ping/")] == [
+        f"/ping/{check}/start",
+        f"/ping/{check}",
+    ]
+    if refusal == "each key":
+        assert "the store refused to delete 2 key(s)" in hooks[1]["error"]
 
 
 def test_a_dead_webhook_is_a_warning_only(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,7 +27,7 @@ from backupd.prune import prune
 from backupd.storage.local import LocalStorage
 from tests.conftest import backupd_command, child_env, pg_env, run_backupd, storage_env
 from tests.integration.test_daemon import fetch, metric, start_daemon, stop
-from tests.servers import FaultProxy, PostgresServer, free_port, wait_until
+from tests.servers import FaultProxy, PostgresServer, free_port, http_server, wait_until
 
 BERLIN = ZoneInfo("Europe/Berlin")
 FOLDER = "backups/app"
@@ -487,46 +489,72 @@ def test_the_service_prunes_after_each_run_and_counts_it(
     assert "Traceback" not in output
 
 
-def test_a_failed_prune_of_the_service_is_counted_for_alerts(
+@pytest.mark.parametrize("refusal", ["request", "each key"])
+def test_a_failed_prune_of_the_service_is_counted_for_alerts_and_told(
     pg: PostgresServer,
     proxy: FaultProxy,
     s3: Any,
     bucket: str,
     services: list[subprocess.Popen[str]],
+    refusal: str,
 ) -> None:
-    """Deletes refused (a policy without s3:DeleteObject): the backup succeeds, the prune
-    fails, and backupd_prune_runs_total{result="failure"} says so (BackupdPruneFailed)."""
+    """Deletes refused (a policy without s3:DeleteObject), the whole request or, as AWS S3
+    answers, key by key in a 200 answer: the backup succeeds, the prune fails,
+    backupd_prune_runs_total{result="failure"} says so (BackupdPruneFailed) and the webhook
+    is told. Refused key by key, it counted as a success and nobody was told."""
     database = f"svc_{uuid.uuid4().hex[:8]}"
     pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS n;")
     earlier = datetime.now(UTC) - timedelta(days=3)
     for hour in range(3):
         put_backup(s3, bucket, database, earlier + timedelta(hours=hour), prefix="backups")
-    proxy.access_denied = lambda method, target: method == "POST" and "?delete" in target
+    if refusal == "request":
+        proxy.access_denied = lambda method, target: method == "POST" and "?delete" in target
+    else:
+        proxy.refuse_each_delete = True
+    posted: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
     port = free_port()
-    env = {
-        **pg_env(pg, database),
-        **storage_env(proxy.url, bucket),
-        "CRON_SCHEDULE": "0 0 1 1 *",  # the run at start-up only
-        "RETENTION_KEEP_LAST": "2",
-        "ANOMALY_GROWTH": "1000",  # 40-byte stand-ins before the real dump
-        "HTTP_PORT": str(port),
-        "HTTP_HOST": "127.0.0.1",
-    }
-    process = start_daemon(env, services)
+    with http_server(Hook) as hook_url:
+        env = {
+            **pg_env(pg, database),
+            **storage_env(proxy.url, bucket),
+            "CRON_SCHEDULE": "0 0 1 1 *",  # the run at start-up only
+            "RETENTION_KEEP_LAST": "2",
+            "ANOMALY_GROWTH": "1000",  # 40-byte stand-ins before the real dump
+            "HTTP_PORT": str(port),
+            "HTTP_HOST": "127.0.0.1",
+            "NOTIFY_WEBHOOK_URL": f"{hook_url}/hook",
+        }
+        process = start_daemon(env, services)
 
-    def prune_failed() -> bool:
+        def prune_failed() -> bool:
+            _, text = fetch(port, "/metrics")
+            counted = metric(text, "backupd_prune_runs_total", target="default", result="failure")
+            return counted >= 1 and len(posted) >= 2
+
+        wait_until(prune_failed, 60, "the failed prune counted and told")
         _, text = fetch(port, "/metrics")
-        return metric(text, "backupd_prune_runs_total", target="default", result="failure") >= 1
-
-    wait_until(prune_failed, 60, "the failed prune counted")
-    _, text = fetch(port, "/metrics")
-    output = stop(process)
+        output = stop(process)
 
     assert process.returncode == 0, output
     assert metric(text, "backupd_runs_total", target="default", result="success") == 1
     assert metric(text, "backupd_prune_runs_total", target="default", result="success") == 0
     assert "pruning FAILED" in output
     assert len([k for k in keys_of(s3, bucket) if k.endswith(".dump")]) == 4
+    assert sorted((p["kind"], p["result"]) for p in posted) == [
+        ("backup", "succeeded"),
+        ("prune", "failed"),
+    ]
 
 
 def test_prune_without_a_policy_is_a_usage_error(moto_url: str, bucket: str) -> None:
