@@ -57,13 +57,11 @@ _CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", 
 # What a resent CompleteMultipartUpload may hear when its first attempt landed.
 _COMPLETION_REFUSED = _CONDITION_FAILED | {"NoSuchUpload"}
 _MISSING = {"NoSuchKey", "404"}
-_CREDENTIAL_ERRORS = {
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AccessDenied",
-    "Unauthorized",
-    "403",
-}
+_CREDENTIAL_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "Unauthorized"}
+"""The store does not know the key, or the secret does not sign for it."""
+_PERMISSION_ERRORS = {"AccessDenied", "403", "AllAccessDisabled"}
+"""Known credentials whose identity may not do this (IAM, a bucket policy); a bare 403 (a
+HEAD's answer has no body) may be either."""
 
 
 def part_size_for(number: int, base: int, may_grow: bool) -> int:
@@ -203,6 +201,11 @@ def explain(error: Exception, config: S3Config, action: str) -> str:
             return (
                 f"{action}: {where} refused the credentials ({code}); check STORAGE_ACCESS_KEY_ID "
                 "and STORAGE_SECRET_ACCESS_KEY"
+            )
+        if code in _PERMISSION_ERRORS:
+            return (
+                f"{action}: {where} denied it ({code}); the identity of STORAGE_ACCESS_KEY_ID "
+                "lacks the permission (see the README's permissions), or the credentials are wrong"
             )
         if code in {"PreconditionFailed", "412"}:
             return f"{action}: the key already exists in {where}; backupd never overwrites"

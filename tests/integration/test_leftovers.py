@@ -69,5 +69,5 @@ async def test_what_could_not_be_removed_travels_with_the_error(
 
     said = left_behind(raised.value)
     assert said is not None and said.startswith(left)
-    assert "refused the credentials (AccessDenied)" in said
+    assert "denied it (AccessDenied); the identity of STORAGE_ACCESS_KEY_ID lacks" in said
     assert str(raised.value) == "upload refused"
