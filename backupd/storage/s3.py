@@ -21,8 +21,10 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     EndpointConnectionError,
+    IncompleteReadError,
     NoCredentialsError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
 from backupd.config import MAX_PART_SIZE, MIB, S3Config, StorageType
@@ -50,6 +52,9 @@ log = logging.getLogger(__name__)
 MAX_PARTS = 10_000
 SEND_SLICE = 256 * 1024
 DOWNLOAD_CHUNK = 1024 * 1024
+DOWNLOAD_ATTEMPTS = 5
+"""Requests one download may take, as the AWS SDKs' transfer managers retry a download cut
+short (s3transfer: 5 attempts)."""
 GROWTH_BLOCK = 1_000
 # A conditional write that did not happen: the condition failed, or (409) a concurrent
 # conditional write to the same key won.
@@ -717,12 +722,65 @@ class S3Storage:
                 return bytes(await body.read())
 
     async def download(self, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes in chunks of at most ``DOWNLOAD_CHUNK`` bytes. A body cut short
+        (a connection lost, a read timeout) is asked for again from the byte where it stopped,
+        up to ``DOWNLOAD_ATTEMPTS`` requests in all, each but the first a Range request under
+        IfMatch the first answer's ETag, so that bytes of another object are never spliced in.
+        Raises StorageError when a request fails, the last attempt is cut short too, or the
+        object changed meanwhile."""
+        import aiohttp  # loaded with the client already: see storage_errors
+
+        cut_short = (
+            aiohttp.ClientPayloadError,
+            ResponseStreamingError,
+            IncompleteReadError,
+            ReadTimeoutError,
+        )
         client = await self.client()
-        with storage_errors(self.config, f"download {key}"):
-            response = await client.get_object(Bucket=self.config.bucket, Key=key)
-            async with response["Body"] as body:
-                while chunk := await body.read(DOWNLOAD_CHUNK):
-                    yield bytes(chunk)
+        action = f"download {key}"
+        received, etag, size = 0, "", 0
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            ranged: dict[str, Any] = {}
+            if attempt > 1:
+                ranged = {"Range": f"bytes={received}-", "IfMatch": etag}
+            with storage_errors(self.config, action):
+                try:
+                    response = await client.get_object(Bucket=self.config.bucket, Key=key, **ranged)
+                except ClientError as error:
+                    if attempt > 1 and _code(error) in _CONDITION_FAILED:
+                        raise StorageError(
+                            f"{action}: the object changed while it was read (its ETag)"
+                        ) from error
+                    raise
+                if attempt == 1:
+                    etag, size = response.get("ETag", ""), response.get("ContentLength", 0)
+                async with response["Body"] as body:
+                    while True:
+                        try:
+                            chunk = await body.read(DOWNLOAD_CHUNK)
+                        except cut_short as error:
+                            if attempt == DOWNLOAD_ATTEMPTS or not etag:
+                                raise StorageError(
+                                    f"{action}: cut short {attempt} time(s), the last after "
+                                    f"{received:,} of {size:,} bytes: {error}"
+                                ) from error
+                            log.warning(
+                                "%s: cut short after %s of %s bytes (%s); asking for the rest "
+                                "(attempt %d of %d)",
+                                action,
+                                f"{received:,}",
+                                f"{size:,}",
+                                error,
+                                attempt + 1,
+                                DOWNLOAD_ATTEMPTS,
+                            )
+                            break
+                        if not chunk:
+                            return
+                        received += len(chunk)
+                        yield bytes(chunk)
+            if received >= size:  # cut after the last byte: nothing is left to ask for
+                return
 
     async def delete_many(self, objects: Sequence[Removal]) -> dict[str, str]:
         client = await self.client()

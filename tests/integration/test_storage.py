@@ -395,13 +395,8 @@ def pg_env_stub() -> dict[str, str]:
     return {"DB_TYPE": "postgres", "DB_HOST": "127.0.0.1", "DB_USER": "u", "DB_DATABASE": "shop"}
 
 
-def test_a_download_cut_short_is_one_line_naming_the_key(
-    proxy: FaultProxy, s3: Any, bucket: str, tmp_path: Path
-) -> None:
-    """botocore wraps aiohttp's errors while a request is sent, not while its body is read:
-    a connection lost mid-download raised aiohttp's ClientPayloadError, a traceback out of
-    ``restore`` and ``verify`` (and out of a scheduled verify's task)."""
-    data = bytes(range(256)) * (12 * MIB // 256)
+def put_stand_in_backup(s3: Any, bucket: str, data: bytes) -> str:
+    """``data`` stored as app's backup of 2026-11-01 02:00 with its manifest: its key."""
     key = f"{FOLDER}/20261101/backup_app_20261101_020000_0123abcd.dump"
     s3.put_object(Bucket=bucket, Key=key, Body=data)
     manifest = {
@@ -416,16 +411,32 @@ def test_a_download_cut_short_is_one_line_naming_the_key(
         "engine": "postgres",
     }
     s3.put_object(Bucket=bucket, Key=key + MANIFEST_SUFFIX, Body=json.dumps(manifest).encode())
-    proxy.cut_answers = lambda method, target: (
-        method == "GET" and target.split("?")[0].endswith(".dump")
-    )
-    proxy.cut_after = 3 * MIB
-    env = {
+    return key
+
+
+def stand_in_env(proxy: FaultProxy, bucket: str) -> dict[str, str]:
+    return {
         **pg_env_stub(),
         **storage_env(proxy.url, bucket),
         "DB_DATABASE": "app",
         "STORAGE_DESTINATION_FOLDER": FOLDER,
     }
+
+
+def test_a_download_cut_short_every_time_is_one_line_naming_the_key(
+    proxy: FaultProxy, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """botocore wraps aiohttp's errors while a request is sent, not while its body is read:
+    a connection lost mid-download raised aiohttp's ClientPayloadError, a traceback out of
+    ``restore`` and ``verify`` (and out of a scheduled verify's task). Every answer cut after
+    3 MiB: five requests bring 15 MiB of 24, and the download fails."""
+    data = bytes(range(256)) * (24 * MIB // 256)
+    key = put_stand_in_backup(s3, bucket, data)
+    proxy.cut_answers = lambda method, target: (
+        method == "GET" and target.split("?")[0].endswith(".dump")
+    )
+    proxy.cut_after = 3 * MIB
+    env = stand_in_env(proxy, bucket)
 
     out = tmp_path / "app.dump"
     restored = run_backupd("restore", "--to-file", str(out), env=env)
@@ -435,8 +446,73 @@ def test_a_download_cut_short_is_one_line_naming_the_key(
         output = result.stdout + result.stderr
         assert result.returncode == 1, output
         assert "Traceback" not in output, output
-        assert f"download {key}" in output, output
+        assert f"download {key}: cut short 5 time(s)" in output, output
+        assert output.count("asking for the rest") == 4, output
     assert not out.exists()
+
+
+def test_a_download_resumed_after_the_object_changed_fails_rather_than_splice(
+    proxy: FaultProxy, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """The rest of a download cut short is asked for under IfMatch the first answer's ETag:
+    an object replaced in between (by hand: backupd never overwrites) is refused, never
+    spliced onto the first bytes of the one before."""
+    data = bytes(range(256)) * (12 * MIB // 256)
+    key = put_stand_in_backup(s3, bucket, data)
+    gets: list[str] = []
+
+    def replaced_after_the_first(method: str, target: str) -> bool:
+        if method != "GET" or not target.split("?")[0].endswith(".dump"):
+            return False
+        gets.append(target)
+        if len(gets) == 2:
+            s3.put_object(Bucket=bucket, Key=key, Body=bytes(len(data)))
+        return len(gets) == 1
+
+    proxy.cut_answers = replaced_after_the_first
+    proxy.cut_after = 5 * MIB
+    out = tmp_path / "app.dump"
+
+    restored = run_backupd("restore", "--to-file", str(out), env=stand_in_env(proxy, bucket))
+
+    output = restored.stdout + restored.stderr
+    assert restored.returncode == 1, output
+    assert f"download {key}: the object changed while it was read" in output, output
+    assert "Traceback" not in output
+    assert not out.exists()
+    assert len(gets) == 2
+
+
+def test_a_download_cut_short_is_asked_for_again_from_where_it_stopped(
+    proxy: FaultProxy, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """A restore of a large backup over a network that drops a connection once failed and
+    had to start again from the first byte; the rest is now asked for with a Range request,
+    and the restored bytes are the stored ones (the manifest's sha256 checks them)."""
+    data = bytes(range(256)) * (12 * MIB // 256)
+    key = put_stand_in_backup(s3, bucket, data)
+    cut: list[str] = []
+
+    def first_download(method: str, target: str) -> bool:
+        if method == "GET" and target.split("?")[0].endswith(".dump") and not cut:
+            cut.append(target)
+            return True
+        return False
+
+    proxy.cut_answers = first_download
+    proxy.cut_after = 5 * MIB
+    env = stand_in_env(proxy, bucket)
+
+    out = tmp_path / "app.dump"
+    restored = run_backupd("restore", "--to-file", str(out), env=env)
+
+    output = restored.stdout + restored.stderr
+    assert restored.returncode == 0, output
+    assert out.read_bytes() == data
+    assert f"download {key}: cut short after " in output
+    assert "asking for the rest (attempt 2 of 5)" in output
+    gets = [t for m, t, _ in proxy.requests if m == "GET" and t.split("?")[0].endswith(".dump")]
+    assert len(gets) == 2, gets
 
 
 async def test_a_folder_that_fills_up_as_a_write_is_flushed_keeps_nothing_of_it(
