@@ -39,7 +39,9 @@ SUFFIX = ".age"
 CHUNK = 1024 * 1024
 SPLICE_CHUNK = 1024 * 1024
 _NO_MATCH = "no identity matched"
-_NO_TERMINAL = "failed to obtain passphrase"
+_NO_TERMINAL = ("failed to obtain passphrase", "failed to decrypt identity file")
+"""age's words for an identity it needs a passphrase for: an SSH key, or an identity file that
+``age -p`` encrypted (a passphrase-protected age identity)."""
 
 
 class EncryptError(BackupdError):
@@ -75,7 +77,7 @@ def decrypt_problem(stderr: str, identity: Path, key: str) -> str:
     """One line for a person from age's stderr when decryption failed."""
     if _NO_MATCH in stderr:
         return f"none of the identities in {identity} can decrypt {key}"
-    if _NO_TERMINAL in stderr:
+    if _needs_passphrase(stderr):
         return (
             f"{identity} is protected by a passphrase, which backupd cannot type in (age runs "
             "without a terminal); decrypt it into a file only you can read and give that"
@@ -90,10 +92,14 @@ def decrypt_error(stderr: str, identity: Path, key: str) -> DecryptError:
     identity, passphrase-protected: age finds these before it reads the payload), else
     ``DecryptError`` (damage, which the checksum also finds); ``decrypt_problem``'s text."""
     problem = decrypt_problem(stderr, identity, key)
-    identity_trouble = _NO_MATCH in stderr or _NO_TERMINAL in stderr
+    identity_trouble = _NO_MATCH in stderr or _needs_passphrase(stderr)
     if identity_trouble or _identity_file_reason(stderr, identity) is not None:
         return WrongIdentity(problem)
     return DecryptError(problem)
+
+
+def _needs_passphrase(stderr: str) -> bool:
+    return any(words in stderr for words in _NO_TERMINAL)
 
 
 def _identity_file_reason(stderr: str, identity: Path) -> str | None:

@@ -4,6 +4,7 @@ restore, and that ``backupd restore`` decrypts only with a matching identity."""
 from __future__ import annotations
 
 import os
+import pty
 import random
 import signal
 import subprocess
@@ -325,6 +326,64 @@ def test_an_identity_that_cannot_decrypt_leaves_the_database_clean_would_replace
     assert f"cannot use {public} as an age identity file" in said["public"]
     assert f"{locked} is protected by a passphrase" in said["locked"]
     assert "pass-Word-5" not in "".join(said.values())
+
+
+def passphrase_protected(identity: Path, passphrase: str) -> Path:
+    """``identity`` encrypted by ``age -p`` (age reads the passphrase from a terminal only)."""
+    locked = identity.with_suffix(".txt.age")
+    controller, terminal = pty.openpty()
+    try:
+        age = subprocess.Popen(
+            ["age", "-p", "-o", str(locked), str(identity)],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            start_new_session=True,  # no /dev/tty: age reads its terminal stdin
+        )
+        os.write(controller, f"{passphrase}\n{passphrase}\n".encode())
+        assert age.wait(timeout=30) == 0
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert locked.read_bytes().startswith(AGE_HEADER)
+    return locked
+
+
+def test_a_passphrase_protected_age_identity_leaves_the_database_clean_would_replace(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any]
+) -> None:
+    """An age identity file encrypted with ``age -p`` needs a passphrase backupd cannot type:
+    ``restore --clean`` stops before the existing database is dropped, and a drill before
+    its scratch database is created."""
+    _, env, key = encrypted_backup(pg, moto_url, s3, bucket, keys)
+    locked = passphrase_protected(keys["key"], "pass-Word-6")
+    victim = unique("victim")
+    pg.create_database(victim, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42);")
+    prefix = unique("drill").lower() + "_"
+
+    restored = run_backupd(
+        "restore", "--into", victim, "--clean", "--identity", str(locked), env=env
+    )
+    drilled = run_backupd(
+        "verify",
+        "--drill",
+        env={
+            **env,
+            "ENCRYPTION_IDENTITY_FILE": str(locked),
+            "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+        },
+    )
+
+    assert restored.returncode == 1, restored.stdout
+    assert pg.psql("SELECT x FROM precious", victim).strip() == "42"
+    assert f"{locked} is protected by a passphrase" in restored.stdout
+    assert drilled.returncode == 1, drilled.stdout
+    assert f"drill of {key}: {locked} is protected by a passphrase" in drilled.stdout
+    assert "drill: restoring" not in drilled.stdout
+    for result in (restored, drilled):
+        assert "Traceback" not in result.stdout + result.stderr
+        assert "pass-Word-6" not in result.stdout + result.stderr
+    assert pg.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'") == ""
 
 
 def test_mariadb_encrypted_round_trip_and_a_tampered_object_is_a_checksum_mismatch(

@@ -194,6 +194,12 @@ def test_decrypt_problem(stderr: str, said: str) -> None:
             "key.txt is protected by a passphrase, which backupd cannot type in",
         ),
         (
+            "age: error: failed to decrypt identity file: could not read passphrase: standard "
+            "input is not a terminal, and /dev/tty is not available",
+            True,
+            "key.txt is protected by a passphrase, which backupd cannot type in",
+        ),
+        (
             "age: error: failed to decrypt and authenticate payload chunk",
             False,
             "age could not decrypt b/x.dump.age: age: error: failed to decrypt",
