@@ -429,6 +429,7 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
         clean=args.clean,
         force=args.force,
         identity=args.identity or target.encryption.identity_file,
+        identity_named="--identity" if args.identity else "ENCRYPTION_IDENTITY_FILE",
         progress=TerminalProgress()
         if sys.stdout.isatty() and str(args.to_file) != "-"
         else LogProgress(),

@@ -315,8 +315,9 @@ def without_suffix(key: str) -> str:
     return key.removesuffix(SUFFIX)
 
 
-def identity_for(key: str, identity: Path | None) -> Path | None:
-    """The identity file to decrypt ``key`` with: None for an unencrypted object.
+def identity_for(key: str, identity: Path | None, named: str = "--identity") -> Path | None:
+    """The identity file to decrypt ``key`` with: None for an unencrypted object. ``named`` is
+    where the file was given (``--identity`` or ``ENCRYPTION_IDENTITY_FILE``), for the message.
 
     Raises ``DecryptError`` for an encrypted object without a readable identity file.
     """
@@ -327,8 +328,10 @@ def identity_for(key: str, identity: Path | None) -> Path | None:
             f"{key} is encrypted: give the age identity file of one of its recipients with "
             "--identity FILE (or ENCRYPTION_IDENTITY_FILE)"
         )
+    if not identity.exists():
+        raise DecryptError(f"the identity file {identity} ({named}) does not exist")
     if not os.access(identity, os.R_OK) or not identity.is_file():
-        raise DecryptError(f"cannot read the identity file {identity} (--identity)")
+        raise DecryptError(f"cannot read the identity file {identity} ({named})")
     return identity
 
 

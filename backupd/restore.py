@@ -198,6 +198,8 @@ class Request:
     force: bool = False
     identity: Path | None = None
     """The age identity file, for an encrypted backup."""
+    identity_named: str = "--identity"
+    """Where ``identity`` was given (``--identity`` or ``ENCRYPTION_IDENTITY_FILE``)."""
     progress: Progress = field(default_factory=LogProgress, compare=False)
 
 
@@ -224,7 +226,8 @@ async def restore(target: TargetConfig, request: Request) -> Backup:
                     chosen.key,
                 )
         check_stored_size(chosen)
-        identity = identity_for(chosen.key, request.identity)  # None: not encrypted
+        # None: not encrypted
+        identity = identity_for(chosen.key, request.identity, request.identity_named)
         if identity is not None:  # before anything is created
             await check_decryptable(storage, chosen, identity, request.progress)
         request = replace(request, identity=identity)

@@ -298,7 +298,9 @@ async def drill(
     if progress is not None:
         request = replace(request, progress=progress)
     try:  # an identity that cannot decrypt fails before anything is created
-        identity = identity_for(backup.key, target.encryption.identity_file)
+        identity = identity_for(
+            backup.key, target.encryption.identity_file, "ENCRYPTION_IDENTITY_FILE"
+        )
         if identity is not None:
             await check_identity(storage.download(backup.key), identity, backup.key)
     except BackupdError as error:

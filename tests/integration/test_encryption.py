@@ -386,6 +386,33 @@ def test_a_passphrase_protected_age_identity_leaves_the_database_clean_would_rep
     assert pg.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'") == ""
 
 
+def test_a_missing_identity_file_is_named_by_the_setting_that_gave_it(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    """``verify`` has no ``--identity``: a drill's missing identity file is
+    ENCRYPTION_IDENTITY_FILE's, as is a restore's when the option was not given."""
+    _, env, key = encrypted_backup(pg, moto_url, s3, bucket, keys)
+    missing = tmp_path / "gone" / "key.txt"
+    from_setting = {**env, "ENCRYPTION_IDENTITY_FILE": str(missing)}
+
+    drilled = run_backupd("verify", "--drill", env=from_setting)
+    restored = run_backupd("restore", "--to-file", str(tmp_path / "x.dump"), env=from_setting)
+    given = run_backupd(
+        "restore", "--to-file", str(tmp_path / "y.dump"), "--identity", str(missing), env=env
+    )
+
+    said = f"the identity file {missing} (ENCRYPTION_IDENTITY_FILE) does not exist"
+    assert drilled.returncode == 1
+    assert f"VERIFY FAILED: drill of {key}: {said}" in drilled.stdout
+    assert restored.returncode == 1
+    assert f"restore FAILED: {said}" in restored.stdout
+    assert given.returncode == 1
+    assert f"the identity file {missing} (--identity) does not exist" in given.stdout
+    for result in (drilled, restored, given):
+        assert "Traceback" not in result.stdout + result.stderr
+    assert not list(tmp_path.glob("*.dump"))
+
+
 def test_mariadb_encrypted_round_trip_and_a_tampered_object_is_a_checksum_mismatch(
     mariadb: MariaDBServer,
     moto_url: str,
