@@ -306,6 +306,11 @@ async def drill(
     except BackupdError as error:
         result.problems.append(str(error))
         return result
+    try:  # so does a server that refuses the login: there is nothing to drop then
+        await source.database_state(scratch)
+    except BackupdError as error:
+        result.problems.append(f"the restore failed: {error}")
+        return result
     request = replace(request, identity=identity)
     log.info("drill: restoring %s into %s", backup.key, scratch)
     clock = time.monotonic()

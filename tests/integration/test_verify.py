@@ -130,6 +130,32 @@ def test_a_tampered_object_and_a_missing_manifest_fail_naming_the_key(
     assert "Traceback" not in tampered.stdout + tampered.stderr + unlisted.stderr
 
 
+def test_a_drill_refused_its_login_is_one_error_and_drops_nothing(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    """A login the drill's server refuses creates no scratch database: the drill fails with
+    that one line, not also with a failed clean-up of a database that never existed."""
+    database = unique("shop")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    backup(env)
+    key = the_key(s3, bucket)
+
+    result = run_backupd(
+        "verify",
+        "--drill",
+        env={**env, "VERIFY_DB_USER": "drill_nobody", "VERIFY_DB_PASSWORD": "drill-Secret-78"},
+    )
+
+    assert result.returncode == 1
+    errors = [line for line in result.stdout.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stdout
+    assert f"VERIFY FAILED: drill of {key}: the restore failed: cannot log in" in errors[0]
+    assert "drop" not in result.stdout
+    assert "drill-Secret-78" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_mariadb_drill_passes_with_its_own_snapshot_counts(
     mariadb: MariaDBServer, moto_url: str, s3: Any, bucket: str
 ) -> None:
