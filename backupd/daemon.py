@@ -560,5 +560,6 @@ class Daemon:
         for checked in results:
             if checked.ok and checked.key is not None:
                 self.metrics.last_verify.labels(name, checked.database).set(now)
-            if checked.drill is not None and not checked.drill.problems:
-                self.metrics.last_drill.labels(name, checked.database).set(checked.drill.restore_s)
+            drill = checked.drill
+            if drill is not None and not drill.problems and drill.skipped is None:
+                self.metrics.last_drill.labels(name, checked.database).set(drill.restore_s)

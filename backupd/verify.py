@@ -72,6 +72,7 @@ class Drill:
     tables: int = 0
     problems: list[str] = field(default_factory=list)
     skipped: str | None = None
+    """Why the drill asked for did not run (an encrypted backup without an identity file)."""
 
 
 @dataclass
@@ -374,8 +375,9 @@ async def _maybe_drill(
     target: TargetConfig, storage: Storage, backup: Backup, progress: Progress | None
 ) -> Drill | None:
     reason = drill_skip_reason(backup, target.database.engine, target.encryption.identity_file)
-    if reason is not None:
-        if not backup.is_globals:
-            log.warning("drill of %s skipped: %s (its bytes were verified)", backup.key, reason)
+    if reason is None:
+        return await drill(target, storage, backup, progress)
+    if backup.is_globals:
         return None
-    return await drill(target, storage, backup, progress)
+    log.warning("drill of %s skipped: %s (its bytes were verified)", backup.key, reason)
+    return Drill("", skipped=reason)  # said in the report too: a drill was asked for

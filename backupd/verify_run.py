@@ -25,7 +25,9 @@ def describe(checked: Checked) -> str:
         return f"VERIFY FAILED: {failure}"
     text = f"verified {checked.key}: {checked.size:,} bytes match the manifest's sha256"
     drill = checked.drill
-    if drill is not None:
+    if drill is not None and drill.skipped is not None:
+        text += f"; drill skipped: {drill.skipped}"
+    elif drill is not None:
         text += (
             f"; drill restored it in {drill.restore_s:.1f}s and found "
             f"{drill.tables} recorded table(s) with their rows"

@@ -22,10 +22,13 @@ from tests.conftest import (
     run_backupd,
     storage_env,
 )
+from tests.integration import test_notify
 from tests.integration.test_daemon import fetch, metric
+from tests.integration.test_notify import Received
 from tests.servers import MariaDBServer, PostgresServer, free_port, wait_until
 
 DATA = Path(__file__).parent.parent / "data"
+receiver = test_notify.receiver  # a local HTTP server recording the webhook's POSTs
 
 
 def unique(prefix: str) -> str:
@@ -329,6 +332,45 @@ def test_an_encrypted_backup_verifies_without_identity_and_drills_with_one(
     assert damaged.returncode == 1
     assert f"VERIFY FAILED: {key}: read back" in damaged.stdout
     assert pg_scratch(pg, prefix) == []
+
+
+def test_a_skipped_drill_is_said_in_the_report_not_only_in_the_log(
+    pg: PostgresServer,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+    receiver: tuple[str, list[Received]],
+) -> None:
+    """A drill asked for but skipped (an encrypted backup, no ENCRYPTION_IDENTITY_FILE) is
+    in the report's note, which mail and webhooks carry: "verified" alone reads as if the
+    restore had been proven."""
+    url, seen = receiver
+    identity = tmp_path / "key.txt"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    database = unique("vault")
+    pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS": recipient,
+        "NOTIFY_WEBHOOK_URL": f"{url}/hook",
+    }
+    backup(env)
+    key = the_key(s3, bucket)
+
+    result = run_backupd("verify", "--drill", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    (hook,) = [json.loads(r.body) for r in seen if r.path == "/hook" and b'"verify"' in r.body]
+    assert hook["kind"] == "verify" and hook["result"] == "succeeded"
+    skipped = "drill skipped: it is encrypted and ENCRYPTION_IDENTITY_FILE is not set"
+    assert hook["note"].startswith(f"verified {key}: ") and hook["note"].endswith(skipped)
+    assert f"{skipped}" in result.stdout
+    assert "drill restored it" not in result.stdout
 
 
 def test_postgres_counts_are_the_dumps_own_rows_while_writes_go_on(
