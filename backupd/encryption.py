@@ -342,8 +342,10 @@ async def check_identity(chunks: AsyncIterator[bytes], identity: Path, key: str)
 
     Reads only until age writes its first plaintext (age reads the identities and checks them
     against the header first), so it costs little more than the header's download. Other
-    failures (damage) are left to the restore itself, which reports them against the checksum.
+    failures (damage) are left to the restore itself, which reports them against the checksum;
+    raises ``DecryptError`` when age is not installed.
     """
+    _require_age(DecryptError)  # not damage: nothing may be created without age
     decryption = Decryption(chunks, identity, key)
     try:
         async with decryption, contextlib.aclosing(decryption.plaintext()) as plain:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pty
 import random
+import shutil
 import signal
 import subprocess
 import uuid
@@ -411,6 +412,40 @@ def test_a_missing_identity_file_is_named_by_the_setting_that_gave_it(
     for result in (drilled, restored, given):
         assert "Traceback" not in result.stdout + result.stderr
     assert not list(tmp_path.glob("*.dump"))
+
+
+def test_without_age_installed_restore_clean_and_a_drill_create_and_drop_nothing(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    """age missing on the restoring host is no damage to look past: ``restore --clean``
+    keeps the existing database, and a drill creates no scratch database."""
+    _, env, key = encrypted_backup(pg, moto_url, s3, bucket, keys)
+    victim = unique("victim")
+    pg.create_database(victim, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42);")
+    tools = tmp_path / "bin"  # the PostgreSQL client tools, and no age
+    tools.mkdir()
+    for tool in ("psql", "pg_restore", "pg_dump"):
+        found = shutil.which(tool)
+        assert found is not None
+        (tools / tool).symlink_to(found)
+    without_age = {**env, "PATH": str(tools), "ENCRYPTION_IDENTITY_FILE": str(keys["key"])}
+    prefix = unique("drill").lower() + "_"
+
+    restored = run_backupd("restore", "--into", victim, "--clean", env=without_age)
+    drilled = run_backupd(
+        "verify", "--drill", env={**without_age, "VERIFY_DRILL_DATABASE_PREFIX": prefix}
+    )
+
+    assert restored.returncode == 1, restored.stdout
+    assert pg.psql("SELECT x FROM precious", victim).strip() == "42"
+    assert "restore FAILED: age not found on PATH" in restored.stdout
+    assert "dropping" not in restored.stdout
+    assert drilled.returncode == 1, drilled.stdout
+    assert f"VERIFY FAILED: drill of {key}: age not found on PATH" in drilled.stdout
+    assert "drill: restoring" not in drilled.stdout
+    for result in (restored, drilled):
+        assert "Traceback" not in result.stdout + result.stderr
+    assert pg.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'") == ""
 
 
 def test_mariadb_encrypted_round_trip_and_a_tampered_object_is_a_checksum_mismatch(
