@@ -319,7 +319,8 @@ def identity_for(key: str, identity: Path | None, named: str = "--identity") -> 
     """The identity file to decrypt ``key`` with: None for an unencrypted object. ``named`` is
     where the file was given (``--identity`` or ``ENCRYPTION_IDENTITY_FILE``), for the message.
 
-    Raises ``DecryptError`` for an encrypted object without a readable identity file.
+    Raises ``DecryptError`` for an encrypted object without a readable identity file, or
+    without age to decrypt it.
     """
     if not is_encrypted(key):
         return None
@@ -332,29 +333,24 @@ def identity_for(key: str, identity: Path | None, named: str = "--identity") -> 
         raise DecryptError(f"the identity file {identity} ({named}) does not exist")
     if not os.access(identity, os.R_OK) or not identity.is_file():
         raise DecryptError(f"cannot read the identity file {identity} ({named})")
+    _require_age(DecryptError)
     return identity
 
 
 async def check_identity(chunks: AsyncIterator[bytes], identity: Path, key: str) -> None:
     """Raise ``WrongIdentity`` when ``identity`` cannot decrypt the age file arriving as
     ``chunks``: no identity in it matches a recipient, or age cannot use the file (unreadable,
-    a public key, passphrase-protected).
+    a public key, passphrase-protected); ``DecryptError`` when age fails otherwise before its
+    first plaintext (not installed, a plugin that cannot start, damage: a caller that has not
+    checked the bytes yet tells damage apart by the checksum).
 
     Reads only until age writes its first plaintext (age reads the identities and checks them
-    against the header first), so it costs little more than the header's download. Other
-    failures (damage) are left to the restore itself, which reports them against the checksum;
-    raises ``DecryptError`` when age is not installed.
+    against the header first), so it costs little more than the header's download.
     """
-    _require_age(DecryptError)  # not damage: nothing may be created without age
     decryption = Decryption(chunks, identity, key)
-    try:
-        async with decryption, contextlib.aclosing(decryption.plaintext()) as plain:
-            async for _ in plain:
-                break
-    except WrongIdentity:
-        raise
-    except DecryptError:
-        return  # damage: the restore itself reports it against the checksum
+    async with decryption, contextlib.aclosing(decryption.plaintext()) as plain:
+        async for _ in plain:
+            break
 
 
 class Decryption:

@@ -248,7 +248,8 @@ async def check_decryptable(
     """``check_identity`` for ``backup``, whose header a damaged object can make refuse every
     identity: when ``identity`` is one of the recipients its manifest records, the object is
     read back against its manifest first, and a mismatch is reported as such (RestoreError),
-    not as a wrong identity."""
+    not as a wrong identity. Any other failure of age is damage when the object does not match
+    its manifest either, and otherwise age's own: both stop the restore here."""
     try:
         await check_identity(storage.download(backup.key), identity, backup.key)
     except WrongIdentity:
@@ -256,6 +257,9 @@ async def check_decryptable(
         recipients = (recorded or {}).get("recipients")
         if isinstance(recipients, list) and await is_recipient(identity, recipients):
             await _Download(storage, backup, progress).drain()
+        raise
+    except DecryptError:
+        await _Download(storage, backup, progress).drain()
         raise
 
 

@@ -448,6 +448,68 @@ def test_without_age_installed_restore_clean_and_a_drill_create_and_drop_nothing
     assert pg.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'") == ""
 
 
+BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+
+
+def plugin_identity(plugin: str, payload: bytes) -> str:
+    """An age plugin identity (``AGE-PLUGIN-NAME-1...``, bech32), as ``age-plugin-yubikey``
+    and others write them."""
+    hrp = f"age-plugin-{plugin}-"
+    bits = "".join(f"{byte:08b}" for byte in payload)
+    bits += "0" * (-len(bits) % 5)
+    data = [int(bits[i : i + 5], 2) for i in range(0, len(bits), 5)]
+    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+    checksum = 1
+    for value in expanded + data + [0] * 6:
+        top = checksum >> 25
+        checksum = (checksum & 0x1FFFFFF) << 5 ^ value
+        for bit, generator in enumerate(
+            (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+        ):
+            checksum ^= generator if (top >> bit) & 1 else 0
+    checksum ^= 1
+    data += [(checksum >> 5 * (5 - i)) & 31 for i in range(6)]
+    return (hrp + "1" + "".join(BECH32[value] for value in data)).upper()
+
+
+def test_an_identity_whose_plugin_is_missing_leaves_the_database_clean_would_replace(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    """A plugin identity (a YubiKey's, say) on a host without its plugin: age fails before
+    any plaintext with the object intact, which is no damage to look past: ``restore --clean``
+    keeps the existing database and a drill creates no scratch database."""
+    _, env, key = encrypted_backup(pg, moto_url, s3, bucket, keys)
+    victim = unique("victim")
+    pg.create_database(victim, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42);")
+    identity = tmp_path / "yubikey.txt"
+    identity.write_text(plugin_identity("nosuch", bytes(range(32))) + "\n")
+    prefix = unique("drill").lower() + "_"
+
+    restored = run_backupd(
+        "restore", "--into", victim, "--clean", "--identity", str(identity), env=env
+    )
+    drilled = run_backupd(
+        "verify",
+        "--drill",
+        env={
+            **env,
+            "ENCRYPTION_IDENTITY_FILE": str(identity),
+            "VERIFY_DRILL_DATABASE_PREFIX": prefix,
+        },
+    )
+
+    assert restored.returncode == 1, restored.stdout
+    assert pg.psql("SELECT x FROM precious", victim).strip() == "42"
+    assert f"restore FAILED: age could not decrypt {key}: " in restored.stdout
+    assert "plugin" in restored.stdout and "dropping" not in restored.stdout
+    assert drilled.returncode == 1, drilled.stdout
+    assert f"VERIFY FAILED: drill of {key}: age could not decrypt {key}: " in drilled.stdout
+    assert "drill: restoring" not in drilled.stdout
+    for result in (restored, drilled):
+        assert "Traceback" not in result.stdout + result.stderr
+    assert pg.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'") == ""
+
+
 def test_mariadb_encrypted_round_trip_and_a_tampered_object_is_a_checksum_mismatch(
     mariadb: MariaDBServer,
     moto_url: str,
