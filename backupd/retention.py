@@ -27,6 +27,9 @@ from zoneinfo import ZoneInfo
 
 _SPAN = re.compile(r"(\d+)([hdwmy])")
 _UNITS = {"h": "hour", "d": "day", "w": "week", "m": "month", "y": "year"}
+_DAYS = {"h": 1 / 24, "d": 1, "w": 7, "m": 31, "y": 366}
+LONGEST_YEARS = 1000
+"""Beyond this a duration would step back past the calendar (year 1) from dates now."""
 
 
 def duration_problem(text: str) -> str | None:
@@ -37,8 +40,11 @@ def duration_problem(text: str) -> str | None:
             f"{text!r} is not a duration: use a number and a unit, h (hours), d (days), "
             "w (weeks), m (months) or y (years), e.g. 36h, 30d, 6w, 1y6m"
         )
-    if all(int(amount) == 0 for amount, _ in _SPAN.findall(cleaned)):
+    spans = _SPAN.findall(cleaned)
+    if all(int(amount) == 0 for amount, _ in spans):
         return f"{text!r} is zero; use at least 1h"
+    if sum(int(amount) * _DAYS[unit] for amount, unit in spans) > LONGEST_YEARS * 366:
+        return f"{text!r} is longer than {LONGEST_YEARS} years"
     return None
 
 

@@ -47,6 +47,10 @@ def every(start: datetime, step: timedelta, count: int, database: str = "app") -
         ("30 days", "not a duration"),
         ("-1d", "not a duration"),
         ("0d", "zero"),
+        ("1000y", None),
+        ("99999999y", "longer than 1000 years"),
+        ("400000d", "longer than 1000 years"),
+        ("99999999999h", "longer than 1000 years"),
     ],
 )
 def test_durations_are_a_number_and_a_unit(text: str, problem: str | None) -> None:

@@ -67,6 +67,7 @@ def test_retention_is_per_target_with_the_shared_fallback() -> None:
     [
         ("RETENTION_KEEP_WITHIN", "30", "RETENTION_KEEP_WITHIN: '30' is not a duration"),
         ("RETENTION_KEEP_WITHIN", "0h", "RETENTION_KEEP_WITHIN: '0h' is zero"),
+        ("RETENTION_KEEP_WITHIN", "9999y", "RETENTION_KEEP_WITHIN: '9999y' is longer than"),
         ("RETENTION_ABORT_UPLOADS_AFTER", "soon", "RETENTION_ABORT_UPLOADS_AFTER: 'soon' is not"),
         ("RETENTION_KEEP_DAILY", "-1", "RETENTION_KEEP_DAILY: must be greater than or equal to 0"),
         ("RETENTION_KEEP_LAST", "many", "RETENTION_KEEP_LAST: must be a valid integer"),
