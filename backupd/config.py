@@ -850,8 +850,8 @@ class EncryptionConfig(BaseModel):
     identity_file: Path | None = Field(
         None,
         alias="ENCRYPTION_IDENTITY_FILE",
-        description="age identity file for backupd restore (default for --identity); "
-        "never needed by run or once",
+        description="age identity file for backupd restore (default for --identity) and "
+        "for drills of encrypted backups; never needed to back up",
     )
     recipients: tuple[str, ...] = ()
 
