@@ -142,7 +142,16 @@ def group_of(backup: catalogue.Backup) -> str:
 
 def candidates(backups: list[catalogue.Backup], tz: tzinfo) -> list[Candidate]:
     """The complete backups among ``backups``, as the keep decision sees them."""
-    return [Candidate(b.key, group_of(b), b.taken.astimezone(tz)) for b in backups if b.complete]
+    return [
+        Candidate(
+            b.key,
+            group_of(b),
+            b.taken.astimezone(tz),
+            b.manifest.finished.astimezone(tz) if b.manifest is not None else None,
+        )
+        for b in backups
+        if b.complete
+    ]
 
 
 def own_backups(

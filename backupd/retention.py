@@ -12,9 +12,9 @@ The rules are restic's and borg's:
 
 A policy is the union of its rules and applies to each database on its own. Whatever the
 policy says, the newest backup of each database is kept, and a database whose newest backup is
-older than the policy's shortest period keeps everything: a stalled target must not age out its
-last backups. A backup's time is its manifest's start time; ties (the same second) are broken
-by key, so the decision never depends on listing order.
+older than the policy's shortest period (by when it finished) keeps everything: a stalled target
+must not age out its last backups. A backup's time is its manifest's start time; ties (the same
+second) are broken by key, so the decision never depends on listing order.
 """
 
 from __future__ import annotations
@@ -151,6 +151,12 @@ class Candidate:
     key: str
     database: str
     taken: datetime
+    finished: datetime | None = None
+    """When it was complete (the manifest's finish time), aware; None: taken as ``taken``."""
+
+    @property
+    def done(self) -> datetime:
+        return self.finished or self.taken
 
 
 @dataclass(frozen=True)
@@ -234,7 +240,9 @@ def _decide_group(
             if candidate.taken >= cutoff:
                 reasons[index].append(f"within {policy.within}")
     shortest = policy.newest_period()
-    if shortest is not None and group[0].taken < before(now, shortest, tz):
+    # Judged by when the newest backup finished, not when it began: a run longer than the
+    # shortest period (a two-hour dump under RETENTION_KEEP_HOURLY) is no stalled target.
+    if shortest is not None and max(c.done for c in group) < before(now, shortest, tz):
         held = f"held: the newest backup is older than {shortest}"
         for found in reasons:
             if not found:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -251,6 +252,22 @@ def test_a_stalled_database_keeps_everything(policy: Policy, now: datetime, held
         assert any(
             r.startswith("held: the newest backup is older than") for r in decisions[-1].reasons
         )
+
+
+def test_a_run_longer_than_the_shortest_period_is_no_stalled_target() -> None:
+    """Hourly backups, the newest a dump of 2 h 05 min that began at 02:00: pruning after it,
+    at 04:05, found the newest backup "older than 1h" by its start, held everything, and the
+    target never pruned again while its runs took over an hour. Judged by when it finished,
+    the policy applies; a target whose newest backup finished long ago is still held."""
+    hourly = every(at(UTC, 2026, 11, 1), timedelta(hours=1), 3)  # 00:00, 01:00, 02:00
+    long_run = replace(hourly[-1], finished=at(UTC, 2026, 11, 1, 4, 5))
+    backups = [*hourly[:-1], long_run]
+
+    decisions = decide(backups, Policy(hourly=2), at(UTC, 2026, 11, 1, 4, 5, 30), UTC)
+
+    assert sorted(kept(decisions)) == ["app@20261101T010000+0000", "app@20261101T020000+0000"]
+    stalled = decide(backups, Policy(hourly=2), at(UTC, 2026, 11, 1, 5, 10), UTC)
+    assert all(d.keep for d in stalled)
 
 
 def test_newest_period_is_the_shortest_the_policy_names() -> None:
