@@ -121,6 +121,26 @@ async def _object_lock(
     )
 
 
+async def _encryption(
+    target: TargetConfig, finding: Callable[[bool, str, str], Finding]
+) -> list[Finding]:
+    """Encrypting to ENCRYPTION_RECIPIENTS, and decrypting that with ENCRYPTION_IDENTITY_FILE
+    (what restores and drills use): a wrong or missing identity file fails here, not in a
+    drill at night."""
+    settings = target.encryption
+    try:
+        if settings.enabled:
+            said = await encryption.probe(settings.recipients, settings.identity_file)
+        elif settings.identity_file is not None:
+            await encryption.probe_identity(settings.identity_file)
+            said = f"{settings.identity_file} is readable (no ENCRYPTION_RECIPIENTS to try it on)"
+        else:
+            return []
+    except BackupdError as error:
+        return [finding(False, "encryption", str(error))]
+    return [finding(True, "encryption", said)]
+
+
 async def check_target(target: TargetConfig, send_test: bool = False) -> list[Finding]:
     """Findings about everything a run of ``target`` touches; ``send_test`` also sends one of
     each notification it has configured."""
@@ -150,13 +170,7 @@ async def check_target(target: TargetConfig, send_test: bool = False) -> list[Fi
     findings += await _databases(target, source, finding, logged_in)
     if db.engine is Engine.MSSQL:
         findings.append(await _shared_volume(target, finding))
-    if target.encryption.enabled:
-        try:
-            findings.append(
-                finding(True, "encryption", await encryption.probe(target.encryption.recipients))
-            )
-        except BackupdError as error:
-            findings.append(finding(False, "encryption", str(error)))
+    findings += await _encryption(target, finding)
     probe_key = "/".join(
         p for p in (target.key_prefix, f".backupd-probe-{secrets.token_hex(6)}") if p
     )

@@ -278,20 +278,56 @@ class _Bytes:
             return count
 
 
-async def probe(recipients: Sequence[str]) -> str:
-    """Encrypt a few bytes to every recipient, as a backup would; return what was checked.
-
-    Raises ``EncryptError`` when age is missing or refuses a recipient.
-    """
+async def _encrypted_probe(recipients: Sequence[str]) -> bytes:
+    """A few bytes encrypted to every recipient, as a backup is (an age file, ~200 bytes per
+    recipient). Raises ``EncryptError`` when age is missing or refuses a recipient."""
     stage = Encrypt(recipients)
     output = bytearray(64 * 1024)
+    collected = bytearray()
     async with stage.apply(_Bytes(b"backupd encryption probe\n")) as encrypted:
-        while await encrypted.fill(output):
-            pass
+        while count := await encrypted.fill(output):
+            collected += output[:count]
+    return bytes(collected)
+
+
+async def probe(recipients: Sequence[str], identity: Path | None = None) -> str:
+    """Encrypt a few bytes to every recipient, as a backup would, and decrypt them with
+    ``identity`` when given (what restores and drills use); return what was checked.
+
+    Raises ``EncryptError`` when age is missing or refuses a recipient, ``DecryptError``
+    (``WrongIdentity``) when the identity file cannot decrypt what is encrypted now.
+    """
+    encrypted = await _encrypted_probe(recipients)
+    if identity is not None:
+        await probe_identity(identity, encrypted)
     code, version, _ = await run_captured(
         "age", Command(("age", "--version"), child_environment({}))
     )
-    return f"age {version.strip() if code == 0 else '?'} encrypts to {len(recipients)} recipient(s)"
+    said = f"age {version.strip() if code == 0 else '?'} encrypts to {len(recipients)} recipient(s)"
+    return said + (f"; {identity} decrypts it" if identity is not None else "")
+
+
+async def probe_identity(identity: Path, encrypted: bytes | None = None) -> None:
+    """Check that the identity file ``identity`` (ENCRYPTION_IDENTITY_FILE) is one age can
+    use and, given ``encrypted`` (an age file), that it decrypts it.
+
+    Raises ``DecryptError`` naming ENCRYPTION_IDENTITY_FILE: missing, unreadable, no age,
+    or (``WrongIdentity``) none of its identities matches, a public key, a passphrase.
+    """
+    identity_for(SUFFIX, identity, "ENCRYPTION_IDENTITY_FILE")
+    if encrypted is None:
+        return
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield encrypted
+
+    what = "a probe encrypted to ENCRYPTION_RECIPIENTS"
+    try:
+        await check_identity(chunks(), identity, what)
+    except WrongIdentity as error:
+        raise WrongIdentity(
+            f"ENCRYPTION_IDENTITY_FILE: {error}: restores and drills of new backups will fail"
+        ) from None
 
 
 async def is_recipient(identity: Path, recipients: Sequence[str]) -> bool:

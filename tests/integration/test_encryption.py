@@ -224,6 +224,47 @@ def only_backup_key(s3: Any, bucket: str) -> str:
     return key
 
 
+def test_check_decrypts_its_probe_with_the_identity_file_restores_and_drills_use(
+    pg: PostgresServer, moto_url: str, bucket: str, keys: dict[str, Any], tmp_path: Path
+) -> None:
+    """ENCRYPTION_IDENTITY_FILE missing, or of a key the backups are no longer encrypted to:
+    ``check`` said ok, and the first drill (at night) or restore (in an emergency) failed."""
+    env = {
+        **pg_env(pg, "postgres"),
+        **storage_env(moto_url, bucket),
+        "ENCRYPTION_RECIPIENTS": f"{keys['key_public']},{keys['ssh_public']}",
+    }
+    missing = tmp_path / "no-such-identity.txt"
+    restore_only = {k: v for k, v in env.items() if k != "ENCRYPTION_RECIPIENTS"}
+
+    matching, by_ssh, wrong, absent, readable = run_together(
+        (["check"], {**env, "ENCRYPTION_IDENTITY_FILE": str(keys["key"])}),
+        (["check"], {**env, "ENCRYPTION_IDENTITY_FILE": str(keys["ssh"])}),
+        (["check"], {**env, "ENCRYPTION_IDENTITY_FILE": str(keys["other"])}),
+        (["check"], {**env, "ENCRYPTION_IDENTITY_FILE": str(missing)}),
+        (["check"], {**restore_only, "ENCRYPTION_IDENTITY_FILE": str(keys["key"])}),
+    )
+
+    for result in (matching, by_ssh):
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "encrypts to 2 recipient(s); " in result.stdout
+        assert " decrypts it" in result.stdout
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "FAIL default encryption: ENCRYPTION_IDENTITY_FILE: none of the identities" in (
+        wrong.stdout
+    )
+    assert "restores and drills of new backups will fail" in wrong.stdout
+    assert absent.returncode == 1, absent.stdout + absent.stderr
+    assert f"the identity file {missing} (ENCRYPTION_IDENTITY_FILE) does not exist" in (
+        absent.stdout
+    )
+    assert readable.returncode == 0, readable.stdout + readable.stderr
+    assert f"encryption: {keys['key']} is readable (no ENCRYPTION_RECIPIENTS" in readable.stdout
+    for result in (matching, by_ssh, wrong, absent, readable):
+        assert "Traceback" not in result.stdout + result.stderr
+        assert "AGE-SECRET-KEY" not in result.stdout + result.stderr
+
+
 def encrypted_backup(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any]
 ) -> tuple[str, dict[str, str], str]:
