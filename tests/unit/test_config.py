@@ -383,3 +383,21 @@ def test_a_seq_url_is_a_secret_only_when_it_carries_credentials(
     url: str, hidden: list[str]
 ) -> None:
     assert LogConfig.model_validate({"SEQ_URL": url}).secrets == hidden
+
+
+def test_a_name_outside_its_pattern_is_said_in_words_not_as_a_regular_expression() -> None:
+    env = {
+        **MINIMAL,
+        "VERIFY_DRILL_DATABASE_PREFIX": "drill-",
+        "COORDINATION": "storage",
+        "REPLICA_ID": "web 1",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    problems = caught.value.problems
+    assert (
+        "VERIFY_DRILL_DATABASE_PREFIX: must hold only letters A-Z and a-z, digits and underscores"
+        in problems
+    )
+    assert "REPLICA_ID: must hold only letters A-Z and a-z, digits and . @ : _ -" in problems
+    assert not any("pattern" in p for p in problems)

@@ -345,7 +345,10 @@ def test_coordination_settings(
     [
         ({"COORDINATION": "raft"}, "COORDINATION: must be 'none' or 'storage' (got 'raft')"),
         ({"COORDINATION_LEASE": "1s"}, "COORDINATION_LEASE: must be greater than or equal to 2"),
-        ({"REPLICA_ID": "a b"}, "REPLICA_ID: String should match pattern"),
+        (
+            {"REPLICA_ID": "a b"},
+            "REPLICA_ID: must hold only letters A-Z and a-z, digits and . @ : _ -",
+        ),
         (
             {
                 "COORDINATION": "storage",
