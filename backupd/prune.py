@@ -367,7 +367,6 @@ async def prune(
     await _delete(storage, result, locks)
     for key, reason in result.failed.items():
         log.warning("%s: could not delete %s: %s", target.name, key, reason)
-    log.info("%s", result.summary())
     return result
 
 
@@ -415,6 +414,7 @@ async def prune_after_run(target: TargetConfig) -> PruneResult | PruneFailure:
         log.debug("details", exc_info=True)
         failure = PruneFailure(f"unexpected error: {error!r}")
     else:
+        log.info("%s", result.summary())  # ``backupd prune`` prints it below its table instead
         refused = failure_of(result)
         if refused is None:
             return result

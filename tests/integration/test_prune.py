@@ -194,7 +194,8 @@ def test_prune_keeps_exactly_the_policy_and_touches_nothing_else(
     assert keys_of(s3, bucket) == with_manifests(kept) | untouched
     uploads = [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
     assert uploads == [sibling]
-    assert "default: deleted 52 of 83 backup(s) and 1 leftover(s)" in real.stdout
+    assert real.stdout.count("default: deleted 52 of 83 backup(s) and 1 leftover(s)") == 1
+    assert real.stdout.rstrip().endswith("default: deleted 52 of 83 backup(s) and 1 leftover(s)")
 
     listed = run_at(NOW, "list", env=env)
 
