@@ -265,6 +265,21 @@ def test_check_decrypts_its_probe_with_the_identity_file_restores_and_drills_use
         assert "AGE-SECRET-KEY" not in result.stdout + result.stderr
 
 
+def restore_and_drill(
+    env: dict[str, str], identity: Path, victim: str, prefix: str
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """``restore --into VICTIM --clean`` and ``verify --drill`` (scratch names starting with
+    ``prefix``), both with ``identity``."""
+    restored = run_backupd(
+        "restore", "--into", victim, "--clean", "--identity", str(identity), env=env
+    )
+    drill_env = {**env, "ENCRYPTION_IDENTITY_FILE": str(identity)}
+    drilled = run_backupd(
+        "verify", "--drill", env={**drill_env, "VERIFY_DRILL_DATABASE_PREFIX": prefix}
+    )
+    return restored, drilled
+
+
 def encrypted_backup(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str, keys: dict[str, Any]
 ) -> tuple[str, dict[str, str], str]:
@@ -403,18 +418,7 @@ def test_a_passphrase_protected_age_identity_leaves_the_database_clean_would_rep
     pg.create_database(victim, "CREATE TABLE precious (x int); INSERT INTO precious VALUES (42);")
     prefix = unique("drill").lower() + "_"
 
-    restored = run_backupd(
-        "restore", "--into", victim, "--clean", "--identity", str(locked), env=env
-    )
-    drilled = run_backupd(
-        "verify",
-        "--drill",
-        env={
-            **env,
-            "ENCRYPTION_IDENTITY_FILE": str(locked),
-            "VERIFY_DRILL_DATABASE_PREFIX": prefix,
-        },
-    )
+    restored, drilled = restore_and_drill(env, locked, victim, prefix)
 
     assert restored.returncode == 1, restored.stdout
     assert pg.psql("SELECT x FROM precious", victim).strip() == "42"
@@ -526,18 +530,7 @@ def test_an_identity_whose_plugin_is_missing_leaves_the_database_clean_would_rep
     identity.write_text(plugin_identity("nosuch", bytes(range(32))) + "\n")
     prefix = unique("drill").lower() + "_"
 
-    restored = run_backupd(
-        "restore", "--into", victim, "--clean", "--identity", str(identity), env=env
-    )
-    drilled = run_backupd(
-        "verify",
-        "--drill",
-        env={
-            **env,
-            "ENCRYPTION_IDENTITY_FILE": str(identity),
-            "VERIFY_DRILL_DATABASE_PREFIX": prefix,
-        },
-    )
+    restored, drilled = restore_and_drill(env, identity, victim, prefix)
 
     assert restored.returncode == 1, restored.stdout
     assert pg.psql("SELECT x FROM precious", victim).strip() == "42"

@@ -294,14 +294,20 @@ def test_run_verifies_and_drills_on_verify_schedule_and_exports_the_metrics(
     assert pg_scratch(pg, prefix) == []
 
 
-def test_an_encrypted_backup_verifies_without_identity_and_drills_with_one(
-    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, tmp_path: Path
-) -> None:
-    identity = tmp_path / "key.txt"
+def age_key(folder: Path) -> tuple[Path, str]:
+    """A new age identity file in ``folder``, and its recipient (public key)."""
+    identity = folder / "key.txt"
     subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
     recipient = subprocess.run(
         ["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True
     ).stdout.strip()
+    return identity, recipient
+
+
+def test_an_encrypted_backup_verifies_without_identity_and_drills_with_one(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    identity, recipient = age_key(tmp_path)
     database = unique("vault")
     pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
     prefix = unique("drill").lower() + "_"
@@ -346,11 +352,7 @@ def test_a_skipped_drill_is_said_in_the_report_not_only_in_the_log(
     in the report's note, which mail and webhooks carry: "verified" alone reads as if the
     restore had been proven."""
     url, seen = receiver
-    identity = tmp_path / "key.txt"
-    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
-    recipient = subprocess.run(
-        ["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    _, recipient = age_key(tmp_path)
     database = unique("vault")
     pg.create_database(database, (DATA / "postgres_sample.sql").read_text())
     env = {
