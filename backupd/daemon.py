@@ -486,9 +486,11 @@ class Daemon:
         """Prune after a backup; a failure is counted and told (in a task of its own that
         holds no dump slot, as a backup's result is)."""
         pruned = await prune_after_run(target)
-        failed = isinstance(pruned, PruneFailure)
-        self.metrics.prune_runs.labels(target.name, "failure" if failed else "success").inc()
-        result = pruned.result if isinstance(pruned, PruneFailure) else pruned
+        if isinstance(pruned, PruneFailure):
+            result, outcome = pruned.result, "failure"
+        else:
+            result, outcome = pruned, "success"
+        self.metrics.prune_runs.labels(target.name, outcome).inc()
         if result is not None:
             self.metrics.pruned.labels(target.name).inc(len(result.deleted))
             self.metrics.stored_backups.labels(target.name).set(result.stored_backups)
