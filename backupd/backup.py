@@ -454,19 +454,23 @@ async def _remove_own(storage: Storage, written: list[str]) -> str | None:
 
 
 async def run_backup(
-    target: TargetConfig, progress: Progress | None = None, storage: Storage | None = None
+    target: TargetConfig,
+    progress: Progress | None = None,
+    storage: Storage | None = None,
+    run: TargetRun | None = None,
 ) -> TargetRun:
     """Back up every database of ``target``, each as its own object; a failure of one database
     is recorded and the others still run. Raise only when nothing can run at all (login).
 
     ``storage``: the target's storage, already open (the caller reuses its connections after
-    the run); opened for the run when None."""
+    the run); opened for the run when None. ``run``: where each database's outcome is recorded
+    as it comes (the caller still has those of a run that is cancelled); a new one when None."""
     source = source_for(target)
     reporter = progress if progress is not None else LogProgress()
     # Start everything at once: the login probe waits on child processes, the storage client
     # costs CPU, and the dump itself needs neither to begin.
     probe = asyncio.ensure_future(source.probe())
-    run = TargetRun(target.name)
+    run = TargetRun(target.name) if run is None else run
     try:
         async with reuse_or_open(target.storage, storage) as opened:
             warm_up = asyncio.ensure_future(opened.warm_up())

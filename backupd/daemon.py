@@ -7,8 +7,9 @@ nothing it does stops the others.
 
 Signals are handled here and only here: the first SIGTERM/SIGINT/SIGHUP stops scheduling and gives
 running backups ``SHUTDOWN_TIMEOUT`` seconds (a run still waiting for a dump slot never gets
-one); then they are cancelled (children killed, uploads aborted); then finished runs send
-their notifications, each within its own timeouts.
+one); then they are cancelled (children killed, uploads aborted) and report what they had not
+finished as failed; then finished and cancelled runs send their notifications, each within its
+own timeouts.
 A second signal cancels at once. Either way the process exits 0.
 
 A run holds its dump slot for its backup and prune only: its start ping goes out alongside the
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from backupd.backup import TargetRun
 from backupd.claims import Claims, Observed, claimed, self_test
 from backupd.config import S3Config, Settings, TargetConfig
 from backupd.coordination import Kind, job_of
@@ -42,7 +44,14 @@ from backupd.metrics import Metrics, serve
 from backupd.notify import Report, State
 from backupd.process import STOP_SIGNALS
 from backupd.prune import PruneFailure, prune_after_run
-from backupd.report import announce, backup_and_log, prune_wanted, tell, tell_prune_failed
+from backupd.report import (
+    announce,
+    backup_and_log,
+    cut_short,
+    prune_wanted,
+    tell,
+    tell_prune_failed,
+)
 from backupd.schedule import (
     MISSED_CAP,
     Schedule,
@@ -452,10 +461,16 @@ class Daemon:
             if self._slots.closed:
                 raise ShuttingDown
             announced = announce(target)  # alongside the dump, never before it
+            run = TargetRun(target.name)
             try:
-                reports = await self._backup_only(target)
-            except asyncio.CancelledError:  # nothing to tell
-                announced.cancel()
+                reports = await self._backup_only(target, run)
+            except asyncio.CancelledError as cancelled:
+                if not self._slots.closed:  # its claim was lost: the slot runs elsewhere
+                    announced.cancel()
+                    raise
+                self.metrics.runs.labels(target.name, "failure").inc()
+                reports = cut_short(target, run, cancelled, self._cut_short_why(claims))
+                self._tell_later(target, Finished(reports, announced), None)
                 raise
             if known is not None:
                 known.append(True)
@@ -463,13 +478,24 @@ class Daemon:
             if prune_wanted(target, reports):
                 await self._prune(target)
 
-    async def _backup_only(self, target: TargetConfig) -> list[Report]:
-        """The run; its metrics are set as soon as its result is known."""
+    def _cut_short_why(self, claims: Claims | None) -> str:
+        timeout = self.settings.daemon.shutdown_timeout
+        when = (
+            "at a second signal"
+            if self._forced.is_set()
+            else f"not finished within SHUTDOWN_TIMEOUT ({timeout:.0f}s)"
+        )
+        why = f"cut short by the shutdown, {when}: a dump under way was stopped, its upload aborted"
+        return why + ("; the slot's claim is handed back" if claims is not None else "")
+
+    async def _backup_only(self, target: TargetConfig, run: TargetRun) -> list[Report]:
+        """The run, recording into ``run``; its metrics are set as soon as its result is
+        known."""
         name = target.name
         self.metrics.in_progress.labels(name).set(1)
         started = time.monotonic()
         try:
-            reports = await backup_and_log(target)
+            reports = await backup_and_log(target, run=run)
         finally:
             self.metrics.in_progress.labels(name).set(0)
             self.metrics.last_duration.labels(name).set(time.monotonic() - started)

@@ -88,6 +88,37 @@ def reports_of(
     return reports
 
 
+def cut_short(
+    target: TargetConfig, run: TargetRun, cancelled: BaseException, why: str
+) -> list[Report]:
+    """The reports of a run the shutdown cancelled (``why`` says how): those of the databases
+    it had finished, and a failure at step ``shutdown`` for the rest (``*``: the rest of the
+    server's; what the one under way left in the storage goes with the first), logged. A
+    backup stopped by SIGTERM is told, as any other failure is."""
+    hidden = secrets_of(target)
+    reports = reports_of(target, run) if run.results or run.failures else []
+    done = {result.database for result in run.results} | {name for name, _ in run.failures}
+    if target.database.all_databases:
+        rest = [target.database.database]
+    else:
+        rest = [name for name in target.database.databases if name not in done]
+    reports += [
+        Report(
+            target.name,
+            mask(name, hidden),
+            target.database.engine.value,
+            State.FAILED,
+            datetime.now(target.layout.tz),
+            step="shutdown",
+            error=mask(why, hidden),
+            left_behind=_left_behind(cancelled, hidden) if under_way else None,
+        )
+        for under_way, name in zip([True, *[False] * len(rest)], rest, strict=False)
+    ]
+    log_reports(reports)
+    return reports
+
+
 def _left_behind(error: BaseException | None, hidden: list[str]) -> str | None:
     """What the failed run left in the storage (``backup.left_behind``), secrets masked."""
     left = None if error is None else left_behind(error)
@@ -207,14 +238,17 @@ async def tell_prune_failed(target: TargetConfig, failure: PruneFailure) -> None
     await notify.run_finished(target, [report], secrets_of(target), ping=False)
 
 
-async def backup_and_log(target: TargetConfig, progress: Progress | None = None) -> list[Report]:
-    """Run one target and log how it went, one line per database; nothing is notified."""
+async def backup_and_log(
+    target: TargetConfig, progress: Progress | None = None, run: TargetRun | None = None
+) -> list[Report]:
+    """Run one target and log how it went, one line per database; nothing is notified.
+    ``run`` records each database's outcome as it comes (see ``run_backup``)."""
     hidden = secrets_of(target)
     try:
         # One storage connection for the run and the checks after it: a second client would
         # cost its set-up again (botocore's models, a TLS context) in every run.
         async with open_storage(target.storage) as storage:
-            run = await run_backup(target, progress, storage)
+            run = await run_backup(target, progress, storage, run)
             reports = await judged(target, run, hidden, storage)
     except Exception as error:  # isolation: report it, whatever it was
         log.debug("details", exc_info=True)

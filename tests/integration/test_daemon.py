@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import signal
 import socket
@@ -222,6 +223,72 @@ def test_long_run_skips_overlapping_slots_and_sigterm_cancels_it_cleanly(
     assert "skipping this slot" in output
     assert "cancelling 1 running backup(s)" in output
     assert bucket_state(s3, bucket) == ([], [])
+    assert dump_processes(big_pg_database) == []
+
+
+def test_a_backup_cut_short_by_sigterm_is_reported_as_failed_with_what_it_had_finished(
+    pg: PostgresServer,
+    big_pg_database: str,
+    proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    daemon_process: list[subprocess.Popen[str]],
+) -> None:
+    """The first database is stored, the second is being uploaded at SIGTERM, the third never
+    starts: the stored one is told as such, the two others as failed at the shutdown (webhook,
+    /fail ping, metrics), and nothing is left in the bucket but the stored one."""
+    pg.create_database("cut_first", "CREATE TABLE t AS SELECT 1 AS x;")
+    pg.create_database("cut_last", "CREATE TABLE t AS SELECT 1 AS x;")
+    seen: list[tuple[str, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            seen.append((self.path, self.rfile.read(int(self.headers.get("Content-Length", "0")))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _record
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    proxy.part_delay = 2.0
+    port = free_port()
+    with http_server(Receiver) as url:
+        env = {
+            **pg_env(pg, f"cut_first,{big_pg_database},cut_last"),
+            **storage_env(proxy.url, bucket),
+            "COMPRESSION": "none",
+            "STORAGE_PART_SIZE": "5MiB",
+            "STORAGE_UPLOAD_CONCURRENCY": "1",
+            "CRON_SCHEDULE": "0 2 * * *",
+            "SHUTDOWN_TIMEOUT": "1",
+            "NOTIFY_WEBHOOK_URL": f"{url}/hook",
+            "HEALTHCHECK_PING_URL": f"{url}/ping",
+            "HTTP_PORT": str(port),
+            "HTTP_HOST": "127.0.0.1",
+        }
+        process = start_daemon(env, daemon_process)
+        wait_until(lambda: len(proxy.part_sizes()) > 0, 30, "the big database's first part")
+        output = stop(process)
+
+    assert process.returncode == 0, output
+    hooks = [json.loads(body) for path, body in seen if path == "/hook"]
+    told = {hook["database"]: (hook["result"], hook["step"]) for hook in hooks}
+    assert told == {
+        "cut_first": ("succeeded", None),
+        big_pg_database: ("failed", "shutdown"),
+        "cut_last": ("failed", "shutdown"),
+    }
+    assert all("SHUTDOWN_TIMEOUT" in hook["error"] for hook in hooks if hook["step"])
+    assert [path for path, _ in seen if path.startswith("/ping")] == ["/ping/start", "/ping/fail"]
+    keys, uploads = bucket_state(s3, bucket)
+    assert uploads == []
+    assert [key for key in keys if not key.endswith(".manifest.json")] == [
+        h["key"] for h in hooks if h["result"] == "succeeded"
+    ]
+    assert f"backup of default {big_pg_database} FAILED at shutdown" in output
     assert dump_processes(big_pg_database) == []
 
 

@@ -62,7 +62,7 @@ async def test_a_run_waiting_for_its_targets_verify_does_not_start_after_sigterm
         await asyncio.sleep(60)
         return []
 
-    async def backup(target: TargetConfig, progress: Any = None) -> list[Report]:
+    async def backup(target: TargetConfig, progress: Any = None, run: Any = None) -> list[Report]:
         dumps.append(target.name)
         return []
 
@@ -91,7 +91,7 @@ async def test_a_stored_backup_is_told_when_its_prune_is_cut_short(
     told: list[list[Report]] = []
     succeeded = [Report(target.name, "app", "postgres", State.SUCCEEDED, datetime.now(UTC))]
 
-    async def backup(target: TargetConfig, progress: Any = None) -> list[Report]:
+    async def backup(target: TargetConfig, progress: Any = None, run: Any = None) -> list[Report]:
         return succeeded
 
     async def slow_prune(target: TargetConfig) -> None:
@@ -135,7 +135,7 @@ async def test_an_anomalous_backup_prunes_nothing(
     states = [State.ANOMALY, State.SUCCEEDED]
     pruned: list[str] = []
 
-    async def backup(target: TargetConfig, progress: Any = None) -> list[Report]:
+    async def backup(target: TargetConfig, progress: Any = None, run: Any = None) -> list[Report]:
         return [Report(target.name, "app", "postgres", states.pop(0), now)]
 
     async def prune(target: TargetConfig) -> None:
@@ -172,7 +172,7 @@ async def test_a_verify_tells_its_result_without_holding_a_dump_slot_or_its_targ
         await asyncio.sleep(0.5)
         told.append(target.name)
 
-    async def backup(target: TargetConfig, progress: Any = None) -> list[Report]:
+    async def backup(target: TargetConfig, progress: Any = None, run: Any = None) -> list[Report]:
         dumps.append(target.name)
         return []
 
