@@ -39,15 +39,17 @@ async def run_finished(
     """Send every notification of a finished run, concurrently; each is bounded in time.
     ``ping`` False: not the dead-man's switch (it watches backups, not verifies)."""
     sends = []
-    for report in reports:
-        if target.email.enabled:
-            # Imported only now: with aiosmtplib and the email package it costs about 8 ms,
-            # which every run without mail would pay before its dump starts.
-            from backupd.notify import email
+    if target.email.enabled:
+        # Imported only now: with aiosmtplib and the email package it costs about 8 ms,
+        # which every run without mail would pay before its dump starts.
+        from backupd.notify import email
 
-            if email.wanted(target.email, report):
-                mail = email.send(target.email, report)
-                sends.append(_quietly(f"mail about {report.database}", mail, hidden))
+        mailed = [report for report in reports if email.wanted(target.email, report)]
+        if mailed:
+            about = ", ".join(report.database for report in mailed)
+            mail = email.send_all(target.email, mailed)
+            sends.append(_quietly(f"mail about {about}", mail, hidden))
+    for report in reports:
         if target.hooks.webhook_url is not None:
             url = target.hooks.webhook_url.get_secret_value()
             sends.append(

@@ -165,8 +165,11 @@ def _why(config: EmailConfig, error: BaseException) -> str:
     return f"{where}: {text}"
 
 
-async def _deliver(config: EmailConfig, message: EmailMessage | None) -> list[str]:
-    """Connect, EHLO, STARTTLS/TLS and login as configured; send ``message`` if given.
+async def _deliver(config: EmailConfig, messages: list[EmailMessage]) -> list[str]:
+    """Connect, EHLO, STARTTLS/TLS and login as configured; send ``messages`` in turn over that
+    one session: a run's mails (one per database) never open a connection each, which relays
+    that cap a client's connections (Exchange Online: 3) refuse. The conversation up to the
+    first mail, and each mail, gets ``SEND_TIMEOUT``.
 
     Return the steps taken (``["STARTTLS", "login"]``); raise NotifyError with one line.
     """
@@ -180,8 +183,9 @@ async def _deliver(config: EmailConfig, message: EmailMessage | None) -> list[st
         start_tls=False,
     )
     steps = ["implicit TLS"] if use_tls else []
+    sent = 0
     try:
-        async with asyncio.timeout(SEND_TIMEOUT):
+        async with asyncio.timeout(SEND_TIMEOUT) as deadline:
             await client.connect()
             try:
                 await client.ehlo()
@@ -195,25 +199,34 @@ async def _deliver(config: EmailConfig, message: EmailMessage | None) -> list[st
                 if config.user is not None:
                     await client.login(config.user, password)
                     steps.append(f"login as {config.user}")
-                if message is not None:
+                for message in messages:
+                    deadline.reschedule(asyncio.get_running_loop().time() + SEND_TIMEOUT)
                     await client.send_message(message)
+                    sent += 1
+                if messages:
                     steps.append(f"sent to {len(config.recipients)} recipient(s)")
                 await client.quit()
             finally:
                 client.close()
     except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as error:
-        raise NotifyError(_why(config, error)) from None
+        done = f" (after {sent} of {len(messages)} mails)" if sent else ""
+        raise NotifyError(_why(config, error) + done) from None
     return steps
 
 
 async def verify(config: EmailConfig) -> list[str]:
     """What ``backupd check`` does: the whole conversation up to login, sending nothing."""
-    return await _deliver(config, None)
+    return await _deliver(config, [])
 
 
 async def send(config: EmailConfig, report: Report) -> None:
-    await _deliver(config, compose(config, report))
+    await _deliver(config, [compose(config, report)])
+
+
+async def send_all(config: EmailConfig, reports: list[Report]) -> None:
+    """A mail per report, all over one SMTP session (see ``_deliver``)."""
+    await _deliver(config, [compose(config, report) for report in reports])
 
 
 async def send_test(config: EmailConfig, target: str) -> list[str]:
-    return await _deliver(config, check_message(config, target))
+    return await _deliver(config, [check_message(config, target)])

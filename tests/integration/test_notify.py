@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import io
 import json
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from backupd import logs
 from backupd.config import EmailConfig, LogConfig
@@ -211,6 +212,74 @@ async def test_a_database_named_with_a_line_break_still_gets_its_mail(
     ((_, recipients, message),) = inbox.messages
     assert recipients == RECIPIENTS
     assert message["Subject"] == "[backupd] t: backup of line1\\nBcc: evil@example.com FAILED"
+
+
+class _CappedController(Controller):
+    """An SMTP server that, like Exchange Online, refuses a client's connection beyond
+    ``cap`` open at once (421), and takes a moment over each mail."""
+
+    def __init__(self, inbox: Inbox, port: int, cap: int) -> None:
+        super().__init__(inbox, hostname="127.0.0.1", port=port)
+        self.cap = cap
+        self.open = 0
+        self.refused = 0
+
+    def factory(self) -> SMTP:
+        controller = self
+
+        class Capped(SMTP):
+            counted = False
+
+            def connection_made(self, transport: Any) -> None:
+                if controller.open >= controller.cap:
+                    controller.refused += 1
+                    transport.write(b"421 4.3.2 Concurrent connections limit exceeded\r\n")
+                    transport.close()
+                    return
+                controller.open += 1
+                self.counted = True
+                super().connection_made(transport)
+
+            def connection_lost(self, error: Exception | None) -> None:
+                if self.counted:
+                    controller.open -= 1
+                    super().connection_lost(error)
+
+        return Capped(self.handler, **self.SMTP_kwargs)
+
+
+class _SlowInbox(Inbox):
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(0.3)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_runs_mails_go_over_one_connection_to_a_relay_that_caps_them(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """Four databases, four mails, through a relay that allows two connections at once."""
+    names = [f"capped_{i}_{uuid.uuid4().hex[:6]}" for i in range(4)]
+    for name in names:
+        pg.create_database(name, "CREATE TABLE t AS SELECT 1 AS x;")
+    inbox = _SlowInbox()
+    controller = _CappedController(inbox, free_port(), cap=2)
+    controller.start()
+    try:
+        env = {
+            **pg_env(pg, ",".join(names)),
+            **storage_env(moto_url, bucket),
+            **mail_env(controller.port),
+        }
+        del env["EMAIL_USER"], env["EMAIL_PASSWORD"]
+        result = run_backupd("once", env=env)
+    finally:
+        controller.stop()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mail about" not in result.stdout
+    assert controller.refused == 0
+    subjects = [message["Subject"] for _, _, message in inbox.messages]
+    assert subjects == [f"[backupd] default: backup of {name} succeeded" for name in names]
 
 
 def test_mail_only_on_failure_when_asked(
