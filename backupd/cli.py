@@ -26,7 +26,7 @@ from backupd.catalogue import Backup
 from backupd.config import MAX_CONCURRENT_LIMIT, Settings, TargetConfig
 from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
-from backupd.logs import setup_logging
+from backupd.logs import escape_controls, setup_logging
 from backupd.process import STOP_SIGNALS, mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.prune import PruneFailure, keep_column, prune_after_run, prune_target
@@ -357,11 +357,12 @@ def listing_lines(
     backups: list[Backup], target: TargetConfig, keep: dict[str, str] | None = None
 ) -> list[str]:
     """The table ``list`` prints: time in TIMEZONE with its offset, database, engine, size,
-    state, key, and with a retention policy what it says of each backup (``keep``)."""
+    state, key, and with a retention policy what it says of each backup (``keep``). A row stays
+    one line: control characters in a name show escaped, as in logs."""
     rows = [
         (
             f"{backup.taken.astimezone(target.layout.tz):%Y-%m-%d %H:%M:%S%z}",
-            backup.database if backup.database is not None else "?",
+            escape_controls(backup.database) if backup.database is not None else "?",
             backup.engine or "?",
             human_size(backup.size),
             "complete" if backup.complete else "INCOMPLETE",

@@ -31,6 +31,7 @@ from backupd import catalogue
 from backupd.catalogue import manifest_key
 from backupd.config import TargetConfig
 from backupd.errors import BackupdError, StorageError
+from backupd.logs import escape_controls
 from backupd.retention import Candidate, Decision, before, decide
 from backupd.storage import Storage, open_storage
 from backupd.storage.base import Lock, PendingUpload, Removal
@@ -108,10 +109,11 @@ class PruneResult:
         return sum(size for key, size in self.sizes.items() if key not in gone)
 
     def lines(self) -> list[str]:
-        """One line per backup (KEEP or DELETE and why) and per leftover, newest first."""
+        """One line per backup (KEEP or DELETE and why) and per leftover, newest first; a
+        name's control characters show escaped, as in logs."""
         rows = [
             f"{d.verdict:<6}  {d.candidate.taken:%Y-%m-%d %H:%M:%S %Z}  "
-            f"{d.candidate.database:<16}  {d.candidate.key}  {d.why}"
+            f"{escape_controls(d.candidate.database):<16}  {d.candidate.key}  {d.why}"
             for d in self.decisions
         ]
         return rows + [item.line() for item in self.leftovers]

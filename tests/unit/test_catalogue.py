@@ -24,11 +24,13 @@ from backupd.catalogue import (
     safe_name,
     stem_for,
 )
-from backupd.cli import parse_at
+from backupd.cli import listing_lines, parse_at
 from backupd.config import Engine
 from backupd.environment import load_target
 from backupd.errors import ConfigError
+from backupd.prune import PruneResult
 from backupd.restore import name_problem
+from backupd.retention import Candidate, Decision
 from backupd.storage.base import StoredObject
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -410,3 +412,28 @@ def test_a_restore_chooses_among_its_own_engines_backups() -> None:
     assert choose(found, database="shop") is mysql
     with pytest.raises(ChoiceError, match="no complete backup of database 'shop'"):
         choose([mariadb], database="shop", engine="postgres")
+
+
+def test_list_shows_a_database_named_with_a_line_break_on_one_row() -> None:
+    """``DB_DATABASE=*`` backs up every database, whatever its name: ``list``'s table keeps one
+    row per backup, the name's control characters escaped as in logs and mail subjects."""
+    env = {"DB_HOST": "h", "DB_USER": "u", "DB_DATABASE": "*", "STORAGE_BUCKET_NAME": "bkt"}
+    target = load_target(env)
+    odd = "line\nbreak\x1b[2J"
+    backups = [backup(key_for(odd, 3), odd, at(3)), backup(key_for("shop", 2), "shop", at(2))]
+
+    decided = PruneResult(
+        "default",
+        dry_run=True,
+        decisions=[
+            Decision(Candidate(b.key, b.database or "", b.taken), True, ()) for b in backups
+        ],
+    )
+
+    lines = listing_lines(backups, target)
+    pruned = decided.lines()
+
+    assert len(lines) == 3
+    assert "line\\nbreak\\x1b[2J  " in lines[1]
+    assert "line\\nbreak\\x1b[2J  " in pruned[0]
+    assert all(line.isprintable() for line in lines + pruned)
