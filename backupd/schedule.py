@@ -148,8 +148,10 @@ def clock_went_back(reached: datetime, now: datetime) -> bool:
     """True when the wall clock ``now`` lies more than ``BACKWARD_TOLERANCE`` before
     ``reached``, the latest instant the schedule was computed from (the slot last started, or
     the wall clock then if later): the clock jumped back, and the next slot, computed from
-    ``reached``, may be as far ahead as the jump."""
-    return now < reached - BACKWARD_TOLERANCE
+    ``reached``, may be as far ahead as the jump. Measured on the time line: ``reached`` may be
+    a slot in its zone, where arithmetic is the wall clock's (a minute before 03:00 CEST on the
+    night clocks go forward is 02:59, which does not exist and reads as an hour later)."""
+    return now < reached.astimezone(UTC) - BACKWARD_TOLERANCE
 
 
 def resumed_slot(schedule: Schedule, reached: datetime, now: datetime) -> datetime | None:

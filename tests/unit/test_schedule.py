@@ -217,6 +217,19 @@ def test_a_small_step_back_right_after_a_slot_does_not_repeat_it(back: timedelta
     assert resumed_slot(schedule, max(ran, now), now - back) is None
 
 
+@pytest.mark.parametrize("back", [timedelta(seconds=1), timedelta(seconds=59)])
+def test_a_small_step_back_right_after_the_first_slot_past_the_spring_gap_does_not_repeat_it(
+    back: timedelta,
+) -> None:
+    """The slot is placed in its zone, as the daemon's are: 03:00 CEST, right after the gap,
+    where the wall time a minute earlier (02:59) does not exist."""
+    schedule = Schedule("0 3 * * *", "Europe/Berlin")
+    ran = next_fire(schedule, at(UTC, 2026, 3, 28, 12, 0))
+    now = ran.astimezone(UTC) - timedelta(seconds=0.5)
+
+    assert resumed_slot(schedule, max(ran, now), now - back) is None
+
+
 @pytest.mark.parametrize(
     ("expression", "jump"),
     [
