@@ -118,6 +118,13 @@ def next_fire(schedule: Schedule, after: datetime) -> datetime:
     return next(fires_after(schedule, after))
 
 
+def interval_after(schedule: Schedule, slot: datetime) -> timedelta:
+    """The time from ``slot`` to the scheduled instant after it, on the time line: from a
+    daily 02:00 slot to the next, placed at 03:00 on the night clocks go forward, is 24 hours
+    (the wall clock's arithmetic, which aware datetimes of one zone follow, says 25)."""
+    return next_fire(schedule, slot).astimezone(UTC) - slot.astimezone(UTC)
+
+
 def previous_fire(schedule: Schedule, at: datetime) -> datetime:
     """The last scheduled instant at or before ``at`` (an aware datetime): the slot a run that
     starts at ``at`` without a slot of its own (``RUN_ON_STARTUP``) stands for."""

@@ -46,3 +46,25 @@ async def test_runs_go_on_after_the_wall_clock_goes_back_hours(
         await scheduler
 
     assert abs(started[-1] - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+async def test_the_interval_metric_is_real_time_on_the_night_clocks_go_forward() -> None:
+    """The daily 02:00 slot the day before Berlin's clocks go forward is 24 hours before the
+    next, which runs at 03:00 CEST (02:00 does not exist); the wall clock's arithmetic said 25."""
+    settings = daemon_settings(CRON_SCHEDULE="0 2 * * *", TIMEZONE="Europe/Berlin")
+    daemon = Daemon(settings, clock=lambda: datetime(2026, 3, 28, 0, 30, tzinfo=UTC))
+    scheduler = asyncio.create_task(daemon._schedule(settings.targets[0]))
+    interval = None
+    try:
+        deadline = time.monotonic() + 5
+        while interval is None:
+            assert time.monotonic() < deadline, "timed out waiting for the interval metric"
+            await asyncio.sleep(0.01)
+            interval = daemon.metrics.registry.get_sample_value(
+                "backupd_schedule_interval_seconds", {"target": "default"}
+            )
+    finally:
+        daemon._stopping.set()
+        await scheduler
+
+    assert interval == timedelta(hours=24).total_seconds()

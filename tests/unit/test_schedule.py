@@ -16,6 +16,7 @@ from backupd.schedule import (
     clock_went_back,
     cron_problem,
     following_slot,
+    interval_after,
     next_fire,
     resumed_slot,
     sleep_step,
@@ -228,6 +229,24 @@ def test_a_small_step_back_right_after_the_first_slot_past_the_spring_gap_does_n
     now = ran.astimezone(UTC) - timedelta(seconds=0.5)
 
     assert resumed_slot(schedule, max(ran, now), now - back) is None
+
+
+@pytest.mark.parametrize(
+    ("expression", "after", "hours"),
+    [
+        ("0 2 * * *", at(UTC, 2026, 3, 27, 12, 0), 24),  # to 03:00 CEST: 02:00 does not exist
+        ("0 2 * * *", at(UTC, 2026, 3, 28, 12, 0), 23),  # from 03:00 CEST
+        ("0 2 * * *", at(UTC, 2026, 10, 24, 12, 0), 25),  # across the repeated hour
+        ("0 * * * *", at(UTC, 2026, 10, 24, 23, 30), 2),  # 02:00 CEST, then 03:00 CET
+        ("0 2 * * *", at(UTC, 2026, 5, 1, 12, 0), 24),
+    ],
+)
+def test_the_interval_after_a_slot_is_measured_on_the_time_line(
+    expression: str, after: datetime, hours: int
+) -> None:
+    schedule = Schedule(expression, "Europe/Berlin")
+
+    assert interval_after(schedule, next_fire(schedule, after)) == timedelta(hours=hours)
 
 
 @pytest.mark.parametrize(
