@@ -13,6 +13,10 @@ TIMEOUT = 10.0
 ATTEMPTS = 3
 MAX_REDIRECTS = 5
 """Redirects a POST follows (307 and 308 only; see ``request``)."""
+BUSY = frozenset({408, 429})
+"""Refusals that say "not now" (a request timeout, too many requests), tried again like a 5xx."""
+MAX_RETRY_AFTER = 10.0
+"""Seconds of a ``Retry-After`` the next attempt waits at most."""
 
 
 def payload(report: Report) -> dict[str, Any]:
@@ -53,7 +57,10 @@ async def request(url: str, data: bytes | None = None) -> None:
     it may hold a token, and aiohttp writes it normalised (host lower-cased, ``%7e`` as ``~``,
     a space as ``+``), in a spelling masking would not find.
 
-    Delivered means a 2xx answer. A POST follows only the redirects that keep it a POST with
+    Delivered means a 2xx answer; a 5xx, 408 or 429 is tried again, after the ``Retry-After``
+    the receiver asks for (at most ``MAX_RETRY_AFTER`` seconds): webhooks of chat services
+    allow a few posts a second, and a run's posts (one per database) go out together.
+    A POST follows only the redirects that keep it a POST with
     its body, 307 and 308 (RFC 9110, section 15.4: what an http:// to https:// redirect of a
     proxy such as Caddy or Traefik answers), up to ``MAX_REDIRECTS``; on a 301, 302 or 303 a
     client repeats it as a GET without the body, so the report would be lost while the
@@ -66,26 +73,30 @@ async def request(url: str, data: bytes | None = None) -> None:
     problem = "no attempt"
     async with ClientSession(timeout=ClientTimeout(total=TIMEOUT)) as session:
         for attempt in range(ATTEMPTS):
+            wait = 0.5 * (attempt + 1)
             try:
-                status, reason, located = await _send(session, url, data)
+                status, reason, located, later = await _send(session, url, data)
                 if status < 300:
                     return
                 problem = refusal(status, reason, located)
-                if status < 500:
+                if status < 500 and status not in BUSY:
                     break  # the receiver refuses the request itself: trying again won't help
+                wait = max(wait, min(later, MAX_RETRY_AFTER))
             except ClientConnectorError as failure:
                 problem = f"cannot connect: {failure.os_error.strerror or failure.os_error}"
             except TimeoutError:
                 problem = f"no answer within {TIMEOUT:.0f}s"
             except (ClientError, ValueError) as failure:
                 problem = type(failure).__name__
-            await asyncio.sleep(0.5 * (attempt + 1))
+            if attempt + 1 < ATTEMPTS:
+                await asyncio.sleep(wait)
     raise RuntimeError(problem)
 
 
-async def _send(session: Any, url: str, data: bytes | None) -> tuple[int, str | None, bool]:
+async def _send(session: Any, url: str, data: bytes | None) -> tuple[int, str | None, bool, float]:
     """One request (see ``request``), following a POST's 307 and 308 redirects; the last
-    answer's status, reason, and whether it named a ``Location``."""
+    answer's status, reason, whether it named a ``Location``, and the seconds its
+    ``Retry-After`` asks to wait (0 when none, or given as a date)."""
     target = url
     headers = {"Content-Type": "application/json"} if data is not None else {}
     for hop in range(MAX_REDIRECTS + 1):
@@ -96,7 +107,9 @@ async def _send(session: Any, url: str, data: bytes | None) -> tuple[int, str | 
             location = answer.headers.get("Location")
             keeps_body = answer.status in (307, 308) and data is not None
             if not (keeps_body and location and hop < MAX_REDIRECTS):
-                return answer.status, answer.reason, location is not None
+                later = answer.headers.get("Retry-After", "").strip()
+                wait = float(later) if later.isdecimal() else 0.0
+                return answer.status, answer.reason, location is not None, wait
             target = urljoin(str(answer.url), location)
     raise AssertionError("unreachable: the last hop returns")
 

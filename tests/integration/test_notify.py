@@ -566,6 +566,32 @@ def test_a_refused_webhook_or_ping_never_prints_its_url_in_any_spelling(
     assert "HookToken77" not in checked.stdout + checked.stderr
 
 
+@pytest.mark.parametrize("status", [429, 408])
+async def test_a_webhook_told_to_come_back_later_is_tried_again_after_the_wait_it_asks(
+    status: int,
+) -> None:
+    """Chat services' webhooks take a few posts a second and answer the rest 429 with a
+    ``Retry-After``: the report still arrives, that long after."""
+    arrived: list[tuple[float, bytes]] = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            arrived.append((time.monotonic(), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(status if len(arrived) == 1 else 200)
+            self.send_header("Retry-After", "2")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    with http_server(Busy) as url:
+        await webhook.request(f"{url}/hook", b'{"r": 1}')
+
+    assert [body for _, body in arrived] == [b'{"r": 1}', b'{"r": 1}']
+    assert arrived[1][0] - arrived[0][0] >= 1.9
+
+
 @pytest.mark.parametrize("status", [301, 302, 303])
 async def test_a_webhook_redirected_to_a_get_is_a_failure_and_a_redirected_ping_arrives(
     receiver: tuple[str, list[Received]], status: int
