@@ -184,6 +184,7 @@ async def _deliver(config: EmailConfig, messages: list[EmailMessage]) -> list[st
     )
     steps = ["implicit TLS"] if use_tls else []
     sent = 0
+    refused: dict[str, aiosmtplib.SMTPResponse] = {}
     try:
         async with asyncio.timeout(SEND_TIMEOUT) as deadline:
             await client.connect()
@@ -201,7 +202,7 @@ async def _deliver(config: EmailConfig, messages: list[EmailMessage]) -> list[st
                     steps.append(f"login as {config.user}")
                 for message in messages:
                     deadline.reschedule(asyncio.get_running_loop().time() + SEND_TIMEOUT)
-                    await client.send_message(message)
+                    refused.update((await client.send_message(message))[0])
                     sent += 1
                 if messages:
                     steps.append(f"sent to {len(config.recipients)} recipient(s)")
@@ -211,7 +212,21 @@ async def _deliver(config: EmailConfig, messages: list[EmailMessage]) -> list[st
     except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as error:
         done = f" (after {sent} of {len(messages)} mails)" if sent else ""
         raise NotifyError(_why(config, error) + done) from None
+    if refused:
+        raise NotifyError(_refused(config, refused))
     return steps
+
+
+def _refused(config: EmailConfig, refused: dict[str, aiosmtplib.SMTPResponse]) -> str:
+    """One line for recipients of EMAIL_TO the relay refused while it took the others (the
+    SMTP client reports only a refusal of every recipient as an error)."""
+    each = "; ".join(
+        f"{address}: {answer.code} {answer.message}" for address, answer in refused.items()
+    )
+    return (
+        f"EMAIL_SMTP {config.smtp}:{config.effective_port} refused EMAIL_TO recipient(s) "
+        f"({each}); the others got the mail"
+    )
 
 
 async def verify(config: EmailConfig) -> list[str]:

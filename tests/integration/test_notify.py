@@ -28,6 +28,7 @@ from backupd.config import EmailConfig, LogConfig
 from backupd.logs import setup_logging
 from backupd.notify import Report, State, webhook
 from backupd.notify import email as email_notify
+from backupd.notify.base import NotifyError
 from tests.conftest import S3_SECRET, pg_env, run_backupd, storage_env
 from tests.integration.test_prune import put_backup
 from tests.servers import FaultProxy, PostgresServer, free_port, http_server
@@ -280,6 +281,40 @@ def test_a_runs_mails_go_over_one_connection_to_a_relay_that_caps_them(
     assert controller.refused == 0
     subjects = [message["Subject"] for _, _, message in inbox.messages]
     assert subjects == [f"[backupd] default: backup of {name} succeeded" for name in names]
+
+
+class _PickyInbox(Inbox):
+    """A relay that takes mail for ops@ and refuses dba@ (not a mailbox it relays to)."""
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address.startswith("dba@"):
+            return "550 5.7.1 Relaying denied"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+async def test_a_recipient_the_relay_refuses_is_a_failure_naming_it() -> None:
+    """The relay takes the mail for the other recipient: the SMTP client raises nothing then."""
+    inbox = _PickyInbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        env = mail_env(controller.port)
+        del env["EMAIL_USER"], env["EMAIL_PASSWORD"]
+        config = EmailConfig.model_validate(env)
+        report = Report("t", "shop", "postgres", State.FAILED, datetime.now(UTC))
+        with pytest.raises(NotifyError) as refused:
+            await email_notify.send(config, report)
+    finally:
+        controller.stop()
+
+    said = str(refused.value)
+    assert "dba@example.com: 550 5.7.1 Relaying denied" in said and "EMAIL_TO" in said
+    assert "ops@example.com" not in said
+    ((_, recipients, _),) = inbox.messages
+    assert recipients == ["ops@example.com"]
 
 
 def test_mail_only_on_failure_when_asked(
