@@ -678,6 +678,11 @@ class EmailConfig(BaseModel):
         value = value.strip()
         if re.fullmatch(r"[^:\[\]]+:[0-9]+", value):
             raise ValueError("must be a host name alone; set its port in EMAIL_PORT")
+        if "://" in value:
+            raise ValueError(
+                "must be a host name alone, not a URL; set its port in EMAIL_PORT and "
+                "implicit TLS (smtps://) with EMAIL_TLS=ssl"
+            )
         if not value or not _resolvable(value, value):
             raise ValueError(
                 "its host has an empty part (two dots in a row) or a part over 63 characters, "

@@ -455,6 +455,8 @@ def test_a_url_host_the_resolver_takes_is_accepted(tmp_path: Path, url: str) -> 
             "smtp.example.com:587",
             "EMAIL_SMTP: must be a host name alone; set its port in EMAIL_PORT",
         ),
+        ("smtp://smtp.example.com", "EMAIL_SMTP: must be a host name alone, not a URL"),
+        ("smtps://smtp.example.com:465", "EMAIL_SMTP: must be a host name alone, not a URL"),
     ],
 )
 def test_an_smtp_relay_no_resolver_can_be_asked_for_is_a_problem(
