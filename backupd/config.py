@@ -159,6 +159,20 @@ class DatabaseConfig(BaseModel):
     def effective_port(self) -> int:
         return self.port if self.port is not None else DEFAULT_PORTS[self.engine]
 
+    @field_validator("host", "user")
+    @classmethod
+    def _one_word(cls, value: str) -> str:
+        """Without surrounding blanks: a value written as a YAML block (``DB_HOST: |``, a
+        Kubernetes ConfigMap) ends with a line break, which the resolver (or the server, for
+        a login name) took as part of it: every backup failed, on a name that looked right,
+        and ``check`` printed its lines broken."""
+        value = value.strip()
+        if not value:
+            raise ValueError("is blank")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
     @field_validator("database")
     @classmethod
     def _database_list(cls, value: str) -> str:

@@ -361,6 +361,31 @@ def test_once_runs_just_the_named_target_and_database(pg: PostgresServer, tmp_pa
     assert "--database 'a,b': name one database" in several.stderr
 
 
+def test_a_host_and_login_written_as_a_yaml_block_still_back_up(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """A Kubernetes ConfigMap's ``DB_HOST: |`` block ends the value with a line break."""
+    database = f"block_{uuid.uuid4().hex[:6]}"
+    pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS x;")
+    env = {
+        **pg_env(pg, database),
+        "DB_HOST": "127.0.0.1\n",
+        "DB_USER": f"{pg.user}\n",
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(tmp_path / "store"),
+    }
+
+    checked = run_backupd("check", env=env)
+    result = run_backupd("once", env=env)
+    tabbed = run_backupd("once", env={**env, "DB_HOST": "127.0.0.1\tx"})
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"postgres {database} at 127.0.0.1:{pg.port} -> folder" in checked.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert tabbed.returncode == 2
+    assert "DB_HOST: must not contain control characters" in no_traceback(tabbed)
+
+
 def test_restore_to_stdout_writes_the_verified_dump_for_a_pipe(
     pg: PostgresServer, tmp_path: Path
 ) -> None:
