@@ -67,12 +67,13 @@ async def verify_and_log(
         results = await verify_target(target, selection, progress)
     except BackupdError as error:
         results = [Checked(target.name, "*", None, problem=f"cannot list backups: {error}")]
-    for checked in results:
+    for checked, report in zip(results, reports_of(target, results), strict=True):
         line = mask(describe(checked), hidden)
+        extra = {"report": report.properties()}  # Seq and JSON logs, as a backup's line
         if checked.ok:
-            log.info("%s: %s", target.name, line)
+            log.info("%s: %s", target.name, line, extra=extra)
         else:
-            log.error("%s: %s", target.name, line)
+            log.error("%s: %s", target.name, line, extra=extra)
     return results
 
 

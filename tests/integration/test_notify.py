@@ -385,6 +385,27 @@ def test_seq_gets_structured_events(
     assert properties["DurationSeconds"] > 0
 
 
+def test_seq_gets_structured_verify_events(
+    pg: PostgresServer, shop: str, moto_url: str, bucket: str, receiver: tuple[str, list[Received]]
+) -> None:
+    """A verify's result is a structured event as a backup's is: Kind, Result, Database."""
+    url, seen = receiver
+    env = {**pg_env(pg, shop), **storage_env(moto_url, bucket)}
+    assert run_backupd("once", env=env).returncode == 0
+
+    result = run_backupd("verify", env={**env, "SEQ_URL": url})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    posts = [r for r in seen if r.path == "/api/events/raw"]
+    events = [event for r in posts for event in json.loads(r.body)["Events"]]
+    (verified,) = [e for e in events if e["Properties"].get("Kind") == "verify"]
+    properties = verified["Properties"]
+    assert properties["Result"] == "succeeded"
+    assert properties["Target"] == "default"
+    assert properties["Database"] == shop
+    assert properties["Key"].endswith(".dump")
+
+
 def test_the_last_events_reach_seq_when_logging_closes(
     receiver: tuple[str, list[Received]],
 ) -> None:
