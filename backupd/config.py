@@ -113,6 +113,20 @@ _FROZEN = ConfigDict(
 )
 
 
+def one_word(value: str) -> str:
+    """A host name or login without surrounding blanks: a value written as a YAML block
+    (``DB_HOST: |``, a Kubernetes ConfigMap) ends with a line break, which the resolver (or the
+    server, for a login name) took as part of it: every backup failed, on a name that looked
+    right, and ``check`` printed its lines broken. Raises ValueError when blank or holding a
+    control character."""
+    value = value.strip()
+    if not value:
+        raise ValueError("is blank")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 class DatabaseConfig(BaseModel):
     """Which database to dump, and how to log in."""
 
@@ -162,16 +176,7 @@ class DatabaseConfig(BaseModel):
     @field_validator("host", "user")
     @classmethod
     def _one_word(cls, value: str) -> str:
-        """Without surrounding blanks: a value written as a YAML block (``DB_HOST: |``, a
-        Kubernetes ConfigMap) ends with a line break, which the resolver (or the server, for
-        a login name) took as part of it: every backup failed, on a name that looked right,
-        and ``check`` printed its lines broken."""
-        value = value.strip()
-        if not value:
-            raise ValueError("is blank")
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise ValueError("must not contain control characters")
-        return value
+        return one_word(value)
 
     @field_validator("database")
     @classmethod
@@ -946,6 +951,11 @@ class VerifyConfig(BaseModel):
     password: SecretStr | None = Field(
         None, alias="VERIFY_DB_PASSWORD", description="Password on VERIFY_DB_HOST"
     )
+
+    @field_validator("host", "user")
+    @classmethod
+    def _one_word(cls, value: str | None) -> str | None:
+        return None if value is None else one_word(value)
 
     @field_validator("schedule")
     @classmethod

@@ -401,3 +401,14 @@ def test_a_name_outside_its_pattern_is_said_in_words_not_as_a_regular_expression
     )
     assert "REPLICA_ID: must hold only letters A-Z and a-z, digits and . @ : _ -" in problems
     assert not any("pattern" in p for p in problems)
+
+
+def test_the_drill_server_s_host_and_login_lose_a_yaml_block_s_line_break() -> None:
+    """As DB_HOST and DB_USER do: a ConfigMap's ``VERIFY_DB_HOST: |`` ends with a line break,
+    and every drill failed on a host name that looked right."""
+    target = load_target(
+        {**MINIMAL, "VERIFY_DB_HOST": "drills.internal\n", "VERIFY_DB_USER": " u\n"}
+    )
+    assert (target.verify.host, target.verify.user) == ("drills.internal", "u")
+    problems = problems_of({**MINIMAL, "VERIFY_DB_HOST": "drills\tinternal"})
+    assert "VERIFY_DB_HOST: must not contain control characters" in problems
