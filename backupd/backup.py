@@ -437,7 +437,14 @@ async def _remove_own(storage: Storage, written: list[str]) -> str | None:
             log.info("removed %s: this run did not finish", key)
             continue
         problem = removal.exception() if done else f"no answer in {REMOVAL_TIMEOUT_S:.0f}s"
-        if key == written[0]:
+        if key == written[0] and len(written) == 1:  # its commit failed, or was cut short
+            left = (
+                f"this run's object {key} may have been written (the upload's last request "
+                f"failed or went unanswered) and could not be removed after the run failed "
+                f"({problem}); if it was, it has no manifest, so it lists as incomplete and "
+                "retention removes it later"
+            )
+        elif key == written[0]:
             left = (
                 f"this run's object {key} could not be removed after the run failed ({problem}); "
                 "it has no manifest, so it lists as incomplete and retention removes it later"
