@@ -57,7 +57,7 @@ from backupd.schedule import (
     Schedule,
     clock_went_back,
     following_slot,
-    interval_after,
+    interval_before,
     next_fire,
     previous_fire,
     resumed_slot,
@@ -301,7 +301,7 @@ class Daemon:
         slot = next_fire(schedule, reached)
         while not self._stopping.is_set():
             self.metrics.next_run.labels(target.name).set(slot.timestamp())
-            interval = interval_after(schedule, slot)
+            interval = interval_before(schedule, slot)
             self.metrics.interval.labels(target.name).set(interval.total_seconds())
             now = await self._sleep_until(slot, reached)
             if now is None:

@@ -94,7 +94,8 @@ class Metrics:
 
         self.interval = Gauge(
             "backupd_schedule_interval_seconds",
-            "Seconds between the target's current and next scheduled run (for staleness alerts)",
+            "Seconds from the scheduled run before the target's next one to that next one "
+            "(for staleness alerts)",
             ["target"],
             registry=self.registry,
         )

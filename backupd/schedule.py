@@ -118,11 +118,15 @@ def next_fire(schedule: Schedule, after: datetime) -> datetime:
     return next(fires_after(schedule, after))
 
 
-def interval_after(schedule: Schedule, slot: datetime) -> timedelta:
-    """The time from ``slot`` to the scheduled instant after it, on the time line: from a
-    daily 02:00 slot to the next, placed at 03:00 on the night clocks go forward, is 24 hours
-    (the wall clock's arithmetic, which aware datetimes of one zone follow, says 25)."""
-    return next_fire(schedule, slot).astimezone(UTC) - slot.astimezone(UTC)
+def interval_before(schedule: Schedule, slot: datetime) -> timedelta:
+    """The time from the scheduled instant before ``slot`` to ``slot``, on the time line: the
+    longest a target waiting for ``slot`` goes without a run when the one before succeeded.
+    A weekday schedule's Monday slot is 72 hours after Friday's (the 24 hours after Monday
+    made a staleness alert fire every weekend); a daily 02:00 slot placed at 03:00 on the
+    night clocks go forward is 24 hours after the one before (the wall clock's arithmetic,
+    which aware datetimes of one zone follow, says 25)."""
+    before = previous_fire(schedule, slot - timedelta(microseconds=1))
+    return slot.astimezone(UTC) - before.astimezone(UTC)
 
 
 def previous_fire(schedule: Schedule, at: datetime) -> datetime:

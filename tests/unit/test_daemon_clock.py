@@ -49,10 +49,10 @@ async def test_runs_go_on_after_the_wall_clock_goes_back_hours(
 
 
 async def test_the_interval_metric_is_real_time_on_the_night_clocks_go_forward() -> None:
-    """The daily 02:00 slot the day before Berlin's clocks go forward is 24 hours before the
-    next, which runs at 03:00 CEST (02:00 does not exist); the wall clock's arithmetic said 25."""
+    """The daily 02:00 slot of the night Berlin's clocks go forward runs at 03:00 CEST (02:00
+    does not exist), 24 hours after the one before; the wall clock's arithmetic says 25."""
     settings = daemon_settings(CRON_SCHEDULE="0 2 * * *", TIMEZONE="Europe/Berlin")
-    daemon = Daemon(settings, clock=lambda: datetime(2026, 3, 28, 0, 30, tzinfo=UTC))
+    daemon = Daemon(settings, clock=lambda: datetime(2026, 3, 29, 0, 30, tzinfo=UTC))
     scheduler = asyncio.create_task(daemon._schedule(settings.targets[0]))
     interval = None
     try:
