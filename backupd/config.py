@@ -127,6 +127,16 @@ def one_word(value: str) -> str:
     return value
 
 
+def host_alone(value: str, port_variable: str) -> str:
+    """``value`` when it is not ``host:port`` (one colon, digits after it; an IPv6 address has
+    several): a port written into the host name reached the resolver as part of the name, and
+    the failure ("could not translate host name") did not point to the port's own variable.
+    Raises ValueError naming ``port_variable``."""
+    if re.fullmatch(r"[^:\[\]]+:[0-9]+", value):
+        raise ValueError(f"must be a host name alone; set its port in {port_variable}")
+    return value
+
+
 class DatabaseConfig(BaseModel):
     """Which database to dump, and how to log in."""
 
@@ -177,6 +187,11 @@ class DatabaseConfig(BaseModel):
     @classmethod
     def _one_word(cls, value: str) -> str:
         return one_word(value)
+
+    @field_validator("host")
+    @classmethod
+    def _no_port(cls, value: str) -> str:
+        return host_alone(value, "DB_PORT")
 
     @field_validator("database")
     @classmethod
@@ -694,9 +709,7 @@ class EmailConfig(BaseModel):
         """A host name or address the resolver can be asked for; a port goes in EMAIL_PORT."""
         if value is None:
             return None
-        value = value.strip()
-        if re.fullmatch(r"[^:\[\]]+:[0-9]+", value):
-            raise ValueError("must be a host name alone; set its port in EMAIL_PORT")
+        value = host_alone(value.strip(), "EMAIL_PORT")
         if "://" in value:
             raise ValueError(
                 "must be a host name alone, not a URL; set its port in EMAIL_PORT and "
@@ -956,6 +969,11 @@ class VerifyConfig(BaseModel):
     @classmethod
     def _one_word(cls, value: str | None) -> str | None:
         return None if value is None else one_word(value)
+
+    @field_validator("host")
+    @classmethod
+    def _no_port(cls, value: str | None) -> str | None:
+        return None if value is None else host_alone(value, "VERIFY_DB_PORT")
 
     @field_validator("schedule")
     @classmethod

@@ -412,3 +412,27 @@ def test_the_drill_server_s_host_and_login_lose_a_yaml_block_s_line_break() -> N
     assert (target.verify.host, target.verify.user) == ("drills.internal", "u")
     problems = problems_of({**MINIMAL, "VERIFY_DB_HOST": "drills\tinternal"})
     assert "VERIFY_DB_HOST: must not contain control characters" in problems
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "port"),
+    [
+        ("DB_HOST", "127.0.0.1:5432", "DB_PORT"),
+        ("DB_HOST", "db.internal:3306", "DB_PORT"),
+        ("VERIFY_DB_HOST", "drills:5432", "VERIFY_DB_PORT"),
+        ("EMAIL_SMTP", "mail.example.com:587", "EMAIL_PORT"),
+    ],
+)
+def test_a_port_written_into_a_host_name_is_a_problem_naming_the_port_s_variable(
+    name: str, value: str, port: str
+) -> None:
+    """It reached the resolver as part of the name: "could not translate host name", at the
+    first backup, with no word of the port's own variable."""
+    assert f"{name}: must be a host name alone; set its port in {port}" in problems_of(
+        {**MINIMAL, name: value}
+    )
+
+
+def test_an_ipv6_address_or_a_sql_server_instance_is_a_host_name() -> None:
+    for host in ("::1", "fe80::1%eth0", "tcp:sql.internal,1433", "sql.internal\\\\SQLEXPRESS"):
+        assert load_target({**MINIMAL, "DB_HOST": host}).database.host == host
