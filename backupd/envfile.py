@@ -98,12 +98,15 @@ def parse(text: str, origin: str = ".env") -> EnvFile:
     return result
 
 
-def read(path: Path) -> EnvFile:
-    """Read and parse ``path``; a file that cannot be read is one problem, never an exception."""
+def read(path: Path, named: str | None = None) -> EnvFile:
+    """Read and parse ``path``; a file that cannot be read is one problem, never an exception,
+    saying where the file was given (``named``, e.g. ``--env-file FILE``; the path itself by
+    default)."""
+    where = named if named is not None else str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        return EnvFile(problems=[f"{path}: not UTF-8 text"])
+        return EnvFile(problems=[f"{where}: not UTF-8 text"])
     except OSError as error:
-        return EnvFile(problems=[f"{path}: cannot read: {error.strerror or error}"])
+        return EnvFile(problems=[f"{where}: cannot read: {error.strerror or error}"])
     return parse(text, str(path))

@@ -550,7 +550,7 @@ def read_environment(
     if dotenv is not None and (required or dotenv.exists()):
         if not dotenv.exists():
             raise ConfigError([f"--env-file {dotenv}: no such file"])
-        parsed = envfile.read(dotenv)
+        parsed = envfile.read(dotenv, f"--env-file {dotenv}" if required else None)
         if parsed.problems:
             raise ConfigError(parsed.problems)
         merged.update(parsed.values)

@@ -127,6 +127,9 @@ def test_missing_env_file_is_exit_2_and_the_default_one_is_optional(
     no_traceback(missing)
     assert missing.returncode == 2
     assert f"--env-file {tmp_path / 'prod.env'}: no such file" in missing.stderr
+    folder = run_backupd("--env-file", str(tmp_path), "check", env={})
+    assert folder.returncode == 2
+    assert f"--env-file {tmp_path}: cannot read: Is a directory" in no_traceback(folder)
 
     (tmp_path / "prod.env").write_text(
         "".join(f"{k}='{v}'\n" for k, v in local_env(pg, tmp_path / "b").items())
