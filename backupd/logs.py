@@ -163,6 +163,12 @@ def _seq_handler(config: LogConfig, console: logging.Handler, drops: _Drops) -> 
 
         def _build_event_data(self, record: logging.LogRecord) -> dict[str, Any]:
             event: dict[str, Any] = super()._build_event_data(record)
+            template = event.get("MessageTemplate")
+            if isinstance(template, str):
+                # The message arrives formatted (and masked): as a template, a brace in it (a
+                # database named "{Database}") would be read as a property to fill in. A
+                # doubled brace is a literal one (messagetemplates.org).
+                event["MessageTemplate"] = template.replace("{", "{{").replace("}", "}}")
             fields = {**extra, **getattr(record, "report", {})}
             event.setdefault("Properties", event).update(fields)
             return event

@@ -430,6 +430,27 @@ def test_the_last_events_reach_seq_when_logging_closes(
         root.setLevel(level)
 
 
+def test_a_brace_in_a_message_reaches_seq_as_a_literal_brace(
+    receiver: tuple[str, list[Received]],
+) -> None:
+    """Seq reads MessageTemplate as a template: a database named "{Database}" showed the
+    event's Database property in its place."""
+    url, seen = receiver
+    config = LogConfig.model_validate({"SEQ_URL": url})
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    try:
+        logs = setup_logging(config, [], io.StringIO())
+        logging.getLogger("backupd.test").warning("backing up %s", "{Database} and {0}")
+        logs.close()
+    finally:
+        root.handlers[:], level = before
+        root.setLevel(level)
+
+    (event,) = [e for r in seen for e in json.loads(r.body)["Events"]]
+    assert event["MessageTemplate"] == "backing up {{Database}} and {{0}}"
+
+
 @pytest.fixture
 def stalled_seq() -> Iterator[tuple[str, threading.Event]]:
     """A slow Seq: each answer takes half a second, until the event is set."""
