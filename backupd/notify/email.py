@@ -106,8 +106,10 @@ def _message(config: EmailConfig, subject_line: str, text: str) -> EmailMessage:
     message["To"] = ", ".join(config.recipients)
     message["Subject"] = subject_line
     message["Date"] = email.utils.formatdate(localtime=True)
-    domain = (config.sender or "").rpartition("@")[2] or None
-    message["Message-ID"] = email.utils.make_msgid("backupd", domain=domain)
+    # The sender's domain (of "Name <name@example.org>" too); none for a bare local name
+    # ("root", which a local relay completes): Python's make_msgid then uses the host's name.
+    _, at, domain = email.utils.parseaddr(config.sender or "")[1].rpartition("@")
+    message["Message-ID"] = email.utils.make_msgid("backupd", domain=domain if at else None)
     message.set_content(text)
     return message
 

@@ -41,6 +41,24 @@ def test_every_mail_has_a_date_and_a_unique_message_id() -> None:
 
 
 @pytest.mark.parametrize(
+    ("sender", "ends"),
+    [
+        ("Backups <backupd@example.org>", "@example.org>"),  # was "@example.org>>"
+        ("root", None),  # was "@root>"
+    ],
+)
+def test_the_message_id_takes_the_sender_s_domain_when_it_has_one(
+    sender: str, ends: str | None
+) -> None:
+    report = Report("t", "app", "postgres", State.SUCCEEDED, datetime.now(UTC))
+
+    message_id = compose(mail_config(EMAIL_FROM=sender), report)["Message-ID"]
+
+    assert message_id.startswith("<") and message_id.count(">") == 1
+    assert message_id.endswith(ends) if ends else not message_id.endswith("@root>")
+
+
+@pytest.mark.parametrize(
     ("extra", "error", "line"),
     [
         (
