@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -425,11 +426,17 @@ def test_a_run_queued_for_a_dump_slot_does_not_start_after_sigterm(
     A finishes, B never starts."""
     pg.create_database("locked_db", "CREATE TABLE t AS SELECT 1 AS x;")
     pg.create_database("queued_db", "CREATE TABLE t AS SELECT 1 AS x;")
-    lock = "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;"
-    holder = threading.Thread(target=pg.psql, args=(lock, "locked_db"))
-    holder.start()
+    # Held until A is seen under way, however long the daemon takes to start (held a fixed
+    # few seconds, the lock could be gone, and A's short dump come and go unseen).
+    holder = subprocess.Popen(
+        ["psql", "-X", "-c", "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120)"],
+        env={**os.environ, **pg.env("locked_db")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     held = "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted"
     wait_until(lambda: pg.psql(held).strip() != "0", 10, "the lock on locked_db")
+    port = free_port()
     env = {
         **pg_env(pg, "locked_db"),
         "STORAGE_TYPE": "local",
@@ -438,13 +445,26 @@ def test_a_run_queued_for_a_dump_slot_does_not_start_after_sigterm(
         "B_DB_DATABASE": "queued_db",
         "MAX_CONCURRENT_BACKUPS": "1",
         "CRON_SCHEDULE": "0 0 1 1 *",  # the start-up runs only
-        "HTTP_PORT": str(free_port()),
+        "HTTP_PORT": str(port),
         "HTTP_HOST": "127.0.0.1",
     }
-    process = start_daemon(env, daemon_process)
-    wait_until(lambda: bool(dump_processes("locked_db")), 20, "A's dump to wait on the lock")
-    output = stop(process)
-    holder.join()
+
+    def a_under_way() -> bool:
+        _, text = fetch(port, "/metrics")
+        return metric(text, "backupd_runs_in_progress", target="a") == 1
+
+    try:
+        process = start_daemon(env, daemon_process)
+        wait_until(a_under_way, 60, "A under way, waiting on the lock")
+        release = "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+        release += " WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()"
+        released = threading.Timer(1.0, pg.psql, args=(release,))
+        released.start()  # after the SIGTERM below: A is still under way when it comes
+        output = stop(process)
+        released.join()
+    finally:
+        holder.kill()
+        holder.wait()
 
     assert process.returncode == 0, output
     assert "backup of a locked_db succeeded" in output
