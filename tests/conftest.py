@@ -220,6 +220,19 @@ def run_backupd(
     )
 
 
+def ok(*args: str, env: dict[str, str]) -> str:
+    """``backupd ARGS``'s output, once it has succeeded without a traceback."""
+    result = run_backupd(*args, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def unique(prefix: str) -> str:
+    """A database (or other) name no other test uses: ``prefix`` and 8 random hex digits."""
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
 def bucket_state(s3: Any, bucket: str) -> tuple[list[str], list[str]]:
     """(keys, keys with an open multipart upload)."""
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]

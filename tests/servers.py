@@ -852,6 +852,46 @@ def silent_server() -> Iterator[int]:
                 connection.close()
 
 
+@dataclass
+class Received:
+    """One request a recording server got."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def line(self) -> str:
+        """``"POST /hook"``."""
+        return f"{self.method} {self.path}"
+
+
+@contextlib.contextmanager
+def recording_server(answer_after: float = 0.0) -> Iterator[tuple[str, list[Received]]]:
+    """A loopback HTTP server recording each GET and POST as it arrives and answering it 200
+    ``answer_after`` seconds later (a webhook or ping service, slow when asked): its base URL
+    and the requests so far."""
+    seen: list[Received] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            seen.append(Received(self.command, self.path, dict(self.headers), body))
+            time.sleep(answer_after)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _record
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    with http_server(Recorder) as url:
+        yield url, seen
+
+
 @contextlib.contextmanager
 def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """``handler`` answering on a free loopback port, from threads: its base URL. The

@@ -10,9 +10,7 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,9 @@ from tests.servers import (
     FaultProxy,
     MariaDBServer,
     PostgresServer,
+    Received,
     free_port,
-    http_server,
+    recording_server,
     wait_until,
 )
 
@@ -78,26 +77,10 @@ def daemon_process() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 @pytest.fixture
-def slow_receiver() -> Iterator[tuple[str, list[str]]]:
-    """A local HTTP server that records each request ("POST /hook") as it arrives and answers
-    it ``SLOW_ANSWER`` seconds later: a slow webhook or ping service."""
-    seen: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            seen.append(f"{self.command} {self.path}")
-            time.sleep(SLOW_ANSWER)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, *args: Any) -> None:
-            return None
-
-    with http_server(Handler) as url:
+def slow_receiver() -> Iterator[tuple[str, list[Received]]]:
+    """A local HTTP server that records each request as it arrives and answers it
+    ``SLOW_ANSWER`` seconds later: a slow webhook or ping service."""
+    with recording_server(SLOW_ANSWER) as (url, seen):
         yield url, seen
 
 
@@ -240,23 +223,9 @@ def test_a_backup_cut_short_by_sigterm_is_reported_as_failed_with_what_it_had_fi
     /fail ping, metrics), and nothing is left in the bucket but the stored one."""
     pg.create_database("cut_first", "CREATE TABLE t AS SELECT 1 AS x;")
     pg.create_database("cut_last", "CREATE TABLE t AS SELECT 1 AS x;")
-    seen: list[tuple[str, bytes]] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def _record(self) -> None:
-            seen.append((self.path, self.rfile.read(int(self.headers.get("Content-Length", "0")))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        do_GET = do_POST = _record
-
-        def log_message(self, *args: Any) -> None:
-            return None
-
     proxy.part_delay = 2.0
     port = free_port()
-    with http_server(Receiver) as url:
+    with recording_server() as (url, seen):
         env = {
             **pg_env(pg, f"cut_first,{big_pg_database},cut_last"),
             **storage_env(proxy.url, bucket),
@@ -275,7 +244,7 @@ def test_a_backup_cut_short_by_sigterm_is_reported_as_failed_with_what_it_had_fi
         output = stop(process)
 
     assert process.returncode == 0, output
-    hooks = [json.loads(body) for path, body in seen if path == "/hook"]
+    hooks = [json.loads(r.body) for r in seen if r.path == "/hook"]
     told = {hook["database"]: (hook["result"], hook["step"]) for hook in hooks}
     assert told == {
         "cut_first": ("succeeded", None),
@@ -283,7 +252,7 @@ def test_a_backup_cut_short_by_sigterm_is_reported_as_failed_with_what_it_had_fi
         "cut_last": ("failed", "shutdown"),
     }
     assert all("SHUTDOWN_TIMEOUT" in hook["error"] for hook in hooks if hook["step"])
-    assert [path for path, _ in seen if path.startswith("/ping")] == ["/ping/start", "/ping/fail"]
+    assert [r.path for r in seen if r.path.startswith("/ping")] == ["/ping/start", "/ping/fail"]
     keys, uploads = bucket_state(s3, bucket)
     assert uploads == []
     assert [key for key in keys if not key.endswith(".manifest.json")] == [
@@ -380,7 +349,7 @@ def test_healthcheck_command_follows_the_daemon(
 def test_slow_notifications_hold_no_dump_slot_and_are_sent_before_exit(
     pg: PostgresServer,
     tmp_path: Path,
-    slow_receiver: tuple[str, list[str]],
+    slow_receiver: tuple[str, list[Received]],
     daemon_process: list[subprocess.Popen[str]],
 ) -> None:
     """A's webhook and pings take seconds to answer; A and B share one dump slot. Both still
@@ -415,8 +384,9 @@ def test_slow_notifications_hold_no_dump_slot_and_are_sent_before_exit(
     assert process.returncode == 0, output
     assert "cancelling" not in output
     runs = len(re.findall(r"backup of a notified_db succeeded", output))
-    assert seen.count("POST /hook") == runs
-    assert seen.count("GET /ping/start") == seen.count("GET /ping") == runs
+    lines = [r.line for r in seen]
+    assert lines.count("POST /hook") == runs
+    assert lines.count("GET /ping/start") == lines.count("GET /ping") == runs
 
 
 def test_a_run_queued_for_a_dump_slot_does_not_start_after_sigterm(

@@ -3,7 +3,6 @@ backup and restore, and each way verification fails, as one line with nothing le
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,11 @@ from tests.conftest import (
     pg_env,
     run_backupd,
     storage_env,
+    unique,
 )
 from tests.servers import CERTIFIED_USER, OTHER_LOOPBACK, MariaDBServer, PostgresServer
 
 DATA = Path(__file__).parent.parent / "data"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(params=["postgres", "mariadb"])

@@ -23,6 +23,7 @@ from tests.conftest import (
     pg_env,
     run_backupd,
     storage_env,
+    unique,
 )
 from tests.integration import test_mssql, test_notify
 from tests.integration.test_failures import finish, slow_upload_env, start_backupd
@@ -39,10 +40,6 @@ sqlcmd = test_mssql.sqlcmd  # the stand-in SQL Server's fixture
 smtp = test_notify.smtp  # a real SMTP server (aiosmtpd) with AUTH
 # The test SMTP server takes AUTH without TLS (EMAIL_TLS=none): no certificates here.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

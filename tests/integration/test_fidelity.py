@@ -14,26 +14,22 @@ import os
 import pwd
 import stat
 import sys
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from backupd.catalogue import MANIFEST_SUFFIX
-from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, s3_client, storage_env
+from tests.conftest import (
+    bucket_state,
+    mariadb_env,
+    ok,
+    pg_env,
+    run_backupd,
+    s3_client,
+    storage_env,
+    unique,
+)
 from tests.servers import MariaDBServer, PostgresServer
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-def ok(*args: str, env: dict[str, str]) -> str:
-    result = run_backupd(*args, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    return result.stdout + result.stderr
-
 
 PG_TORTURE = r"""
 CREATE EXTENSION citext;

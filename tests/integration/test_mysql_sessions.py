@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import mariadb_env, run_backupd, storage_env
-from tests.integration.test_fidelity import ok, unique
+from tests.conftest import mariadb_env, ok, run_backupd, storage_env, unique
 from tests.servers import MariaDBServer
 
 

@@ -31,7 +31,7 @@ from backupd.notify import email as email_notify
 from backupd.notify.base import NotifyError
 from tests.conftest import S3_SECRET, pg_env, run_backupd, storage_env
 from tests.integration.test_prune import put_backup
-from tests.servers import FaultProxy, PostgresServer, free_port, http_server
+from tests.servers import FaultProxy, PostgresServer, Received, free_port, http_server
 
 # The test SMTP server takes AUTH without TLS (EMAIL_TLS=none): no certificates here.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -81,14 +81,6 @@ def smtp() -> Iterator[tuple[int, Inbox]]:
     controller.start()
     yield port, inbox
     controller.stop()
-
-
-@dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
 
 
 @pytest.fixture

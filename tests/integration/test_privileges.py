@@ -3,24 +3,12 @@ only read backs up a database whole, and the restore (by an administrator) gives
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-from tests.conftest import mariadb_env, pg_env, run_backupd, storage_env
+from tests.conftest import mariadb_env, ok, pg_env, storage_env, unique
 from tests.servers import MariaDBServer, PostgresServer
 
 READER_PASSWORD = "reader-pass-7f3a"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-def ok(*args: str, env: dict[str, str]) -> str:
-    result = run_backupd(*args, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    return result.stdout + result.stderr
 
 
 def test_a_postgres_role_with_pg_read_all_data_backs_up_a_whole_database(

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,7 +26,7 @@ from backupd.prune import prune
 from backupd.storage.local import LocalStorage
 from tests.conftest import backupd_command, child_env, pg_env, run_backupd, storage_env
 from tests.integration.test_daemon import fetch, metric, start_daemon, stop
-from tests.servers import FaultProxy, PostgresServer, free_port, http_server, wait_until
+from tests.servers import FaultProxy, PostgresServer, free_port, recording_server, wait_until
 
 BERLIN = ZoneInfo("Europe/Berlin")
 FOLDER = "backups/app"
@@ -512,20 +511,8 @@ def test_a_failed_prune_of_the_service_is_counted_for_alerts_and_told(
         proxy.access_denied = lambda method, target: method == "POST" and "?delete" in target
     else:
         proxy.refuse_each_delete = True
-    posted: list[dict[str, Any]] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            return None
-
     port = free_port()
-    with http_server(Hook) as hook_url:
+    with recording_server() as (hook_url, seen):
         env = {
             **pg_env(pg, database),
             **storage_env(proxy.url, bucket),
@@ -541,7 +528,7 @@ def test_a_failed_prune_of_the_service_is_counted_for_alerts_and_told(
         def prune_failed() -> bool:
             _, text = fetch(port, "/metrics")
             counted = metric(text, "backupd_prune_runs_total", target="default", result="failure")
-            return counted >= 1 and len(posted) >= 2
+            return counted >= 1 and len(seen) >= 2
 
         wait_until(prune_failed, 60, "the failed prune counted and told")
         _, text = fetch(port, "/metrics")
@@ -552,6 +539,7 @@ def test_a_failed_prune_of_the_service_is_counted_for_alerts_and_told(
     assert metric(text, "backupd_prune_runs_total", target="default", result="success") == 0
     assert "pruning FAILED" in output
     assert len([k for k in keys_of(s3, bucket) if k.endswith(".dump")]) == 4
+    posted = [json.loads(r.body) for r in seen]
     assert sorted((p["kind"], p["result"]) for p in posted) == [
         ("backup", "succeeded"),
         ("prune", "failed"),

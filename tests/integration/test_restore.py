@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,12 @@ from tests.conftest import (
     pg_env,
     run_backupd,
     storage_env,
+    unique,
 )
 from tests.integration.test_secrets import ProcessWatcher
 from tests.servers import FaultProxy, MariaDBServer, PostgresServer, wait_until
 
 DATA = Path(__file__).parent.parent / "data"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
 def backup(env: dict[str, str]) -> None:

@@ -6,14 +6,13 @@ import gzip
 import hashlib
 import json
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zstandard
 
-from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env
+from tests.conftest import bucket_state, mariadb_env, pg_env, run_backupd, storage_env, unique
 from tests.servers import MariaDBServer, PostgresServer
 
 DATA = Path(__file__).parent.parent / "data"
@@ -27,10 +26,6 @@ MARIADB_BULK = (
     "CREATE TABLE bulk (id INT PRIMARY KEY, payload CHAR(64)) ENGINE=InnoDB;"
     "INSERT INTO bulk SELECT seq, CONCAT(MD5(seq), MD5(seq * 7)) FROM seq_1_to_200000;"
 )
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
 def fetch_backup(s3: Any, bucket: str) -> tuple[str, bytes, dict[str, Any]]:

@@ -6,7 +6,6 @@ import json
 import re
 import signal
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tests.conftest import (
     pg_env,
     run_backupd,
     storage_env,
+    unique,
 )
 from tests.integration import test_notify
 from tests.integration.test_daemon import fetch, metric
@@ -29,10 +29,6 @@ from tests.servers import MariaDBServer, PostgresServer, free_port, wait_until
 
 DATA = Path(__file__).parent.parent / "data"
 receiver = test_notify.receiver  # a local HTTP server recording the webhook's POSTs
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
 def backup(env: dict[str, str]) -> None:
