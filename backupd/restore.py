@@ -341,7 +341,8 @@ async def _to_file(
     except OSError as error:
         raise RestoreError(f"cannot write {path}: {error.strerror or error}") from error
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never created (a read-only folder, not a folder)
+            temporary.unlink()
 
 
 async def _to_stdout(

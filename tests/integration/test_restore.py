@@ -452,3 +452,17 @@ def test_a_newer_backup_whose_manifest_is_damaged_is_named_when_an_older_one_is_
     warning = next(line for line in result.stdout.splitlines() if "WARNING" in line)
     assert f"{newest} is a newer backup of {database} that is not complete" in warning
     assert "is not a backupd manifest" in warning and f"restoring the older {older}" in warning
+
+
+def test_to_file_where_no_file_can_be_made_is_one_line(pg: PostgresServer, tmp_path: Path) -> None:
+    database = unique("export")
+    pg.create_database(database, "CREATE TABLE t (n int); INSERT INTO t VALUES (1);")
+    env = {**pg_env(pg, database), "STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(tmp_path)}
+    backup(env)
+    (tmp_path / "a_file").write_text("in the way\n")
+
+    result = run_backupd("restore", "--to-file", str(tmp_path / "a_file" / "x.dump"), env=env)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-800:]
+    assert f"cannot write {tmp_path / 'a_file' / 'x.dump'}: Not a directory" in result.stdout
