@@ -41,7 +41,7 @@ from backupd.errors import BackupdError
 from backupd.process import Child, describe_status, spawn, stall_guard
 from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, Source, source_for
-from backupd.sources.base import ScriptFilter
+from backupd.sources.base import ScriptFilter, deleted_afterwards
 from backupd.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -519,11 +519,9 @@ async def _through_shared_file(
     shared volume, have the server restore it, and delete it whatever happens."""
     assert request.into is not None
     server_path, local_path = source.paths(f"restore_{secrets.token_hex(6)}.bak")
-    try:
+    async with deleted_afterwards(local_path):
         await _to_file(storage, backup, local_path, request.progress, request.identity)
         await source.restore_from_file(server_path, request.into, request.clean)
-    finally:
-        await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
 
 
 def _check_engine(target: TargetConfig, manifest: Manifest | None) -> None:

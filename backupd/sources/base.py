@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ from backupd.errors import DumpError
 from backupd.parts import Readable, fill
 from backupd.process import LONG_WAIT, Command, describe_status, spawn
 from backupd.sources.session import DumpSession
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from backupd.catalogue import Backup
@@ -241,3 +245,32 @@ class FileReader:
 
     def _fill(self, target: io.BytesIO | bytearray) -> int:
         return fill(target, self._handle.readinto)
+
+
+@contextlib.asynccontextmanager
+async def deleted_afterwards(path: Path) -> AsyncIterator[None]:
+    """``path``, a file on SQL Server's shared volume, is deleted however the block ends,
+    cancellation included. A file that cannot be deleted (a volume backupd may read but not
+    write) fails the block with a line naming MSSQL_LOCAL_DIR, never taken for the storage's
+    error; when the block failed already, the line is logged and the block's own error raised."""
+    try:
+        yield
+    except BaseException:
+        if (problem := await _delete(path)) is not None:
+            log.error("%s", problem)
+        raise
+    if (problem := await _delete(path)) is not None:
+        raise DumpError(problem)
+
+
+async def _delete(path: Path) -> str | None:
+    try:
+        await asyncio.shield(asyncio.to_thread(path.unlink, missing_ok=True))
+    except OSError as error:
+        if not await asyncio.to_thread(os.path.lexists, path):
+            return None  # never made: a read-only volume refuses even to look for it
+        return (
+            f"cannot delete {path} from MSSQL_LOCAL_DIR: {error.strerror or error}; backupd "
+            "must be able to delete files there, or every backup leaves its .bak behind"
+        )
+    return None

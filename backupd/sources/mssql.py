@@ -25,7 +25,7 @@ from backupd.config import MSSQLConfig, TargetConfig
 from backupd.errors import ConnectError, DumpError
 from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
-from backupd.sources.base import FileReader, ServerInfo
+from backupd.sources.base import FileReader, ServerInfo, deleted_afterwards
 from backupd.sources.session import DumpSession, no_session
 from backupd.units import human_size
 
@@ -211,7 +211,7 @@ class MSSQLSource:
         now = datetime.now(self.target.layout.tz)
         server_path, local_path = self.paths(bak_name(database, now))
         log.debug("SQL Server writes %s to %s", database, server_path)
-        try:
+        async with deleted_afterwards(local_path):
             await self.backup_to_file(database, server_path, native_compression)
             if not await asyncio.to_thread(local_path.is_file):
                 raise DumpError(
@@ -221,8 +221,6 @@ class MSSQLSource:
                 )
             async with FileReader.open(local_path) as reader:
                 yield reader
-        finally:
-            await asyncio.shield(asyncio.to_thread(local_path.unlink, missing_ok=True))
 
     def open_globals(self, info: ServerInfo) -> None:
         return None

@@ -7,13 +7,14 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import bucket_state, run_backupd, storage_env
+from tests.conftest import backupd_command, bucket_state, child_env, run_backupd, storage_env
 
 DATA = Path(__file__).parent.parent / "data"
 PASSWORD = "mssql-Secret-2022!"
@@ -152,6 +153,42 @@ def test_check_probes_sqlcmd_login_and_the_shared_volume(
     assert "ok   default database: shop]2 exists on sqlserver.internal:1433" in good.stdout
     assert missing.returncode == 1
     assert "FAIL default shared volume" in missing.stdout
+
+
+def run_with_a_read_only_view(
+    view: Path, of: Path, *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """backupd in a mount namespace of its own, where ``view`` shows ``of`` read-only (as a
+    volume mounted readOnly would): the stand-in server writes to ``of``, backupd reads ``view``."""
+    mount = 'mount --bind -o ro "$0" "$1" && shift && exec "$@"'
+    argv = ["unshare", "--mount", "--map-root-user", "sh", "-c", mount, str(of), str(view)]
+    if shutil.which("unshare") is None or subprocess.run([*argv, "true"]).returncode != 0:
+        pytest.skip("no mount namespace here (unshare)")
+    return subprocess.run(
+        [*argv, *backupd_command(*args)],
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_bak_backupd_cannot_delete_fails_the_run_naming_mssql_local_dir(
+    sqlcmd: dict[str, Any], moto_url: str, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    view = tmp_path / "read_only"
+    view.mkdir()
+    env = mssql_env(sqlcmd, moto_url, bucket, MSSQL_LOCAL_DIR=str(view))
+
+    result = run_with_a_read_only_view(view, sqlcmd["shared"], "once", env=env)
+
+    assert result.returncode == 1
+    (line,) = [line for line in result.stdout.splitlines() if "FAILED" in line]
+    assert "FAILED at dump: cannot delete " in line, result.stdout + result.stderr
+    assert "from MSSQL_LOCAL_DIR: Read-only file system" in line
+    assert "Traceback" not in result.stdout + result.stderr
+    assert bucket_state(s3, bucket) == ([], [])
 
 
 @pytest.mark.skipif(
