@@ -66,3 +66,14 @@ def test_promtool_accepts_the_rules() -> None:
         [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_staleness_alerts_take_the_newest_success_of_all_replicas() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed; .ci/run installs it")
+    tests = Path(__file__).resolve().parent.parent / "data" / "alerts_with_replicas.yaml"
+    result = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
