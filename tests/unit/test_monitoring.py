@@ -68,11 +68,18 @@ def test_promtool_accepts_the_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_staleness_alerts_take_the_newest_success_of_all_replicas() -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        "alerts_with_replicas.yaml",  # the staleness alerts take the newest success of all pods
+        "alerts_after_a_start.yaml",  # a failure before a new pod's first scrape is one too
+    ],
+)
+def test_alerts_fire_when_promtool_plays_them_a_history(case: str) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool (Debian package prometheus) is not installed; .ci/run installs it")
-    tests = Path(__file__).resolve().parent.parent / "data" / "alerts_with_replicas.yaml"
+    tests = Path(__file__).resolve().parent.parent / "data" / case
     result = subprocess.run(
         [promtool, "test", "rules", str(tests)], capture_output=True, text=True, check=False
     )
