@@ -11,7 +11,8 @@ import contextlib
 import io
 import os
 import secrets
-from collections.abc import AsyncIterator, Sequence
+import stat
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -200,16 +201,34 @@ class LocalStorage:
                 return  # not empty (or not ours to remove): what is above is not empty either
             folder = folder.parent
 
+    def _files(self, prefix: str) -> Iterator[tuple[Path, os.stat_result]]:
+        """Each file below the folder ``prefix`` names, with its status. Other targets share
+        the folder and prune at the same time: a file or folder deleted meanwhile, or a
+        temporary file linked into place, is passed over, never an error of this listing."""
+
+        def passed_over(error: OSError) -> None:
+            if not isinstance(error, FileNotFoundError | PermissionError):
+                raise error
+
+        top = self.root / prefix.rpartition("/")[0]
+        for folder, _, names in os.walk(top, onerror=passed_over):
+            for name in names:
+                path = Path(folder, name)
+                try:
+                    status = path.stat()
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(status.st_mode):
+                    yield path, status
+
     async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
         def walk() -> list[StoredObject]:
             found = []
-            for path in self.root.rglob("*"):
+            for path, status in self._files(prefix):
                 key = path.relative_to(self.root).as_posix()
-                if path.is_file() and key.startswith(prefix) and not path.name.endswith(PARTIAL):
-                    stat = path.stat()
-                    found.append(
-                        StoredObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
-                    )
+                if key.startswith(prefix) and not path.name.endswith(PARTIAL):
+                    modified = datetime.fromtimestamp(status.st_mtime, UTC)
+                    found.append(StoredObject(key, status.st_size, modified))
             return sorted(found, key=lambda o: o.key)
 
         for item in await asyncio.to_thread(walk):
@@ -258,11 +277,13 @@ class LocalStorage:
 
         def walk() -> list[PendingUpload]:
             found = []
-            for path in self.root.rglob(f".*{PARTIAL}"):
+            for path, status in self._files(prefix):
+                if not (path.name.startswith(".") and path.name.endswith(PARTIAL)):
+                    continue
                 name = path.name[1:].removesuffix(PARTIAL).rsplit(".", 1)[0]
                 key = path.with_name(name).relative_to(self.root).as_posix()
-                if path.is_file() and key.startswith(prefix):
-                    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                if key.startswith(prefix):
+                    modified = datetime.fromtimestamp(status.st_mtime, UTC)
                     found.append(PendingUpload(key, path.name, modified))
             return sorted(found, key=lambda u: u.key)
 

@@ -567,3 +567,35 @@ async def test_a_lost_answer_to_the_uploads_start_leaves_no_upload_open(
 
     assert lost
     assert bucket_state(s3, bucket) == (["backups/app/x.dump"], [])
+
+
+async def test_a_listing_passes_over_what_another_targets_prune_deletes_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Two targets share STORAGE_LOCAL_PATH, and each prunes after its run (two run at once by
+    default): target b's deletes, and its writes linking their temporary files into place,
+    must not fail target a's listing of its backups and leftovers."""
+    config = LocalConfig.model_validate({"STORAGE_LOCAL_PATH": str(tmp_path)})
+    storage, other = local.LocalStorage(config), local.LocalStorage(config)
+    await storage.put_bytes("backups/a/20261130/backup_a.dump", b"a", "application/octet-stream")
+    stop = threading.Event()
+
+    async def churn() -> None:
+        while not stop.is_set():
+            keys = [f"backups/b/2026{day:04d}/backup_b.dump" for day in range(20)]
+            for key in keys:
+                await other.put_bytes(key, b"b", "application/octet-stream")
+            for key in keys:
+                await other.delete(key)
+
+    churning = threading.Thread(target=asyncio.run, args=(churn(),))
+    churning.start()
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            listed = [o.key async for o in storage.list_objects("backups/a/")]
+            pending = [u async for u in storage.list_uploads("backups/a/")]
+            assert (listed, pending) == (["backups/a/20261130/backup_a.dump"], [])
+    finally:
+        stop.set()
+        churning.join()
