@@ -32,6 +32,9 @@ from backupd.storage.base import (
 DOWNLOAD_CHUNK = 1024 * 1024
 PARTIAL = ".partial"
 OPEN_ATTEMPTS = 3
+FILE_MODE = 0o640
+"""A backup holds the whole database: its owner and group may read it (less with a stricter
+umask), never every user of the host, whatever the umask (022 in containers)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -70,15 +73,19 @@ class LocalUpload:
         return self._part_size
 
     async def open(self) -> None:
+        def _create() -> BinaryIO:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            return os.fdopen(os.open(self._temporary, flags, FILE_MODE), "wb")
+
         def _open() -> None:
             for _ in range(OPEN_ATTEMPTS):
                 self._final.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    self._file = self._temporary.open("xb")
+                    self._file = _create()
                     return
                 except FileNotFoundError:
                     continue  # a prune removed the folder, empty, between the two steps
-            self._file = self._temporary.open("xb")
+            self._file = _create()
 
         # Cancelled (the dump failed at once), the thread goes on all the same: wait until the
         # temporary file is created or not, so that ``discard`` removes it and never runs first.

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import threading
 import time
@@ -240,6 +241,26 @@ def test_local_backup_round_trip(pg: PostgresServer, tmp_path: Path) -> None:
     failed = run_backupd("once", env={**env, "DB_DATABASE": "no_such_database"})
     assert failed.returncode == 1
     assert sorted(p for p in store.rglob("*") if p.is_file()) == files
+
+
+def test_a_local_backup_is_never_readable_by_every_user_of_the_host(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    database = "local_private"
+    pg.create_database(database, "CREATE TABLE secrets AS SELECT 'hunter2' AS password;")
+    store = tmp_path / "store"
+    env = {**pg_env(pg, database), "STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(store)}
+
+    umask = os.umask(0o022)  # a container's default, which backupd inherits
+    try:
+        result = run_backupd("once", env=env)
+    finally:
+        os.umask(umask)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = sorted(p for p in store.rglob("*") if p.is_file())
+    assert [p.suffix for p in files] == [".dump", ".json"]
+    assert [oct(p.stat().st_mode & 0o777) for p in files] == ["0o640", "0o640"]
 
 
 def test_check_probes_database_dump_tool_and_storage(
