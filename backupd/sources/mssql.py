@@ -173,15 +173,20 @@ class MSSQLSource:
             "SET NOCOUNT ON; SELECT CAST(SUM(CAST(size AS bigint)) * 8192 AS bigint)"
             f" FROM sys.master_files WHERE database_id = DB_ID({literal(database)}) AND type = 0"
         )
+        folder = self.config.effective_local_dir
         with contextlib.suppress(ValueError, IndexError):
             size = int(rows[0])
             needed = size // 4 if self.config.compression else size
-            free = (
-                await asyncio.to_thread(shutil.disk_usage, self.config.effective_local_dir)
-            ).free
+            try:
+                free = (await asyncio.to_thread(shutil.disk_usage, folder)).free
+            except OSError as error:
+                raise DumpError(
+                    f"MSSQL_LOCAL_DIR {folder}: {error.strerror or error}; it must be the "
+                    "directory MSSQL_BACKUP_DIR names, as backupd sees it"
+                ) from None
             if free < needed:
                 raise DumpError(
-                    f"{self.config.effective_local_dir} has {human_size(free)} free; the backup "
+                    f"{folder} has {human_size(free)} free; the backup "
                     f"of {database} needs about {human_size(needed)} (data files of "
                     f"{human_size(size)})"
                 )

@@ -155,6 +155,21 @@ def test_check_probes_sqlcmd_login_and_the_shared_volume(
     assert "FAIL default shared volume" in missing.stdout
 
 
+def test_a_missing_mssql_local_dir_is_named_before_the_server_writes_a_bak(
+    sqlcmd: dict[str, Any], moto_url: str, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "not_mounted"
+    env = mssql_env(sqlcmd, moto_url, bucket, MSSQL_LOCAL_DIR=str(missing))
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 1
+    (line,) = [line for line in result.stdout.splitlines() if "FAILED" in line]
+    assert f"FAILED at dump: MSSQL_LOCAL_DIR {missing}: No such file or directory" in line, line
+    assert not any(a.startswith("BACKUP DATABASE") for c in calls(sqlcmd) for a in c["argv"])
+    assert bucket_state(s3, bucket) == ([], [])
+
+
 def run_with_a_read_only_view(
     view: Path, of: Path, *args: str, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
