@@ -14,7 +14,7 @@ import secrets
 import stat
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from backupd.config import LocalConfig
@@ -155,8 +155,23 @@ class LocalStorage:
     def path_for(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root.resolve()):
-            raise StorageError(f"key {key!r} escapes STORAGE_LOCAL_PATH")
+            raise StorageError(self._outside(key))
         return path
+
+    def _outside(self, key: str) -> str:
+        """Why ``key`` resolves outside STORAGE_LOCAL_PATH: a ``..`` in it, or a symbolic link
+        on its way (which listings never follow, so what went there would never be listed,
+        pruned or restored)."""
+        folder = self.root
+        for part in PurePosixPath(key).parts:
+            folder = folder / part
+            if folder.is_symlink():
+                return (
+                    f"{folder} is a symbolic link (to {folder.readlink()}): backupd follows no "
+                    "links inside STORAGE_LOCAL_PATH, where it could not list what it wrote; "
+                    "point STORAGE_LOCAL_PATH at a folder without them"
+                )
+        return f"key {key!r} escapes STORAGE_LOCAL_PATH"
 
     @contextlib.asynccontextmanager
     async def upload(
@@ -218,6 +233,8 @@ class LocalStorage:
                 raise error
 
         top = self.root / prefix.rpartition("/")[0]
+        if not top.resolve().is_relative_to(self.root.resolve()):
+            raise StorageError(self._outside(prefix.rpartition("/")[0]))
         for folder, _, names in os.walk(top, onerror=passed_over):
             for name in names:
                 path = Path(folder, name)

@@ -263,6 +263,29 @@ def test_a_local_backup_is_never_readable_by_every_user_of_the_host(
     assert [oct(p.stat().st_mode & 0o777) for p in files] == ["0o640", "0o640"]
 
 
+def test_a_symbolic_link_inside_the_local_folder_is_named_as_such(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    database = "local_linked"
+    pg.create_database(database, "CREATE TABLE t (n int);")
+    store, elsewhere = tmp_path / "store", tmp_path / "bigger_disk"
+    store.mkdir()
+    elsewhere.mkdir()
+    (store / "backups").symlink_to(elsewhere)
+    env = {**pg_env(pg, database), "STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(store)}
+
+    result = run_backupd("once", env=env)
+
+    assert result.returncode == 1
+    (line,) = [line for line in result.stdout.splitlines() if "FAILED" in line]
+    assert f"{store / 'backups'} is a symbolic link (to {elsewhere})" in line, line
+    assert "escapes" not in line
+    assert list(elsewhere.iterdir()) == []
+    listing = run_backupd("list", env=env)
+    assert listing.returncode == 1
+    assert f"{store / 'backups'} is a symbolic link" in listing.stdout, listing.stdout
+
+
 def test_check_probes_database_dump_tool_and_storage(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str
 ) -> None:
