@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 MAX_NAME = 128
 ACCESS_HINT = (
-    "SQL Server could not write to {dir}: the shared volume must be writable by the SQL Server "
-    "process (user mssql, UID 10001, in Microsoft's images) and readable and deletable by backupd"
+    "SQL Server could not write to {dir} (MSSQL_BACKUP_DIR): the shared volume must be "
+    "writable by the SQL Server process (user mssql, UID 10001, in Microsoft's images) and "
+    "readable and deletable by backupd"
 )
 
 

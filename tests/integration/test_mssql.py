@@ -103,6 +103,7 @@ def test_access_denied_uploads_nothing_deletes_the_partial_file_and_explains(
     assert result.returncode == 1
     assert "Operating system error 5(Access is denied.)" in result.stdout
     assert "writable by the SQL Server process" in result.stdout
+    assert "could not write to /var/opt/mssql/backup (MSSQL_BACKUP_DIR)" in result.stdout
     assert bucket_state(s3, bucket) == ([], [])
     assert list(sqlcmd["shared"].iterdir()) == []
     assert all("-C" in c["argv"] for c in calls(sqlcmd) if "-Q" in c["argv"])
