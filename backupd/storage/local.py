@@ -182,7 +182,8 @@ class LocalStorage:
         locked: bool = False,
         estimate: Estimate | None = None,
     ) -> AsyncIterator[LocalUpload]:
-        upload = LocalUpload(self.path_for(key), self.config.part_size)
+        final = self.path_for(key)
+        upload = LocalUpload(final, self.config.part_size)
         try:
             await asyncio.to_thread(self._ensure_root)
             await upload.open()
@@ -194,6 +195,8 @@ class LocalStorage:
         finally:
             if not upload.committed:
                 upload.discard()
+                with contextlib.suppress(OSError):  # the folders this write made, if empty
+                    self._remove_empty_folders(final.parent)
 
     async def put_bytes(
         self, key: str, data: bytes, content_type: str, *, locked: bool = False

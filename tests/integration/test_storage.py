@@ -175,6 +175,26 @@ async def test_local_storage_publishes_atomically_and_never_overwrites(tmp_path:
         storage.path_for("../outside")
 
 
+async def test_a_failed_local_write_leaves_no_empty_folder(tmp_path: Path) -> None:
+    """As in a bucket, where a failed upload leaves no key: a dump stopped on its first day
+    left backups/YYYYMMDD/ behind, empty, which no prune ever removed."""
+    storage = local.LocalStorage(LocalConfig.model_validate({"STORAGE_LOCAL_PATH": str(tmp_path)}))
+    await storage.put_bytes("backups/20261129/kept.dump", b"kept", "application/octet-stream")
+
+    for key in ("backups/20261130/x.dump", "backups/20261129/y.dump"):
+        with pytest.raises(RuntimeError, match="dump failed"):
+            async with storage.upload(key, {}) as upload:
+                await upload.write(part(3))
+                raise RuntimeError("dump failed")
+
+    left = await asyncio.to_thread(lambda: [p.relative_to(tmp_path) for p in tmp_path.rglob("*")])
+    assert sorted(p.as_posix() for p in left) == [
+        "backups",
+        "backups/20261129",
+        "backups/20261129/kept.dump",
+    ]
+
+
 async def test_a_write_cancelled_while_its_file_is_being_created_leaves_nothing(
     tmp_path: Path,
 ) -> None:
