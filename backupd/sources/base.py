@@ -230,16 +230,6 @@ class FileReader:
     def __init__(self, handle: io.BufferedReader) -> None:
         self._handle = handle
 
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def open(cls, path: Path) -> AsyncIterator[FileReader]:
-        """Raise ``FileNotFoundError`` when ``path`` does not exist."""
-        handle = await asyncio.to_thread(path.open, "rb")
-        try:
-            yield cls(handle)
-        finally:
-            handle.close()
-
     async def fill(self, target: io.BytesIO | bytearray) -> int:
         return await asyncio.to_thread(self._fill, target)
 

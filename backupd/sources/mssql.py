@@ -225,8 +225,22 @@ class MSSQLSource:
                     "MSSQL_LOCAL_DIR must be the directory MSSQL_BACKUP_DIR names, as backupd "
                     "sees it"
                 )
-            async with FileReader.open(local_path) as reader:
+            async with self._opened(local_path) as reader:
                 yield reader
+
+    @contextlib.asynccontextmanager
+    async def _opened(self, local_path: Path) -> AsyncIterator[FileReader]:
+        """The .bak to read; one the server left unreadable to backupd fails naming
+        MSSQL_LOCAL_DIR, never as the storage's error or an unexpected one."""
+        try:
+            handle = await asyncio.to_thread(local_path.open, "rb")
+        except OSError as error:
+            raise DumpError(
+                f"cannot read {local_path} from MSSQL_LOCAL_DIR: {error.strerror or error}; "
+                "the server's .bak files must be readable and deletable by backupd"
+            ) from None
+        with handle:
+            yield FileReader(handle)
 
     def open_globals(self, info: ServerInfo) -> None:
         return None

@@ -45,6 +45,8 @@ elif query.startswith("BACKUP DATABASE"):
         )
         sys.exit(1)
     local(path).write_bytes(random.Random(7).randbytes(config["size"]))
+    if config["mode"] == "unreadable":  # a server of another user, under umask 077
+        local(path).chmod(0)
     print("Processed 1536 pages for database 'shop', file 'shop' on file 1.")
     print("BACKUP DATABASE successfully processed.")
 elif query.startswith("RESTORE FILELISTONLY"):

@@ -207,6 +207,33 @@ def test_a_bak_backupd_cannot_delete_fails_the_run_naming_mssql_local_dir(
     assert bucket_state(s3, bucket) == ([], [])
 
 
+def test_a_bak_backupd_cannot_read_fails_the_run_naming_mssql_local_dir(
+    sqlcmd: dict[str, Any], moto_url: str, s3: Any, bucket: str
+) -> None:
+    """Run as a user without root's powers (a user namespace's), as in backupd's image: the
+    server leaves its .bak unreadable to backupd."""
+    configure(sqlcmd, mode="unreadable")
+    argv = ["unshare", "--map-user=10001", "--map-group=10001"]
+    if shutil.which("unshare") is None or subprocess.run([*argv, "true"]).returncode != 0:
+        pytest.skip("no user namespace here (unshare)")
+
+    result = subprocess.run(
+        [*argv, *backupd_command("once")],
+        env=child_env(mssql_env(sqlcmd, moto_url, bucket)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    (line,) = [line for line in result.stdout.splitlines() if "FAILED" in line]
+    assert "FAILED at dump: cannot read " in line, result.stdout + result.stderr
+    assert "from MSSQL_LOCAL_DIR: Permission denied" in line
+    assert bucket_state(s3, bucket) == ([], [])
+    assert list(sqlcmd["shared"].iterdir()) == []
+
+
 @pytest.mark.skipif(
     "MSSQL_TEST_DSN" not in os.environ, reason="no SQL Server here: set MSSQL_TEST_DSN to run"
 )
