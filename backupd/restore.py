@@ -321,9 +321,15 @@ class _Download:
 
 
 async def _to_file(
-    storage: Storage, backup: Backup, path: Path, progress: Progress, identity: Path | None
+    storage: Storage,
+    backup: Backup,
+    path: Path,
+    progress: Progress,
+    identity: Path | None,
+    setting: str = "--to-file",
 ) -> None:
-    """Download, verify, decrypt and decompress into ``path``; it appears only once verified."""
+    """Download, verify, decrypt and decompress into ``path``, in the folder ``setting``
+    names; it appears only once verified."""
     if await asyncio.to_thread(path.exists):
         raise RestoreError(f"{path} already exists; choose another --to-file path")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -339,7 +345,7 @@ async def _to_file(
     except FileExistsError:
         raise RestoreError(f"{path} already exists; choose another --to-file path") from None
     except OSError as error:
-        raise RestoreError(f"cannot write {path}: {error.strerror or error}") from error
+        raise RestoreError(f"cannot write {path} ({setting}): {error.strerror or error}") from error
     finally:
         with contextlib.suppress(OSError):  # never created (a read-only folder, not a folder)
             temporary.unlink()
@@ -520,7 +526,9 @@ async def _through_shared_file(
     assert request.into is not None
     server_path, local_path = source.paths(f"restore_{secrets.token_hex(6)}.bak")
     async with deleted_afterwards(local_path):
-        await _to_file(storage, backup, local_path, request.progress, request.identity)
+        await _to_file(
+            storage, backup, local_path, request.progress, request.identity, "MSSQL_LOCAL_DIR"
+        )
         await source.restore_from_file(server_path, request.into, request.clean)
 
 

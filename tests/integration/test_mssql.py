@@ -207,6 +207,26 @@ def test_a_bak_backupd_cannot_delete_fails_the_run_naming_mssql_local_dir(
     assert bucket_state(s3, bucket) == ([], [])
 
 
+def test_a_restore_onto_a_shared_volume_backupd_cannot_write_names_mssql_local_dir(
+    sqlcmd: dict[str, Any], moto_url: str, bucket: str, tmp_path: Path
+) -> None:
+    assert run_backupd("once", env=mssql_env(sqlcmd, moto_url, bucket)).returncode == 0
+    view = tmp_path / "read_only"
+    view.mkdir()
+    env = mssql_env(sqlcmd, moto_url, bucket, MSSQL_LOCAL_DIR=str(view))
+
+    result = run_with_a_read_only_view(
+        view, sqlcmd["shared"], "restore", "--into", "shop_copy", env=env
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "FAILED" in line]
+    assert f"cannot write {view}/restore_" in line, line
+    assert ".bak (MSSQL_LOCAL_DIR): Read-only file system" in line
+    assert list(sqlcmd["shared"].iterdir()) == []
+
+
 def test_a_bak_backupd_cannot_read_fails_the_run_naming_mssql_local_dir(
     sqlcmd: dict[str, Any], moto_url: str, s3: Any, bucket: str
 ) -> None:

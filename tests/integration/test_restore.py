@@ -465,4 +465,6 @@ def test_to_file_where_no_file_can_be_made_is_one_line(pg: PostgresServer, tmp_p
 
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr, result.stderr[-800:]
-    assert f"cannot write {tmp_path / 'a_file' / 'x.dump'}: Not a directory" in result.stdout
+    assert f"cannot write {tmp_path / 'a_file' / 'x.dump'} (--to-file): Not a directory" in (
+        result.stdout
+    )
