@@ -187,7 +187,7 @@ class MSSQLSource:
                 ) from None
             if free < needed:
                 raise DumpError(
-                    f"{folder} has {human_size(free)} free; the backup "
+                    f"MSSQL_LOCAL_DIR {folder} has {human_size(free)} free; the backup "
                     f"of {database} needs about {human_size(needed)} (data files of "
                     f"{human_size(size)})"
                 )

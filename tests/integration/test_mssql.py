@@ -171,6 +171,21 @@ def test_a_missing_mssql_local_dir_is_named_before_the_server_writes_a_bak(
     assert bucket_state(s3, bucket) == ([], [])
 
 
+def test_a_shared_volume_too_small_is_named_before_the_server_writes_a_bak(
+    sqlcmd: dict[str, Any], moto_url: str, s3: Any, bucket: str
+) -> None:
+    configure(sqlcmd, size=2**62)  # data files of 4 EiB
+
+    result = run_backupd("once", env=mssql_env(sqlcmd, moto_url, bucket))
+
+    assert result.returncode == 1
+    (line,) = [line for line in result.stdout.splitlines() if "FAILED" in line]
+    assert f"FAILED at dump: MSSQL_LOCAL_DIR {sqlcmd['shared']} has " in line, line
+    assert "free; the backup of shop]2 needs about 1024 PiB" in line
+    assert not any(a.startswith("BACKUP DATABASE") for c in calls(sqlcmd) for a in c["argv"])
+    assert bucket_state(s3, bucket) == ([], [])
+
+
 def run_with_a_read_only_view(
     view: Path, of: Path, *args: str, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
