@@ -73,6 +73,7 @@ def test_promtool_accepts_the_rules() -> None:
     [
         "alerts_with_replicas.yaml",  # the staleness alerts take the newest success of all pods
         "alerts_after_a_start.yaml",  # a failure before a new pod's first scrape is one too
+        "alerts_never_succeeded.yaml",  # not before two intervals: a weekly schedule's
     ],
 )
 def test_alerts_fire_when_promtool_plays_them_a_history(case: str) -> None:
