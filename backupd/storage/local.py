@@ -235,6 +235,11 @@ class LocalStorage:
             if not isinstance(error, FileNotFoundError | PermissionError):
                 raise error
 
+        if not self.root.is_dir():
+            raise StorageError(
+                f"STORAGE_LOCAL_PATH {self.root} does not exist: no backup was ever written "
+                "there (check the path, and that its volume is mounted)"
+            )
         top = self.root / prefix.rpartition("/")[0]
         if not top.resolve().is_relative_to(self.root.resolve()):
             raise StorageError(self._outside(prefix.rpartition("/")[0]))

@@ -306,6 +306,28 @@ def test_a_symbolic_link_inside_the_local_folder_is_named_as_such(
     assert f"{store / 'backups'} is a symbolic link" in listing.stdout, listing.stdout
 
 
+def test_reading_a_local_folder_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    """A typo in STORAGE_LOCAL_PATH, or a volume not mounted, at restore time in an emergency:
+    "no complete backup of database 'shop'" and an empty list read as if the backups were
+    gone, where a bucket that does not exist is an error naming it."""
+    typo = tmp_path / "bakups"
+    env = {
+        "DB_HOST": "db.internal",
+        "DB_USER": "backup",
+        "DB_DATABASE": "shop",
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(typo),
+    }
+
+    for command in (["list"], ["restore", "--to-file", str(tmp_path / "shop.dump")]):
+        result = run_backupd(*command, env=env)
+
+        assert result.returncode == 1, result.stdout + result.stderr
+        (line,) = [line for line in result.stdout.splitlines() if "FAILED" in line]
+        assert f"STORAGE_LOCAL_PATH {typo} does not exist" in line, line
+    assert not typo.exists()
+
+
 def test_check_probes_database_dump_tool_and_storage(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str
 ) -> None:
