@@ -59,7 +59,12 @@ async def _shared_volume(
     probe = folder / f".backupd-probe-{secrets.token_hex(6)}"
 
     def write_and_delete() -> None:
-        probe.write_bytes(b"backupd write probe\n")
+        try:
+            probe.write_bytes(b"backupd write probe\n")
+        except OSError:
+            with contextlib.suppress(OSError):  # created, and then no room for its bytes
+                probe.unlink()
+            raise
         probe.unlink()
 
     try:

@@ -186,6 +186,35 @@ def test_a_shared_volume_too_small_is_named_before_the_server_writes_a_bak(
     assert bucket_state(s3, bucket) == ([], [])
 
 
+def test_check_on_a_full_shared_volume_leaves_no_probe_file(
+    sqlcmd: dict[str, Any], moto_url: str, bucket: str, tmp_path: Path
+) -> None:
+    """The volume is a 4 KiB tmpfs, full, in a mount namespace of backupd's own: the probe
+    file is created, and its first bytes find no room."""
+    full = tmp_path / "full"
+    full.mkdir()
+    script = (
+        'mount -t tmpfs -o size=4k tmpfs "$0" && head -c 4096 /dev/zero > "$0/filler" '
+        '&& "$@"; echo left: $(ls -A "$0")'
+    )
+    argv = ["unshare", "--mount", "--map-root-user", "sh", "-c", script, str(full)]
+    if shutil.which("unshare") is None or subprocess.run([*argv, "true"]).returncode != 0:
+        pytest.skip("no mount namespace here (unshare)")
+    env = mssql_env(sqlcmd, moto_url, bucket, MSSQL_LOCAL_DIR=str(full))
+
+    result = subprocess.run(
+        [*argv, *backupd_command("check")],
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert f"FAIL default shared volume: MSSQL_LOCAL_DIR {full}: No space left" in result.stdout
+    assert result.stdout.splitlines()[-1] == "left: filler", result.stdout + result.stderr
+
+
 def run_with_a_read_only_view(
     view: Path, of: Path, *args: str, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
