@@ -57,11 +57,11 @@ from backupd.schedule import (
     Schedule,
     clock_went_back,
     following_slot,
-    interval_before,
     next_fire,
     previous_fire,
     resumed_slot,
     sleep_step,
+    staleness_interval,
 )
 from backupd.storage import ClaimStore, open_claim_store
 from backupd.verify import Checked, Selection
@@ -301,7 +301,7 @@ class Daemon:
         slot = next_fire(schedule, reached)
         while not self._stopping.is_set():
             self.metrics.next_run.labels(target.name).set(slot.timestamp())
-            interval = interval_before(schedule, slot)
+            interval = staleness_interval(schedule, slot)
             self.metrics.interval.labels(target.name).set(interval.total_seconds())
             now = await self._sleep_until(slot, reached)
             if now is None:

@@ -94,8 +94,8 @@ class Metrics:
 
         self.interval = Gauge(
             "backupd_schedule_interval_seconds",
-            "Seconds from the scheduled run before the target's next one to that next one "
-            "(for staleness alerts)",
+            "The longer of the gaps before and after the target's last scheduled run, in "
+            "seconds (for staleness alerts)",
             ["target"],
             registry=self.registry,
         )

@@ -118,15 +118,18 @@ def next_fire(schedule: Schedule, after: datetime) -> datetime:
     return next(fires_after(schedule, after))
 
 
-def interval_before(schedule: Schedule, slot: datetime) -> timedelta:
-    """The time from the scheduled instant before ``slot`` to ``slot``, on the time line: the
-    longest a target waiting for ``slot`` goes without a run when the one before succeeded.
-    A weekday schedule's Monday slot is 72 hours after Friday's (the 24 hours after Monday
-    made a staleness alert fire every weekend); a daily 02:00 slot placed at 03:00 on the
-    night clocks go forward is 24 hours after the one before (the wall clock's arithmetic,
-    which aware datetimes of one zone follow, says 25)."""
-    before = previous_fire(schedule, slot - timedelta(microseconds=1))
-    return slot.astimezone(UTC) - before.astimezone(UTC)
+def staleness_interval(schedule: Schedule, upcoming: datetime) -> timedelta:
+    """The longer of the two gaps beside the last slot before ``upcoming``, on the time line,
+    which ``backupd_schedule_interval_seconds`` exports for BackupdNoRecentBackup to double.
+    Until ``upcoming``, the newest success of a healthy target is at most the two gaps old (the
+    last slot's run may still go on), also where gaps differ: a weekday schedule's Monday slot
+    is 72 hours after Friday's (the 24 hours after it made the alert fire every weekend), and
+    on the night clocks go forward a daily 02:00 slot runs at 03:00, 24 hours after the one
+    before (the wall clock's arithmetic, which aware datetimes of one zone follow, says 25)."""
+    last = previous_fire(schedule, upcoming - timedelta(microseconds=1))
+    before = previous_fire(schedule, last - timedelta(microseconds=1))
+    utc = [instant.astimezone(UTC) for instant in (before, last, upcoming)]
+    return max(utc[2] - utc[1], utc[1] - utc[0])
 
 
 def previous_fire(schedule: Schedule, at: datetime) -> datetime:

@@ -68,3 +68,36 @@ async def test_the_interval_metric_is_real_time_on_the_night_clocks_go_forward()
         await scheduler
 
     assert interval == timedelta(hours=24).total_seconds()
+
+
+@pytest.mark.parametrize(
+    ("now", "gap"),
+    [
+        ("2026-11-27T03:00:00+00:00", 3),  # Friday, after its run: next is Monday's
+        ("2026-11-30T03:00:00+00:00", 3),  # Monday, its run may still go on: Friday's counts
+        ("2026-12-02T03:00:00+00:00", 1),  # Wednesday
+    ],
+)
+async def test_the_staleness_interval_spans_a_weekend_without_runs(now: str, gap: int) -> None:
+    """``backupd_schedule_interval_seconds`` is what BackupdNoRecentBackup doubles: for a
+    weekday schedule it must hold the weekend's gap from Friday's slot to Monday's, and keep
+    it through Monday's run, or every weekend fires the critical alert while nothing fails."""
+    settings = daemon_settings(CRON_SCHEDULE="0 2 * * 1-5")
+    daemon = Daemon(settings, clock=lambda: datetime.fromisoformat(now))
+    scheduler = asyncio.create_task(daemon._schedule(settings.targets[0]))
+
+    def interval() -> float | None:
+        return daemon.metrics.registry.get_sample_value(
+            "backupd_schedule_interval_seconds", {"target": settings.targets[0].name}
+        )
+
+    try:
+        deadline = time.monotonic() + 5
+        while interval() is None:
+            assert time.monotonic() < deadline, "timed out waiting for the interval"
+            await asyncio.sleep(0.05)
+    finally:
+        daemon._stopping.set()
+        await scheduler
+
+    assert interval() == timedelta(days=gap).total_seconds()

@@ -16,10 +16,10 @@ from backupd.schedule import (
     clock_went_back,
     cron_problem,
     following_slot,
-    interval_before,
     next_fire,
     resumed_slot,
     sleep_step,
+    staleness_interval,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -238,21 +238,21 @@ def test_a_small_step_back_right_after_the_first_slot_past_the_spring_gap_does_n
         ("0 2 * * *", at(UTC, 2026, 10, 25, 12, 0), 25),  # across the repeated hour
         ("0 * * * *", at(UTC, 2026, 10, 25, 1, 30), 2),  # 02:00 CEST, then 03:00 CET
         ("*/30 * * * *", at(UTC, 2026, 10, 25, 0, 45), 1.5),  # the repeated hour runs once
-        ("0 2 * * 1-5", at(UTC, 2026, 11, 27, 12, 0), 72),  # Friday to Monday
-        ("0 2 * * 1-5", at(UTC, 2026, 11, 30, 12, 0), 24),  # Monday to Tuesday
+        ("0 2 * * 1-5", at(UTC, 2026, 11, 27, 12, 0), 72),  # waiting for Monday
+        ("0 2 * * 1-5", at(UTC, 2026, 11, 30, 12, 0), 72),  # Monday's run may still go on
+        ("0 2 * * 1-5", at(UTC, 2026, 12, 1, 12, 0), 24),
         ("0 2 * * *", at(UTC, 2026, 5, 1, 12, 0), 24),
     ],
 )
-def test_the_interval_before_a_slot_is_the_wait_for_it_on_the_time_line(
+def test_the_staleness_interval_is_the_longer_gap_beside_the_last_slot_on_the_time_line(
     expression: str, after: datetime, hours: float
 ) -> None:
-    """What a staleness alert compares with the time since the last success while the target
-    waits for its next slot: with the interval *after* that slot, a weekday schedule's alert
-    fired every weekend (72 h since Friday's backup against twice 24 h), and a half-hourly
-    one's at the repeated hour."""
+    """What a staleness alert doubles and compares with the time since the last success: with
+    the interval after the next slot, a weekday schedule's alert fired every weekend (72 h
+    since Friday's backup against twice 24 h), and a half-hourly one's at the repeated hour."""
     schedule = Schedule(expression, "Europe/Berlin")
 
-    assert interval_before(schedule, next_fire(schedule, after)) == timedelta(hours=hours)
+    assert staleness_interval(schedule, next_fire(schedule, after)) == timedelta(hours=hours)
 
 
 @pytest.mark.parametrize(
