@@ -424,6 +424,21 @@ async def _drop_after_failure(source: Source, into: str) -> None:
         log.warning("could not drop %s after the failed restore: %s", into, error)
 
 
+async def _empty_after_failure(source: Source, into: str, properties: dict[str, Any]) -> None:
+    """Make the existing empty database ``into`` that a failed restore wrote into empty again,
+    with its own ``properties``; a failure to is a warning naming what is left."""
+    try:
+        await asyncio.shield(source.drop_database(into))
+        _warn(await asyncio.shield(source.create_database(into, properties)))
+    except BackupdError as error:
+        log.warning(
+            "could not empty %s again after the failed restore, it holds what was restored "
+            "before the failure: %s",
+            into,
+            error,
+        )
+
+
 async def _restore_database(
     storage: Storage,
     source: Source,
@@ -439,6 +454,10 @@ async def _restore_database(
     into = request.into
     assert into is not None
     replaced = state != "missing" and request.clean
+    # An empty database that existed is left empty again when a restore that commits
+    # statement by statement fails: nothing of it is lost by re-creating it, with its defaults.
+    emptied = state == "empty" and not request.clean and not source.restores_atomically
+    own = await source.database_properties(into) if emptied else {}
     if replaced:
         log.info("--clean: dropping the existing database %s, then restoring into it", into)
         await source.drop_database(into)
@@ -453,6 +472,8 @@ async def _restore_database(
     except BaseException:
         if created:
             await _drop_after_failure(source, into)
+        if emptied:
+            await _empty_after_failure(source, into, own)
         if replaced:
             log.error(
                 "the database %s that --clean replaced was dropped before the restore and is "

@@ -983,3 +983,39 @@ def test_clean_drops_nothing_when_the_dump_holds_a_statement_the_server_refuses(
         mariadb.root_sql("SET GLOBAL max_allowed_packet = 64 * 1024 * 1024")
     assert mariadb.root_sql("SELECT n FROM small", database).strip() == "42"
     assert mariadb.root_sql("SELECT LENGTH(payload) FROM wide", database).strip() == "36000000"
+
+
+def test_a_failed_restore_into_an_existing_empty_mariadb_database_leaves_it_empty(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    """The mariadb client commits statement by statement: a restore into an existing, empty
+    database that the server stopped half way (here a restoring user who may create tables
+    but not routines) left the tables it had loaded, and the database was no longer empty:
+    the next attempt was refused without --clean. Now it is empty again, with its own
+    defaults and comment."""
+    database = make_mariadb_database(mariadb, MARIADB_TABLES, MARIADB_ROUTINES)
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    empty, restorer = unique("empty"), unique("restorer")
+    mariadb.root_sql(
+        f"CREATE DATABASE `{empty}` CHARACTER SET latin1 COLLATE latin1_german2_ci"
+        " COMMENT 'kept ☃';"
+        f"CREATE USER '{restorer}'@'%' IDENTIFIED BY 'pw';"
+        f"GRANT SELECT, INSERT, CREATE, DROP, ALTER, INDEX, CREATE VIEW, SHOW VIEW, TRIGGER"
+        f" ON `{empty}`.* TO '{restorer}'@'%';"
+    )
+    before = mariadb_properties(mariadb, empty)
+
+    failed = run_backupd(
+        "restore", "--into", empty, env={**env, "DB_USER": restorer, "DB_PASSWORD": "pw"}
+    )
+
+    output = failed.stdout + failed.stderr
+    assert failed.returncode == 1, output[-2000:]
+    assert "Traceback" not in output
+    tables = f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{empty}'"
+    assert mariadb.root_sql(tables).strip() == "0"
+    assert mariadb_properties(mariadb, empty) == before
+    assert "latin1_german2_ci" in before
+    ok("restore", "--into", empty, env=env)  # empty, so no --clean is needed
+    assert mariadb_checksums(mariadb, empty, "t") == mariadb_checksums(mariadb, database, "t")
