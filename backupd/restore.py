@@ -465,6 +465,10 @@ async def _restore_database(
     try:
         if created:
             _warn(await source.create_database(into, properties))
+        elif not source.restores_atomically:
+            # MySQL/MariaDB: a routine, trigger or event takes the database's default
+            # collation as it is created, so an existing database gets the recorded one first.
+            _warn(await source.apply_properties(into, properties))
         # A database made here is dropped again on failure: it needs no single transaction,
         # whose lock per table a database of thousands of tables would exhaust.
         await _feed_restore_tool(storage, source, target, backup, into, request, not created)

@@ -641,6 +641,25 @@ def test_an_existing_empty_mariadb_database_gets_the_recorded_defaults(
     assert mariadb_properties(mariadb, existing) == mariadb_properties(mariadb, database)
 
 
+def test_routines_restored_into_an_existing_empty_mariadb_database_keep_their_collation(
+    mariadb: MariaDBServer, moto_url: str, bucket: str
+) -> None:
+    """A routine, trigger or event takes the database's default collation as it is created.
+    The recorded defaults were applied to an existing database only after the load, so each
+    came back under the collation the empty database had had (latin1 here), and the restored
+    database's routines differed from the original's."""
+    database = make_mariadb_database(mariadb, MARIADB_TABLES, MARIADB_ROUTINES)
+    env = {**mariadb_env(mariadb, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+    existing = unique("existing")
+    mariadb.root_sql(f"CREATE DATABASE `{existing}` CHARACTER SET latin1 COLLATE latin1_german2_ci")
+
+    ok("restore", "--into", existing, env=env)
+
+    assert mariadb.plain_dump(existing) == mariadb.plain_dump(database)
+    assert mariadb_objects(mariadb, existing) == mariadb_objects(mariadb, database)
+
+
 def test_an_existing_postgres_database_with_another_locale_is_named_in_a_warning(
     pg: PostgresServer, moto_url: str, bucket: str
 ) -> None:
