@@ -443,6 +443,8 @@ def property_statements(
         statements.append(
             ("comment", f"COMMENT ON DATABASE {name} IS {pg_literal(properties['comment'])}")
         )
+    elif "comment" in properties:  # recorded as none: an existing database's own one goes
+        statements.append(("comment", f"COMMENT ON DATABASE {name} IS NULL"))
     if row.get("datistemplate") is True:
         statements.append(("template flag", f"ALTER DATABASE {name} IS_TEMPLATE true"))
     return statements

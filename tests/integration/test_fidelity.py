@@ -660,6 +660,24 @@ def test_routines_restored_into_an_existing_empty_mariadb_database_keep_their_co
     assert mariadb_objects(mariadb, existing) == mariadb_objects(mariadb, database)
 
 
+def test_an_existing_empty_postgres_database_loses_a_comment_the_backup_does_not_have(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """The recorded comment is applied after the restore; a database recorded without one kept
+    the comment the existing database had, where MariaDB's is cleared."""
+    database, existing = unique("plain"), unique("existing")
+    pg.create_database(database, "CREATE TABLE t (n int);")
+    pg.psql(f"CREATE DATABASE {existing}")
+    pg.psql(f"COMMENT ON DATABASE {existing} IS 'not the backup''s'")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+
+    ok("restore", "--into", existing, env=env)
+
+    assert pg_properties(pg, existing)["comment"] is None
+    assert pg_properties(pg, existing) == pg_properties(pg, database)
+
+
 def test_an_existing_postgres_database_with_another_locale_is_named_in_a_warning(
     pg: PostgresServer, moto_url: str, bucket: str
 ) -> None:
