@@ -422,6 +422,8 @@ def property_statements(
     statements = []
     if keep_owner and isinstance(owner, str):
         statements.append(("owner", f"ALTER DATABASE {name} OWNER TO {pg_identifier(owner)}"))
+    if "settings" in properties:  # recorded: an existing database's own defaults go first
+        statements.append(("settings", f"ALTER DATABASE {name} RESET ALL"))
     statements += [
         (f"setting {split_setting(item)[0]}", f"ALTER DATABASE {name} {set_clause(item)}")
         for item in properties.get("settings") or []
@@ -437,7 +439,7 @@ def property_statements(
     statements += privilege_statements(name, properties, keep_owner)
     row = properties.get("row") or {}
     limit = row.get("datconnlimit")
-    if isinstance(limit, int) and limit != -1:
+    if isinstance(limit, int):  # -1 too: an existing database's own limit goes
         statements.append(("connection limit", f"ALTER DATABASE {name} CONNECTION LIMIT {limit}"))
     if properties.get("comment") is not None:
         statements.append(

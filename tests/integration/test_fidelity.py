@@ -678,6 +678,26 @@ def test_an_existing_empty_postgres_database_loses_a_comment_the_backup_does_not
     assert pg_properties(pg, existing) == pg_properties(pg, database)
 
 
+def test_an_existing_empty_postgres_database_takes_the_recorded_settings_alone(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """The recorded settings and connection limit were added to an existing database's own:
+    a copy of a database without either kept the work_mem and the limit of 5 connections
+    the existing database had."""
+    database, existing = unique("plain"), unique("existing")
+    pg.create_database(database, "CREATE TABLE t (n int);")
+    pg.psql(f"ALTER DATABASE {database} SET search_path = public")
+    pg.psql(f"CREATE DATABASE {existing} CONNECTION LIMIT 5")
+    pg.psql(f"ALTER DATABASE {existing} SET work_mem = '7MB'")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+
+    ok("restore", "--into", existing, env=env)
+
+    assert pg_properties(pg, existing) == pg_properties(pg, database)
+    assert pg_properties(pg, existing)["limit"] == -1
+
+
 def test_an_existing_postgres_database_with_another_locale_is_named_in_a_warning(
     pg: PostgresServer, moto_url: str, bucket: str
 ) -> None:
