@@ -133,7 +133,9 @@ def restore_argv(tool: str, config: DatabaseConfig, database: str) -> tuple[str,
 
 
 def missing_database(config: DatabaseConfig, database: str) -> str:
-    return f"database {database} does not exist on {config.host}:{config.effective_port}"
+    return (
+        f"database {database} does not exist on {config.host}:{config.effective_port} (DB_DATABASE)"
+    )
 
 
 OTHER_COLLATION = "objects_under_other_collation"

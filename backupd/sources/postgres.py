@@ -341,7 +341,9 @@ def pg_dumpall_globals_argv(superuser: bool) -> tuple[str, ...]:
 
 
 def missing_database(config: DatabaseConfig, database: str) -> str:
-    return f"database {database} does not exist on {config.host}:{config.effective_port}"
+    return (
+        f"database {database} does not exist on {config.host}:{config.effective_port} (DB_DATABASE)"
+    )
 
 
 def split_setting(setting: str) -> tuple[str, str]:

@@ -250,6 +250,27 @@ def test_check_names_every_configured_database_that_does_not_exist(
     )
 
 
+@pytest.mark.parametrize("engine", ["postgres", "mariadb"])
+def test_a_single_database_that_does_not_exist_is_named_with_its_variable(
+    request: pytest.FixtureRequest, engine: str, tmp_path: Path
+) -> None:
+    server = request.getfixturevalue("pg" if engine == "postgres" else "mariadb")
+    make_env = pg_env if engine == "postgres" else mariadb_env
+    missing = f"nope_{uuid.uuid4().hex[:6]}"
+    env = {
+        **make_env(server, missing),
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(tmp_path / "b"),
+    }
+    said = f"database {missing} does not exist on 127.0.0.1:{server.port} (DB_DATABASE)"
+
+    for command in ("check", "once"):
+        result = run_backupd(command, env=env)
+        no_traceback(result)
+        assert result.returncode == 1
+        assert said in result.stdout + result.stderr, command
+
+
 @dataclass
 class Received:
     method: str
