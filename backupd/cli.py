@@ -71,8 +71,23 @@ def _command(
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """backupd's own options given after the command (``backupd check --env-file F``) are
+    named as such: argparse said only 'unrecognized arguments'."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments") and any(
+            option in message for option in ("--env-file", "--log-level")
+        ):
+            message += (
+                "; --env-file and --log-level come before the command:"
+                " backupd --env-file FILE check"
+            )
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="backupd",
         description="Stream database backups into object storage.",
         epilog=VARIABLES_HINT,
@@ -90,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
         help="overrides LOG_LEVEL",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
     once = _command(commands, "once", "back up every target now, then exit")
     once.add_argument("--target", help="only this target")
     once.add_argument("--database", help="only this database of the target")

@@ -138,6 +138,19 @@ def test_missing_env_file_is_exit_2_and_the_default_one_is_optional(
     assert read.returncode == 0, read.stdout + read.stderr
 
 
+def test_env_file_after_the_command_says_where_it_goes(tmp_path: Path) -> None:
+    for option in (("--env-file", str(tmp_path / "prod.env")), ("--log-level", "DEBUG")):
+        result = run_backupd("check", *option, env={})
+
+        no_traceback(result)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert lines[-1].startswith("backupd: error: unrecognized arguments: "), lines
+        assert lines[-1].endswith(
+            "; --env-file and --log-level come before the command: backupd --env-file FILE check"
+        ), lines
+
+
 def test_a_password_with_every_awkward_character_logs_in_from_the_env_file(
     pg: PostgresServer, tmp_path: Path
 ) -> None:
