@@ -71,7 +71,8 @@ LIST_DATABASES = (
 _CONNECT_FAILURES = (
     "Access denied",
     "Can't connect",
-    "Unknown MySQL server host",
+    "Unknown MySQL server host",  # ERROR 2005, MySQL's client
+    "Unknown server host",  # ERROR 2005, MariaDB's
     "Got error: 2",
     "at 'handshake",  # ERROR 2013: a server that accepts connections but never speaks
     "TLS/SSL error",  # ERROR 2026: no TLS, or a certificate that did not verify (DB_SSL_*)

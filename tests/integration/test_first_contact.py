@@ -138,6 +138,32 @@ def test_missing_env_file_is_exit_2_and_the_default_one_is_optional(
     assert read.returncode == 0, read.stdout + read.stderr
 
 
+@pytest.mark.parametrize("engine", ["postgres", "mariadb"])
+def test_a_host_name_that_does_not_resolve_is_a_failed_login(
+    request: pytest.FixtureRequest, engine: str, tmp_path: Path
+) -> None:
+    server = request.getfixturevalue("pg" if engine == "postgres" else "mariadb")
+    make_env = pg_env if engine == "postgres" else mariadb_env
+    env = {
+        **make_env(server, "app"),
+        "DB_HOST": "no-such-host.invalid",
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(tmp_path / "b"),
+    }
+
+    checked = run_backupd("check", env=env)
+    once = run_backupd("once", env=env)
+
+    no_traceback(checked)
+    failed = [line for line in checked.stdout.splitlines() if line.startswith("FAIL")]
+    assert failed == [failed[0]], failed
+    assert failed[0].startswith(
+        "FAIL default connect: cannot log in to "
+        f"{'PostgreSQL' if engine == 'postgres' else 'MariaDB'} at no-such-host.invalid:"
+    ), failed
+    assert "FAILED at connect: cannot log in to" in no_traceback(once)
+
+
 def test_env_file_after_the_command_says_where_it_goes(tmp_path: Path) -> None:
     for option in (("--env-file", str(tmp_path / "prod.env")), ("--log-level", "DEBUG")):
         result = run_backupd("check", *option, env={})
