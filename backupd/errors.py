@@ -24,9 +24,14 @@ class ConfigError(BackupdError):
 
 
 class ConnectError(BackupdError):
-    """The database could not be reached or refused the login."""
+    """The database could not be reached or refused the login. ``settings`` names the
+    variables to look at (``DB_PASSWORD``), after the message; ``bare`` is the message alone."""
 
     step = "connect"
+
+    def __init__(self, message: str, settings: tuple[str, ...] = ()) -> None:
+        self.bare = message
+        super().__init__(f"{message} ({', '.join(settings)})" if settings else message)
 
 
 class DumpError(BackupdError):

@@ -31,7 +31,7 @@ from backupd.catalogue import (
 from backupd.config import Engine, TargetConfig
 from backupd.encryption import check_identity, identity_for
 from backupd.encryption import is_encrypted as encrypted_key
-from backupd.errors import BackupdError
+from backupd.errors import BackupdError, ConnectError
 from backupd.progress import Progress
 from backupd.restore import Request, restore_into
 from backupd.sources import FileSource, Source, source_for
@@ -231,6 +231,14 @@ def drill_target(target: TargetConfig) -> TargetConfig:
     return target.model_copy(update={"database": target.database.model_copy(update=changes)})
 
 
+def _login_said(error: BackupdError, where: TargetConfig, target: TargetConfig) -> str:
+    """``error`` as a drill reports it: a refused login on the VERIFY_DB_* server names no
+    DB_* variable, which are the backups' own."""
+    if isinstance(error, ConnectError) and where is not target:
+        return error.bare
+    return str(error)
+
+
 def scratch_name(prefix: str, database: str) -> str:
     """``{prefix}{safe name}_{8 hex}``, at most 63 bytes (PostgreSQL's limit, in bytes: a
     name of non-ASCII letters, which ``safe_name`` keeps, takes two to four bytes each), cut
@@ -310,7 +318,7 @@ async def drill(
     try:  # so does a server that refuses the login: there is nothing to drop then
         await source.database_state(scratch)
     except BackupdError as error:
-        result.problems.append(f"the restore failed: {error}")
+        result.problems.append(f"the restore failed: {_login_said(error, where, target)}")
         return result
     request = replace(request, identity=identity)
     log.info("drill: restoring %s into %s", backup.key, scratch)
@@ -319,7 +327,7 @@ async def drill(
         try:
             await restore_into(storage, where, backup, request)
         except BackupdError as error:
-            result.problems.append(f"the restore failed: {error}")
+            result.problems.append(f"the restore failed: {_login_said(error, where, target)}")
             return result
         result.restore_s = round(time.monotonic() - clock, 3)
         recorded = backup.manifest.tables

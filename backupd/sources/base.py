@@ -264,3 +264,9 @@ async def _delete(path: Path) -> str | None:
             "must be able to delete files there, or every backup leaves its .bak behind"
         )
     return None
+
+
+def login_settings(stderr: str, causes: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The variables a refused login points at: those of the first of ``causes`` (a phrase of
+    the client's error) that ``stderr`` holds; none when it holds none of them."""
+    return next((settings for phrase, settings in causes.items() if phrase in stderr), ())

@@ -20,7 +20,7 @@ from backupd.config import DatabaseConfig, Engine, SSLMode
 from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
 from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured
-from backupd.sources.base import RestoreTool, ServerInfo, command_output
+from backupd.sources.base import RestoreTool, ServerInfo, command_output, login_settings
 from backupd.sources.mysql_script import DatabaseStatementFilter
 from backupd.sources.session import DumpSession, client_session, parse_counts
 
@@ -68,6 +68,13 @@ LIST_DATABASES = (
     "SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT IN"
     " ('information_schema', 'performance_schema', 'sys', 'mysql') ORDER BY schema_name"
 )
+# What the variables to change are, by the client's error.
+_LOGIN_CAUSES = {
+    "Access denied": ("DB_USER", "DB_PASSWORD"),
+    "Unknown MySQL server host": ("DB_HOST",),
+    "Unknown server host": ("DB_HOST",),
+    "Can't connect": ("DB_HOST", "DB_PORT"),
+}
 _CONNECT_FAILURES = (
     "Access denied",
     "Can't connect",
@@ -383,7 +390,10 @@ class MySQLSource:
         )
         if code != 0 and login_failed(err):
             where = f"{self._label()} at {self._where()}"
-            raise ConnectError(f"cannot log in to {where}: {err}{self._tls_hint(err)}")
+            raise ConnectError(
+                f"cannot log in to {where}: {err}{self._tls_hint(err)}",
+                login_settings(err, _LOGIN_CAUSES),
+            )
         if code != 0:
             raise QueryError(err or f"{client} exited {code}")
         return [line for line in out.splitlines() if line]

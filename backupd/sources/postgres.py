@@ -26,7 +26,7 @@ from backupd.config import DatabaseConfig
 from backupd.errors import BackupdError, ConnectError, DumpError, QueryError
 from backupd.parts import Readable
 from backupd.process import Command, child_environment, run_captured, spawn
-from backupd.sources.base import RestoreTool, ServerInfo, command_output
+from backupd.sources.base import RestoreTool, ServerInfo, command_output, login_settings
 from backupd.sources.session import DumpSession, client_session, parse_counts
 
 if TYPE_CHECKING:
@@ -158,6 +158,14 @@ SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relname
             SELECT 1 FROM pg_depend d WHERE d.classid = o.classid AND d.objid = o.oid
                AND d.deptype IN ('e', 'i')))
 """
+# What the variables to change are, by the client's error.
+_LOGIN_CAUSES = {
+    "password authentication failed": ("DB_USER", "DB_PASSWORD"),
+    "no password supplied": ("DB_PASSWORD",),
+    "could not translate host name": ("DB_HOST",),
+    "Connection refused": ("DB_HOST", "DB_PORT"),
+    "timeout expired": ("DB_HOST", "DB_PORT"),
+}
 _CONNECT_FAILURES = (
     "password authentication failed",
     "could not connect",
@@ -635,7 +643,10 @@ class PostgresSource:
         if code != 0 and (missing := _MISSING.search(err)) and missing.group(1) == where:
             raise DumpError(missing_database(self.config, where))
         if code == PSQL_CONNECTION_FAILED:
-            raise ConnectError(f"cannot log in to PostgreSQL at {self._where()}: {err}")
+            raise ConnectError(
+                f"cannot log in to PostgreSQL at {self._where()}: {err}",
+                login_settings(err, _LOGIN_CAUSES),
+            )
         if code != 0:
             raise QueryError(err or f"psql exited {code}")
         return [row for row in out.split("\0") if row]
@@ -824,7 +835,10 @@ class PostgresSource:
                 ) from None
             said = child.stderr_text()
         if code == PSQL_CONNECTION_FAILED:
-            raise ConnectError(f"cannot log in to PostgreSQL at {self._where()}: {said}")
+            raise ConnectError(
+                f"cannot log in to PostgreSQL at {self._where()}: {said}",
+                login_settings(said, _LOGIN_CAUSES),
+            )
         answered: dict[int, str | None] = {}
         for line in out.splitlines():
             if line.startswith(marker + " "):

@@ -63,6 +63,7 @@ def test_wrong_postgres_password_fails_at_connect(
     assert "FAILED at connect" in line
     assert "cannot log in to PostgreSQL at 127.0.0.1" in line
     assert "password authentication failed" in line
+    assert line.endswith(" (DB_USER, DB_PASSWORD)"), line
     assert "row counts are not recorded" not in result.stdout  # one line says it, not two
     assert_nothing_stored(s3, bucket)
 
@@ -81,6 +82,7 @@ def test_wrong_mariadb_password_fails_at_connect(
     line = failure_line(result)
     assert "cannot log in to MariaDB" in line
     assert "Access denied" in line
+    assert line.endswith(" (DB_USER, DB_PASSWORD)"), line
     assert "row counts are not recorded" not in result.stdout  # one line says it, not two
     assert_nothing_stored(s3, bucket)
 

@@ -164,6 +164,25 @@ def test_a_host_name_that_does_not_resolve_is_a_failed_login(
     assert "FAILED at connect: cannot log in to" in no_traceback(once)
 
 
+@pytest.mark.parametrize("engine", ["postgres", "mariadb"])
+def test_check_names_the_variables_of_a_server_it_cannot_reach(
+    request: pytest.FixtureRequest, engine: str, tmp_path: Path
+) -> None:
+    server = request.getfixturevalue("pg" if engine == "postgres" else "mariadb")
+    make_env = pg_env if engine == "postgres" else mariadb_env
+    storage = {"STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(tmp_path / "b")}
+    closed = {**make_env(server, "app"), **storage, "DB_PORT": str(free_port())}
+    unknown = {**make_env(server, "app"), **storage, "DB_HOST": "no-such-host.invalid"}
+
+    for env, settings in ((closed, "(DB_HOST, DB_PORT)"), (unknown, "(DB_HOST)")):
+        result = run_backupd("check", env=env)
+        no_traceback(result)
+        assert result.returncode == 1
+        failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+        assert failed[0].startswith("FAIL default connect: cannot log in to"), failed
+        assert failed[0].endswith(f" {settings}"), failed
+
+
 def test_env_file_after_the_command_says_where_it_goes(tmp_path: Path) -> None:
     for option in (("--env-file", str(tmp_path / "prod.env")), ("--log-level", "DEBUG")):
         result = run_backupd("check", *option, env={})

@@ -99,6 +99,7 @@ def test_postgres_manifest_records_exact_row_counts_and_a_drill_passes(
     assert elsewhere.returncode == 1
     assert "the restore failed: cannot log in to PostgreSQL at 127.0.0.1" in elsewhere.stdout
     assert "as drill_nobody" in elsewhere.stdout
+    assert "DB_PASSWORD" not in elsewhere.stdout  # the backups' own login is not at fault
     assert "drill-Secret-77" not in elsewhere.stdout + elsewhere.stderr
 
 
