@@ -108,7 +108,20 @@ class _Warner:
     def __call__(self, error: BaseException) -> None:
         if time.monotonic() - self.last >= 60:
             self.last = time.monotonic()
-            _console_warning(self.console, "cannot send logs to Seq: %s", error)
+            _console_warning(self.console, "cannot send logs to Seq: %s", seq_failure(error))
+
+
+def seq_failure(error: BaseException) -> str:
+    """What a failed send to Seq says: a connection that failed is its innermost cause, named
+    by SEQ_URL (``SEQ_URL: [Errno 111] Connection refused``), not requests' and urllib3's
+    wrappers of it (``HTTPConnectionPool(host=..., port=...): Max retries exceeded ...``)."""
+    inner, seen = error, {id(error)}
+    while (cause := inner.__cause__ or inner.__context__) is not None and id(cause) not in seen:
+        inner = cause
+        seen.add(id(cause))
+    if isinstance(inner, OSError):
+        return f"SEQ_URL: {inner}"
+    return str(error)
 
 
 def _console_warning(console: logging.Handler, message: str, *args: object) -> None:
@@ -218,7 +231,9 @@ class Logging:
                     handler.flush()  # seqlog's close drops a batch not yet sent
                     handler.close()
                 except Exception as error:  # the command's work is done: never a traceback
-                    _console_warning(self.console, "cannot send logs to Seq: %r", error)
+                    _console_warning(
+                        self.console, "cannot send logs to Seq: %s", seq_failure(error)
+                    )
             self.listener = None
         if self.drops is not None and self.drops.count:
             _console_warning(
