@@ -43,6 +43,7 @@ from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, Source, source_for
 from backupd.sources.base import ScriptFilter, deleted_afterwards
 from backupd.storage import Storage, open_storage
+from backupd.storage.local import FILE_MODE
 
 log = logging.getLogger(__name__)
 
@@ -327,14 +328,17 @@ async def _to_file(
     progress: Progress,
     identity: Path | None,
     setting: str = "--to-file",
+    mode: int = FILE_MODE,
 ) -> None:
     """Download, verify, decrypt and decompress into ``path``, in the folder ``setting``
-    names; it appears only once verified."""
+    names; it appears only once verified. It is created with ``mode`` (less the umask): by
+    default never readable by every user of the host, as a local backup."""
     if await asyncio.to_thread(path.exists):
         raise RestoreError(f"{path} already exists; choose another --to-file path")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        with temporary.open("xb") as handle:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        with os.fdopen(os.open(temporary, flags, mode), "wb") as handle:
             download = _Download(storage, backup, progress, identity)
             async for chunk in download.chunks():
                 await asyncio.to_thread(handle.write, chunk)
@@ -551,8 +555,14 @@ async def _through_shared_file(
     assert request.into is not None
     server_path, local_path = source.paths(f"restore_{secrets.token_hex(6)}.bak")
     async with deleted_afterwards(local_path):
-        await _to_file(
-            storage, backup, local_path, request.progress, request.identity, "MSSQL_LOCAL_DIR"
+        await _to_file(  # the server reads it as its own user: the umask decides, as for a .bak
+            storage,
+            backup,
+            local_path,
+            request.progress,
+            request.identity,
+            "MSSQL_LOCAL_DIR",
+            0o666,
         )
         await source.restore_from_file(server_path, request.into, request.clean)
 

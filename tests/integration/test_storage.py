@@ -328,6 +328,29 @@ def test_reading_a_local_folder_that_does_not_exist_says_so(tmp_path: Path) -> N
     assert not typo.exists()
 
 
+def test_a_restored_file_is_never_readable_by_every_user_of_the_host(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """``restore --to-file`` writes the whole database, decrypted and decompressed."""
+    database = "to_file_private"
+    pg.create_database(database, "CREATE TABLE secrets AS SELECT 'hunter2' AS password;")
+    env = {
+        **pg_env(pg, database),
+        "STORAGE_TYPE": "local",
+        "STORAGE_LOCAL_PATH": str(tmp_path / "store"),
+    }
+    assert run_backupd("once", env=env).returncode == 0
+
+    umask = os.umask(0o022)  # a container's default, which backupd inherits
+    try:
+        result = run_backupd("restore", "--to-file", str(tmp_path / "restored.dump"), env=env)
+    finally:
+        os.umask(umask)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert oct((tmp_path / "restored.dump").stat().st_mode & 0o777) == "0o640"
+
+
 def test_check_probes_database_dump_tool_and_storage(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str
 ) -> None:
