@@ -95,6 +95,9 @@ async def notification_findings(
     if target.hooks.ping_url is not None:
         url = target.hooks.ping_url.get_secret_value()
         checks.append(("ping", asyncio.ensure_future(_ping(url, send_test))))
+    if send_test and not checks:  # said, lest --send-test look like it sent something
+        unset = "EMAIL_SMTP, NOTIFY_WEBHOOK_URL and HEALTHCHECK_PING_URL are unset"
+        return [finding(True, "notifications", f"nothing to send a test to: {unset}")]
     findings = []
     for what, check in checks:
         try:

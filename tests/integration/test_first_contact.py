@@ -183,6 +183,20 @@ def test_check_names_the_variables_of_a_server_it_cannot_reach(
         assert failed[0].endswith(f" {settings}"), failed
 
 
+def test_send_test_without_notifications_says_it_sent_nothing(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    env = {**pg_env(pg, "postgres"), "STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(tmp_path)}
+
+    result = run_backupd("check", "--send-test", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "ok   default notifications: nothing to send a test to: EMAIL_SMTP, NOTIFY_WEBHOOK_URL"
+        " and HEALTHCHECK_PING_URL are unset"
+    ) in no_traceback(result)
+
+
 def test_env_file_after_the_command_says_where_it_goes(tmp_path: Path) -> None:
     for option in (("--env-file", str(tmp_path / "prod.env")), ("--log-level", "DEBUG")):
         result = run_backupd("check", *option, env={})
