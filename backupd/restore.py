@@ -583,7 +583,9 @@ def name_problem(engine: Engine, name: str) -> str | None:
         return f"--into {name!r} is longer than PostgreSQL's 63 bytes for a database name"
     if engine in (Engine.MYSQL, Engine.MARIADB) and len(name) > 64:
         return f"--into {name!r} is longer than the 64 characters MySQL allows a database name"
-    if not name or any(ord(c) < 32 for c in name):
+    if not name:
+        return "--into is empty: give it the name of the database to restore into"
+    if any(ord(c) < 32 for c in name):
         return "--into needs a database name without control characters"
     return None
 

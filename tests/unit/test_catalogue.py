@@ -318,6 +318,12 @@ def test_restore_refuses_a_name_the_server_would_truncate_or_refuse(
     assert (name_problem(engine, name) is not None) is refused
 
 
+def test_an_empty_restore_name_is_named_as_empty() -> None:
+    assert name_problem(Engine.POSTGRES, "") == (
+        "--into is empty: give it the name of the database to restore into"
+    )
+
+
 def test_a_database_named_twice_is_a_config_error() -> None:
     env = {"DB_HOST": "h", "DB_USER": "u", "DB_DATABASE": "a, b, a", "STORAGE_BUCKET_NAME": "bkt"}
     with pytest.raises(ConfigError, match="DB_DATABASE: names a more than once"):
