@@ -43,7 +43,7 @@ from backupd.progress import LogProgress, Progress
 from backupd.sources import FileSource, Source, source_for
 from backupd.sources.base import ScriptFilter, deleted_afterwards
 from backupd.storage import Storage, open_storage
-from backupd.storage.local import FILE_MODE
+from backupd.storage.base import FILE_MODE
 
 log = logging.getLogger(__name__)
 

@@ -86,6 +86,11 @@ class Removal:
     version_id: str | None = None
 
 
+FILE_MODE = 0o640
+"""Mode of the files backupd writes on a local disk (backups, manifests, restored dumps): a
+backup holds the whole database, so its owner and group may read it (less with a stricter
+umask), never every user of the host, whatever the umask (022 in containers)."""
+
 MAX_DELETE_BATCH = 1_000
 """S3's DeleteObjects takes at most this many keys a request."""
 

@@ -21,6 +21,7 @@ from backupd.config import LocalConfig
 from backupd.errors import StorageError
 from backupd.parts import Part
 from backupd.storage.base import (
+    FILE_MODE,
     Estimate,
     Lock,
     PendingUpload,
@@ -32,9 +33,6 @@ from backupd.storage.base import (
 DOWNLOAD_CHUNK = 1024 * 1024
 PARTIAL = ".partial"
 OPEN_ATTEMPTS = 3
-FILE_MODE = 0o640
-"""A backup holds the whole database: its owner and group may read it (less with a stricter
-umask), never every user of the host, whatever the umask (022 in containers)."""
 
 
 def _fsync_dir(path: Path) -> None:
