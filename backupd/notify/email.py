@@ -236,10 +236,6 @@ async def verify(config: EmailConfig) -> list[str]:
     return await _deliver(config, [])
 
 
-async def send(config: EmailConfig, report: Report) -> None:
-    await _deliver(config, [compose(config, report)])
-
-
 async def send_all(config: EmailConfig, reports: list[Report]) -> None:
     """A mail per report, all over one SMTP session (see ``_deliver``)."""
     await _deliver(config, [compose(config, report) for report in reports])

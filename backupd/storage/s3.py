@@ -740,18 +740,8 @@ class S3Storage:
         action = f"download {key}"
         received, etag, size = 0, "", 0
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            ranged: dict[str, Any] = {}
-            if attempt > 1:
-                ranged = {"Range": f"bytes={received}-", "IfMatch": etag}
             with storage_errors(self.config, action):
-                try:
-                    response = await client.get_object(Bucket=self.config.bucket, Key=key, **ranged)
-                except ClientError as error:
-                    if attempt > 1 and _code(error) in _CONDITION_FAILED:
-                        raise StorageError(
-                            f"{action}: the object changed while it was read (its ETag)"
-                        ) from error
-                    raise
+                response = await self._get_from(client, key, received, etag)
                 if attempt == 1:
                     etag, size = response.get("ETag", ""), response.get("ContentLength", 0)
                 async with response["Body"] as body:
@@ -781,6 +771,23 @@ class S3Storage:
                         yield bytes(chunk)
             if received >= size:  # cut after the last byte: nothing is left to ask for
                 return
+
+    async def _get_from(self, client: S3Client, key: str, start: int, etag: str) -> Any:
+        """GetObject of ``key`` from byte ``start`` on: the whole object at 0, else a Range
+        request under IfMatch ``etag``. Raises StorageError when the object changed (412),
+        botocore's errors otherwise."""
+        if start == 0:
+            return await client.get_object(Bucket=self.config.bucket, Key=key)
+        try:
+            return await client.get_object(
+                Bucket=self.config.bucket, Key=key, Range=f"bytes={start}-", IfMatch=etag
+            )
+        except ClientError as error:
+            if _code(error) not in _CONDITION_FAILED:
+                raise
+            raise StorageError(
+                f"download {key}: the object changed while it was read (its ETag)"
+            ) from error
 
     async def delete_many(self, objects: Sequence[Removal]) -> dict[str, str]:
         client = await self.client()

@@ -200,7 +200,8 @@ async def test_a_database_named_with_a_line_break_still_gets_its_mail(
     config = EmailConfig.model_validate(mail_env(port))
     name = "line1\nBcc: evil@example.com"
 
-    await email_notify.send(config, Report("t", name, "postgres", State.FAILED, datetime.now(UTC)))
+    report = Report("t", name, "postgres", State.FAILED, datetime.now(UTC))
+    await email_notify.send_all(config, [report])
 
     ((_, recipients, message),) = inbox.messages
     assert recipients == RECIPIENTS
@@ -298,7 +299,7 @@ async def test_a_recipient_the_relay_refuses_is_a_failure_naming_it() -> None:
         config = EmailConfig.model_validate(env)
         report = Report("t", "shop", "postgres", State.FAILED, datetime.now(UTC))
         with pytest.raises(NotifyError) as refused:
-            await email_notify.send(config, report)
+            await email_notify.send_all(config, [report])
     finally:
         controller.stop()
 
