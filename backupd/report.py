@@ -111,9 +111,9 @@ def cut_short(
             datetime.now(target.layout.tz),
             step="shutdown",
             error=mask(why, hidden),
-            left_behind=_left_behind(cancelled, hidden) if under_way else None,
+            left_behind=_left_behind(cancelled, hidden) if index == 0 else None,
         )
-        for under_way, name in zip([True, *[False] * len(rest)], rest, strict=False)
+        for index, name in enumerate(rest)  # the first was under way
     ]
     log_reports(reports)
     return reports
