@@ -113,6 +113,17 @@ _FROZEN = ConfigDict(
 )
 
 
+WORD_PATTERN = r"^[A-Za-z0-9_]+$"
+"""A name part of database names (VERIFY_DRILL_DATABASE_PREFIX)."""
+REPLICA_PATTERN = r"^[A-Za-z0-9_.@:-]+$"
+"""A replica's name in claims (REPLICA_ID): a host name, a pod's, ``user@host:port``."""
+PATTERN_WORDS = {
+    WORD_PATTERN: "must hold only letters A-Z and a-z, digits and underscores",
+    REPLICA_PATTERN: "must hold only letters A-Z and a-z, digits and . @ : _ -",
+}
+"""What each pattern asks for, in words: pydantic says "String should match pattern '...'"."""
+
+
 def one_word(value: str) -> str:
     """A host name or login without surrounding blanks: a value written as a YAML block
     (``DB_HOST: |``, a Kubernetes ConfigMap) ends with a line break, which the resolver (or the
@@ -630,7 +641,7 @@ class CoordinationConfig(BaseModel):
         alias="REPLICA_ID",
         min_length=1,
         max_length=128,
-        pattern=r"^[A-Za-z0-9_.@:-]+$",
+        pattern=REPLICA_PATTERN,
         description="This replica's name in claims",
     )
     lease: float = Field(
@@ -947,7 +958,7 @@ class VerifyConfig(BaseModel):
         alias="VERIFY_DRILL_DATABASE_PREFIX",
         min_length=1,
         max_length=40,
-        pattern=r"^[A-Za-z0-9_]+$",
+        pattern=WORD_PATTERN,
         description="Name prefix of the scratch database a drill restores into",
     )
     host: str | None = Field(

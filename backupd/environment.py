@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from backupd import envfile
 from backupd.config import (
+    PATTERN_WORDS,
     AnomalyConfig,
     CoordinationConfig,
     DaemonConfig,
@@ -59,13 +60,6 @@ SECRET_NAMES = frozenset(
         "VERIFY_DB_PASSWORD",
     }
 )
-_PATTERNS = {
-    r"^[A-Za-z0-9_]+$": "must hold only letters A-Z and a-z, digits and underscores",
-    r"^[A-Za-z0-9_.@:-]+$": "must hold only letters A-Z and a-z, digits and . @ : _ -",
-}
-"""What the fields' patterns (config.py) ask for, in words: pydantic says "String should match
-pattern '^[A-Za-z0-9_]+$'"."""
-
 # Errors quote the given value only for these: a secret pasted into the wrong variable stays hidden.
 ECHOED_NAMES = frozenset(
     {
@@ -155,7 +149,7 @@ class _Reader:
         message = str(error["msg"]).removeprefix("Value error, ")
         message = message.replace("Input should be", "must be")
         if error["type"] == "string_pattern_mismatch":
-            message = _PATTERNS.get(error["ctx"]["pattern"], message)
+            message = PATTERN_WORDS.get(error["ctx"]["pattern"], message)
         given = error.get("input")
         if alias in ECHOED_NAMES and isinstance(given, str) and repr(given) not in message:
             message += f" (got {given!r})"
