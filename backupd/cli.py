@@ -501,8 +501,8 @@ async def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 INTERRUPTED = {
-    "once": "any backup still in progress was aborted and left nothing behind; backups already "
-    "stored are kept, though their notifications may not have been sent",
+    "once": "a backup still in progress was aborted, left nothing behind and was reported as "
+    "failed; backups already stored are kept; targets not started yet did not run",
     "restore": "the restore was stopped; what it had created (a database, a file) was removed",
     "prune": "the prune was stopped; what it had not deleted yet is kept",
     "verify": "the verify was stopped; a drill's scratch database was dropped",

@@ -257,14 +257,30 @@ async def backup_and_log(
     return reports
 
 
+STOPPED_BY_SIGNAL = (
+    "stopped by a signal (SIGTERM, SIGINT or SIGHUP): a dump under way was stopped, its upload"
+    " aborted"
+)
+"""Why ``backup_and_report`` tells the databases of a run a signal cancelled as failed."""
+
+
 async def backup_and_report(target: TargetConfig, progress: Progress | None = None) -> list[Report]:
     """Run one target and tell everyone how it went: logs, mail, webhooks, pings. The start
-    ping goes out alongside the run; the rest once the run is over."""
+    ping goes out alongside the run; the rest once the run is over.
+
+    Cancelled (``backupd once`` got a signal), the run is told as ``cut_short``: the databases
+    it stored as stored, the rest failed at step ``shutdown``; then the CancelledError goes on.
+    The telling is bounded by each notifier's own timeouts; a second cancellation stops it."""
     announced = announce(target)
+    run = TargetRun(target.name)
     try:
-        reports = await backup_and_log(target, progress)
-    except asyncio.CancelledError:  # no result to tell
-        announced.cancel()
+        reports = await backup_and_log(target, progress, run)
+    except asyncio.CancelledError as cancelled:
+        reports = cut_short(target, run, cancelled, STOPPED_BY_SIGNAL)
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the notifiers' own timeouts work as in any run
+        await tell(target, reports, announced)
         raise
     await tell(target, reports, announced)
     return reports

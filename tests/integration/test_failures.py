@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from tests.servers import (
     MariaDBServer,
     PostgresServer,
     free_port,
+    recording_server,
     silent_server,
     wait_until,
 )
@@ -267,6 +269,46 @@ def test_sigterm_aborts_the_upload_and_kills_the_dump(
     assert "interrupted" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert_nothing_stored(s3, bucket)
+    assert dump_processes(big_pg_database) == []
+
+
+def test_a_signal_during_once_tells_what_it_stopped(
+    pg: PostgresServer, big_pg_database: str, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """The first database is stored, the second is being uploaded at SIGTERM, the third never
+    starts: as the daemon does at a shutdown, the stored one is told as such and the two others
+    as failed at step shutdown (webhook, /fail ping), and only the stored one is in the bucket."""
+    pg.create_database("once_cut_first", "CREATE TABLE t AS SELECT 1 AS x;")
+    pg.create_database("once_cut_last", "CREATE TABLE t AS SELECT 1 AS x;")
+    with recording_server() as (url, seen):
+        env = {
+            **slow_upload_env(pg, f"once_cut_first,{big_pg_database},once_cut_last", proxy, bucket),
+            "NOTIFY_WEBHOOK_URL": f"{url}/hook",
+            "HEALTHCHECK_PING_URL": f"{url}/ping",
+        }
+        process = start_backupd(env)
+        wait_until(lambda: len(proxy.part_sizes()) >= 1, 30, "the big database's first part")
+        process.send_signal(signal.SIGTERM)
+        result = finish(process)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    hooks = [json.loads(r.body) for r in seen if r.path == "/hook"]
+    told = {hook["database"]: (hook["result"], hook["step"]) for hook in hooks}
+    assert told == {
+        "once_cut_first": ("succeeded", None),
+        big_pg_database: ("failed", "shutdown"),
+        "once_cut_last": ("failed", "shutdown"),
+    }
+    assert all("stopped by a signal" in hook["error"] for hook in hooks if hook["step"])
+    assert [r.path for r in seen if r.path.startswith("/ping")] == ["/ping/start", "/ping/fail"]
+    keys, uploads = bucket_state(s3, bucket)
+    assert uploads == []
+    assert [key for key in keys if not key.endswith(".manifest.json")] == [
+        hook["key"] for hook in hooks if hook["result"] == "succeeded"
+    ]
+    assert f"backup of default {big_pg_database} FAILED at shutdown" in result.stdout
+    assert "was reported as failed" in result.stdout
     assert dump_processes(big_pg_database) == []
 
 

@@ -176,7 +176,7 @@ def test_no_error_path_prints_a_traceback(
                 {**local, "PATH": stalling},
                 1,
                 [(started.exists, signal.SIGTERM)],
-                "interrupted: any backup still in progress was aborted and left nothing behind",
+                "interrupted: a backup still in progress was aborted, left nothing behind",
             ),
             Case(
                 "SIGTERM to the service",
