@@ -73,6 +73,9 @@ class TargetRun:
     target: str
     results: list[BackupResult] = field(default_factory=list)
     failures: list[tuple[str, BackupdError]] = field(default_factory=list)
+    planned: list[str] | None = None
+    """The objects the run makes, by database name (``*``'s as listed by the server, and its
+    server globals), once known; None before."""
 
     @property
     def ok(self) -> bool:
@@ -499,7 +502,9 @@ async def _run_all(
     run: TargetRun,
 ) -> None:
     """Each database in turn; one failing does not stop the others."""
-    for dump in await _dumps(target, source, probe):
+    dumps = await _dumps(target, source, probe)
+    run.planned = [dump.database for dump in dumps]
+    for dump in dumps:
         try:
             run.results.append(await dump_to_storage(target, dump, storage, probe, progress))
         except BackupdError as error:

@@ -92,13 +92,15 @@ def cut_short(
     target: TargetConfig, run: TargetRun, cancelled: BaseException, why: str
 ) -> list[Report]:
     """The reports of a run the shutdown cancelled (``why`` says how): those of the databases
-    it had finished, and a failure at step ``shutdown`` for the rest (``*``: the rest of the
-    server's; what the one under way left in the storage goes with the first), logged. A
-    backup stopped by SIGTERM is told, as any other failure is."""
+    it had finished, and a failure at step ``shutdown`` for each of the rest (``*`` before the
+    server listed its databases; what the one under way left in the storage goes with the
+    first), logged. A backup stopped by SIGTERM is told, as any other failure is."""
     hidden = secrets_of(target)
     reports = reports_of(target, run) if run.results or run.failures else []
     done = {result.database for result in run.results} | {name for name, _ in run.failures}
-    if target.database.all_databases:
+    if run.planned is not None:
+        rest = [name for name in run.planned if name not in done]
+    elif target.database.all_databases:
         rest = [target.database.database]
     else:
         rest = [name for name in target.database.databases if name not in done]
