@@ -423,10 +423,15 @@ def create_database_sql(database: str, properties: dict[str, Any]) -> str:
 
 
 def property_statements(
-    database: str, properties: dict[str, Any], keep_owner: bool = False
+    database: str,
+    properties: dict[str, Any],
+    keep_owner: bool = False,
+    existing: dict[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
     """(what, SQL) for each recorded default and the comment, applied after the restore; with
-    ``keep_owner``, the recorded owner first."""
+    ``keep_owner``, the recorded owner first. ``existing``: what the database has now, when it
+    existed before the restore: its own settings, per-role settings and grants go first (see
+    ``privilege_statements``), so that it ends with the recorded ones alone."""
     name = pg_identifier(database)
     owner = properties.get("owner")
     statements = []
@@ -434,6 +439,15 @@ def property_statements(
         statements.append(("owner", f"ALTER DATABASE {name} OWNER TO {pg_identifier(owner)}"))
     if "settings" in properties:  # recorded: an existing database's own defaults go first
         statements.append(("settings", f"ALTER DATABASE {name} RESET ALL"))
+    if "role_settings" in properties:
+        had = sorted({entry["role"] for entry in (existing or {}).get("role_settings") or []})
+        statements += [
+            (
+                f"settings of role {role}",
+                f"ALTER ROLE {pg_identifier(role)} IN DATABASE {name} RESET ALL",
+            )
+            for role in had
+        ]
     statements += [
         (f"setting {split_setting(item)[0]}", f"ALTER DATABASE {name} {set_clause(item)}")
         for item in properties.get("settings") or []
@@ -446,7 +460,7 @@ def property_statements(
                 f"ALTER ROLE {pg_identifier(role)} IN DATABASE {name} {set_clause(setting)}",
             )
         )
-    statements += privilege_statements(name, properties, keep_owner)
+    statements += privilege_statements(name, properties, keep_owner, existing)
     row = properties.get("row") or {}
     limit = row.get("datconnlimit")
     if isinstance(limit, int):  # -1 too: an existing database's own limit goes
@@ -548,18 +562,34 @@ DATABASE_PRIVILEGES = frozenset({"CREATE", "CONNECT", "TEMPORARY"})
 
 
 def privilege_statements(
-    name: str, properties: dict[str, Any], keep_owner: bool = False
+    name: str,
+    properties: dict[str, Any],
+    keep_owner: bool = False,
+    existing: dict[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
     """The recorded ``acl`` (``aclexplode`` of ``datacl``) as GRANTs on ``name`` (quoted),
-    after revoking PUBLIC's default CONNECT and TEMPORARY; none where the database had the
-    default privileges (``acl`` null or absent). With ``keep_owner`` (the recorded owner owns
-    the copy) the owner's own entries are restored as recorded, after revoking its defaults;
-    otherwise they are left out: the restoring role owns the copy and holds them as owner."""
-    acl = properties.get("acl")
-    if not isinstance(acl, list):
+    after revoking PUBLIC's default CONNECT and TEMPORARY. With ``keep_owner`` (the recorded
+    owner owns the copy) the owner's own entries are restored as recorded, after revoking its
+    defaults; otherwise they are left out: the restoring role owns the copy and holds them as
+    owner.
+
+    ``existing``: the properties the database has now (``PROPERTIES_QUERY``), when it existed
+    before the restore. Whatever its ``acl`` grants to a role other than its owner is revoked
+    first, and where the backup recorded the default privileges (``acl`` null) the defaults
+    come back: CONNECT and TEMPORARY for PUBLIC (PostgreSQL's ``acldefault`` for a database).
+    A backup that recorded no ``acl`` at all (an older backupd) changes nothing."""
+    if "acl" not in properties:
         return []
+    acl = properties.get("acl")
     owner = properties.get("owner")
+    explicit = isinstance((existing or {}).get("acl"), list)
+    if not isinstance(acl, list) and not explicit:
+        return []
     statements = [("privileges of PUBLIC", f"REVOKE ALL ON DATABASE {name} FROM PUBLIC")]
+    statements += _revoke_existing(name, existing)
+    if not isinstance(acl, list):
+        grant = f"GRANT CONNECT, TEMPORARY ON DATABASE {name} TO PUBLIC"
+        return [*statements, ("privileges of PUBLIC", grant)]
     if keep_owner and isinstance(owner, str):
         revoke = f"REVOKE ALL ON DATABASE {name} FROM {pg_identifier(owner)}"
         statements.append((f"privileges of {owner}", revoke))
@@ -578,6 +608,20 @@ def privilege_statements(
             )
         )
     return statements
+
+
+def _revoke_existing(name: str, existing: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """REVOKEs of what an existing database's explicit ``acl`` grants to roles other than its
+    owner and PUBLIC (PUBLIC's are the caller's); none for default privileges."""
+    acl = (existing or {}).get("acl")
+    if not isinstance(acl, list):
+        return []
+    owner = (existing or {}).get("owner")
+    grantees = sorted({e.get("grantee") for e in acl if e.get("grantee") not in (None, owner)})
+    return [
+        (f"privileges of {grantee}", f"REVOKE ALL ON DATABASE {name} FROM {pg_identifier(grantee)}")
+        for grantee in grantees
+    ]
 
 
 def major_version(version: str) -> int:
@@ -796,7 +840,8 @@ class PostgresSource:
     async def apply_properties(self, database: str, properties: dict[str, Any]) -> list[str]:
         problems = await self._fixed_at_creation(database, properties)
         keep_owner = bool(properties) and (await self.owners_kept(database, properties))[0]
-        statements = property_statements(database, properties, keep_owner)
+        existing = await self.database_properties(database) if properties else None
+        statements = property_statements(database, properties, keep_owner, existing)
         if statements:
             problems += await self._run_each(database, statements)
         return problems

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from backupd.catalogue import MANIFEST_SUFFIX
 from tests.conftest import (
     bucket_state,
@@ -94,10 +96,16 @@ def pg_properties(pg: PostgresServer, database: str) -> dict[str, Any]:
         "'comment', shobj_description(oid, 'pg_database'),"
         "'settings', (SELECT json_agg(json_build_object('role', r.rolname, 'config', s.setconfig)"
         "  ORDER BY r.rolname NULLS FIRST) FROM pg_db_role_setting s"
-        "  LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid))"
+        "  LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid),"
+        # The privileges in effect (explicit or PostgreSQL's defaults), the owner's as 'owner'.
+        "'privileges', (SELECT json_agg(json_build_array(CASE a.grantee WHEN 0 THEN 'PUBLIC'"
+        "  WHEN d.datdba THEN 'owner' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type,"
+        "  a.is_grantable)) FROM aclexplode(coalesce(d.datacl,"
+        "  acldefault('d', d.datdba))) a))"
         f" FROM pg_database d WHERE datname = '{database}'"
     )
     properties: dict[str, Any] = json.loads(row)
+    properties["privileges"].sort()
     return properties
 
 
@@ -696,6 +704,33 @@ def test_an_existing_empty_postgres_database_takes_the_recorded_settings_alone(
 
     assert pg_properties(pg, existing) == pg_properties(pg, database)
     assert pg_properties(pg, existing)["limit"] == -1
+
+
+@pytest.mark.parametrize("granted", [False, True])
+def test_an_existing_empty_postgres_database_ends_with_the_recorded_privileges_alone(
+    pg: PostgresServer, moto_url: str, bucket: str, granted: bool
+) -> None:
+    """What an existing database granted to another role, and that role's settings in it,
+    stayed beside the recorded ones: a copy of a database with the default privileges (or
+    with grants of its own) let a role connect and create that the original did not."""
+    database, existing = unique("plain"), unique("existing")
+    stranger, reader = unique("stranger"), unique("reader")
+    pg.psql(f"CREATE ROLE {stranger}; CREATE ROLE {reader}")
+    pg.create_database(database, "CREATE TABLE t (n int);")
+    if granted:
+        pg.psql(f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC")
+        pg.psql(f"GRANT CONNECT ON DATABASE {database} TO {reader}")
+    pg.psql(f"CREATE DATABASE {existing}")
+    pg.psql(f"GRANT CONNECT, CREATE ON DATABASE {existing} TO {stranger}")
+    pg.psql(f"REVOKE CONNECT ON DATABASE {existing} FROM PUBLIC")
+    pg.psql(f"ALTER ROLE {stranger} IN DATABASE {existing} SET work_mem = '7MB'")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+
+    ok("restore", "--into", existing, env=env)
+
+    assert pg_properties(pg, existing) == pg_properties(pg, database)
+    assert stranger not in json.dumps(pg_properties(pg, existing))
 
 
 def test_an_existing_postgres_database_with_another_locale_is_named_in_a_warning(

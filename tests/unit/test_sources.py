@@ -392,6 +392,43 @@ def test_database_privileges_become_grants_after_revoking_publics_defaults() -> 
     assert all(what != "owner" for what, _ in property_statements("db", owner_and_reader))
 
 
+def test_an_existing_databases_own_grants_and_role_settings_go_before_the_recorded_ones() -> None:
+    """Restored into a database that existed: what it granted to others and its per-role
+    settings are not the backup's, and go; recorded default privileges come back as such."""
+    existing = {
+        "owner": "dba",
+        "acl": [
+            {"grantee": "dba", "privilege": "CREATE", "grantable": False},
+            {"grantee": "carol", "privilege": "CONNECT", "grantable": False},
+            {"grantee": "carol", "privilege": "CREATE", "grantable": False},
+        ],
+        "role_settings": [{"role": "carol", "setting": "work_mem=7MB"}],
+    }
+    defaults = {"owner": "alice", "acl": None, "role_settings": []}
+
+    assert [sql for _, sql in privilege_statements('"db"', defaults, existing=existing)] == [
+        'REVOKE ALL ON DATABASE "db" FROM PUBLIC',
+        'REVOKE ALL ON DATABASE "db" FROM "carol"',
+        'GRANT CONNECT, TEMPORARY ON DATABASE "db" TO PUBLIC',
+    ]
+    assert [sql for _, sql in property_statements("db", defaults, existing=existing)] == [
+        'ALTER ROLE "carol" IN DATABASE "db" RESET ALL',
+        'REVOKE ALL ON DATABASE "db" FROM PUBLIC',
+        'REVOKE ALL ON DATABASE "db" FROM "carol"',
+        'GRANT CONNECT, TEMPORARY ON DATABASE "db" TO PUBLIC',
+    ]
+    reader = {"owner": "alice", "acl": [{"grantee": "bob", "privilege": "CONNECT"}]}
+    assert [sql for _, sql in privilege_statements('"db"', reader, existing=existing)] == [
+        'REVOKE ALL ON DATABASE "db" FROM PUBLIC',
+        'REVOKE ALL ON DATABASE "db" FROM "carol"',
+        'GRANT CONNECT ON DATABASE "db" TO "bob"',
+    ]
+    # An existing database with the default privileges, or a backup from a backupd that did
+    # not record them: nothing to change.
+    assert privilege_statements('"db"', defaults, existing={"owner": "dba", "acl": None}) == []
+    assert privilege_statements('"db"', {"owner": "alice"}, existing=existing) == []
+
+
 OWNED = {"owner": "alice", "owners": ["alice", "bob"]}
 
 
