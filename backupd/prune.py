@@ -64,7 +64,7 @@ class Leftover:
         if self.kind not in _NEVER:
             why += f", {'older' if self.delete else 'newer'} than the cleanup age"
         label = f"({self.kind})"
-        return f"{verdict:<6}  {self.since:%Y-%m-%d %H:%M:%S %Z}  {label:<16}  {self.key}  {why}"
+        return f"{verdict:<6}  {self.since:%Y-%m-%d %H:%M:%S%z}  {label:<16}  {self.key}  {why}"
 
 
 _OBJECTS = {"incomplete", "no object"}
@@ -112,7 +112,7 @@ class PruneResult:
         """One line per backup (KEEP or DELETE and why) and per leftover, newest first; a
         name's control characters show escaped, as in logs."""
         rows = [
-            f"{d.verdict:<6}  {d.candidate.taken:%Y-%m-%d %H:%M:%S %Z}  "
+            f"{d.verdict:<6}  {d.candidate.taken:%Y-%m-%d %H:%M:%S%z}  "
             f"{escape_controls(d.candidate.database):<16}  {d.candidate.key}  {d.why}"
             for d in self.decisions
         ]

@@ -205,6 +205,16 @@ def test_prune_keeps_exactly_the_policy_and_touches_nothing_else(
     assert column[app[-1]] == "KEEP newest, daily 2026-11-29, weekly 2026-W48, monthly 2026-11"
     assert column[quiet[0]] == "KEEP held: the newest backup is older than 1d"
     assert column[young] == "-"
+    # The time as `list` writes it: with the offset (an abbreviation such as CET can be
+    # ambiguous), and the same in both.
+    listed_at = {re.split(r"\s{2,}", line)[5]: re.split(r"\s{2,}", line)[0] for line in lines[1:-1]}
+    pruned_at = {
+        fields[3]: fields[1]
+        for fields in (re.split(r"\s{2,}", line.strip()) for line in dry.stdout.splitlines())
+        if len(fields) == 5 and fields[0] in {"KEEP", "DELETE"}
+    }
+    assert pruned_at[app[-1]] == listed_at[app[-1]] == "2026-11-29 02:00:00+0100"
+    assert pruned_at[young] == listed_at[young]
 
 
 def test_old_leftovers_are_removed_and_a_stalled_target_keeps_its_backups(
