@@ -40,7 +40,7 @@ from backupd.claims import Claims, Observed, claimed, self_test
 from backupd.config import S3Config, Settings, TargetConfig
 from backupd.coordination import Kind, job_of
 from backupd.errors import BackupdError, ClaimLost
-from backupd.metrics import Metrics, serve
+from backupd.metrics import Metrics, RunResult, serve
 from backupd.notify import Report, State
 from backupd.process import STOP_SIGNALS
 from backupd.prune import PruneFailure, prune_after_run
@@ -64,7 +64,7 @@ from backupd.schedule import (
     staleness_interval,
 )
 from backupd.storage import ClaimStore, open_claim_store
-from backupd.verify import Checked, Selection
+from backupd.verify import Checked, Selection, verdicts
 from backupd.verify_run import tell_verified, verify_and_log
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ class Daemon:
     def _start(self, target: TargetConfig, slot: datetime, label: str) -> None:
         if any(name == target.name for name, _ in self._active.values()):
             log.warning("%s: still running at its %s slot; skipping this slot", target.name, label)
-            self.metrics.runs.labels(target.name, "skipped").inc()
+            self.metrics.run_ended(target.name, "skipped")
             return
         coordinated = target.name in self._claims
         log.log(
@@ -385,7 +385,7 @@ class Daemon:
 
     def _not_started(self, name: str, label: str) -> None:
         log.info("%s: the %s run does not start: shutting down", name, label)
-        self.metrics.runs.labels(name, "skipped").inc()
+        self.metrics.run_ended(name, "skipped")
 
     async def _claimed_run(
         self, target: TargetConfig, claims: Claims, slot: datetime, label: str
@@ -410,10 +410,10 @@ class Daemon:
         except ClaimLost as error:
             log.warning("%s: %s", target.name, error)
             if not known:  # a result, once known, is counted already
-                self.metrics.runs.labels(target.name, "failure").inc()
+                self.metrics.run_ended(target.name, "failure")
         except BackupdError as error:
             log.error("%s: the %s run did not happen: %s", target.name, label, error)
-            self.metrics.runs.labels(target.name, "failure").inc()
+            self.metrics.run_ended(target.name, "failure")
 
     def _tell_later(self, target: TargetConfig, finished: Finished, claims: Claims | None) -> None:
         """Send what there is to tell of a backup whose result is known, in a task of its own
@@ -469,7 +469,7 @@ class Daemon:
                 if not self._slots.closed:  # its claim was lost: the slot runs elsewhere
                     announced.cancel()
                     raise
-                self.metrics.runs.labels(target.name, "failure").inc()
+                self.metrics.run_ended(target.name, "failure")
                 reports = cut_short(target, run, cancelled, self._cut_short_why(claims))
                 self._tell_later(target, Finished(reports, announced), None)
                 raise
@@ -502,11 +502,9 @@ class Daemon:
             self.metrics.last_duration.labels(name).set(time.monotonic() - started)
         ok = bool(reports) and all(report.ok for report in reports)
         odd = any(report.state is State.ANOMALY for report in reports)
-        result = "failure" if not ok else ("anomaly" if odd else "success")
-        self.metrics.runs.labels(name, result).inc()
+        result: RunResult = "failure" if not ok else ("anomaly" if odd else "success")
+        self.metrics.run_ended(name, result)
         self.metrics.last_bytes.labels(name).set(sum(report.size for report in reports))
-        if ok:
-            self.metrics.last_success.labels(name).set(time.time())
         return reports
 
     async def _prune(self, target: TargetConfig) -> None:
@@ -514,10 +512,10 @@ class Daemon:
         holds no dump slot, as a backup's result is)."""
         pruned = await prune_after_run(target)
         if isinstance(pruned, PruneFailure):
-            result, outcome = pruned.result, "failure"
+            result, ok = pruned.result, False
         else:
-            result, outcome = pruned, "success"
-        self.metrics.prune_runs.labels(target.name, outcome).inc()
+            result, ok = pruned, True
+        self.metrics.prune_ended(target.name, ok)
         if result is not None:
             self.metrics.pruned.labels(target.name).inc(len(result.deleted))
             self.metrics.stored_backups.labels(target.name).set(result.stored_backups)
@@ -583,12 +581,8 @@ class Daemon:
         self._finish_later(tell_verified(target, results), f"told-{target.name}")
 
     def _record_verify(self, name: str, results: list[Checked]) -> None:
-        ok = bool(results) and all(checked.ok for checked in results)
-        self.metrics.verify_runs.labels(name, "success" if ok else "failure").inc()
-        now = time.time()
+        self.metrics.verify_ended(name, verdicts(results))
         for checked in results:
-            if checked.ok and checked.key is not None:
-                self.metrics.last_verify.labels(name, checked.database).set(now)
             drill = checked.drill
             if drill is not None and not drill.problems and drill.skipped is None:
                 self.metrics.last_drill.labels(name, checked.database).set(drill.restore_s)

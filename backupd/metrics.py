@@ -9,8 +9,9 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+RunResult = Literal["success", "anomaly", "failure", "skipped"]
 
 
 class Metrics:
@@ -39,6 +42,12 @@ class Metrics:
         self.last_success = Gauge(
             "backupd_last_success_timestamp_seconds",
             "When the last successful run finished (Unix time)",
+            ["target"],
+            registry=self.registry,
+        )
+        self.last_failure = Gauge(
+            "backupd_last_failure_timestamp_seconds",
+            "When the last failed run ended (Unix time)",
             ["target"],
             registry=self.registry,
         )
@@ -79,6 +88,18 @@ class Metrics:
             ["target", "result"],
             registry=self.registry,
         )
+        self.last_prune_success = Gauge(
+            "backupd_last_prune_success_timestamp_seconds",
+            "When the last prune that did all its work finished (Unix time)",
+            ["target"],
+            registry=self.registry,
+        )
+        self.last_prune_failure = Gauge(
+            "backupd_last_prune_failure_timestamp_seconds",
+            "When the last failed prune ended (Unix time)",
+            ["target"],
+            registry=self.registry,
+        )
         self.stored_backups = Gauge(
             "backupd_stored_backups",
             "Complete backups in storage, counted at the last prune",
@@ -107,7 +128,17 @@ class Metrics:
         )
         self.last_verify = Gauge(
             "backupd_last_verify_success_timestamp_seconds",
-            "When the newest backup of a database was last read back intact (Unix time)",
+            "When the newest backup of a database was last read back intact; under database *, "
+            "when a verify last listed the target's backups and found one of each database "
+            "(Unix time)",
+            ["target", "database"],
+            registry=self.registry,
+        )
+        self.last_verify_failure = Gauge(
+            "backupd_last_verify_failure_timestamp_seconds",
+            "When the newest backup of a database last failed its read-back or drill; under "
+            "database *, when a verify last could not list the target's backups or find one of "
+            "a database (Unix time)",
             ["target", "database"],
             registry=self.registry,
         )
@@ -129,6 +160,30 @@ class Metrics:
         self.pruned.labels(target)
         for result in ("success", "failure"):
             self.prune_runs.labels(target, result)
+
+    def run_ended(self, target: str, result: RunResult) -> None:
+        """Count a backup run's result; a success (an anomalous backup is stored too) or a
+        failure also stamps when it ended, for an alert to compare the two."""
+        self.runs.labels(target, result).inc()
+        if result in ("success", "anomaly"):
+            self.last_success.labels(target).set_to_current_time()
+        elif result == "failure":
+            self.last_failure.labels(target).set_to_current_time()
+
+    def prune_ended(self, target: str, ok: bool) -> None:
+        """Count a prune after a run and stamp when it succeeded or failed."""
+        self.prune_runs.labels(target, "success" if ok else "failure").inc()
+        stamp = self.last_prune_success if ok else self.last_prune_failure
+        stamp.labels(target).set_to_current_time()
+
+    def verify_ended(self, target: str, passed: Mapping[str, bool]) -> None:
+        """Count a verify run, a success when everything in ``passed`` did, and stamp each of
+        its databases (and ``*``, the target as a whole) as read back intact or failed."""
+        self.verify_runs.labels(target, "success" if all(passed.values()) else "failure").inc()
+        now = time.time()
+        for database, ok in passed.items():
+            stamp = self.last_verify if ok else self.last_verify_failure
+            stamp.labels(target, database).set(now)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

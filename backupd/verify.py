@@ -102,6 +102,16 @@ class Checked:
 # --- pure decisions ------------------------------------------------------------------------
 
 
+def verdicts(results: Sequence[Checked]) -> dict[str, bool]:
+    """Whether each database checked passed (every backup of it checked did), and under ``*``
+    whether the target as a whole did: its backups were listed, each database had one, and
+    there was something to check. The run passed when all of them did."""
+    passed = {"*": bool(results)}
+    for checked in results:
+        passed[checked.database] = passed.get(checked.database, True) and checked.ok
+    return passed
+
+
 def chosen(
     backups: list[Backup],
     configured: tuple[str, ...],

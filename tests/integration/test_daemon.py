@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,63 @@ def test_targets_run_on_schedule_and_a_broken_one_hurts_no_other(
         r"backup of broken orders_db FAILED at connect: cannot log in to PostgreSQL", output
     )
     assert pg.password not in output
+    assert "Traceback" not in output
+
+
+def test_a_failed_run_and_a_later_success_stamp_when_they_ended_for_the_alerts(
+    pg: PostgresServer,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+    daemon_process: list[subprocess.Popen[str]],
+) -> None:
+    """BackupdBackupFailed and BackupdVerifyFailed fire while a target's newest failure is
+    newer than its newest success. Runs of a database not created yet fail, and so do its
+    verifies (no backup of it, under ``*``); once it exists, a run and a verify succeed later
+    than any failure."""
+    database = f"late_{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {
+        **pg_env(pg, database),
+        **storage_env(moto_url, bucket),
+        "CRON_SCHEDULE": EVERY_TWO_SECONDS,
+        "VERIFY_SCHEDULE": EVERY_TWO_SECONDS,
+        "HTTP_PORT": str(port),
+        "HTTP_HOST": "127.0.0.1",
+    }
+    process = start_daemon(env, daemon_process)
+
+    def counted(result: str) -> bool:
+        _, text = fetch(port, "/metrics")
+        return (
+            metric(text, "backupd_runs_total", result=result) >= 1
+            and metric(text, "backupd_verify_runs_total", result=result) >= 1
+        )
+
+    wait_until(lambda: counted("failure"), 60, "a failed backup and a failed verify")
+    _, failing = fetch(port, "/metrics")
+    pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS n;")
+    wait_until(lambda: counted("success"), 60, "a backup and a verify that succeed")
+    _, passing = fetch(port, "/metrics")
+    output = stop(process)
+
+    assert process.returncode == 0, output
+    target = {"target": "default"}
+    failed = metric(failing, "backupd_last_failure_timestamp_seconds", **target)
+    assert failed > 0
+    assert metric(failing, "backupd_last_success_timestamp_seconds", **target) == 0
+    last_failed = metric(passing, "backupd_last_failure_timestamp_seconds", **target)
+    assert metric(passing, "backupd_last_success_timestamp_seconds", **target) > last_failed
+    assert last_failed >= failed
+    whole = {"target": "default", "database": "*"}
+    assert metric(failing, "backupd_last_verify_failure_timestamp_seconds", **whole) > 0
+    assert metric(failing, "backupd_last_verify_success_timestamp_seconds", **whole) == 0
+    assert metric(passing, "backupd_last_verify_success_timestamp_seconds", **whole) > metric(
+        passing, "backupd_last_verify_failure_timestamp_seconds", **whole
+    )
+    one = {"target": "default", "database": database}
+    assert metric(passing, "backupd_last_verify_success_timestamp_seconds", **one) > 0
+    assert metric(passing, "backupd_last_verify_failure_timestamp_seconds", **one) == 0
     assert "Traceback" not in output
 
 

@@ -495,6 +495,8 @@ def test_the_service_prunes_after_each_run_and_counts_it(
     assert metric(text, "backupd_stored_bytes", target="default") > 0
     assert metric(text, "backupd_prune_runs_total", target="default", result="success") == 1
     assert metric(text, "backupd_prune_runs_total", target="default", result="failure") == 0
+    assert metric(text, "backupd_last_prune_success_timestamp_seconds", target="default") > 0
+    assert metric(text, "backupd_last_prune_failure_timestamp_seconds", target="default") == 0
     assert len([k for k in keys_of(s3, bucket) if k.endswith(".dump")]) == 2
     assert "Traceback" not in output
 
@@ -510,8 +512,9 @@ def test_a_failed_prune_of_the_service_is_counted_for_alerts_and_told(
 ) -> None:
     """Deletes refused (a policy without s3:DeleteObject), the whole request or, as AWS S3
     answers, key by key in a 200 answer: the backup succeeds, the prune fails,
-    backupd_prune_runs_total{result="failure"} says so (BackupdPruneFailed) and the webhook
-    is told. Refused key by key, it counted as a success and nobody was told."""
+    backupd_prune_runs_total{result="failure"} and backupd_last_prune_failure_timestamp_seconds
+    say so (BackupdPruneFailed) and the webhook is told. Refused key by key, it counted as a
+    success and nobody was told."""
     database = f"svc_{uuid.uuid4().hex[:8]}"
     pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS n;")
     earlier = datetime.now(UTC) - timedelta(days=3)
@@ -547,6 +550,8 @@ def test_a_failed_prune_of_the_service_is_counted_for_alerts_and_told(
     assert process.returncode == 0, output
     assert metric(text, "backupd_runs_total", target="default", result="success") == 1
     assert metric(text, "backupd_prune_runs_total", target="default", result="success") == 0
+    assert metric(text, "backupd_last_prune_failure_timestamp_seconds", target="default") > 0
+    assert metric(text, "backupd_last_prune_success_timestamp_seconds", target="default") == 0
     assert "pruning FAILED" in output
     assert len([k for k in keys_of(s3, bucket) if k.endswith(".dump")]) == 4
     posted = [json.loads(r.body) for r in seen]

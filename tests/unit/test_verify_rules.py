@@ -20,6 +20,8 @@ from backupd.sources.postgres import pg_dump_argv
 from backupd.sources.session import parse_counts
 from backupd.storage.base import StoredObject
 from backupd.verify import (
+    Checked,
+    Drill,
     Selection,
     chosen,
     drill_skip_reason,
@@ -27,6 +29,7 @@ from backupd.verify import (
     integrity_problem,
     scratch_name,
     table_problems,
+    verdicts,
 )
 from tests.unit.test_config import MINIMAL
 
@@ -414,6 +417,37 @@ def test_only_the_configured_databases_backups_are_verified(
 
     assert [b.key for b in picked] == [b.key for b in keys]
     assert found == []
+
+
+def checked(database: str, problem: str | None = None, drill: list[str] | None = None) -> Checked:
+    key = None if database == "*" else f"b/{database}.dump"
+    tried = None if drill is None else Drill("scratch", problems=drill)
+    return Checked("t", database, key, problem=problem, drill=tried)
+
+
+@pytest.mark.parametrize(
+    ("results", "passed"),
+    [
+        ([checked("app"), checked("shop")], {"*": True, "app": True, "shop": True}),
+        (
+            [checked("app", "size differs"), checked("shop")],
+            {"*": True, "app": False, "shop": True},
+        ),
+        ([checked("app", drill=["table t is missing"])], {"*": True, "app": False}),
+        # listed, but a configured database has no backup: the target, not a database, failed
+        ([checked("*", "no backup of database shop"), checked("app")], {"*": False, "app": True}),
+        ([checked("*", "cannot list backups: access denied")], {"*": False}),
+        ([], {"*": False}),  # nothing to check is no pass
+        # every backup of a database checked (verify --all): one bad one fails it
+        ([checked("app"), checked("app", "sha256 differs")], {"*": True, "app": False}),
+    ],
+)
+def test_what_a_verify_run_passed_per_database_and_as_a_whole(
+    results: list[Checked], passed: dict[str, bool]
+) -> None:
+    """What backupd_last_verify_{success,failure}_timestamp_seconds stamp, label by label:
+    a target-wide problem is under ``*``, so the next clean verify clears it."""
+    assert verdicts(results) == passed
 
 
 def old_layout_my_db() -> Backup:
