@@ -50,11 +50,13 @@ def test_every_metric_named_is_one_backupd_exports(expressions: object) -> None:
     assert sorted(named - exported()) == []
 
 
-def test_alerts_cover_staleness_verify_failures_and_anomalies() -> None:
+def test_alerts_cover_staleness_failures_until_a_success_and_anomalies() -> None:
     joined = "\n".join(rule_expressions())
 
     assert "2 * backupd_schedule_interval_seconds" in joined
-    assert 'backupd_verify_runs_total{result="failure"}' in joined
+    for kind in ("", "verify_", "prune_"):
+        assert f"backupd_last_{kind}failure_timestamp_seconds" in joined
+        assert f"backupd_last_{kind}success_timestamp_seconds" in joined
     assert 'backupd_runs_total{result="anomaly"}' in joined
 
 
@@ -72,6 +74,8 @@ def test_promtool_accepts_the_rules() -> None:
     "case",
     [
         "alerts_with_replicas.yaml",  # the staleness alerts take the newest success of all pods
+        "alerts_until_a_success.yaml",  # a failure fires until a later success, on any pod
+        "alerts_after_a_restart.yaml",  # ... also one the process before a restart had
         "alerts_after_a_start.yaml",  # a failure before a new pod's first scrape is one too
         "alerts_never_succeeded.yaml",  # not before two intervals: a weekly schedule's
     ],
