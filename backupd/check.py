@@ -17,7 +17,7 @@ from backupd.errors import BackupdError
 from backupd.notify.check import notification_findings
 from backupd.process import mask
 from backupd.report import secrets_of
-from backupd.schedule import Schedule, next_fire
+from backupd.schedule import Schedule, fires_after
 from backupd.sources import FileSource, Source, source_for
 from backupd.storage import Storage, open_claim_store, open_storage
 from backupd.tasks import until_done
@@ -35,7 +35,8 @@ class Finding:
 
 
 def describe_target(target: TargetConfig, now: datetime) -> str:
-    """One line: what is backed up, where to, and when it next runs."""
+    """One line: what is backed up, where to, and when it next runs, twice (so the interval
+    shows: six fields are read as seconds first, and ``0 2 * * * *`` runs hourly)."""
     db = target.database
     where = (
         f"{target.storage.kind} bucket {target.storage.bucket}"
@@ -43,11 +44,12 @@ def describe_target(target: TargetConfig, now: datetime) -> str:
         else (f"folder {target.storage.path}")
     )
     schedule = Schedule(target.schedule.cron, target.layout.timezone)
-    upcoming = next_fire(schedule, now).astimezone(schedule.tz)
+    fires = fires_after(schedule, now)
+    upcoming, then = (next(fires).astimezone(schedule.tz) for _ in range(2))
     return (
         f"{db.engine} {db.database} at {db.host}:{db.effective_port} -> {where} under "
         f"{target.key_prefix or '/'}/; schedule '{schedule.expression}' ({schedule.timezone}), "
-        f"next {upcoming:%Y-%m-%d %H:%M:%S %Z}"
+        f"next {upcoming:%Y-%m-%d %H:%M:%S%z}, then {then:%Y-%m-%d %H:%M:%S%z}"
     )
 
 

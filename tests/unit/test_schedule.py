@@ -6,7 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from backupd.environment import load_settings
+from backupd.check import describe_target
+from backupd.environment import load_settings, load_target
 from backupd.errors import ConfigError
 from backupd.schedule import (
     BACKWARD_TOLERANCE,
@@ -21,6 +22,7 @@ from backupd.schedule import (
     sleep_step,
     staleness_interval,
 )
+from tests.unit.test_config import MINIMAL
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
@@ -294,3 +296,19 @@ def test_a_random_schedule_is_a_configuration_error_naming_its_variable(variable
 
     assert [problem.split(":")[0] for problem in caught.value.problems] == [variable]
     assert "uses R, a random time" in caught.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("cron", "next_two"),
+    [
+        ("0 2 * * *", "next 2026-11-30 02:00:00+0100, then 2026-12-01 02:00:00+0100"),
+        # Six fields are seconds first: this is 02 minutes past every hour, and check shows it.
+        ("0 2 * * * *", "next 2026-11-29 16:02:00+0100, then 2026-11-29 17:02:00+0100"),
+    ],
+)
+def test_check_shows_the_next_two_runs_so_the_interval_is_plain(cron: str, next_two: str) -> None:
+    target = load_target({**MINIMAL, "CRON_SCHEDULE": cron, "TIMEZONE": "Europe/Berlin"})
+
+    line = describe_target(target, datetime(2026, 11, 29, 14, 30, tzinfo=UTC))
+
+    assert line.endswith(f"schedule '{cron}' (Europe/Berlin), {next_two}")
