@@ -1049,6 +1049,12 @@ class TargetConfig(BaseModel):
     anomaly: AnomalyConfig = Field(default_factory=lambda: AnomalyConfig.model_validate({}))
 
     @property
+    def variable_prefix(self) -> str:
+        """What this target's own variables start with: ``ORDERS_`` for the target ``orders``
+        of BACKUPD_TARGETS, nothing for the unnamed one."""
+        return f"{self.name.upper()}_" if self.named else ""
+
+    @property
     def key_prefix(self) -> str:
         """Where this target's objects go: the folder, plus the target's name when named."""
         return "/".join(p for p in (self.layout.folder, self.name if self.named else "") if p)

@@ -523,7 +523,7 @@ def coordination_problems(targets: list[TargetConfig]) -> list[str]:
     replicas on one host gain nothing from coordinating.
     """
     return [
-        f"{'' if not target.named else target.name.upper() + '_'}STORAGE_TYPE: "
+        f"{target.variable_prefix}STORAGE_TYPE: "
         "COORDINATION=storage needs s3 or r2 (conditional writes); a local folder cannot be "
         "shared safely between replicas: run one replica with COORDINATION=none"
         for target in targets

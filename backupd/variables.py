@@ -1,4 +1,5 @@
-"""Which variables backupd reads, and a warning for each one it would silently ignore.
+"""Which variables backupd reads, a warning for each one it would silently ignore, and how a
+message about one target names them.
 
 The known names come from the configuration models themselves (every field's alias, found by
 walking ``TargetConfig`` and ``Settings``), so a setting added as a model field is known at once.
@@ -10,6 +11,7 @@ Added to them: what the loader reads by hand (``STORAGE_TYPE``, ``BACKUPD_TARGET
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import types
 import typing
@@ -47,6 +49,9 @@ LIBPQ_TLS = {
     "PGSSLCERT": "DB_SSL_CERT",
     "PGSSLKEY": "DB_SSL_KEY",
 }
+# An upper-case name standing alone in a text (not part of a longer one), or a family of names
+# written with a star (``RETENTION_KEEP_*``).
+NAME_IN_TEXT = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9_]*(?:_\*)?(?![A-Za-z0-9_*])")
 SUGGESTION_CUTOFF = 0.6
 # A name without a backupd prefix, written in the .env file, is named only when this close to one.
 CLOSE_CUTOFF = 0.85
@@ -74,10 +79,40 @@ def aliases(model: type[BaseModel]) -> set[str]:
     return names
 
 
+@functools.cache
 def target_settings() -> frozenset[str]:
     """Settings a target reads, each also as ``<TARGET>_<NAME>``."""
     names = aliases(TargetConfig) | {"STORAGE_TYPE"}
     return frozenset(names | {f"{name}_FILE" for name in names & SECRET_NAMES})
+
+
+def is_per_target(name: str) -> bool:
+    """Whether ``name`` is a setting each target reads for itself, or a family of them
+    (``RETENTION_KEEP_*``); False for a process-wide one (``SEQ_URL``) or any other word."""
+    stem = name.removesuffix("*")
+    if stem == name:
+        return name in target_settings()
+    return any(setting.startswith(stem) for setting in target_settings())
+
+
+def for_target(text: str, target: TargetConfig) -> str:
+    """``text`` with each per-target setting it names spelled as ``target`` reads it: for the
+    target ``orders`` of BACKUPD_TARGETS, ``DB_PASSWORD`` becomes ``ORDERS_DB_PASSWORD`` and
+    ``RETENTION_KEEP_*`` becomes ``ORDERS_RETENTION_KEEP_*``. Process-wide settings
+    (``SEQ_URL``), names inside longer ones and every other word stay as they are, and so does
+    the whole text for the unnamed target.
+
+    Messages keep the unprefixed names; this is applied once, where a message about one target
+    leaves the process, to text whose secrets are masked already (a secret is looked for as it
+    was written)."""
+    if not target.named:
+        return text
+
+    def spelled(found: re.Match[str]) -> str:
+        name = found[0]
+        return target.variable_prefix + name if is_per_target(name) else name
+
+    return NAME_IN_TEXT.sub(spelled, text)
 
 
 def known_names(targets: Iterable[str] = ()) -> frozenset[str]:

@@ -6,7 +6,10 @@ import pytest
 from pydantic import BaseModel, Field
 
 from backupd import reference
-from backupd.variables import aliases, known_names, unknown_variables
+from backupd.config import TargetConfig
+from backupd.environment import load_settings
+from backupd.variables import aliases, for_target, known_names, unknown_variables
+from tests.unit.test_config import MINIMAL
 
 
 @pytest.mark.parametrize(
@@ -113,3 +116,55 @@ def test_a_known_name_written_in_lower_case_is_named_with_its_spelling() -> None
         "storage_bucket_name is not a backupd setting; did you mean STORAGE_BUCKET_NAME?",
         "timezone is not a backupd setting; did you mean TIMEZONE?",
     ]
+
+
+def target_named(names: str) -> TargetConfig:
+    """The first target of ``BACKUPD_TARGETS=names``."""
+    return load_settings({**MINIMAL, "BACKUPD_TARGETS": names}).targets[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "spelled"),
+    [
+        (
+            "cannot log in to PostgreSQL at db:5432: ... (DB_USER, DB_PASSWORD)",
+            "cannot log in to PostgreSQL at db:5432: ... (ORDERS_DB_USER, ORDERS_DB_PASSWORD)",
+        ),
+        ("MSSQL_LOCAL_DIR /bak: No space", "ORDERS_MSSQL_LOCAL_DIR /bak: No space"),
+        ("STORAGE_PART_SIZE=8.0 MiB", "ORDERS_STORAGE_PART_SIZE=8.0 MiB"),
+        ("(DB_SSL_MODE=disable: ...)", "(ORDERS_DB_SSL_MODE=disable: ...)"),
+        ("set DB_PASSWORD_FILE", "set ORDERS_DB_PASSWORD_FILE"),
+        (
+            "(VERIFY_DB_USER, VERIFY_DB_PASSWORD)",
+            "(ORDERS_VERIFY_DB_USER, ORDERS_VERIFY_DB_PASSWORD)",
+        ),
+        ("set RETENTION_KEEP_* first", "set ORDERS_RETENTION_KEEP_* first"),
+        # process-wide settings are the same for every target
+        (
+            "SEQ_URL: refused; COORDINATION=storage; HTTP_PORT",
+            "SEQ_URL: refused; COORDINATION=storage; HTTP_PORT",
+        ),
+        ("SEQ_* and BACKUPD_TARGETS", "SEQ_* and BACKUPD_TARGETS"),
+        # already the target's own, or part of a longer word: a database, a path, a file
+        ("ORDERS_DB_HOST and BILLING_DB_HOST", "ORDERS_DB_HOST and BILLING_DB_HOST"),
+        (
+            "database MY_DB_HOST, /srv/DB_HOSTx, Db_Host",
+            "database MY_DB_HOST, /srv/DB_HOSTx, Db_Host",
+        ),
+        ("no variable here", "no variable here"),
+    ],
+)
+def test_a_message_about_a_named_target_names_its_own_variables(text: str, spelled: str) -> None:
+    assert for_target(text, target_named("orders")) == spelled
+
+
+def test_a_message_about_the_unnamed_target_names_the_variables_as_they_are() -> None:
+    text = "does not exist (STORAGE_BUCKET_NAME); set RETENTION_KEEP_* (DB_USER, DB_PASSWORD)"
+
+    assert for_target(text, load_settings(MINIMAL).targets[0]) == text
+
+
+def test_a_target_name_is_spelled_in_capitals_as_its_variables_are() -> None:
+    assert for_target("(DB_HOST)", target_named("eu_orders")) == "(EU_ORDERS_DB_HOST)"
+    assert for_target("(DB_HOST)", target_named("default")) == "(DEFAULT_DB_HOST)"
+    assert for_target("(DB_HOST)", target_named("verify")) == "(VERIFY_DB_HOST)"
