@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 
 from backupd import encryption
 from backupd.claims import self_test
-from backupd.config import CoordinationConfig, Engine, S3Config, TargetConfig
+from backupd.config import CoordinationConfig, Engine, S3Config, TargetConfig, secrets_of
 from backupd.errors import BackupdError
 from backupd.notify.check import notification_findings
 from backupd.process import mask
-from backupd.report import secrets_of
 from backupd.schedule import Schedule, fires_after
 from backupd.sources import FileSource, Source, source_for
 from backupd.storage import Storage, open_claim_store, open_storage

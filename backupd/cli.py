@@ -23,14 +23,14 @@ from typing import Any, NoReturn
 
 from backupd import __version__
 from backupd.catalogue import Backup
-from backupd.config import MAX_CONCURRENT_LIMIT, Settings, TargetConfig
+from backupd.config import MAX_CONCURRENT_LIMIT, Settings, TargetConfig, secrets_of
 from backupd.environment import load_settings, read_environment
 from backupd.errors import BackupdError, ConfigError, CoordinationUnsupported
 from backupd.logs import escape_controls, setup_logging
 from backupd.process import STOP_SIGNALS, mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.prune import PruneFailure, keep_column, prune_after_run, prune_target
-from backupd.report import backup_and_report, prune_wanted, secrets_of, tell_prune_failed
+from backupd.report import backup_and_report, prune_wanted, tell_prune_failed
 from backupd.units import human_size
 from backupd.variables import unknown_variables
 

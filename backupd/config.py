@@ -1060,6 +1060,20 @@ class TargetConfig(BaseModel):
         return "/".join(p for p in (self.layout.folder, self.name if self.named else "") if p)
 
 
+def secrets_of(target: TargetConfig) -> list[str]:
+    """Every secret value of a target, for masking text that leaves the process."""
+    values = [
+        target.database.password,
+        target.email.password,
+        target.hooks.webhook_url,
+        target.hooks.ping_url,
+        target.verify.password,
+    ]
+    if isinstance(target.storage, S3Config):
+        values += [target.storage.access_key_id, target.storage.secret_access_key]
+    return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from backupd import notify
 from backupd.anomaly import anomalies
 from backupd.backup import TargetRun, left_behind, run_backup
-from backupd.config import S3Config, TargetConfig
+from backupd.config import TargetConfig, secrets_of
 from backupd.errors import BackupdError
 from backupd.notify import Report, State
 from backupd.process import mask
@@ -20,20 +20,6 @@ from backupd.storage import Storage, open_storage
 from backupd.units import human_rate, human_size
 
 log = logging.getLogger(__name__)
-
-
-def secrets_of(target: TargetConfig) -> list[str]:
-    """Every secret value of a target, for masking text that leaves the process."""
-    values = [
-        target.database.password,
-        target.email.password,
-        target.hooks.webhook_url,
-        target.hooks.ping_url,
-        target.verify.password,
-    ]
-    if isinstance(target.storage, S3Config):
-        values += [target.storage.access_key_id, target.storage.secret_access_key]
-    return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 
 def reports_of(

@@ -7,12 +7,11 @@ import logging
 from datetime import datetime
 
 from backupd import notify
-from backupd.config import TargetConfig
+from backupd.config import TargetConfig, secrets_of
 from backupd.errors import BackupdError
 from backupd.notify import Report, State
 from backupd.process import mask
 from backupd.progress import Progress
-from backupd.report import secrets_of
 from backupd.verify import Checked, Selection, verify_target
 
 log = logging.getLogger(__name__)
