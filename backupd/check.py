@@ -12,14 +12,14 @@ from datetime import UTC, datetime
 
 from backupd import encryption
 from backupd.claims import self_test
-from backupd.config import CoordinationConfig, Engine, S3Config, TargetConfig, secrets_of
+from backupd.config import CoordinationConfig, Engine, S3Config, TargetConfig
 from backupd.errors import BackupdError
 from backupd.notify.check import notification_findings
-from backupd.process import mask
 from backupd.schedule import Schedule, fires_after
 from backupd.sources import FileSource, Source, source_for
 from backupd.storage import Storage, open_claim_store, open_storage
 from backupd.tasks import until_done
+from backupd.variables import told
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,9 @@ async def _encryption(
 async def check_target(target: TargetConfig, send_test: bool = False) -> list[Finding]:
     """Findings about everything a run of ``target`` touches; ``send_test`` also sends one of
     each notification it has configured."""
-    hidden = secrets_of(target)
 
     def finding(ok: bool, what: str, detail: str) -> Finding:
-        return Finding(ok, target.name, what, mask(detail, hidden))
+        return Finding(ok, target.name, what, told(detail, target))
 
     findings = [finding(True, "config", describe_target(target, datetime.now(UTC)))]
     if target.retention.policy.enabled:
@@ -215,14 +214,13 @@ async def write_probe(storage: Storage, key: str) -> None:
 
 async def check_coordination(target: TargetConfig, coordination: CoordinationConfig) -> Finding:
     """``COORDINATION=storage``: the self-test ``backupd run`` does at start."""
-    hidden = secrets_of(target)
     assert isinstance(target.storage, S3Config), "environment.py refuses local storage"
     try:
         async with open_claim_store(target.storage) as store:
             await self_test(store, target.layout.folder, coordination.replica_id)
             where = store.description
     except BackupdError as error:
-        return Finding(False, target.name, "coordination", mask(str(error), hidden))
+        return Finding(False, target.name, "coordination", told(str(error), target))
     return Finding(
         True,
         target.name,

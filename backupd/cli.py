@@ -32,7 +32,7 @@ from backupd.progress import LogProgress, TerminalProgress
 from backupd.prune import PruneFailure, keep_column, prune_after_run, prune_target
 from backupd.report import backup_and_report, prune_wanted, tell_prune_failed
 from backupd.units import human_size
-from backupd.variables import unknown_variables
+from backupd.variables import told, unknown_variables
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("backupd")
@@ -352,7 +352,7 @@ async def _list(settings: Settings, args: argparse.Namespace) -> int:
     try:
         backups = await list_backups(target, args.database)
     except BackupdError as error:
-        log.error("list FAILED: %s", mask(str(error), secrets_of(target)))
+        log.error("list FAILED: %s", told(str(error), target))
         return EXIT_FAILED
     keep = keep_column(backups, target, datetime.now(UTC)) or None
     if args.json:
@@ -406,7 +406,10 @@ def targets_to_prune(settings: Settings, name: str | None) -> list[TargetConfig]
         target = pick_target(settings, name)
         if not target.retention.policy.enabled:
             raise UsageError(
-                f"target {target.name} has no retention policy; set RETENTION_KEEP_* first"
+                told(
+                    f"target {target.name} has no retention policy; set RETENTION_KEEP_* first",
+                    target,
+                )
             )
         return [target]
     targets = [t for t in settings.targets if t.retention.policy.enabled]
@@ -421,7 +424,7 @@ async def _prune(settings: Settings, args: argparse.Namespace) -> int:
         try:
             result = await prune_target(target, database=args.database, dry_run=args.dry_run)
         except BackupdError as error:
-            log.error("prune FAILED: %s", mask(str(error), secrets_of(target)))
+            log.error("prune FAILED: %s", told(str(error), target))
             ok = False
             continue
         print(f"{target.name}: retention {target.retention.policy.describe()}")
@@ -455,7 +458,7 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> int:
     try:
         chosen = await restore(target, request)
     except BackupdError as error:
-        log.error("restore FAILED: %s", mask(str(error), secrets_of(target)))
+        log.error("restore FAILED: %s", told(str(error), target))
         return EXIT_FAILED
     written = "stdout" if str(args.to_file) == "-" else str(args.to_file)
     destination = f"database {args.into}" if args.into else written

@@ -64,6 +64,7 @@ from backupd.schedule import (
     staleness_interval,
 )
 from backupd.storage import ClaimStore, open_claim_store
+from backupd.variables import told
 from backupd.verify import Checked, Selection, verdicts
 from backupd.verify_run import tell_verified, verify_and_log
 
@@ -408,11 +409,13 @@ class Daemon:
                 self._active[task] = (target.name, label)  # again, after a takeover
                 await self._backup(target, claims, known)
         except ClaimLost as error:
-            log.warning("%s: %s", target.name, error)
+            log.warning("%s: %s", target.name, told(str(error), target))
             if not known:  # a result, once known, is counted already
                 self.metrics.run_ended(target.name, "failure")
         except BackupdError as error:
-            log.error("%s: the %s run did not happen: %s", target.name, label, error)
+            log.error(
+                "%s: the %s run did not happen: %s", target.name, label, told(str(error), target)
+            )
             self.metrics.run_ended(target.name, "failure")
 
     def _tell_later(self, target: TargetConfig, finished: Finished, claims: Claims | None) -> None:
@@ -438,7 +441,9 @@ class Daemon:
         try:
             deleted = await claims.sweep()
         except BackupdError as error:
-            log.warning("%s: could not delete old claims: %s", target.name, error)
+            log.warning(
+                "%s: could not delete old claims: %s", target.name, told(str(error), target)
+            )
             return
         if deleted:
             log.info("%s: deleted %d claim(s) older than a day", target.name, len(deleted))
@@ -567,7 +572,7 @@ class Daemon:
                 if lease is not None:
                     await self._verify_now(target)
         except BackupdError as error:  # ClaimLost, CoordinationError
-            log.warning("%s: verify: %s", target.name, error)
+            log.warning("%s: verify: %s", target.name, told(str(error), target))
         except ShuttingDown:
             log.info("%s: the verify run does not start: shutting down", target.name)
 

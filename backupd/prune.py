@@ -35,6 +35,7 @@ from backupd.logs import escape_controls
 from backupd.retention import Candidate, Decision, before, decide
 from backupd.storage import Storage, open_storage
 from backupd.storage.base import Lock, PendingUpload, Removal
+from backupd.variables import told
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +369,7 @@ async def prune(
     result.dry_run = False
     await _delete(storage, result, locks)
     for key, reason in result.failed.items():
-        log.warning("%s: could not delete %s: %s", target.name, key, reason)
+        log.warning("%s: could not delete %s: %s", target.name, key, told(reason, target))
     return result
 
 
@@ -421,5 +422,5 @@ async def prune_after_run(target: TargetConfig) -> PruneResult | PruneFailure:
         if refused is None:
             return result
         failure = refused
-    log.error("%s: pruning FAILED: %s", target.name, failure.reason)
+    log.error("%s: pruning FAILED: %s", target.name, told(failure.reason, target))
     return failure

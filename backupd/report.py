@@ -18,6 +18,7 @@ from backupd.progress import Progress
 from backupd.prune import PruneFailure
 from backupd.storage import Storage, open_storage
 from backupd.units import human_rate, human_size
+from backupd.variables import told
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ def reports_of(
                 State.FAILED,
                 now,
                 step=step,
-                error=mask(text, hidden),
-                left_behind=_left_behind(error, hidden),
+                error=told(text, target),
+                left_behind=_left_behind(error, target),
             )
         ]
     reports = [
@@ -66,8 +67,8 @@ def reports_of(
             State.FAILED,
             now,
             step=failure.step,
-            error=mask(str(failure), hidden),
-            left_behind=_left_behind(failure, hidden),
+            error=told(str(failure), target),
+            left_behind=_left_behind(failure, target),
         )
         for database, failure in run.failures
     ]
@@ -98,8 +99,8 @@ def cut_short(
             State.FAILED,
             datetime.now(target.layout.tz),
             step="shutdown",
-            error=mask(why, hidden),
-            left_behind=_left_behind(cancelled, hidden) if index == 0 else None,
+            error=told(why, target),
+            left_behind=_left_behind(cancelled, target) if index == 0 else None,
         )
         for index, name in enumerate(rest)  # the first was under way
     ]
@@ -107,10 +108,10 @@ def cut_short(
     return reports
 
 
-def _left_behind(error: BaseException | None, hidden: list[str]) -> str | None:
-    """What the failed run left in the storage (``backup.left_behind``), secrets masked."""
+def _left_behind(error: BaseException | None, target: TargetConfig) -> str | None:
+    """What the failed run left in the storage (``backup.left_behind``), as ``told``."""
     left = None if error is None else left_behind(error)
-    return None if left is None else mask(left, hidden)
+    return None if left is None else told(left, target)
 
 
 async def judged(
@@ -125,9 +126,9 @@ async def judged(
     try:
         findings = await anomalies(target, [r.key for r in run.results], storage)
     except Exception as error:  # an anomaly check never fails a backup
-        log.warning("%s: no anomaly check: %s", target.name, mask(repr(error), hidden))
+        log.warning("%s: no anomaly check: %s", target.name, told(repr(error), target))
         return reports
-    notes = {mask(key, hidden): mask("; ".join(found), hidden) for key, found in findings.items()}
+    notes = {mask(key, hidden): told("; ".join(found), target) for key, found in findings.items()}
     return [
         replace(report, state=State.ANOMALY, note=notes[report.key])
         if report.key in notes
@@ -190,9 +191,7 @@ def announce(target: TargetConfig) -> asyncio.Task[None]:
     """Start telling everyone that a run of ``target`` begins (the ``/start`` ping), alongside
     the run: a slow or dead ping service never delays the dump. The task never raises (a
     notifier that fails is logged); ``tell`` waits for it."""
-    return asyncio.create_task(
-        notify.run_started(target, secrets_of(target)), name=f"announce-{target.name}"
-    )
+    return asyncio.create_task(notify.run_started(target), name=f"announce-{target.name}")
 
 
 async def tell(target: TargetConfig, reports: list[Report], announced: asyncio.Task[None]) -> None:
@@ -200,7 +199,7 @@ async def tell(target: TargetConfig, reports: list[Report], announced: asyncio.T
     ping service reads a ``/start`` that arrives after the result as a run that never ended.
     Bounded by each notifier's own timeouts (see ``notify``); never raises."""
     await announced
-    await notify.run_finished(target, reports, secrets_of(target))
+    await notify.run_finished(target, reports)
 
 
 def prune_report(target: TargetConfig, failure: PruneFailure) -> Report:
@@ -214,7 +213,7 @@ def prune_report(target: TargetConfig, failure: PruneFailure) -> Report:
         State.FAILED,
         datetime.now(target.layout.tz),
         step="prune",
-        error=mask(failure.reason, hidden),
+        error=told(failure.reason, target),
         kind="prune",
     )
 
@@ -223,7 +222,7 @@ async def tell_prune_failed(target: TargetConfig, failure: PruneFailure) -> None
     """Mail and webhooks about a failed prune (not the dead-man's switch: the backup before it
     succeeded); bounded by each notifier's timeouts, never raises."""
     report = prune_report(target, failure)
-    await notify.run_finished(target, [report], secrets_of(target), ping=False)
+    await notify.run_finished(target, [report], ping=False)
 
 
 async def backup_and_log(

@@ -19,8 +19,9 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from pydantic import BaseModel
 
-from backupd.config import Settings, TargetConfig
+from backupd.config import Settings, TargetConfig, secrets_of
 from backupd.environment import SECRET_NAMES, TARGET_NAME
+from backupd.process import mask
 
 # Names with these prefixes are backupd's: one it does not read is a mistake worth a warning.
 PREFIXES = (
@@ -113,6 +114,13 @@ def for_target(text: str, target: TargetConfig) -> str:
         return target.variable_prefix + name if is_per_target(name) else name
 
     return NAME_IN_TEXT.sub(spelled, text)
+
+
+def told(text: str, target: TargetConfig) -> str:
+    """``text``, a message about ``target``, as it leaves the process (logs, mails, webhooks,
+    ``check``): its secrets masked, then its settings named as the target reads them
+    (``for_target``)."""
+    return for_target(mask(text, secrets_of(target)), target)
 
 
 def known_names(targets: Iterable[str] = ()) -> frozenset[str]:

@@ -12,6 +12,7 @@ from backupd.errors import BackupdError
 from backupd.notify import Report, State
 from backupd.process import mask
 from backupd.progress import Progress
+from backupd.variables import told
 from backupd.verify import Checked, Selection, verify_target
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,9 @@ def reports_of(target: TargetConfig, results: list[Checked]) -> list[Report]:
             size=checked.size,
             duration_s=checked.drill.restore_s if checked.drill is not None else 0.0,
             step=None if checked.ok else "verify",
-            error=None if checked.ok else mask(checked.failure() or "", hidden),
+            error=None if checked.ok else told(checked.failure() or "", target),
             kind="verify",
-            note=mask(describe(checked), hidden),
+            note=told(describe(checked), target),
         )
         for checked in results
     ]
@@ -61,13 +62,12 @@ async def verify_and_log(
 ) -> list[Checked]:
     """Verify one target and log how it went, one line per backup; nothing is notified. A
     storage that cannot be listed is one failure for the whole target."""
-    hidden = secrets_of(target)
     try:
         results = await verify_target(target, selection, progress)
     except BackupdError as error:
         results = [Checked(target.name, "*", None, problem=f"cannot list backups: {error}")]
     for checked, report in zip(results, reports_of(target, results), strict=True):
-        line = mask(describe(checked), hidden)
+        line = told(describe(checked), target)
         extra = {"report": report.properties()}  # Seq and JSON logs, as a backup's line
         if checked.ok:
             log.info("%s: %s", target.name, line, extra=extra)
@@ -79,7 +79,7 @@ async def verify_and_log(
 async def tell_verified(target: TargetConfig, results: list[Checked]) -> None:
     """Mail and webhooks about a verify run (not the dead-man's switch, which watches
     backups); bounded by each notifier's timeouts, never raises."""
-    await notify.run_finished(target, reports_of(target, results), secrets_of(target), ping=False)
+    await notify.run_finished(target, reports_of(target, results), ping=False)
 
 
 async def verify_and_report(

@@ -10,32 +10,30 @@ from collections.abc import Awaitable
 from backupd.config import TargetConfig
 from backupd.notify import webhook
 from backupd.notify.base import Report, State
-from backupd.process import mask
+from backupd.variables import told
 
 __all__ = ["Report", "State", "run_finished", "run_started"]
 
 log = logging.getLogger(__name__)
 
 
-async def _quietly(what: str, action: Awaitable[None], hidden: list[str]) -> None:
+async def _quietly(what: str, action: Awaitable[None], target: TargetConfig) -> None:
     try:
         await action
     except Exception as error:  # a notifier never breaks a backup
-        log.warning("%s failed: %s", what, mask(str(error) or type(error).__name__, hidden))
+        log.warning("%s failed: %s", what, told(str(error) or type(error).__name__, target))
 
 
-async def run_started(target: TargetConfig, hidden: list[str]) -> None:
+async def run_started(target: TargetConfig) -> None:
     if target.hooks.ping_url is not None:
         await _quietly(
             "healthcheck ping",
             webhook.ping(target.hooks.ping_url.get_secret_value(), "start"),
-            hidden,
+            target,
         )
 
 
-async def run_finished(
-    target: TargetConfig, reports: list[Report], hidden: list[str], ping: bool = True
-) -> None:
+async def run_finished(target: TargetConfig, reports: list[Report], ping: bool = True) -> None:
     """Send every notification of a finished run, concurrently; each is bounded in time.
     ``ping`` False: not the dead-man's switch (it watches backups, not verifies)."""
     sends = []
@@ -48,13 +46,13 @@ async def run_finished(
         if mailed:
             about = ", ".join(report.database for report in mailed)
             mail = email.send_all(target.email, mailed)
-            sends.append(_quietly(f"mail about {about}", mail, hidden))
+            sends.append(_quietly(f"mail about {about}", mail, target))
     for report in reports:
         if target.hooks.webhook_url is not None:
             url = target.hooks.webhook_url.get_secret_value()
             sends.append(
                 _quietly(
-                    f"webhook about {report.database}", webhook.post_report(url, report), hidden
+                    f"webhook about {report.database}", webhook.post_report(url, report), target
                 )
             )
     if ping and target.hooks.ping_url is not None:
@@ -63,7 +61,7 @@ async def run_finished(
             _quietly(
                 "healthcheck ping",
                 webhook.ping(target.hooks.ping_url.get_secret_value(), event),
-                hidden,
+                target,
             )
         )
     await asyncio.gather(*sends)

@@ -183,6 +183,64 @@ def test_check_names_the_variables_of_a_server_it_cannot_reach(
         assert failed[0].endswith(f" {settings}"), failed
 
 
+def as_target(name: str | None, env: dict[str, str]) -> dict[str, str]:
+    """``env`` as the settings of the target ``name`` of BACKUPD_TARGETS alone
+    (``ORDERS_DB_HOST``, ...); unchanged for the unnamed target (None)."""
+    if name is None:
+        return env
+    return {"BACKUPD_TARGETS": name, **{f"{name.upper()}_{k}": v for k, v in env.items()}}
+
+
+@pytest.mark.parametrize("target", ["orders", None])
+@pytest.mark.parametrize("engine", ["postgres", "mariadb"])
+def test_a_refused_login_names_the_variables_of_its_own_target(
+    request: pytest.FixtureRequest, engine: str, target: str | None, tmp_path: Path
+) -> None:
+    server = request.getfixturevalue("pg" if engine == "postgres" else "mariadb")
+    make_env = pg_env if engine == "postgres" else mariadb_env
+    wrong = "not-the-Password-31"
+    storage = {"STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(tmp_path / "b")}
+    env = as_target(target, {**make_env(server, "app", DB_PASSWORD=wrong), **storage})
+    own = f"{target.upper()}_" if target else ""
+    settings = f"({own}DB_USER, {own}DB_PASSWORD)"
+
+    checked = run_backupd("check", env=env)
+    once = run_backupd("once", env=env)
+
+    output = no_traceback(checked) + no_traceback(once)
+    assert checked.returncode == once.returncode == 1
+    failed = [line for line in checked.stdout.splitlines() if line.startswith("FAIL")]
+    assert failed == [failed[0]], failed
+    assert failed[0].startswith(f"FAIL {target or 'default'} connect: cannot log in to"), failed
+    assert failed[0].endswith(f" {settings}"), failed
+    lines = [line for line in once.stdout.splitlines() if "FAILED at connect" in line]
+    assert lines == [lines[0]], once.stdout
+    assert lines[0].endswith(f" {settings}"), lines
+    assert wrong not in output
+    assert server.password not in output
+
+
+def test_every_hint_about_a_named_target_names_its_own_variables(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    missing = f"nope_{uuid.uuid4().hex[:6]}"
+    folder = tmp_path / "b"
+    storage = {"STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(folder)}
+    env = as_target("orders", {**pg_env(pg, missing), **storage})
+
+    listed = run_backupd("list", env=env)  # before anything creates the folder
+    checked = run_backupd("check", env=env)
+    once = run_backupd("once", env=env)
+    pruned = run_backupd("prune", "--target", "orders", env=env)
+
+    assert f"list FAILED: ORDERS_STORAGE_LOCAL_PATH {folder} does not exist" in listed.stdout
+    said = f"database {missing} does not exist on 127.0.0.1:{pg.port} (ORDERS_DB_DATABASE)"
+    assert f"FAIL orders dump: {said}" in no_traceback(checked)
+    assert f"FAILED at dump: {said}" in no_traceback(once)
+    assert pruned.returncode == 2
+    assert "set ORDERS_RETENTION_KEEP_* first" in no_traceback(pruned)
+
+
 def test_send_test_without_notifications_says_it_sent_nothing(
     pg: PostgresServer, tmp_path: Path
 ) -> None:

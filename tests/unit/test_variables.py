@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from backupd import reference
 from backupd.config import TargetConfig
 from backupd.environment import load_settings
-from backupd.variables import aliases, for_target, known_names, unknown_variables
+from backupd.variables import aliases, for_target, known_names, told, unknown_variables
 from tests.unit.test_config import MINIMAL
 
 
@@ -168,3 +168,11 @@ def test_a_target_name_is_spelled_in_capitals_as_its_variables_are() -> None:
     assert for_target("(DB_HOST)", target_named("eu_orders")) == "(EU_ORDERS_DB_HOST)"
     assert for_target("(DB_HOST)", target_named("default")) == "(DEFAULT_DB_HOST)"
     assert for_target("(DB_HOST)", target_named("verify")) == "(VERIFY_DB_HOST)"
+
+
+def test_a_secret_is_masked_before_the_names_in_a_message_are_spelled() -> None:
+    """A password holding a variable's name is still found as it was written."""
+    env = {**MINIMAL, "BACKUPD_TARGETS": "orders", "ORDERS_DB_PASSWORD": "pw DB_HOST pw"}
+    target = load_settings(env).targets[0]
+
+    assert told("said 'pw DB_HOST pw' (DB_HOST)", target) == "said '******' (ORDERS_DB_HOST)"
