@@ -31,6 +31,7 @@ class ConnectError(BackupdError):
 
     def __init__(self, message: str, settings: tuple[str, ...] = ()) -> None:
         self.bare = message
+        self.settings = settings
         super().__init__(f"{message} ({', '.join(settings)})" if settings else message)
 
 

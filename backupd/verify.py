@@ -28,7 +28,7 @@ from backupd.catalogue import (
     series_of,
     survey,
 )
-from backupd.config import Engine, TargetConfig
+from backupd.config import Engine, TargetConfig, VerifyConfig
 from backupd.encryption import check_identity, identity_for
 from backupd.encryption import is_encrypted as encrypted_key
 from backupd.errors import BackupdError, ConnectError
@@ -241,11 +241,25 @@ def drill_target(target: TargetConfig) -> TargetConfig:
     return target.model_copy(update={"database": target.database.model_copy(update=changes)})
 
 
+def drill_login_settings(settings: tuple[str, ...], verify: VerifyConfig) -> tuple[str, ...]:
+    """The variables a refused login of a drill with a login of its own (VERIFY_DB_*) points
+    at, given those the backups' login would (``settings``, DB_*): VERIFY_DB_USER and
+    VERIFY_DB_PASSWORD, which change the drill's login and leave the backups' alone;
+    VERIFY_DB_HOST and VERIFY_DB_PORT too when they chose the drill's server (a port follows
+    its host), else DB_HOST and DB_PORT, the server the drill shares with the backups."""
+    own = {"DB_USER", "DB_PASSWORD"}
+    if verify.host is not None:
+        own |= {"DB_HOST", "DB_PORT"}
+    elif verify.port is not None:
+        own.add("DB_PORT")
+    return tuple(f"VERIFY_{name}" if name in own else name for name in settings)
+
+
 def _login_said(error: BackupdError, where: TargetConfig, target: TargetConfig) -> str:
-    """``error`` as a drill reports it: a refused login on the VERIFY_DB_* server names no
-    DB_* variable, which are the backups' own."""
+    """``error`` as a drill reports it: a refused login on the drill's own login names its
+    VERIFY_DB_* variables (``drill_login_settings``), not the backups' DB_* ones."""
     if isinstance(error, ConnectError) and where is not target:
-        return error.bare
+        return str(ConnectError(error.bare, drill_login_settings(error.settings, target.verify)))
     return str(error)
 
 

@@ -195,6 +195,14 @@ def mariadb_env(server: MariaDBServer, database: str, **extra: str) -> dict[str,
     }
 
 
+def as_target(name: str | None, env: dict[str, str]) -> dict[str, str]:
+    """``env`` as the settings of the target ``name`` of BACKUPD_TARGETS alone
+    (``ORDERS_DB_HOST``, ...); unchanged for the unnamed target (None)."""
+    if name is None:
+        return env
+    return {"BACKUPD_TARGETS": name, **{f"{name.upper()}_{k}": v for k, v in env.items()}}
+
+
 def backupd_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "backupd", *args]
 

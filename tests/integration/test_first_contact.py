@@ -23,6 +23,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.conftest import (
+    as_target,
     backupd_command,
     bucket_state,
     child_env,
@@ -181,14 +182,6 @@ def test_check_names_the_variables_of_a_server_it_cannot_reach(
         failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
         assert failed[0].startswith("FAIL default connect: cannot log in to"), failed
         assert failed[0].endswith(f" {settings}"), failed
-
-
-def as_target(name: str | None, env: dict[str, str]) -> dict[str, str]:
-    """``env`` as the settings of the target ``name`` of BACKUPD_TARGETS alone
-    (``ORDERS_DB_HOST``, ...); unchanged for the unnamed target (None)."""
-    if name is None:
-        return env
-    return {"BACKUPD_TARGETS": name, **{f"{name.upper()}_{k}": v for k, v in env.items()}}
 
 
 @pytest.mark.parametrize("target", ["orders", None])

@@ -9,10 +9,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from backupd.catalogue import Manifest, manifest_key
 from backupd.config import DatabaseConfig
 from backupd.sources.postgres import PostgresSource
 from tests.conftest import (
+    as_target,
     backupd_command,
     bucket_state,
     child_env,
@@ -99,7 +102,7 @@ def test_postgres_manifest_records_exact_row_counts_and_a_drill_passes(
     assert elsewhere.returncode == 1
     assert "the restore failed: cannot log in to PostgreSQL at 127.0.0.1" in elsewhere.stdout
     assert "as drill_nobody" in elsewhere.stdout
-    assert "DB_PASSWORD" not in elsewhere.stdout  # the backups' own login is not at fault
+    assert not re.search(r"\bDB_PASSWORD", elsewhere.stdout)  # not the backups' own login
     assert "drill-Secret-77" not in elsewhere.stdout + elsewhere.stderr
 
 
@@ -154,6 +157,38 @@ def test_a_drill_refused_its_login_is_one_error_and_drops_nothing(
     assert "drop" not in result.stdout
     assert "drill-Secret-78" not in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("target", ["orders", None])
+@pytest.mark.parametrize("engine", ["postgres", "mariadb"])
+def test_a_drill_refused_its_own_login_names_the_targets_verify_db_variables(
+    request: pytest.FixtureRequest,
+    engine: str,
+    target: str | None,
+    moto_url: str,
+    s3: Any,
+    bucket: str,
+) -> None:
+    server = request.getfixturevalue("pg" if engine == "postgres" else "mariadb")
+    make_env = pg_env if engine == "postgres" else mariadb_env
+    database = unique("shop")
+    server.create_database(
+        database, "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1);"
+    )
+    env = as_target(target, {**make_env(server, database), **storage_env(moto_url, bucket)})
+    backup(env)
+    own = f"{target.upper()}_" if target else ""
+    login = {f"{own}VERIFY_DB_USER": "drill_nobody", f"{own}VERIFY_DB_PASSWORD": "drill-Secret-79"}
+
+    result = run_backupd("verify", "--drill", env={**env, **login})
+
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if "VERIFY FAILED" in line]
+    assert len(failed) == 1, result.stdout
+    assert "the restore failed: cannot log in to" in failed[0]
+    assert failed[0].endswith(f" ({own}VERIFY_DB_USER, {own}VERIFY_DB_PASSWORD)"), failed
+    assert "drill-Secret-79" not in result.stdout + result.stderr
+    assert server.password not in result.stdout + result.stderr
 
 
 def test_mariadb_drill_passes_with_its_own_snapshot_counts(

@@ -24,6 +24,7 @@ from backupd.verify import (
     Drill,
     Selection,
     chosen,
+    drill_login_settings,
     drill_skip_reason,
     drill_target,
     integrity_problem,
@@ -244,6 +245,31 @@ def test_drills_run_on_verify_db_settings_when_set(
     target = drill_target(load_target({**MINIMAL, **extra}))
 
     assert (target.database.host, target.database.port, target.database.user) == (host, port, user)
+
+
+@pytest.mark.parametrize(
+    ("extra", "settings", "named"),
+    [
+        (
+            {"VERIFY_DB_USER": "d"},
+            ("DB_USER", "DB_PASSWORD"),
+            ("VERIFY_DB_USER", "VERIFY_DB_PASSWORD"),
+        ),
+        # the drill's own password on the backups' server: that server is the backups' too
+        ({"VERIFY_DB_PASSWORD": "x"}, ("DB_HOST", "DB_PORT"), ("DB_HOST", "DB_PORT")),
+        ({"VERIFY_DB_HOST": "s"}, ("DB_HOST", "DB_PORT"), ("VERIFY_DB_HOST", "VERIFY_DB_PORT")),
+        ({"VERIFY_DB_HOST": "s"}, ("DB_HOST",), ("VERIFY_DB_HOST",)),
+        ({"VERIFY_DB_PORT": "6543"}, ("DB_HOST", "DB_PORT"), ("DB_HOST", "VERIFY_DB_PORT")),
+        # the backups' password tried on the drill's server: the drill's own is what to set
+        ({"VERIFY_DB_HOST": "s"}, ("DB_PASSWORD",), ("VERIFY_DB_PASSWORD",)),
+    ],
+)
+def test_a_refused_drill_login_names_the_drills_own_variables(
+    extra: dict[str, str], settings: tuple[str, ...], named: tuple[str, ...]
+) -> None:
+    verify = load_target({**MINIMAL, **extra}).verify
+
+    assert drill_login_settings(settings, verify) == named
 
 
 def test_a_drill_password_replaces_the_login_password_and_stays_secret() -> None:
