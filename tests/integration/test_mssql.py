@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import backupd_command, bucket_state, child_env, run_backupd, storage_env
+from tests.conftest import (
+    as_target,
+    backupd_command,
+    bucket_state,
+    child_env,
+    run_backupd,
+    storage_env,
+)
 
 DATA = Path(__file__).parent.parent / "data"
 PASSWORD = "mssql-Secret-2022!"
@@ -169,6 +176,23 @@ def test_a_missing_mssql_local_dir_is_named_before_the_server_writes_a_bak(
     assert f"FAILED at dump: MSSQL_LOCAL_DIR {missing}: No such file or directory" in line, line
     assert not any(a.startswith("BACKUP DATABASE") for c in calls(sqlcmd) for a in c["argv"])
     assert bucket_state(s3, bucket) == ([], [])
+
+
+def test_a_named_targets_shared_volume_is_named_by_its_own_variable(
+    sqlcmd: dict[str, Any], moto_url: str, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "not_mounted"
+    settings = mssql_env(sqlcmd, moto_url, bucket, MSSQL_LOCAL_DIR=str(missing))
+    env = {"PATH": settings.pop("PATH"), **as_target("shop", settings)}
+
+    checked = run_backupd("check", env=env)
+    once = run_backupd("once", env=env)
+
+    assert (
+        f"FAIL shop shared volume: SHOP_MSSQL_LOCAL_DIR {missing}: No such file" in checked.stdout
+    )
+    assert f"FAILED at dump: SHOP_MSSQL_LOCAL_DIR {missing}: No such file" in once.stdout
+    assert PASSWORD not in checked.stdout + once.stdout + once.stderr
 
 
 def test_a_shared_volume_too_small_is_named_before_the_server_writes_a_bak(
