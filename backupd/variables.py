@@ -50,9 +50,11 @@ LIBPQ_TLS = {
     "PGSSLCERT": "DB_SSL_CERT",
     "PGSSLKEY": "DB_SSL_KEY",
 }
-# An upper-case name standing alone in a text (not part of a longer one), or a family of names
-# written with a star (``RETENTION_KEEP_*``).
-NAME_IN_TEXT = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9_]*(?:_\*)?(?![A-Za-z0-9_*])")
+# An upper-case name with an underscore standing alone in a text (not part of a longer one), or
+# a family of names written with a star (``RETENTION_KEEP_*``). The settings of one word,
+# COMPRESSION and TIMEZONE, are SQL's words too: a tool's error quoting a statement (SQL
+# Server's ``BACKUP ... WITH COMPRESSION``) keeps them as written.
+NAME_IN_TEXT = re.compile(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9]*_[A-Z0-9_]*(?:_\*)?(?![A-Za-z0-9_*])")
 SUGGESTION_CUTOFF = 0.6
 # A name without a backupd prefix, written in the .env file, is named only when this close to one.
 CLOSE_CUTOFF = 0.85

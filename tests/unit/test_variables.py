@@ -152,6 +152,11 @@ def target_named(names: str) -> TargetConfig:
             "database MY_DB_HOST, /srv/DB_HOSTx, Db_Host",
         ),
         ("no variable here", "no variable here"),
+        # words of one piece are SQL's too: a tool's error quoting a statement keeps them
+        (
+            "BACKUP DATABASE failed: WITH COPY_ONLY, COMPRESSION; SET TIMEZONE",
+            "BACKUP DATABASE failed: WITH COPY_ONLY, COMPRESSION; SET TIMEZONE",
+        ),
     ],
 )
 def test_a_message_about_a_named_target_names_its_own_variables(text: str, spelled: str) -> None:
