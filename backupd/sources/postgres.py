@@ -176,6 +176,9 @@ _CONNECT_FAILURES = (
     "pg_hba.conf",
 )
 
+# What psql says of a session the server ended after its login (a timeout, an administrator's
+# pg_terminate_backend, a restart): "connection to server" alone is also a failed login's.
+_SESSION_LOST = ("connection to server was lost", "terminating connection")
 
 PG_BINROOT = Path("/usr/lib/postgresql")
 """Where Debian and Ubuntu (and the PGDG packages) install each major version's programs."""
@@ -268,10 +271,13 @@ WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', 'tran
 # as this one backend, never with parallel workers: on a small host those would take the cores
 # the dump needs. The locks are waited for at most RESTORE_STALL_TIMEOUT (``lock_timeout``): a
 # table another session holds cannot keep a backup waiting beyond what the stall guard allows.
-EXPORT_SNAPSHOT = rf"""BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+# The database's own timeouts go first, for the session, before the transaction begins: psql
+# sends one statement at a time, and set inside the transaction, an
+# idle_in_transaction_session_timeout of a few ms ended the session between two of them.
+EXPORT_SNAPSHOT = rf"""{TIMEOUTS_OFF.replace("{scope}", "SESSION")}
+BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 SET LOCAL max_parallel_workers_per_gather = 0;
 SET LOCAL lock_timeout = '{{lock_timeout}}';
-{TIMEOUTS_OFF.replace("{scope}", "LOCAL")}
 SELECT pg_export_snapshot();
 SELECT 'LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', ')
     || ' IN ACCESS SHARE MODE'
@@ -796,6 +802,13 @@ class PostgresSource:
             )
         return None
 
+    def _refused_login(self, stderr: str) -> bool:
+        """Whether a session's psql failed to log in (which pg_dump, logging in the same way,
+        then reports), not lost its connection later (``_SESSION_LOST``): the dump goes on
+        without that session, and what it costs must be said."""
+        lost = any(marker in stderr for marker in _SESSION_LOST)
+        return not lost and self.explain_failure(stderr) is not None
+
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.effective_port} as {self.config.user}"
 
@@ -969,7 +982,7 @@ class PostgresSource:
                 found = DumpSession(snapshot, "dump snapshot", session, COUNT_ROWS_IN_SNAPSHOT)
             except (QueryError, IndexError) as error:
                 # A login failure is the dump's to report, once: not a warning here too.
-                said = log.debug if self.explain_failure(str(error)) else log.warning
+                said = log.debug if self._refused_login(str(error)) else log.warning
                 said("%s: row counts are not recorded: %s", database, error)
             yield found if found is not None else DumpSession()
 

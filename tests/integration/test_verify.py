@@ -548,6 +548,59 @@ def test_a_backup_whose_object_is_gone_but_manifest_remains_fails_naming_it(
     assert run_backupd("verify", "--key", older, env=env).returncode == 0
 
 
+def test_a_counting_session_ended_by_the_server_is_a_warning_and_the_dump_goes_on(
+    pg: PostgresServer, moto_url: str, s3: Any, bucket: str
+) -> None:
+    """psql's "connection to server was lost" read as a failed login, which the dump would
+    report: a session the server ended after its login (an administrator, a timeout) lost the
+    backup's row counts with a debug line only."""
+    database = unique("ended")
+    pg.create_database(database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    locker = subprocess.Popen(
+        ["psql", "-X", "-q", "-c", "BEGIN; LOCK TABLE t; SELECT pg_sleep(60); COMMIT"],
+        env={**child_env({}), **pg.env(database), "PGAPPNAME": "locker"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    waiting = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE %'"
+    )
+    try:
+        wait_until(
+            lambda: (
+                pg.psql(
+                    "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted",
+                    database,
+                ).strip()
+                != "0"
+            ),
+            10,
+            "the lock",
+        )
+        process = subprocess.Popen(
+            backupd_command("once"),
+            env=child_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: pg.psql(waiting, database).strip() != "", 30, "the session's wait")
+        pg.psql(f"SELECT pg_terminate_backend(pid) FROM ({waiting}) w", database)
+    finally:
+        ended = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        pg.psql(f"{ended} WHERE application_name = 'locker'", database)
+        locker.wait(timeout=30)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stdout + stderr
+    (line,) = [line for line in stdout.splitlines() if "row counts are not recorded" in line]
+    assert "WARNING" in line and "connection to server was lost" in line
+    (key,) = [k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json")]
+    assert manifest_of(s3, bucket, key).row_counts is None
+
+
 def test_postgres_counts_ignore_the_databases_statement_and_idle_timeouts(
     pg: PostgresServer, moto_url: str, s3: Any, bucket: str
 ) -> None:
