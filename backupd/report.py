@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from backupd import notify
 from backupd.anomaly import anomalies
@@ -257,7 +259,8 @@ async def backup_and_report(target: TargetConfig, progress: Progress | None = No
 
     Cancelled (``backupd once`` got a signal), the run is told as ``cut_short``: the databases
     it stored as stored, the rest failed at step ``shutdown``; then the CancelledError goes on.
-    The telling is bounded by each notifier's own timeouts; a second cancellation stops it."""
+    Cancelled while telling a run that is over, the telling goes on (``_told_through``). The
+    telling is bounded by each notifier's own timeouts; a second cancellation stops it."""
     announced = announce(target)
     run = TargetRun(target.name)
     try:
@@ -269,5 +272,18 @@ async def backup_and_report(target: TargetConfig, progress: Progress | None = No
             task.uncancel()  # the notifiers' own timeouts work as in any run
         await tell(target, reports, announced)
         raise
-    await tell(target, reports, announced)
+    await _told_through(tell(target, reports, announced))
     return reports
+
+
+async def _told_through(telling: Coroutine[Any, Any, None]) -> None:
+    """Await ``telling``, the notifications of a run that is over: a signal that comes
+    meanwhile lets them finish, bounded by each notifier's own timeouts, and then goes on (a
+    stored backup, or a failure, is not left untold with its ``/start`` ping unanswered); a
+    second signal stops them."""
+    task = asyncio.ensure_future(telling)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task  # cancelled in turn by a second cancellation
+        raise

@@ -312,6 +312,36 @@ def test_a_signal_during_once_tells_what_it_stopped(
     assert dump_processes(big_pg_database) == []
 
 
+def test_a_signal_while_once_tells_a_finished_run_lets_the_telling_finish(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """The backup is stored and its notifications wait for a slow ping service's answer to
+    /start when SIGTERM comes: they still go out (webhook, success ping), then backupd stops;
+    cut there, the ping service saw a run start that never ended."""
+    database = f"once_told_{uuid.uuid4().hex[:8]}"
+    pg.create_database(database, "CREATE TABLE t AS SELECT 1 AS x;")
+    with recording_server(answer_after=2) as (url, seen):
+        env = {
+            **pg_env(pg, database),
+            **storage_env(moto_url, bucket),
+            "NOTIFY_WEBHOOK_URL": f"{url}/hook",
+            "HEALTHCHECK_PING_URL": f"{url}/ping",
+        }
+        process = start_backupd(env)
+        assert process.stdout is not None
+        for line in process.stdout:  # the run is over once its result is logged
+            if f"backup of default {database} succeeded" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        result = finish(process)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    hooks = [json.loads(r.body) for r in seen if r.path == "/hook"]
+    assert [(hook["database"], hook["result"]) for hook in hooks] == [(database, "succeeded")]
+    assert [r.path for r in seen if r.path.startswith("/ping")] == ["/ping/start", "/ping"]
+
+
 def test_bad_configuration_exits_2_listing_every_problem(tmp_path: Path) -> None:
     result = run_backupd(
         "once", env={"DB_TYPE": "oracle", "STORAGE_TYPE": "r2", "DB_PASSWORD": "hunter2-secret"}
