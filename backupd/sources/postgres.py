@@ -618,14 +618,20 @@ def privilege_statements(
 
 def _revoke_existing(name: str, existing: dict[str, Any] | None) -> list[tuple[str, str]]:
     """REVOKEs of what an existing database's explicit ``acl`` grants to roles other than its
-    owner and PUBLIC (PUBLIC's are the caller's); none for default privileges."""
+    owner and PUBLIC (PUBLIC's are the caller's); none for default privileges. Each cascades:
+    a role holding a privilege WITH GRANT OPTION that it granted on (to another role, or to
+    PUBLIC) refuses a plain REVOKE (dependent privileges exist), and what it granted, which
+    only revoking its own takes back, stayed too."""
     acl = (existing or {}).get("acl")
     if not isinstance(acl, list):
         return []
     owner = (existing or {}).get("owner")
     grantees = sorted({e.get("grantee") for e in acl if e.get("grantee") not in (None, owner)})
     return [
-        (f"privileges of {grantee}", f"REVOKE ALL ON DATABASE {name} FROM {pg_identifier(grantee)}")
+        (
+            f"privileges of {grantee}",
+            f"REVOKE ALL ON DATABASE {name} FROM {pg_identifier(grantee)} CASCADE",
+        )
         for grantee in grantees
     ]
 

@@ -733,6 +733,28 @@ def test_an_existing_empty_postgres_database_ends_with_the_recorded_privileges_a
     assert stranger not in json.dumps(pg_properties(pg, existing))
 
 
+def test_an_existing_postgres_databases_grants_passed_on_by_a_grantee_are_revoked_too(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """A role of the existing database holding CONNECT WITH GRANT OPTION had granted it on:
+    its REVOKE failed (dependent privileges exist), a warning said the database's privileges
+    of that role could not be restored, and both roles could still connect to the copy."""
+    database, existing = unique("plain"), unique("existing")
+    lender, borrower = unique("lender"), unique("borrower")
+    pg.psql(f"CREATE ROLE {lender}; CREATE ROLE {borrower}")
+    pg.create_database(database, "CREATE TABLE t (n int);")
+    pg.psql(f"CREATE DATABASE {existing}")
+    pg.psql(f"GRANT CONNECT ON DATABASE {existing} TO {lender} WITH GRANT OPTION")
+    pg.psql(f"SET ROLE {lender}; GRANT CONNECT ON DATABASE {existing} TO {borrower}, PUBLIC")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+
+    output = ok("restore", "--into", existing, env=env)
+
+    assert "WARNING" not in output
+    assert pg_properties(pg, existing) == pg_properties(pg, database)
+
+
 def test_an_existing_postgres_database_with_another_locale_is_named_in_a_warning(
     pg: PostgresServer, moto_url: str, bucket: str
 ) -> None:

@@ -408,19 +408,19 @@ def test_an_existing_databases_own_grants_and_role_settings_go_before_the_record
 
     assert [sql for _, sql in privilege_statements('"db"', defaults, existing=existing)] == [
         'REVOKE ALL ON DATABASE "db" FROM PUBLIC',
-        'REVOKE ALL ON DATABASE "db" FROM "carol"',
+        'REVOKE ALL ON DATABASE "db" FROM "carol" CASCADE',
         'GRANT CONNECT, TEMPORARY ON DATABASE "db" TO PUBLIC',
     ]
     assert [sql for _, sql in property_statements("db", defaults, existing=existing)] == [
         'ALTER ROLE "carol" IN DATABASE "db" RESET ALL',
         'REVOKE ALL ON DATABASE "db" FROM PUBLIC',
-        'REVOKE ALL ON DATABASE "db" FROM "carol"',
+        'REVOKE ALL ON DATABASE "db" FROM "carol" CASCADE',
         'GRANT CONNECT, TEMPORARY ON DATABASE "db" TO PUBLIC',
     ]
     reader = {"owner": "alice", "acl": [{"grantee": "bob", "privilege": "CONNECT"}]}
     assert [sql for _, sql in privilege_statements('"db"', reader, existing=existing)] == [
         'REVOKE ALL ON DATABASE "db" FROM PUBLIC',
-        'REVOKE ALL ON DATABASE "db" FROM "carol"',
+        'REVOKE ALL ON DATABASE "db" FROM "carol" CASCADE',
         'GRANT CONNECT ON DATABASE "db" TO "bob"',
     ]
     # An existing database with the default privileges, or a backup from a backupd that did
