@@ -582,7 +582,9 @@ def privilege_statements(
     ``existing``: the properties the database has now (``PROPERTIES_QUERY``), when it existed
     before the restore. Whatever its ``acl`` grants to a role other than its owner is revoked
     first, and where the backup recorded the default privileges (``acl`` null) the defaults
-    come back: CONNECT and TEMPORARY for PUBLIC (PostgreSQL's ``acldefault`` for a database).
+    come back: CONNECT and TEMPORARY for PUBLIC (PostgreSQL's ``acldefault`` for a database),
+    and with ``keep_owner`` all three for the owner, whose grants as a role of the existing
+    database were revoked with the others'.
     A backup that recorded no ``acl`` at all (an older backupd) changes nothing."""
     if "acl" not in properties:
         return []
@@ -593,12 +595,17 @@ def privilege_statements(
         return []
     statements = [("privileges of PUBLIC", f"REVOKE ALL ON DATABASE {name} FROM PUBLIC")]
     statements += _revoke_existing(name, existing)
-    if not isinstance(acl, list):
-        grant = f"GRANT CONNECT, TEMPORARY ON DATABASE {name} TO PUBLIC"
-        return [*statements, ("privileges of PUBLIC", grant)]
     if keep_owner and isinstance(owner, str):
         revoke = f"REVOKE ALL ON DATABASE {name} FROM {pg_identifier(owner)}"
         statements.append((f"privileges of {owner}", revoke))
+    if not isinstance(acl, list):
+        statements.append(
+            ("privileges of PUBLIC", f"GRANT CONNECT, TEMPORARY ON DATABASE {name} TO PUBLIC")
+        )
+        if keep_owner and isinstance(owner, str):
+            grant = f"GRANT ALL ON DATABASE {name} TO {pg_identifier(owner)}"
+            statements.append((f"privileges of {owner}", grant))
+        return statements
     for entry in acl:
         grantee, privilege = entry.get("grantee"), entry.get("privilege")
         if privilege not in DATABASE_PRIVILEGES or (

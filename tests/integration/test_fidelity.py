@@ -733,6 +733,27 @@ def test_an_existing_empty_postgres_database_ends_with_the_recorded_privileges_a
     assert stranger not in json.dumps(pg_properties(pg, existing))
 
 
+def test_an_existing_postgres_database_granted_to_the_recorded_owner_keeps_its_privileges(
+    pg: PostgresServer, moto_url: str, bucket: str
+) -> None:
+    """The existing database, made by another role, had granted ALL to the role that owns the
+    original (with the default privileges): that role became the owner, then lost the grants
+    with the other roles', and with them CREATE on its own database."""
+    database, existing, owner = unique("owned"), unique("existing"), unique("owner")
+    pg.psql(f"CREATE ROLE {owner}")
+    pg.psql(f"CREATE DATABASE {database} OWNER {owner}")
+    pg.psql(f"CREATE DATABASE {existing}")
+    pg.psql(f"GRANT ALL ON DATABASE {existing} TO {owner}")
+    env = {**pg_env(pg, database), **storage_env(moto_url, bucket)}
+    ok("once", env=env)
+
+    ok("restore", "--into", existing, env=env)
+
+    assert pg_properties(pg, existing) == pg_properties(pg, database)
+    owned_by = f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{existing}'"
+    assert pg.psql(owned_by).strip() == owner
+
+
 def test_an_existing_postgres_databases_grants_passed_on_by_a_grantee_are_revoked_too(
     pg: PostgresServer, moto_url: str, bucket: str
 ) -> None:

@@ -423,6 +423,12 @@ def test_an_existing_databases_own_grants_and_role_settings_go_before_the_record
         'REVOKE ALL ON DATABASE "db" FROM "carol" CASCADE',
         'GRANT CONNECT ON DATABASE "db" TO "bob"',
     ]
+    # The kept owner may be one of the roles revoked: it gets an owner's defaults back.
+    kept = privilege_statements('"db"', defaults, keep_owner=True, existing=existing)
+    assert [sql for _, sql in kept][-2:] == [
+        'GRANT CONNECT, TEMPORARY ON DATABASE "db" TO PUBLIC',
+        'GRANT ALL ON DATABASE "db" TO "alice"',
+    ]
     # An existing database with the default privileges, or a backup from a backupd that did
     # not record them: nothing to change.
     assert privilege_statements('"db"', defaults, existing={"owner": "dba", "acl": None}) == []
