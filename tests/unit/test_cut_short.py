@@ -40,6 +40,18 @@ def test_star_stopped_after_listing_names_each_database_it_did_not_finish() -> N
     ]
 
 
+def test_star_stopped_after_a_database_named_globals_still_names_the_server_globals() -> None:
+    """A database named ``globals`` shares its name with the server globals' object: stored,
+    it counted as both, and the globals the run never made went untold."""
+    run = TargetRun("default", results=[stored("globals")], planned=["globals", "zeta", "globals"])
+
+    assert told(run, "*") == [
+        ("globals", "succeeded", None),
+        ("zeta", "failed", "shutdown"),
+        ("globals", "failed", "shutdown"),
+    ]
+
+
 def test_star_stopped_before_listing_is_one_failure_named_as_configured() -> None:
     assert told(TargetRun("default"), "*") == [("*", "failed", "shutdown")]
 
