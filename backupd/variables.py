@@ -121,8 +121,11 @@ def for_target(text: str, target: TargetConfig) -> str:
 def told(text: str, target: TargetConfig) -> str:
     """``text``, a message about ``target``, as it leaves the process (logs, mails, webhooks,
     ``check``): its secrets masked, then its settings named as the target reads them
-    (``for_target``)."""
-    return for_target(mask(text, secrets_of(target)), target)
+    (``for_target``), then masked again. Masked first, a secret holding a variable's name is
+    found as it was written; masked last, a secret that a spelled name makes (a password
+    ``ORDERS`` in ``ORDERS_DB_PASSWORD``) is hidden too."""
+    secrets = secrets_of(target)
+    return mask(for_target(mask(text, secrets), target), secrets)
 
 
 def known_names(targets: Iterable[str] = ()) -> frozenset[str]:

@@ -181,3 +181,16 @@ def test_a_secret_is_masked_before_the_names_in_a_message_are_spelled() -> None:
     target = load_settings(env).targets[0]
 
     assert told("said 'pw DB_HOST pw' (DB_HOST)", target) == "said '******' (ORDERS_DB_HOST)"
+
+
+@pytest.mark.parametrize("password", ["ORDERS", "ORDERS_DB_PASSWORD", "RS_DB_US"])
+def test_a_secret_that_a_spelled_name_makes_is_masked_too(password: str) -> None:
+    """The names are spelled after masking: one that holds the password is masked again."""
+    env = {**MINIMAL, "BACKUPD_TARGETS": "orders", "ORDERS_DB_PASSWORD": password}
+    target = load_settings(env).targets[0]
+
+    said = told("refused (DB_USER, DB_PASSWORD)", target)
+
+    assert password not in said
+    assert said.startswith("refused (")
+
