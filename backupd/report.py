@@ -69,7 +69,7 @@ def reports_of(
             State.FAILED,
             now,
             step=failure.step,
-            error=told(str(failure), target),
+            error=told(str(failure), target, [database]),
             left_behind=_left_behind(failure, target),
         )
         for database, failure in run.failures

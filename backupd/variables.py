@@ -98,34 +98,57 @@ def is_per_target(name: str) -> bool:
     return any(setting.startswith(stem) for setting in target_settings())
 
 
-def for_target(text: str, target: TargetConfig) -> str:
+def _values(value: object) -> Iterator[str]:
+    """Every text inside a dumped model (``model_dump``'s dicts and lists)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for inner in value.values():
+            yield from _values(inner)
+    elif isinstance(value, list | tuple):
+        for inner in value:
+            yield from _values(inner)
+
+
+@functools.lru_cache(maxsize=256)
+def data_names(target: TargetConfig) -> frozenset[str]:
+    """The names written in ``target``'s own settings, as values (a database called
+    ``DB_HOST``, a folder ``STORAGE_TYPE/``): data that a message quotes, not a variable.
+    Secrets are left out (``model_dump`` stars them): they are masked, never spelled."""
+    texts = _values(target.model_dump(mode="json"))
+    return frozenset(name for text in texts for name in NAME_IN_TEXT.findall(text))
+
+
+def for_target(text: str, target: TargetConfig, data: Iterable[str] = ()) -> str:
     """``text`` with each per-target setting it names spelled as ``target`` reads it: for the
     target ``orders`` of BACKUPD_TARGETS, ``DB_PASSWORD`` becomes ``ORDERS_DB_PASSWORD`` and
     ``RETENTION_KEEP_*`` becomes ``ORDERS_RETENTION_KEEP_*``. Process-wide settings
     (``SEQ_URL``), names inside longer ones and every other word stay as they are, and so does
-    the whole text for the unnamed target.
+    the whole text for the unnamed target. So do the names the message quotes as data: those
+    written in the target's own settings (``data_names``: a database ``DB_HOST`` stays
+    ``database DB_HOST``) and ``data`` (a database the server listed for ``DB_DATABASE=*``).
 
     Messages keep the unprefixed names; this is applied once, where a message about one target
-    leaves the process, to text whose secrets are masked already (a secret is looked for as it
-    was written)."""
+    leaves the process (``told``)."""
     if not target.named:
         return text
+    quoted = data_names(target).union(*(NAME_IN_TEXT.findall(item) for item in data))
 
     def spelled(found: re.Match[str]) -> str:
         name = found[0]
-        return target.variable_prefix + name if is_per_target(name) else name
+        return target.variable_prefix + name if is_per_target(name) and name not in quoted else name
 
     return NAME_IN_TEXT.sub(spelled, text)
 
 
-def told(text: str, target: TargetConfig) -> str:
+def told(text: str, target: TargetConfig, data: Iterable[str] = ()) -> str:
     """``text``, a message about ``target``, as it leaves the process (logs, mails, webhooks,
     ``check``): its secrets masked, then its settings named as the target reads them
-    (``for_target``), then masked again. Masked first, a secret holding a variable's name is
-    found as it was written; masked last, a secret that a spelled name makes (a password
-    ``ORDERS`` in ``ORDERS_DB_PASSWORD``) is hidden too."""
+    (``for_target``, ``data`` as there), then masked again. Masked first, a secret holding a
+    variable's name is found as it was written; masked last, a secret that a spelled name
+    makes (a password ``ORDERS`` in ``ORDERS_DB_PASSWORD``) is hidden too."""
     secrets = secrets_of(target)
-    return mask(for_target(mask(text, secrets), target), secrets)
+    return mask(for_target(mask(text, secrets), target, data), secrets)
 
 
 def known_names(targets: Iterable[str] = ()) -> frozenset[str]:

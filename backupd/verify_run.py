@@ -49,9 +49,9 @@ def reports_of(target: TargetConfig, results: list[Checked]) -> list[Report]:
             size=checked.size,
             duration_s=checked.drill.restore_s if checked.drill is not None else 0.0,
             step=None if checked.ok else "verify",
-            error=None if checked.ok else told(checked.failure() or "", target),
+            error=None if checked.ok else told(checked.failure() or "", target, [checked.database]),
             kind="verify",
-            note=told(describe(checked), target),
+            note=told(describe(checked), target, [checked.database]),
         )
         for checked in results
     ]
@@ -67,7 +67,7 @@ async def verify_and_log(
     except BackupdError as error:
         results = [Checked(target.name, "*", None, problem=f"cannot list backups: {error}")]
     for checked, report in zip(results, reports_of(target, results), strict=True):
-        line = told(describe(checked), target)
+        line = told(describe(checked), target, [checked.database])
         extra = {"report": report.properties()}  # Seq and JSON logs, as a backup's line
         if checked.ok:
             log.info("%s: %s", target.name, line, extra=extra)

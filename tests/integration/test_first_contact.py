@@ -607,3 +607,19 @@ def test_a_check_interrupted_while_writing_its_probe_leaves_no_probe_behind(
     assert child.returncode == 1, out + err
     assert "Traceback" not in out + err
     assert bucket_state(s3, bucket) == ([], [])
+
+
+def test_a_database_named_like_a_setting_keeps_its_name_in_a_named_targets_hints(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """The database DB_HOST is the user's data: only the hint names ORDERS_DB_DATABASE."""
+    storage = {"STORAGE_TYPE": "local", "STORAGE_LOCAL_PATH": str(tmp_path / "b")}
+    env = as_target("orders", {**pg_env(pg, "DB_HOST"), **storage})
+
+    checked = run_backupd("check", env=env)
+    once = run_backupd("once", env=env)
+
+    said = f"database DB_HOST does not exist on 127.0.0.1:{pg.port} (ORDERS_DB_DATABASE)"
+    assert f"FAIL orders dump: {said}" in no_traceback(checked)
+    assert f"FAILED at dump: {said}" in no_traceback(once)
+    assert "ORDERS_DB_HOST" not in checked.stdout + once.stdout

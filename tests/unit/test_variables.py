@@ -194,3 +194,47 @@ def test_a_secret_that_a_spelled_name_makes_is_masked_too(password: str) -> None
     assert password not in said
     assert said.startswith("refused (")
 
+
+@pytest.mark.parametrize(
+    ("env", "text", "spelled"),
+    [
+        (
+            {"ORDERS_DB_DATABASE": "DB_HOST"},
+            "database DB_HOST does not exist on h:5432 (DB_DATABASE)",
+            "database DB_HOST does not exist on h:5432 (ORDERS_DB_DATABASE)",
+        ),
+        (
+            {"ORDERS_DB_DATABASE": "app,EMAIL_TO"},
+            "ERROR 1049 (42000): Unknown database 'EMAIL_TO' (DB_DATABASE)",
+            "ERROR 1049 (42000): Unknown database 'EMAIL_TO' (ORDERS_DB_DATABASE)",
+        ),
+        (
+            {"ORDERS_STORAGE_DESTINATION_FOLDER": "STORAGE_TYPE/"},
+            "cannot write STORAGE_TYPE/orders/x.dump (STORAGE_BUCKET_NAME)",
+            "cannot write STORAGE_TYPE/orders/x.dump (ORDERS_STORAGE_BUCKET_NAME)",
+        ),
+        (
+            {"ORDERS_DB_USER": "DB_HOST"},
+            'role "DB_HOST" does not exist (DB_USER, DB_PASSWORD)',
+            'role "DB_HOST" does not exist (ORDERS_DB_USER, ORDERS_DB_PASSWORD)',
+        ),
+    ],
+)
+def test_a_name_written_in_the_targets_own_settings_is_quoted_as_it_is(
+    env: dict[str, str], text: str, spelled: str
+) -> None:
+    """A database, folder or login named like a setting is the user's data, not a variable."""
+    target = load_settings({**MINIMAL, "BACKUPD_TARGETS": "orders", **env}).targets[0]
+
+    assert told(text, target) == spelled
+
+
+def test_a_database_the_server_listed_is_quoted_as_it_is() -> None:
+    """DB_DATABASE=*: the database a message is about is passed as data."""
+    env = {**MINIMAL, "BACKUPD_TARGETS": "orders", "ORDERS_DB_DATABASE": "*"}
+    target = load_settings(env).targets[0]
+    text = "database DB_PORT does not exist on h:5432 (DB_DATABASE)"
+
+    assert told(text, target, ["DB_PORT"]) == (
+        "database DB_PORT does not exist on h:5432 (ORDERS_DB_DATABASE)"
+    )
