@@ -563,26 +563,31 @@ class Daemon:
         """One verify run of ``target``, within the dump budget and after any backup of it;
         with COORDINATION=storage, only on the replica that claims its slot."""
         claims = self._claims.get(target.name)
+        known: list[bool] = []
         try:
             if claims is None:
                 async with self._slots:
-                    await self._verify_now(target)
+                    await self._verify_now(target, known)
                 return
             async with claimed(claims, target.name, Kind.VERIFY, slot, gate=self._slots) as lease:
                 if lease is not None:
-                    await self._verify_now(target)
+                    await self._verify_now(target, known)
         except BackupdError as error:  # ClaimLost, CoordinationError
             log.warning("%s: verify: %s", target.name, told(str(error), target))
+            if not known:  # as a backup run that did not happen: a failure of the whole target
+                self.metrics.verify_ended(target.name, {"*": False})
         except ShuttingDown:
             log.info("%s: the verify run does not start: shutting down", target.name)
 
-    async def _verify_now(self, target: TargetConfig) -> None:
+    async def _verify_now(self, target: TargetConfig, known: list[bool]) -> None:
         """The verify, holding the target (and the caller's dump slot); its mail and webhooks
         go out afterwards in a task of their own, as a backup's do: a slow or dead notifier
-        never holds a dump slot or the target, and a shutdown waits for them."""
+        never holds a dump slot or the target, and a shutdown waits for them. ``known`` gets
+        True once its result is counted."""
         async with self._busy[target.name]:
             results = await verify_and_log(target, Selection(drill=target.verify.drill))
         self._record_verify(target.name, results)
+        known.append(True)
         self._finish_later(tell_verified(target, results), f"told-{target.name}")
 
     def _record_verify(self, name: str, results: list[Checked]) -> None:

@@ -137,8 +137,8 @@ class Metrics:
         self.last_verify_failure = Gauge(
             "backupd_last_verify_failure_timestamp_seconds",
             "When the newest backup of a database last failed its read-back or drill; under "
-            "database *, when a verify last could not list the target's backups or find one of "
-            "a database (Unix time)",
+            "database *, when a verify last could not list the target's backups, find one of "
+            "a database or keep its claim (Unix time)",
             ["target", "database"],
             registry=self.registry,
         )
