@@ -32,7 +32,7 @@ from backupd.progress import LogProgress, TerminalProgress
 from backupd.prune import PruneFailure, keep_column, prune_after_run, prune_target
 from backupd.report import backup_and_report, prune_wanted, tell_prune_failed
 from backupd.units import human_size
-from backupd.variables import told, unknown_variables
+from backupd.variables import blank_protections, told, unknown_variables
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("backupd")
@@ -184,9 +184,10 @@ def load(args: argparse.Namespace) -> tuple[Settings, list[str]]:
     env = read_environment(os.environ, path, required=args.env_file is not None)
     warnings = unknown_variables(env, from_file=set(env) - set(os.environ))
     try:
-        return load_settings(env), warnings
+        settings = load_settings(env)
     except ConfigError as error:
         raise ConfigError(error.problems + [f"warning: {w}" for w in warnings]) from None
+    return settings, warnings + blank_protections(env, settings)
 
 
 class UsageError(Exception):

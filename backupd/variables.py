@@ -178,6 +178,38 @@ def _without_target(name: str, target_prefixes: tuple[str, ...]) -> str | None:
     return None
 
 
+BLANK_PROTECTIONS = {
+    "ENCRYPTION_RECIPIENTS": "not encrypted",
+    "ENCRYPTION_RECIPIENTS_FILE": "not encrypted",
+    "STORAGE_OBJECT_LOCK_DAYS": "not locked",
+}
+"""Settings whose blank value, read as unset as every blank value is, leaves a target's backups
+without a protection somebody meant to give them: a ``${AGE_RECIPIENTS}`` that Compose or a
+shell expanded to nothing stored them in clear, without a word."""
+
+
+def blank_protections(env: Mapping[str, str], settings: Settings) -> list[str]:
+    """One warning per protection (``BLANK_PROTECTIONS``) that a target lacks while a variable
+    that would give it is set but blank, e.g. ``"ENCRYPTION_RECIPIENTS is set but empty: the
+    backups are not encrypted"``. A target that has the protection from another variable is
+    not warned about."""
+    warnings = []
+    for target in settings.targets:
+        lacking = {
+            "not encrypted": not target.encryption.recipients,
+            "not locked": getattr(target.storage, "object_lock_days", None) is None,
+        }
+        of = f" of target {target.name}" if target.named else ""
+        for setting, outcome in BLANK_PROTECTIONS.items():
+            for name in dict.fromkeys((target.variable_prefix + setting, setting)):
+                if lacking[outcome] and name in env and not env[name].strip():
+                    warnings.append(
+                        f"{name} is set but empty: the backups{of} are {outcome} (give it a value,"
+                        " or remove the variable)"
+                    )
+    return list(dict.fromkeys(warnings))
+
+
 def unknown_variables(env: Mapping[str, str], from_file: Iterable[str] = ()) -> list[str]:
     """One warning per variable that looks like backupd's but is not read, sorted by name.
 

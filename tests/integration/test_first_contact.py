@@ -279,6 +279,26 @@ def test_a_password_with_every_awkward_character_logs_in_from_the_env_file(
     assert password not in result.stdout + result.stderr
 
 
+def test_encryption_recipients_set_but_empty_are_warned_about_by_once_and_check(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """``ENCRYPTION_RECIPIENTS=${AGE_RECIPIENTS}`` with the variable missing is blank, read as
+    unset: the backup was stored in clear without a word."""
+    env = local_env(pg, tmp_path / "b", ENCRYPTION_RECIPIENTS="")
+
+    checked = run_backupd("check", env=env)
+    ran = run_backupd("once", env=env)
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    warning = (
+        "ENCRYPTION_RECIPIENTS is set but empty: the backups are not encrypted (give it a"
+        " value, or remove the variable)"
+    )
+    assert f"warn configuration: {warning}" in checked.stdout.splitlines()
+    assert sum(warning in line for line in ran.stdout.splitlines()) == 1
+
+
 def test_unknown_variables_are_warned_about_by_once_and_listed_by_check(
     pg: PostgresServer, tmp_path: Path
 ) -> None:

@@ -8,7 +8,14 @@ from pydantic import BaseModel, Field
 from backupd import reference
 from backupd.config import TargetConfig
 from backupd.environment import load_settings
-from backupd.variables import aliases, for_target, known_names, told, unknown_variables
+from backupd.variables import (
+    aliases,
+    blank_protections,
+    for_target,
+    known_names,
+    told,
+    unknown_variables,
+)
 from tests.unit.test_config import MINIMAL
 
 
@@ -238,3 +245,33 @@ def test_a_database_the_server_listed_is_quoted_as_it_is() -> None:
     assert told(text, target, ["DB_PORT"]) == (
         "database DB_PORT does not exist on h:5432 (ORDERS_DB_DATABASE)"
     )
+
+
+RECIPIENT = "age1hwzyjyf6pyekp84zmu9hddm3ru8hzc9uyg3v283y6uxdr8599gkq44etqw"
+
+
+def test_a_protection_set_blank_is_warned_about_where_the_target_lacks_it() -> None:
+    two = {**MINIMAL, "BACKUPD_TARGETS": "orders,crm", "ORDERS_ENCRYPTION_RECIPIENTS": ""}
+    crm_encrypted = {**two, "CRM_ENCRYPTION_RECIPIENTS": RECIPIENT}
+
+    assert blank_protections(two, load_settings(two)) == [
+        "ORDERS_ENCRYPTION_RECIPIENTS is set but empty: the backups of target orders are not"
+        " encrypted (give it a value, or remove the variable)"
+    ]
+    assert blank_protections(crm_encrypted, load_settings(crm_encrypted)) == [
+        "ORDERS_ENCRYPTION_RECIPIENTS is set but empty: the backups of target orders are not"
+        " encrypted (give it a value, or remove the variable)"
+    ]
+    # the shared variable blank, one target encrypted by its own: only the other is warned of
+    shared = {**MINIMAL, "BACKUPD_TARGETS": "orders,crm", "ENCRYPTION_RECIPIENTS": ""}
+    shared["CRM_ENCRYPTION_RECIPIENTS"] = RECIPIENT
+    assert blank_protections(shared, load_settings(shared)) == [
+        "ENCRYPTION_RECIPIENTS is set but empty: the backups of target orders are not"
+        " encrypted (give it a value, or remove the variable)"
+    ]
+    locked = {**MINIMAL, "STORAGE_OBJECT_LOCK_DAYS": ""}
+    assert blank_protections(locked, load_settings(locked)) == [
+        "STORAGE_OBJECT_LOCK_DAYS is set but empty: the backups are not locked (give it a"
+        " value, or remove the variable)"
+    ]
+    assert blank_protections(MINIMAL, load_settings(MINIMAL)) == []
