@@ -30,7 +30,7 @@ from backupd.logs import escape_controls, setup_logging
 from backupd.process import STOP_SIGNALS, mask
 from backupd.progress import LogProgress, TerminalProgress
 from backupd.prune import PruneFailure, keep_column, prune_after_run, prune_target
-from backupd.report import backup_and_report, prune_wanted, tell_prune_failed
+from backupd.report import ToldThenStopped, backup_and_report, prune_wanted, tell_prune_failed
 from backupd.units import human_size
 from backupd.variables import blank_protections, told, unknown_variables
 
@@ -214,14 +214,25 @@ async def _once(settings: Settings, args: argparse.Namespace) -> int:
         chosen = pick_target(settings, args.target)
         targets = [only(chosen, args.database) if args.database is not None else chosen]
     ok = True
-    for target in targets:
-        reports = await backup_and_report(target, progress)
-        ok = ok and all(report.ok for report in reports)
-        if prune_wanted(target, reports):
-            pruned = await prune_after_run(target)
-            if isinstance(pruned, PruneFailure):
-                ok = False
-                await tell_prune_failed(target, pruned)
+    stopped = INTERRUPTED["once"]
+    try:
+        for target in targets:
+            stopped = INTERRUPTED["once"]
+            try:
+                reports = await backup_and_report(target, progress)
+            except ToldThenStopped:
+                stopped = ONCE_STOPPED_AFTER_RUN
+                raise
+            ok = ok and all(report.ok for report in reports)
+            if prune_wanted(target, reports):
+                stopped = ONCE_STOPPED_IN_PRUNE
+                pruned = await prune_after_run(target)
+                if isinstance(pruned, PruneFailure):
+                    ok = False
+                    await tell_prune_failed(target, pruned)
+    except asyncio.CancelledError:  # a signal: the last line says what it stopped
+        log.error("interrupted: %s", stopped)
+        return EXIT_FAILED
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -512,6 +523,16 @@ INTERRUPTED = {
     "verify": "the verify was stopped; a drill's scratch database was dropped",
 }
 """What an interrupted command leaves behind, as its last line says."""
+
+ONCE_STOPPED_AFTER_RUN = (
+    "the run under way had ended and was told as it went; targets not started yet did not run"
+)
+"""``once``'s last line when the signal came while a finished run was being told."""
+ONCE_STOPPED_IN_PRUNE = (
+    "the prune after a run was stopped; what it had not deleted yet is kept; the run's backups "
+    "are kept and were told; targets not started yet did not run"
+)
+"""``once``'s last line when the signal came while the retention policy was applied."""
 
 
 def run_cancellable(main: Coroutine[Any, Any, int], command: str = "") -> int:

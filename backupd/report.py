@@ -259,8 +259,9 @@ async def backup_and_report(target: TargetConfig, progress: Progress | None = No
 
     Cancelled (``backupd once`` got a signal), the run is told as ``cut_short``: the databases
     it stored as stored, the rest failed at step ``shutdown``; then the CancelledError goes on.
-    Cancelled while telling a run that is over, the telling goes on (``_told_through``). The
-    telling is bounded by each notifier's own timeouts; a second cancellation stops it."""
+    Cancelled while telling a run that is over, the telling goes on, and then
+    ``ToldThenStopped`` (``_told_through``). The telling is bounded by each notifier's own
+    timeouts; a second cancellation stops it."""
     announced = announce(target)
     run = TargetRun(target.name)
     try:
@@ -276,14 +277,19 @@ async def backup_and_report(target: TargetConfig, progress: Progress | None = No
     return reports
 
 
+class ToldThenStopped(asyncio.CancelledError):
+    """``backup_and_report`` was cancelled once its run was over: every database was told as
+    it went, and nothing was cut short (``backupd once`` says so in its last line)."""
+
+
 async def _told_through(telling: Coroutine[Any, Any, None]) -> None:
     """Await ``telling``, the notifications of a run that is over: a signal that comes
-    meanwhile lets them finish, bounded by each notifier's own timeouts, and then goes on (a
-    stored backup, or a failure, is not left untold with its ``/start`` ping unanswered); a
-    second signal stops them."""
+    meanwhile lets them finish, bounded by each notifier's own timeouts, and then goes on as
+    ``ToldThenStopped`` (a stored backup, or a failure, is not left untold with its ``/start``
+    ping unanswered); a second signal stops them."""
     task = asyncio.ensure_future(telling)
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
         await task  # cancelled in turn by a second cancellation
-        raise
+        raise ToldThenStopped from None
