@@ -86,12 +86,12 @@ def cut_short(
     first), logged. A backup stopped by SIGTERM is told, as any other failure is."""
     hidden = secrets_of(target)
     reports = reports_of(target, run) if run.results or run.failures else []
-    done = {result.database for result in run.results} | {name for name, _ in run.failures}
     if run.planned is not None:  # made in turn: those done are the first (a name can repeat)
         rest = run.planned[len(run.results) + len(run.failures) :]
     elif target.database.all_databases:
         rest = [target.database.database]
     else:
+        done = {result.database for result in run.results} | {name for name, _ in run.failures}
         rest = [name for name in target.database.databases if name not in done]
     reports += [
         Report(
