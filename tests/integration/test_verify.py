@@ -27,6 +27,7 @@ from tests.conftest import (
 )
 from tests.integration import test_notify
 from tests.integration.test_daemon import fetch, metric
+from tests.integration.test_failures import finish, start_backupd
 from tests.integration.test_notify import Received
 from tests.servers import MariaDBServer, PostgresServer, free_port, wait_until
 
@@ -579,23 +580,18 @@ def test_a_counting_session_ended_by_the_server_is_a_warning_and_the_dump_goes_o
             10,
             "the lock",
         )
-        process = subprocess.Popen(
-            backupd_command("once"),
-            env=child_env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_backupd(env)
         wait_until(lambda: pg.psql(waiting, database).strip() != "", 30, "the session's wait")
         pg.psql(f"SELECT pg_terminate_backend(pid) FROM ({waiting}) w", database)
     finally:
         ended = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         pg.psql(f"{ended} WHERE application_name = 'locker'", database)
         locker.wait(timeout=30)
-    stdout, stderr = process.communicate(timeout=120)
+    result = finish(process)
 
-    assert process.returncode == 0, stdout + stderr
-    (line,) = [line for line in stdout.splitlines() if "row counts are not recorded" in line]
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = result.stdout.splitlines()
+    (line,) = [each for each in said if "row counts are not recorded" in each]
     assert "WARNING" in line and "connection to server was lost" in line
     (key,) = [k for k in bucket_state(s3, bucket)[0] if not k.endswith(".manifest.json")]
     assert manifest_of(s3, bucket, key).row_counts is None
