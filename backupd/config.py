@@ -6,6 +6,7 @@ and never reads ``os.environ``. Secrets are ``SecretStr`` and print as ``*******
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import re
@@ -793,6 +794,21 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
+def url_spellings(url: str) -> list[str]:
+    """``url`` as written and as the HTTP clients that send to it write it in their errors:
+    requests (seqlog's posts to Seq) and yarl (aiohttp's), which percent-encode what a URL may
+    not hold and decode what needs no encoding, each in its own way: a password ``pa|s%7E``
+    reads ``pa%7Cs~``, a query ``key=a b`` reads ``key=a%20b`` or ``key=a+b``. Masked only as
+    written, a secret was printed in a spelling anybody can read back."""
+    from requests.utils import requote_uri
+    from yarl import URL
+
+    spellings = [url, requote_uri(url)]
+    with contextlib.suppress(ValueError):
+        spellings.append(str(URL(url)))
+    return list(dict.fromkeys(spellings))
+
+
 class LogConfig(BaseModel):
     """Where log lines go: stdout always, Seq when ``SEQ_URL`` is set."""
 
@@ -828,13 +844,16 @@ class LogConfig(BaseModel):
         """What of the Seq settings must never be shown: the API key, and of a ``SEQ_URL`` that
         carries credentials (a proxy's basic auth, ``?apiKey=``) its password, its query and
         the URL itself, which the HTTP clients' errors quote (``401 Client Error: ... for url:
-        http://u:p@seq/...``). A URL without them stays readable: it says where logs go."""
+        http://u:p@seq/...``), each as written and as each client writes it
+        (``url_spellings``). A URL without them stays readable: it says where logs go."""
         hidden = [self.seq_api_key.get_secret_value()] if self.seq_api_key is not None else []
         if self.seq_url is not None:
             parts = urlsplit(self.seq_url)
             if parts.password or parts.query:
-                hidden += [self.seq_url, parts.password or "", parts.query]
-        return [secret for secret in hidden if secret]
+                for url in url_spellings(self.seq_url):
+                    parts = urlsplit(url)
+                    hidden += [url, parts.password or "", parts.query]
+        return list(dict.fromkeys(secret for secret in hidden if secret))
 
     @field_validator("level")
     @classmethod
