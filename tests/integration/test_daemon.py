@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import signal
@@ -28,6 +27,7 @@ from tests.conftest import (
     run_backupd,
     storage_env,
 )
+from tests.integration.test_failures import assert_told_cut_short
 from tests.procs import dump_processes
 from tests.servers import (
     FaultProxy,
@@ -302,20 +302,8 @@ def test_a_backup_cut_short_by_sigterm_is_reported_as_failed_with_what_it_had_fi
         output = stop(process)
 
     assert process.returncode == 0, output
-    hooks = [json.loads(r.body) for r in seen if r.path == "/hook"]
-    told = {hook["database"]: (hook["result"], hook["step"]) for hook in hooks}
-    assert told == {
-        "cut_first": ("succeeded", None),
-        big_pg_database: ("failed", "shutdown"),
-        "cut_last": ("failed", "shutdown"),
-    }
-    assert all("SHUTDOWN_TIMEOUT" in hook["error"] for hook in hooks if hook["step"])
-    assert [r.path for r in seen if r.path.startswith("/ping")] == ["/ping/start", "/ping/fail"]
-    keys, uploads = bucket_state(s3, bucket)
-    assert uploads == []
-    assert [key for key in keys if not key.endswith(".manifest.json")] == [
-        h["key"] for h in hooks if h["result"] == "succeeded"
-    ]
+    databases = ["cut_first", big_pg_database, "cut_last"]
+    assert_told_cut_short(seen, s3, bucket, databases, "SHUTDOWN_TIMEOUT")
     assert f"backup of default {big_pg_database} FAILED at shutdown" in output
     assert dump_processes(big_pg_database) == []
 

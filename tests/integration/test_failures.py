@@ -30,6 +30,7 @@ from tests.servers import (
     FaultProxy,
     MariaDBServer,
     PostgresServer,
+    Received,
     free_port,
     recording_server,
     silent_server,
@@ -272,6 +273,29 @@ def test_sigterm_aborts_the_upload_and_kills_the_dump(
     assert dump_processes(big_pg_database) == []
 
 
+def assert_told_cut_short(
+    seen: list[Received], s3: Any, bucket: str, databases: list[str], why: str
+) -> None:
+    """A run of ``databases`` cut short while the second was uploaded: the first told (webhook)
+    as stored, the two others as failed at step ``shutdown`` saying ``why``, a /start then a
+    /fail ping, and the bucket holding the stored one alone, no upload left open."""
+    hooks = [json.loads(r.body) for r in seen if r.path == "/hook"]
+    told = {hook["database"]: (hook["result"], hook["step"]) for hook in hooks}
+    first, under_way, last = databases
+    assert told == {
+        first: ("succeeded", None),
+        under_way: ("failed", "shutdown"),
+        last: ("failed", "shutdown"),
+    }
+    assert all(why in hook["error"] for hook in hooks if hook["step"])
+    assert [r.path for r in seen if r.path.startswith("/ping")] == ["/ping/start", "/ping/fail"]
+    keys, uploads = bucket_state(s3, bucket)
+    assert uploads == []
+    assert [key for key in keys if not key.endswith(".manifest.json")] == [
+        hook["key"] for hook in hooks if hook["result"] == "succeeded"
+    ]
+
+
 def test_a_signal_during_once_tells_what_it_stopped(
     pg: PostgresServer, big_pg_database: str, proxy: FaultProxy, s3: Any, bucket: str
 ) -> None:
@@ -293,20 +317,8 @@ def test_a_signal_during_once_tells_what_it_stopped(
 
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
-    hooks = [json.loads(r.body) for r in seen if r.path == "/hook"]
-    told = {hook["database"]: (hook["result"], hook["step"]) for hook in hooks}
-    assert told == {
-        "once_cut_first": ("succeeded", None),
-        big_pg_database: ("failed", "shutdown"),
-        "once_cut_last": ("failed", "shutdown"),
-    }
-    assert all("stopped by a signal" in hook["error"] for hook in hooks if hook["step"])
-    assert [r.path for r in seen if r.path.startswith("/ping")] == ["/ping/start", "/ping/fail"]
-    keys, uploads = bucket_state(s3, bucket)
-    assert uploads == []
-    assert [key for key in keys if not key.endswith(".manifest.json")] == [
-        hook["key"] for hook in hooks if hook["result"] == "succeeded"
-    ]
+    databases = ["once_cut_first", big_pg_database, "once_cut_last"]
+    assert_told_cut_short(seen, s3, bucket, databases, "stopped by a signal")
     assert f"backup of default {big_pg_database} FAILED at shutdown" in result.stdout
     assert "was reported as failed" in result.stdout
     assert dump_processes(big_pg_database) == []
